@@ -1,0 +1,62 @@
+// mapkv/options.h: what a caller can choose when opening a store.
+//
+// Each field says its default and whether it is stored in the file (used only
+// when the file is created) or read at every open.
+#ifndef MAPKV_OPTIONS_H_
+#define MAPKV_OPTIONS_H_
+
+#include <chrono>
+#include <cstdint>
+
+namespace mapkv {
+
+struct Options {
+  // Every open. Create the file when it does not exist. Default: true.
+  bool create_if_missing = true;
+
+  // Every open. Fail with kInvalidArgument when the file already exists.
+  // Default: false.
+  bool error_if_exists = false;
+
+  // Every open. Map the file read-only and refuse writes with
+  // kPermissionDenied. A read-only open never changes a byte of the file,
+  // even when the file needs recovery (it then reads through the recovered
+  // state without writing it back, or fails with kCorruption).
+  // Default: false.
+  bool read_only = false;
+
+  // At creation only. Number of entries to size the hash table for, so a
+  // store whose size is known up front never rehashes. 0 picks a small
+  // table that grows on demand. Default: 0.
+  uint64_t initial_capacity = 0;
+
+  // At creation only. Permission bits of a new file (before the umask).
+  // Default: 0600, owner only.
+  uint32_t file_mode = 0600;
+
+  // Every open. How long an operation waits for another process's lock
+  // before failing with kBusy (the message names the holder's pid).
+  // Default: 10 seconds.
+  std::chrono::milliseconds lock_timeout{10000};
+
+  // Every open. On the close of the last handle of a writable store,
+  // checkpoint it (a synchronous flush), so the file on disk is complete
+  // and a later power cut cannot take back what this process wrote.
+  // Default: true. Turn off for short-lived handles that must close fast.
+  bool checkpoint_on_close = true;
+};
+
+// How far Store::Flush pushes the data.
+enum class FlushMode : uint8_t {
+  // Schedules write-back of dirty pages and returns (msync MS_ASYNC /
+  // FlushViewOfFile). A process crash never needed this; a power cut may
+  // still lose writes made since the last kSync flush.
+  kAsync,
+  // Checkpoint: every write made before the call is on stable storage when
+  // it returns, and survives a power cut at any later moment.
+  kSync,
+};
+
+}  // namespace mapkv
+
+#endif  // MAPKV_OPTIONS_H_

@@ -1,0 +1,93 @@
+// mapkv/status.h: the one error type of the library.
+//
+// Every fallible call returns a Status (or fills an out-parameter and returns
+// a Status). The engine never throws; callers who prefer exceptions wrap calls
+// in OrThrow(). A Status carries a stable Code (safe to switch on, and mapped
+// one-to-one to CLI exit codes) and a one-line message that names the file and
+// the step that failed, e.g.
+//   "/var/lib/app/state.mkv: not a mapkv store (bad magic in both meta pages)"
+#ifndef MAPKV_STATUS_H_
+#define MAPKV_STATUS_H_
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <utility>
+
+namespace mapkv {
+
+// The codes, each listed once. Functions say which ones they return.
+enum class Code : uint8_t {
+  kOk = 0,
+  kNotFound,          // the key (or file, for open without create) does not exist
+  kInvalidArgument,   // bad argument: empty key, key over 64 KiB, value over 1 GiB...
+  kCorruption,        // the file is not a valid store, or a structure/checksum check failed
+  kVersionTooNew,     // the file's format major version is newer than this library's
+  kIoError,           // an operating-system call failed (the message names it and errno text)
+  kNoSpace,           // the disk is full or a file-size limit was reached; nothing was changed
+  kPermissionDenied,  // the OS refused access, or a write on a read-only handle
+  kBusy,              // a lock was not granted within the open's lock timeout
+  kTimedOut,          // a wait (WaitForChange) ended without the event
+  kWrongType,         // a typed get/increment found a value of the wrong size
+  kOutOfRange,        // an increment would overflow; nothing was changed
+  kAborted,           // a compare-and-swap saw another value, or the handle was closed
+  kNotSupported,      // the operation is not available for this store or platform
+  kUnsafeUse,         // misuse the library refuses: a handle used after fork, etc.
+  kRescan,            // a watcher fell behind the change ring; rescan the store
+};
+
+// Returns the code's stable name, e.g. "Corruption".
+std::string_view CodeName(Code code);
+
+class [[nodiscard]] Status {
+ public:
+  Status() = default;  // OK
+  Status(Code code, std::string message) : code_(code), message_(std::move(message)) {}
+
+  static Status Ok() { return Status(); }
+
+  bool ok() const { return code_ == Code::kOk; }
+  Code code() const { return code_; }
+  const std::string& message() const { return message_; }
+
+  bool IsNotFound() const { return code_ == Code::kNotFound; }
+  bool IsCorruption() const { return code_ == Code::kCorruption; }
+
+  // "Corruption: <message>" or "OK".
+  std::string ToString() const;
+
+  // Keeps the first error: `s |= Cleanup();` records Cleanup's failure only
+  // when s was OK, so the root cause is not hidden by a later error.
+  Status& operator|=(Status other) {
+    if (ok() && !other.ok()) *this = std::move(other);
+    return *this;
+  }
+
+  // Explicitly drops a status whose failure cannot be acted on.
+  void IgnoreError() const {}
+
+ private:
+  Code code_ = Code::kOk;
+  std::string message_;
+};
+
+// Thrown by OrThrow for callers who want exceptions.
+class Error : public std::runtime_error {
+ public:
+  explicit Error(Status status)
+      : std::runtime_error(status.ToString()), status_(std::move(status)) {}
+  const Status& status() const { return status_; }
+
+ private:
+  Status status_;
+};
+
+// Throws mapkv::Error when `status` is not OK.
+inline void OrThrow(Status status) {
+  if (!status.ok()) throw Error(std::move(status));
+}
+
+}  // namespace mapkv
+
+#endif  // MAPKV_STATUS_H_

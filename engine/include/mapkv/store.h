@@ -1,0 +1,213 @@
+// mapkv/store.h: the store handle.
+//
+// A Store is one open handle on one store file. Any number of threads may use
+// one handle at once, and any number of handles (in this process or others)
+// may open the same file at once.
+//
+//   mapkv::Store store;
+//   mapkv::Status s = mapkv::Store::Open("state.mkv", {}, &store);
+//   if (s.ok()) s = store.Put("user:42", "alice");
+//   std::string v;
+//   if (s.ok()) s = store.Get("user:42", &v);   // v == "alice"
+//
+// Consistency: every Put, Erase and Write is atomic and, once it returns, is
+// seen by every later read in every process. A reader never sees a torn value
+// or part of a batch.
+//
+// Durability: a returned write survives the death of any process (SIGKILL
+// included): it lives in the shared mapping and the OS writes it back. It
+// survives a power cut or OS crash once Flush(FlushMode::kSync) has returned
+// after it. See docs/DURABILITY.md.
+//
+// Caveats (see docs/DESIGN.md):
+//  - A handle carried into a child by fork() is refused with kUnsafeUse; open
+//    the store again in the child.
+//  - Another program that truncates the file under a live mapping makes
+//    readers fault; mapkv cannot prevent that. Never edit a store in place
+//    with other tools.
+//  - Do not put a store on a network file system; file locks and shared
+//    mappings are not coherent there.
+#ifndef MAPKV_STORE_H_
+#define MAPKV_STORE_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "mapkv/options.h"
+#include "mapkv/status.h"
+
+namespace mapkv {
+
+namespace internal {
+class StoreImpl;
+}  // namespace internal
+
+// Limits of format v1.
+inline constexpr size_t kMaxKeySize = 64 * 1024;           // bytes, at least 1
+inline constexpr size_t kMaxValueSize = 1024 * 1024 * 1024;  // bytes, 0 allowed
+
+struct Stats {
+  uint32_t format_major = 0;
+  uint32_t format_minor = 0;
+  uint64_t entries = 0;       // live key/value pairs
+  uint64_t slots = 0;         // hash table capacity
+  double load_factor = 0;     // entries / slots
+  uint64_t file_bytes = 0;    // length of the file
+  uint64_t heap_bytes = 0;    // bytes of the file in use (allocated) by any structure
+  uint64_t live_bytes = 0;    // bytes of live records (headers, keys, values)
+  uint64_t garbage_bytes = 0; // bytes freed but not yet reusable (waiting for a checkpoint)
+  uint64_t free_bytes = 0;    // bytes free for reuse inside the file
+  uint64_t table_bytes = 0;   // bytes of the hash table
+  uint64_t change_seq = 0;    // the change sequence number
+  uint64_t checkpoint_generation = 0;  // generation of the newest durable meta page
+  uint64_t max_probe = 0;     // longest probe sequence in the table
+  double mean_probe = 0;      // mean probe length of present keys
+};
+
+// What Check found. `problems` is empty when the store is sound.
+struct CheckReport {
+  uint64_t entries_checked = 0;
+  std::vector<std::string> problems;  // one line each, naming the structure and offset
+  bool ok() const { return problems.empty(); }
+};
+
+// A group of puts and erases that Store::Write applies all or nothing.
+class WriteBatch {
+ public:
+  void Put(std::string_view key, std::string_view value);
+  void Erase(std::string_view key);
+  void Clear();
+  size_t Count() const { return ops_.size(); }
+  size_t ByteSize() const { return bytes_; }
+
+ private:
+  friend class internal::StoreImpl;
+  struct Op {
+    bool erase;
+    uint32_t key_size;
+    uint64_t offset;  // into data_: key bytes then value bytes
+    uint64_t value_size;
+  };
+  std::vector<Op> ops_;
+  std::string data_;
+  size_t bytes_ = 0;
+};
+
+class ReadGuard;
+
+class Store {
+ public:
+  // Opens (and with options.create_if_missing, creates) the store at `path`.
+  // On success `*store` holds the open handle (any handle it held before is
+  // closed first). On failure `*store` is left closed and the file is not
+  // changed. Returns kOk, kNotFound (no file and no create),
+  // kInvalidArgument (bad options, error_if_exists, a directory), kCorruption
+  // (not a store, damaged header), kVersionTooNew, kPermissionDenied,
+  // kIoError, kNoSpace, kBusy.
+  static Status Open(std::string_view path, const Options& options, Store* store);
+
+  Store();
+  ~Store();  // Close()s, ignoring its status
+  Store(Store&&) noexcept;
+  Store& operator=(Store&&) noexcept;
+  Store(const Store&) = delete;
+  Store& operator=(const Store&) = delete;
+
+  // Closes the handle: checkpoints when options.checkpoint_on_close and this is
+  // the last handle on the file, releases locks and the mapping. Idempotent.
+  Status Close();
+  bool is_open() const { return impl_ != nullptr; }
+  const std::string& path() const;
+
+  // Copies the value of `key` into `*value`. Returns kOk, kNotFound,
+  // kInvalidArgument (empty or oversized key), kCorruption, kUnsafeUse. Takes
+  // no lock in the common case (an optimistic read validated by a sequence
+  // counter), so it never waits for a writer unless the writer stays busy.
+  Status Get(std::string_view key, std::string* value) const;
+
+  // Sets `*found`. Same returns as Get, except that an absent key is kOk.
+  Status Contains(std::string_view key, bool* found) const;
+
+  // Inserts or replaces. Returns kOk, kInvalidArgument, kNoSpace (the file
+  // could not grow; the store is unchanged), kPermissionDenied (read-only),
+  // kBusy, kIoError, kCorruption, kUnsafeUse.
+  Status Put(std::string_view key, std::string_view value);
+
+  // Removes `key`. Returns kNotFound when it was absent, else as Put.
+  Status Erase(std::string_view key);
+
+  // Applies every operation of `batch` in order, all or nothing: a reader sees
+  // the state before the batch or after it, and a process killed during
+  // Write leaves the store as before or with the whole batch. Returns as Put.
+  Status Write(const WriteBatch& batch);
+
+  // Number of live entries.
+  uint64_t size() const;
+
+  // Calls fn(key, value) for each entry whose key starts with `prefix` (all
+  // entries when empty), in table order, until fn returns false. Holds a read
+  // lock for the whole walk, so the walk sees one state. The views are valid
+  // only inside fn. Writers wait while it runs; do not write to the same
+  // store from inside fn (that would deadlock; it returns kUnsafeUse).
+  Status ForEach(std::string_view prefix,
+                 const std::function<bool(std::string_view key, std::string_view value)>& fn) const;
+
+  // kAsync: schedules write-back. kSync: a checkpoint; see FlushMode.
+  Status Flush(FlushMode mode = FlushMode::kSync);
+
+  Status GetStats(Stats* stats) const;
+
+  // Verifies every structure and checksum under a read lock and reports each
+  // problem. Returns kOk when the walk completed (problems are in *report),
+  // or an error when the walk itself could not run.
+  Status Check(CheckReport* report) const;
+
+  // Rewrites the store into a fresh file holding only live data and replaces
+  // the original atomically (rename); other handles follow to the new file at
+  // their next operation. Needs free disk space for the live data.
+  Status Compact();
+
+ private:
+  friend class ReadGuard;
+  std::unique_ptr<internal::StoreImpl> impl_;
+};
+
+// A read lock held on a store: zero-copy views and a consistent state.
+//
+//   mapkv::ReadGuard guard;
+//   if (guard.Lock(store).ok()) { std::string_view v; guard.Get("k", &v); }
+//
+// While a guard is held no writer can change the store, so views returned by
+// Get stay valid until the guard is released (Unlock or destruction). Hold
+// guards briefly: writers in every process wait for them. A guard must not
+// outlive its store, and the thread holding it must not write to the store.
+class ReadGuard {
+ public:
+  ReadGuard() = default;
+  ~ReadGuard();
+  ReadGuard(const ReadGuard&) = delete;
+  ReadGuard& operator=(const ReadGuard&) = delete;
+
+  // Takes the read lock. Returns kOk, kBusy (lock_timeout passed), kUnsafeUse.
+  Status Lock(const Store& store);
+  void Unlock();
+  bool locked() const { return store_ != nullptr; }
+
+  // Points `*value` into the mapping. Valid until Unlock.
+  Status Get(std::string_view key, std::string_view* value) const;
+
+  // As Store::ForEach, without taking the lock again.
+  Status ForEach(std::string_view prefix,
+                 const std::function<bool(std::string_view key, std::string_view value)>& fn) const;
+
+ private:
+  internal::StoreImpl* store_ = nullptr;
+};
+
+}  // namespace mapkv
+
+#endif  // MAPKV_STORE_H_

@@ -1,0 +1,117 @@
+// compact.cc: Compact, in place, as a series of ordinary crash-safe writes.
+//
+// Space the last checkpoint references cannot be reused before the next
+// checkpoint (format.h, AllocWord), so records cannot simply slide down over
+// each other. Compaction instead copies everything twice, holding the write
+// lock:
+//   A. everything live (allocation map, page map and table, records) is copied
+//      densely to the free space past the end of the heap; a checkpoint then
+//      frees everything below it;
+//   B. everything is copied densely back to the bottom of the heap; the
+//      page-map snapshots are re-created there by checkpoints, which free the
+//      copies of step A;
+//   C. the file is cut to the end of its highest allocated byte, when no other
+//      handle has it open (a shorter file would fault their mappings);
+//      otherwise the last handle to close cuts it.
+// The file needs room for one extra copy of the live data meanwhile. A
+// process killed at any point leaves a valid store; readers see every move
+// atomically (each write holds the seqlock).
+#include <algorithm>
+
+#include "store_impl.h"
+
+namespace mapkv::internal {
+
+using namespace format;  // NOLINT
+
+namespace {
+constexpr uint64_t kMovesPerWrite = 256;
+}
+
+Status StoreImpl::MoveEverything() {
+  Status s = RunWrite([&] { return heap_->MoveMap(); });
+  if (s.ok()) {
+    s = RunWrite([&] {
+      SeqBegin();
+      return table_->Resize(static_cast<uint32_t>(ctl_->table_shift.load()));
+    });
+  }
+  const uint64_t slots = uint64_t{1} << ctl_->table_shift.load();
+  for (uint64_t first = 0; first < slots && s.ok(); first += kMovesPerWrite) {
+    s = RunWrite([&] {
+      SeqBegin();
+      for (uint64_t i = first; i < std::min(slots, first + kMovesPerWrite); ++i) {
+        TableReader r = table_->Reader();
+        uint64_t slot;
+        RecordRef rec;
+        if (!r.LoadSlot(i, &slot)) return Status(Code::kCorruption, path_ + ": table page out of file");
+        if (slot == 0) continue;
+        if (!r.Record(SlotGranule(slot), &rec)) {
+          return Status(Code::kCorruption, path_ + ": slot " + std::to_string(i) + " points out of the file");
+        }
+        const uint64_t n = rec.granules();
+        uint64_t g;
+        Status st = heap_->Allocate(n, 1, &g);
+        if (!st.ok()) return st;
+        std::memcpy(heap_->base() + g * kGranule, heap_->base() + rec.granule * kGranule, n * kGranule);
+        st = table_->Relocate(i, g);
+        if (st.ok()) st = heap_->Free(rec.granule, n);
+        if (!st.ok()) return st;
+      }
+      return Status::Ok();
+    });
+  }
+  return s;
+}
+
+Status StoreImpl::Compact() {
+  Status s = BeginWrite();
+  if (!s.ok()) return s;
+  struct Finish {
+    StoreImpl* self;
+    ~Finish() {
+      self->heap_->set_append_only(false);
+      self->EndWrite();
+    }
+  } finish{this};
+
+  heap_->set_append_only(true);
+  for (int stage = 0; stage < 2 && s.ok(); ++stage) {
+    ctl_->dirty = 1;
+    s = Checkpoint();  // frees what the previous stage moved away from
+    if (!s.ok()) break;
+    ctl_->alloc_cursor = stage == 0 ? ctl_->heap_end / kGranule : kHeapOffset / kGranule;
+    s = MoveEverything();
+  }
+  if (!s.ok()) return s;
+  s = RunWrite([&] {
+    for (int k = 0; k < 2; ++k) {
+      if (ctl_->snapshot_slot_bytes[k] == 0) continue;
+      Status st = heap_->Free(ctl_->snapshot_slot_offset[k] / kGranule, ctl_->snapshot_slot_bytes[k] / kGranule);
+      if (st.ok()) st = heap_->SetWord(&ctl_->snapshot_slot_bytes[k], 0);
+      if (!st.ok()) return st;
+    }
+    return Status::Ok();
+  });
+  // Two checkpoints re-create both snapshots low and release stage A's
+  // copies; a third records the lowered high-water mark, so no meta page
+  // names bytes past the cut.
+  for (int round = 0; round < 3 && s.ok(); ++round) {
+    if (round == 2) ctl_->heap_end = heap_->HighestUsedEnd();
+    ctl_->dirty = 1;
+    s = Checkpoint();
+  }
+  if (!s.ok()) return s;
+  ctl_->alloc_cursor = kHeapOffset / kGranule;
+  if (locks_->TryBecomeAlone()) {
+    const uint64_t target = (ctl_->heap_end + 65535) / 65536 * 65536;
+    if (target < ctl_->file_size.load()) {
+      s = file_->Truncate(target);
+      if (s.ok()) ctl_->file_size.store(target);
+    }
+    locks_->EndAlone();
+  }
+  return s;
+}
+
+}  // namespace mapkv::internal

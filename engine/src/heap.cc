@@ -1,0 +1,381 @@
+// heap.cc: mappings, undo log and allocator. See heap.h for the design.
+#include "heap.h"
+
+#include <xxhash.h>
+
+#include <algorithm>
+#include <bit>
+#include <cstring>
+#include <string>
+
+namespace mapkv::internal {
+
+using namespace format;  // NOLINT: this file is all about the format
+
+namespace {
+
+constexpr uint64_t kMinMapHeadroom = 64ull << 20;  // map at least 64 MiB of address space
+constexpr uint64_t kMinGrowth = 256ull << 10;
+constexpr uint64_t kMaxGrowth = 1ull << 30;
+
+uint64_t RoundUp(uint64_t x, uint64_t to) { return (x + to - 1) / to * to; }
+
+}  // namespace
+
+// ---------------------------------------------------------------- MapSet
+
+Status MapSet::Cover(uint64_t bytes) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const View* cur = current_.load(std::memory_order_relaxed);
+  if (cur != nullptr && cur->length >= bytes) return Status::Ok();
+  // Headroom: twice what is needed, so a growing file is remapped O(log n) times.
+  uint64_t length = RoundUp(std::max(bytes * 2, kMinMapHeadroom), kMinMapHeadroom);
+  std::unique_ptr<Mapping> mapping;
+  Status s = file_->Map(length, writable_, &mapping);
+  if (!s.ok()) {
+    // Address space may be short (32-bit, ulimit -v): retry without headroom.
+    s = file_->Map(RoundUp(bytes, kPageSize), writable_, &mapping);
+    if (!s.ok()) return s;
+  }
+  auto view = std::make_unique<View>(View{mapping->data(), mapping->length()});
+  if (view->length < bytes) {
+    return Status(Code::kIoError, file_->path() + ": mapping covers " + std::to_string(view->length) +
+                                      " bytes, " + std::to_string(bytes) + " needed");
+  }
+  current_.store(view.get(), std::memory_order_release);
+  mappings_.push_back(std::move(mapping));
+  views_.push_back(std::move(view));
+  return Status::Ok();
+}
+
+Status MapSet::Flush(uint64_t offset, uint64_t length, bool sync) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (mappings_.empty()) return Status::Ok();
+  return mappings_.back()->Flush(offset, length, sync);
+}
+
+// ---------------------------------------------------------------- undo log
+
+Status Heap::Log(UndoKind kind, uint64_t target, uint64_t value) {
+  uint64_t n = ctl_->undo_count.load(std::memory_order_relaxed);
+  if (n >= kUndoCapacity) {
+    return Status(Code::kNotSupported,
+                  file_->path() + ": one write changes more than " + std::to_string(kUndoCapacity) +
+                      " structures; split it");
+  }
+  UndoEntry* e = At<UndoEntry>(kUndoOffset) + n;
+  e->kind_target = (static_cast<uint64_t>(kind) << kUndoKindShift) | target;
+  e->value = value;
+  // The entry must be in place before the count that exposes it, and the
+  // count before the change it protects (a killed writer's stores are all
+  // visible to the process that recovers, in program order of this thread).
+  std::atomic_signal_fence(std::memory_order_seq_cst);
+  ctl_->undo_count.store(n + 1, std::memory_order_release);
+  std::atomic_signal_fence(std::memory_order_seq_cst);
+  return Status::Ok();
+}
+
+Status Heap::SetWord(uint64_t offset, uint64_t value) {
+  uint64_t* p = At<uint64_t>(offset);
+  if (*p == value) return Status::Ok();
+  Status s = Log(UndoKind::kWord, offset, *p);
+  if (!s.ok()) return s;
+  std::atomic_ref<uint64_t>(*p).store(value, std::memory_order_relaxed);
+  return Status::Ok();
+}
+
+Status Heap::Begin() {
+  fresh_frees_.clear();
+  // The counters a write may touch, logged once: later changes in this write
+  // are plain stores.
+  // (alloc_offset/alloc_words are logged where the map moves, so that undo
+  // entries before the move are taken back on the old map, after it.)
+  const uint64_t* words[] = {&ctl_->heap_end, &ctl_->live_bytes, &ctl_->pending_bytes,
+                             &ctl_->pagemap_bytes};
+  for (const uint64_t* w : words) {
+    Status s = Log(UndoKind::kWord, OffsetOf(w), *w);
+    if (!s.ok()) return s;
+  }
+  const std::atomic<uint64_t>* atomics[] = {&ctl_->entries, &ctl_->change_seq, &ctl_->table_shift,
+                                            &ctl_->pagemap_offset};
+  for (const std::atomic<uint64_t>* w : atomics) {
+    Status s = Log(UndoKind::kWord, OffsetOf(w), w->load(std::memory_order_relaxed));
+    if (!s.ok()) return s;
+  }
+  return Status::Ok();
+}
+
+void Heap::Commit() {
+  std::atomic_signal_fence(std::memory_order_seq_cst);
+  ctl_->undo_count.store(0, std::memory_order_release);
+  std::atomic_signal_fence(std::memory_order_seq_cst);
+  // Killed from here on, these extents stay fresh+freed and the next
+  // checkpoint (or recovery) releases them.
+  for (auto [g, n] : fresh_frees_) MarkRange(g, n, false, false, false);
+  fresh_frees_.clear();
+}
+
+void Heap::ApplyUndo(const UndoEntry& e) {
+  auto kind = static_cast<UndoKind>(e.kind_target >> kUndoKindShift);
+  uint64_t target = e.kind_target & ((uint64_t{1} << kUndoKindShift) - 1);
+  switch (kind) {
+    case UndoKind::kWord:
+      std::atomic_ref<uint64_t>(*At<uint64_t>(target)).store(e.value, std::memory_order_relaxed);
+      break;
+    case UndoKind::kAllocated:
+      MarkRange(target, e.value, false, false, false);
+      break;
+    case UndoKind::kFreed:
+      SetFreed(target, e.value, false);
+      break;
+    case UndoKind::kFreedPages: {
+      const uint32_t* pm = At<uint32_t>(target);
+      for (uint64_t i = 0; i < e.value; ++i) SetFreed(uint64_t{pm[i]} * kGranulesPerPage, kGranulesPerPage, false);
+      break;
+    }
+  }
+}
+
+void Heap::Rollback() {
+  uint64_t n = ctl_->undo_count.load(std::memory_order_acquire);
+  const UndoEntry* log = At<UndoEntry>(kUndoOffset);
+  for (uint64_t i = n; i > 0; --i) ApplyUndo(log[i - 1]);
+  ctl_->undo_count.store(0, std::memory_order_release);
+  fresh_frees_.clear();
+}
+
+// ---------------------------------------------------------------- allocator
+
+void Heap::MarkRange(uint64_t g, uint64_t n, bool used, bool fresh, bool freed) {
+  AllocWord* m = map();
+  while (n > 0) {
+    uint64_t w = g / kGranulesPerAllocWord;
+    uint64_t b = g % kGranulesPerAllocWord;
+    uint64_t take = std::min(n, kGranulesPerAllocWord - b);
+    uint64_t mask = take == 64 ? ~uint64_t{0} : (((uint64_t{1} << take) - 1) << b);
+    m[w].used = used ? (m[w].used | mask) : (m[w].used & ~mask);
+    m[w].fresh = fresh ? (m[w].fresh | mask) : (m[w].fresh & ~mask);
+    m[w].freed = freed ? (m[w].freed | mask) : (m[w].freed & ~mask);
+    g += take;
+    n -= take;
+  }
+}
+
+void Heap::SetFreed(uint64_t g, uint64_t n, bool freed) {
+  AllocWord* m = map();
+  while (n > 0) {
+    uint64_t w = g / kGranulesPerAllocWord;
+    uint64_t b = g % kGranulesPerAllocWord;
+    uint64_t take = std::min(n, kGranulesPerAllocWord - b);
+    uint64_t mask = take == 64 ? ~uint64_t{0} : (((uint64_t{1} << take) - 1) << b);
+    m[w].freed = freed ? (m[w].freed | mask) : (m[w].freed & ~mask);
+    g += take;
+    n -= take;
+  }
+}
+
+bool Heap::IsCheckpointed(uint64_t g) const {
+  const AllocWord& w = map()[g / kGranulesPerAllocWord];
+  uint64_t bit = uint64_t{1} << (g % kGranulesPerAllocWord);
+  return (w.used & bit) && !(w.fresh & bit);
+}
+
+bool Heap::FindRun(uint64_t from, uint64_t to, uint64_t n, uint64_t align, uint64_t* found) const {
+  const AllocWord* m = map();
+  uint64_t run_start = 0;
+  uint64_t run_len = 0;
+  uint64_t g = from;
+  auto fits = [&](uint64_t* at) {
+    uint64_t aligned = (run_start + align - 1) & ~(align - 1);
+    if (aligned + n <= run_start + run_len && aligned + n <= to) {
+      *at = aligned;
+      return true;
+    }
+    return false;
+  };
+  while (g < to) {
+    uint64_t b = g % kGranulesPerAllocWord;
+    uint64_t used = m[g / kGranulesPerAllocWord].used >> b;
+    uint64_t avail = kGranulesPerAllocWord - b;
+    if (used == 0) {
+      if (run_len == 0) run_start = g;
+      run_len += avail;
+      g += avail;
+      if (fits(found)) return true;
+      continue;
+    }
+    uint64_t nfree = static_cast<uint64_t>(std::countr_zero(used));
+    if (nfree > 0) {
+      if (run_len == 0) run_start = g;
+      run_len += nfree;
+      if (fits(found)) return true;
+    }
+    uint64_t rest = used >> nfree;  // starts with a used bit
+    uint64_t nused = std::min<uint64_t>(static_cast<uint64_t>(std::countr_one(rest)), avail - nfree);
+    g += nfree + nused;
+    run_len = 0;
+  }
+  return false;
+}
+
+Status Heap::Grow(uint64_t need_end) {
+  const uint64_t file_size = ctl_->file_size.load(std::memory_order_relaxed);
+  const uint64_t covered = ctl_->alloc_words * kGranulesPerAllocWord * kGranule;
+  uint64_t new_size = file_size;
+  if (need_end > file_size) {
+    new_size = RoundUp(std::max(need_end, file_size + std::clamp(file_size / 8, kMinGrowth, kMaxGrowth)),
+                       64 * 1024);
+  }
+  // The map must cover the whole file; when it would not, a new map twice as
+  // large goes right after the request, in the new tail.
+  const bool relocate = new_size > covered;
+  uint64_t map_off = 0, map_words = 0, map_bytes = 0;
+  if (relocate) {
+    map_off = RoundUp(std::max(need_end, ctl_->heap_end), kPageSize);
+    const uint64_t span = std::max(new_size, map_off + new_size / 32 + kPageSize);
+    map_words = RoundUp(span * 2, kGranulesPerAllocWord * kGranule) / (kGranulesPerAllocWord * kGranule);
+    map_bytes = RoundUp(map_words * sizeof(AllocWord), kPageSize);
+    new_size = std::max(new_size, RoundUp(map_off + map_bytes, 64 * 1024));
+  }
+  if (new_size > file_size) {
+    Status s = file_->Reserve(new_size);
+    const uint64_t minimum = RoundUp(relocate ? map_off + map_bytes : need_end, kPageSize);
+    if (!s.ok() && s.code() == Code::kNoSpace && new_size > minimum) {
+      new_size = minimum;  // try again without headroom
+      s = file_->Reserve(new_size);
+    }
+    if (!s.ok()) return s;
+    s = maps_->Cover(new_size);
+    if (!s.ok()) return s;
+    // Growth is not undone: a longer file with free space is a valid state.
+    ctl_->file_size.store(new_size, std::memory_order_release);
+  }
+  if (relocate) {
+    AllocWord* fresh_map = At<AllocWord>(map_off);
+    const uint64_t old_off = ctl_->alloc_offset;
+    const uint64_t old_words = ctl_->alloc_words;
+    std::memcpy(fresh_map, At<AllocWord>(old_off), old_words * sizeof(AllocWord));
+    std::memset(static_cast<void*>(fresh_map + old_words), 0, map_bytes - old_words * sizeof(AllocWord));
+    Status s = SetWord(&ctl_->alloc_offset, map_off);
+    if (s.ok()) s = SetWord(&ctl_->alloc_words, map_words);
+    if (!s.ok()) return s;
+    // Now in the new map: it owns its own granules, and the old map is garbage.
+    uint64_t g = map_off / kGranule;
+    s = Log(UndoKind::kAllocated, g, map_bytes / kGranule);
+    if (!s.ok()) return s;
+    MarkRange(g, map_bytes / kGranule, true, true, false);
+    ctl_->heap_end = std::max(ctl_->heap_end, map_off + map_bytes);
+    s = Free(old_off / kGranule, RoundUp(old_words * sizeof(AllocWord), kPageSize) / kGranule);
+    if (!s.ok()) return s;
+  }
+  return Status::Ok();
+}
+
+Status Heap::Allocate(uint64_t n, uint64_t align, uint64_t* out) {
+  const uint64_t heap_start = kHeapOffset / kGranule;
+  uint64_t file_granules = ctl_->file_size.load(std::memory_order_relaxed) / kGranule;
+  uint64_t cursor = std::clamp<uint64_t>(ctl_->alloc_cursor, heap_start, file_granules);
+  uint64_t g = 0;
+  bool ok = FindRun(cursor, file_granules, n, align, &g) ||
+            (!append_only_ && FindRun(heap_start, std::min(file_granules, cursor + n + align), n, align, &g));
+  if (!ok) {
+    uint64_t tail = (std::max(ctl_->heap_end / kGranule, append_only_ ? cursor : 0) + align - 1) & ~(align - 1);
+    Status s = Grow((tail + n) * kGranule);
+    if (!s.ok()) return s;
+    file_granules = ctl_->file_size.load(std::memory_order_relaxed) / kGranule;
+    if (!FindRun(std::min(tail, file_granules), file_granules, n, align, &g) &&
+        !FindRun(heap_start, file_granules, n, align, &g)) {
+      return Status(Code::kCorruption, file_->path() + ": allocation map inconsistent after growth");
+    }
+  }
+  Status s = Log(UndoKind::kAllocated, g, n);
+  if (!s.ok()) return s;
+  MarkRange(g, n, true, true, false);
+  ctl_->heap_end = std::max(ctl_->heap_end, (g + n) * kGranule);
+  ctl_->alloc_cursor = g + n;
+  *out = g;
+  return Status::Ok();
+}
+
+void Heap::NoteFree(uint64_t g, uint64_t n) {
+  const AllocWord& w = map()[g / kGranulesPerAllocWord];
+  if ((w.fresh >> (g % kGranulesPerAllocWord)) & 1) {
+    fresh_frees_.emplace_back(g, n);
+  } else {
+    ctl_->pending_bytes += n * kGranule;
+  }
+  SetFreed(g, n, true);
+}
+
+Status Heap::Free(uint64_t g, uint64_t n) {
+  Status s = Log(UndoKind::kFreed, g, n);
+  if (!s.ok()) return s;
+  NoteFree(g, n);
+  return Status::Ok();
+}
+
+Status Heap::FreePages(uint64_t pagemap, uint64_t pages) {
+  Status s = Log(UndoKind::kFreedPages, pagemap, pages);
+  if (!s.ok()) return s;
+  const uint32_t* pm = At<uint32_t>(pagemap);
+  for (uint64_t i = 0; i < pages; ++i) NoteFree(uint64_t{pm[i]} * kGranulesPerPage, kGranulesPerPage);
+  return Status::Ok();
+}
+
+uint64_t Heap::ReleasedMapChecksum() const {
+  XXH3_state_t* state = XXH3_createState();
+  XXH3_64bits_reset(state);
+  const AllocWord* m = map();
+  AllocWord buf[256];
+  const uint64_t words = ctl_->alloc_words;
+  for (uint64_t i = 0; i < words; i += 256) {
+    uint64_t k = std::min<uint64_t>(256, words - i);
+    for (uint64_t j = 0; j < k; ++j) buf[j] = AllocWord{m[i + j].used & ~m[i + j].freed, 0, 0};
+    XXH3_64bits_update(state, buf, k * sizeof(AllocWord));
+  }
+  uint64_t h = XXH3_64bits_digest(state);
+  XXH3_freeState(state);
+  return h;
+}
+
+void Heap::ReleaseAll() {
+  AllocWord* m = map();
+  const uint64_t words = ctl_->alloc_words;
+  for (uint64_t i = 0; i < words; ++i) {
+    if ((m[i].fresh | m[i].freed) == 0) continue;
+    m[i].used &= ~m[i].freed;
+    m[i].fresh = 0;
+    m[i].freed = 0;
+  }
+  ctl_->pending_bytes = 0;
+}
+
+Status Heap::MoveMap() {
+  const uint64_t old_off = ctl_->alloc_offset;
+  const uint64_t bytes = RoundUp(ctl_->alloc_words * sizeof(AllocWord), kPageSize);
+  uint64_t g = 0;
+  Status s = Allocate(bytes / kGranule, kGranulesPerPage, &g);
+  if (!s.ok()) return s;
+  // The allocation grew the file and moved the map already (to the tail).
+  if (ctl_->alloc_offset != old_off) return Free(g, bytes / kGranule);
+  // The copy carries the new extent's own allocation, made in the old map.
+  std::memcpy(At<AllocWord>(g * kGranule), At<AllocWord>(old_off), ctl_->alloc_words * sizeof(AllocWord));
+  s = SetWord(&ctl_->alloc_offset, g * kGranule);
+  if (!s.ok()) return s;
+  return Free(old_off / kGranule, bytes / kGranule);
+}
+
+uint64_t Heap::HighestUsedEnd() const {
+  const AllocWord* m = map();
+  const uint64_t words = std::min<uint64_t>(ctl_->alloc_words,
+                                            RoundUp(ctl_->file_size.load(), 1024) / 1024);
+  for (uint64_t w = words; w > 0; --w) {
+    if (m[w - 1].used != 0) {
+      return ((w - 1) * kGranulesPerAllocWord + 64 - static_cast<uint64_t>(std::countl_zero(m[w - 1].used))) *
+             kGranule;
+    }
+  }
+  return kHeapOffset;
+}
+
+}  // namespace mapkv::internal

@@ -1,0 +1,97 @@
+// lock.h: the locks of one handle: in-process and cross-process, as one.
+//
+// Two levels, always taken in this order:
+//  1. In-process: a writer-preferring reader-writer lock shared by the
+//     threads using this handle (RwLock). Writers and read guards of this
+//     handle take it; optimistic reads take nothing.
+//  2. Cross-process: an open-file-description lock on byte kRwLockByte of the
+//     store file, exclusive for a writer, shared for read guards (the
+//     handle's guards share one shared lock, counted). The OS drops it when
+//     the process dies, so a killed holder never blocks anyone.
+//
+// Waiting: a process that cannot get the file lock counts itself in
+// ctl->lock_waiters and sleeps on the futex word ctl->lock_released, which
+// every releaser bumps (and wakes when someone waits); it re-tries at least
+// every few milliseconds, so a holder that died (and so never woke anyone)
+// costs a waiter a few milliseconds at most. A waiting writer also counts
+// itself in ctl->writers_waiting, and new read guards hold back while it is
+// non-zero (for a bounded time), so a stream of readers cannot starve it.
+// After options.lock_timeout the wait fails with kBusy naming the holder.
+#ifndef MAPKV_LOCK_H_
+#define MAPKV_LOCK_H_
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <mutex>
+
+#include "format.h"
+#include "mapkv/status.h"
+#include "platform/platform.h"
+
+namespace mapkv::internal {
+
+inline constexpr uint64_t kRwLockByte = 0;      // writer / reader lock
+inline constexpr uint64_t kPresenceByte = 1;    // held shared by every open handle
+
+// A reader-writer lock for the threads of one process that lets a waiting
+// writer in before newly arriving readers.
+class RwLock {
+ public:
+  void Lock();
+  void Unlock();
+  void LockShared();
+  bool TryLockShared();
+  void UnlockShared();
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  int readers_ = 0;
+  bool writer_ = false;
+  int writers_waiting_ = 0;
+};
+
+class LockManager {
+ public:
+  LockManager(File* file, std::chrono::milliseconds timeout) : file_(file), timeout_(timeout) {}
+
+  // The control page, once mapped; until then waits poll. Null for read-only
+  // handles is fine too (they cannot write the counters).
+  void set_ctl(format::ControlPage* ctl, bool writable) {
+    ctl_ = ctl;
+    ctl_writable_ = writable;
+  }
+
+  Status LockWrite();
+  void UnlockWrite();
+  Status LockRead();
+  void UnlockRead();
+  // Takes the read lock only if that needs no waiting at all.
+  bool TryLockRead();
+
+  // Takes the presence lock (shared) for the handle's lifetime, waiting while
+  // a closing handle holds it exclusively.
+  Status JoinPresence();
+  // True, holding presence exclusively, when no other handle has the file open.
+  bool TryBecomeAlone();
+  // Turns the exclusive presence of TryBecomeAlone back into a shared one.
+  void EndAlone();
+
+ private:
+  Status AcquireFile(LockMode mode);
+  void ReleaseFile();
+  Status BusyError(LockMode mode) const;
+
+  File* const file_;
+  const std::chrono::milliseconds timeout_;
+  format::ControlPage* ctl_ = nullptr;
+  bool ctl_writable_ = false;
+  RwLock rw_;
+  std::mutex file_mu_;  // guards shared_holders_
+  int shared_holders_ = 0;
+};
+
+}  // namespace mapkv::internal
+
+#endif  // MAPKV_LOCK_H_

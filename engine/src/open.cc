@@ -1,0 +1,481 @@
+// open.cc: create, open, validate, recover and close a store.
+//
+// Creation is atomic: the new store is built and synced in a temporary file
+// next to the target and published with link(2), which fails if the target
+// appeared meanwhile. So `path` never names a half-built store, and two
+// processes creating the same store at once both end up opening one store.
+//
+// Opening trusts nothing in the file. Both meta pages are checked (magic,
+// version, checksum, geometry, every offset against the file size) and the
+// newest valid one is chosen. The control page is trusted only when it was
+// written in the current boot (its boot id) for this store (its hash seed):
+//  - same boot: the page cache holds everything every process wrote; a
+//    writer killed mid-write left its undo log, which is applied.
+//  - another boot: the page cache may have been lost in a power cut or an OS
+//    crash, so the live state is rebuilt from the newest meta page: its page
+//    map snapshot is copied back, and its allocation map is used when its
+//    checksum still matches, else rebuilt from the table.
+// A read-only open never writes; when the file needs recovery it says so.
+#include <xxhash.h>
+
+#include <algorithm>
+#include <cstddef>
+#include <cstring>
+#include <random>
+#include <string>
+
+#include "store_impl.h"
+
+namespace mapkv::internal {
+
+using namespace format;  // NOLINT
+
+namespace {
+
+uint64_t RoundUp(uint64_t x, uint64_t to) { return (x + to - 1) / to * to; }
+
+uint64_t PagemapBytes(uint32_t shift) { return RoundUp((uint64_t{1} << shift) / kSlotsPerPage * 4, kGranule); }
+
+uint64_t MetaChecksum(const MetaPage& m) { return XXH3_64bits(&m, offsetof(MetaPage, checksum)); }
+
+uint64_t RandomSeed() {
+  std::random_device rd;
+  return (uint64_t{rd()} << 32) ^ rd();
+}
+
+// Checks one meta page against the file; empty string when valid.
+std::string MetaProblem(const MetaPage& m, uint64_t file_size, bool* newer_version) {
+  *newer_version = false;
+  if (m.magic != kMetaMagic) return "bad magic";
+  if (m.major > kMajor) {
+    *newer_version = true;
+    return "format version " + std::to_string(m.major) + "." + std::to_string(m.minor) +
+           " is newer than this library's " + std::to_string(kMajor) + "." + std::to_string(kMinor);
+  }
+  if (m.major < 1) return "format version 0 is not a released format";
+  if (MetaChecksum(m) != m.checksum) return "checksum mismatch";
+  if (m.page_size != kPageSize || m.granule != kGranule) return "unsupported page or granule size";
+  if (!(m.flags & kMetaLittleEndian)) return "not little-endian";
+  if (m.table_shift < kMinTableShift || m.table_shift > kMaxTableShift) return "bad table size";
+  auto in_file = [&](uint64_t off, uint64_t len) {
+    return off >= kHeapOffset && off <= file_size && len <= file_size - off;
+  };
+  const uint64_t pm = PagemapBytes(m.table_shift);
+  if (!in_file(m.snapshot_offset, pm) || !in_file(m.pagemap_offset, pm)) return "page map out of file";
+  if (m.alloc_words == 0 || m.alloc_words > (uint64_t{1} << 40) ||
+      !in_file(m.alloc_offset, m.alloc_words * sizeof(AllocWord))) {
+    return "allocation map out of file";
+  }
+  if (m.heap_end > file_size || m.heap_end < kHeapOffset ||
+      m.heap_end > m.alloc_words * kGranulesPerAllocWord * kGranule) {
+    return "heap end out of file";
+  }
+  if (m.entries >= (uint64_t{1} << m.table_shift)) return "more entries than slots";
+  return "";
+}
+
+}  // namespace
+
+StoreImpl::StoreImpl(std::string path, const Options& options)
+    : path_(std::move(path)), options_(options), read_only_(options.read_only) {}
+
+StoreImpl::~StoreImpl() { Close().IgnoreError(); }
+
+Status StoreImpl::Open(std::string_view path_view, const Options& options, std::unique_ptr<StoreImpl>* out) {
+  std::string path(path_view);
+  if (path.empty()) return Status(Code::kInvalidArgument, "store path is empty");
+  if (options.read_only && options.error_if_exists) {
+    return Status(Code::kInvalidArgument, path + ": read_only and error_if_exists contradict each other");
+  }
+  if (options.lock_timeout.count() < 0) return Status(Code::kInvalidArgument, path + ": negative lock_timeout");
+  FileSpec spec;
+  spec.read_only = options.read_only;
+  spec.mode = options.file_mode;
+  std::unique_ptr<File> file;
+  Status s = File::Open(path, spec, &file);
+  if (s.ok() && options.error_if_exists) return Status(Code::kInvalidArgument, path + ": already exists");
+  if (s.IsNotFound() && options.create_if_missing && !options.read_only) {
+    s = CreateNew(path, options);
+    if (!s.ok() && !(s.code() == Code::kInvalidArgument && !options.error_if_exists &&
+                     s.message() == path + ": already exists")) {
+      return s;
+    }
+    s = File::Open(path, spec, &file);
+  }
+  if (s.IsNotFound()) return Status(Code::kNotFound, path + ": no such store (and create_if_missing is off)");
+  if (!s.ok()) return s;
+  std::unique_ptr<StoreImpl> impl(new StoreImpl(path, options));
+  impl->file_ = std::move(file);
+  s = impl->Attach();
+  if (!s.ok()) return s;
+  *out = std::move(impl);
+  return Status::Ok();
+}
+
+Status StoreImpl::CreateNew(const std::string& path, const Options& options) {
+  const std::string tmp = path + ".mapkv-new." + std::to_string(ProcessId()) + "." +
+                          std::to_string(RandomSeed() & 0xffffff);
+  FileSpec spec;
+  spec.create = true;
+  spec.exclusive = true;
+  spec.mode = options.file_mode;
+  std::unique_ptr<StoreImpl> impl(new StoreImpl(tmp, options));
+  Status s = File::Open(tmp, spec, &impl->file_);
+  if (!s.ok()) {
+    // Report the target, not our temporary name.
+    return Status(s.code(), path + ": cannot create the store: " + s.message());
+  }
+  s = impl->InitializeNew(options.initial_capacity);
+  if (s.ok()) s = impl->file_->Sync();
+  impl->heap_.reset();
+  impl->table_.reset();
+  impl->maps_.reset();
+  impl->file_.reset();
+  if (s.ok()) s = LinkFile(tmp, path);
+  RemoveFile(tmp).IgnoreError();
+  return s;
+}
+
+Status StoreImpl::InitializeNew(uint64_t capacity) {
+  uint32_t shift = kMinTableShift;
+  while (shift < kMaxTableShift && (uint64_t{1} << shift) / kMaxLoadDen * kMaxLoadNum < capacity) ++shift;
+  const uint64_t table_bytes = uint64_t{1} << (shift + 3);
+  const uint64_t pm_bytes = PagemapBytes(shift);
+  uint64_t size = kHeapOffset + table_bytes + 4 * RoundUp(pm_bytes, kPageSize);
+  uint64_t words = RoundUp(size * 2 + (256u << 10), 1024) / 1024;
+  uint64_t map_bytes = RoundUp(words * sizeof(AllocWord), kPageSize);
+  size = RoundUp(size + map_bytes, 64 * 1024);
+  words = std::max(words, RoundUp(size * 2, 1024) / 1024);
+  map_bytes = RoundUp(words * sizeof(AllocWord), kPageSize);
+  size = RoundUp(kHeapOffset + map_bytes + table_bytes + 4 * RoundUp(pm_bytes, kPageSize), 64 * 1024);
+
+  Status s = file_->Reserve(size);
+  if (!s.ok()) return s;
+  maps_ = std::make_unique<MapSet>(file_.get(), true);
+  s = maps_->Cover(size);
+  if (!s.ok()) return s;
+  uint8_t* base = maps_->Current()->base;
+  ctl_ = reinterpret_cast<ControlPage*>(base + kControlOffset);
+  std::memset(static_cast<void*>(ctl_), 0, kPageSize);
+  ctl_->file_size.store(size);
+  ctl_->hash_seed = RandomSeed();
+  seed_ = ctl_->hash_seed;
+  auto boot = BootId();
+  std::memcpy(ctl_->boot_id, boot.data(), 16);
+  ctl_->alloc_offset = kHeapOffset;
+  ctl_->alloc_words = words;
+  ctl_->heap_end = kHeapOffset + map_bytes;
+  ctl_->alloc_cursor = ctl_->heap_end / kGranule;
+  heap_ = std::make_unique<Heap>(file_.get(), maps_.get(), ctl_);
+  table_ = std::make_unique<TableWriter>(heap_.get());
+  heap_->MarkUsed(0, ctl_->heap_end / kGranule);
+
+  s = heap_->Begin();
+  uint64_t tg = 0, pm = 0;
+  if (s.ok()) s = table_->CreateTable(shift, &tg, &pm);
+  if (!s.ok()) return s;
+  ctl_->table_shift.store(shift);
+  ctl_->pagemap_offset.store(pm);
+  ctl_->pagemap_bytes = pm_bytes;
+  heap_->Commit();
+  ctl_->dirty = 1;
+  ctl_->magic = kControlMagic;
+  return Checkpoint();
+}
+
+Status StoreImpl::ChooseMeta(const MetaPage** chosen) const {
+  const uint8_t* base = maps_->Current()->base;
+  uint64_t file_size = 0;
+  Status s = file_->Size(&file_size);
+  if (!s.ok()) return s;
+  const MetaPage* best = nullptr;
+  std::string problems[2];
+  int bad_magic = 0, newer = 0;
+  for (int i = 0; i < 2; ++i) {
+    const auto* m = reinterpret_cast<const MetaPage*>(base + kMetaOffset[i]);
+    bool newer_version = false;
+    problems[i] = MetaProblem(*m, file_size, &newer_version);
+    if (problems[i] == "bad magic") ++bad_magic;
+    if (newer_version) ++newer;
+    if (problems[i].empty() && (best == nullptr || m->generation > best->generation)) best = m;
+  }
+  if (best != nullptr) {
+    *chosen = best;
+    return Status::Ok();
+  }
+  if (newer > 0) return Status(Code::kVersionTooNew, path_ + ": " + (problems[0].find("newer") != std::string::npos ? problems[0] : problems[1]));
+  if (bad_magic == 2) return Status(Code::kCorruption, path_ + ": not a mapkv store (no meta page has the mapkv magic)");
+  return Status(Code::kCorruption, path_ + ": both meta pages are damaged (slot 0: " + problems[0] +
+                                       "; slot 1: " + problems[1] + ")");
+}
+
+Status StoreImpl::ValidateControl() const {
+  uint64_t file_size = 0;
+  Status s = file_->Size(&file_size);
+  if (!s.ok()) return s;
+  auto bad = [&](const std::string& what) {
+    return Status(Code::kCorruption, path_ + ": control page: " + what);
+  };
+  auto in_file = [&](uint64_t off, uint64_t len) {
+    return off >= kHeapOffset && off <= file_size && len <= file_size - off;
+  };
+  const uint64_t fs = ctl_->file_size.load();
+  if (fs > file_size) {
+    return bad("the file is " + std::to_string(file_size) + " bytes but the store had grown to " +
+               std::to_string(fs) + " (truncated by another program?)");
+  }
+  const uint64_t shift = ctl_->table_shift.load();
+  if (shift < kMinTableShift || shift > kMaxTableShift) return bad("bad table size");
+  if (!in_file(ctl_->pagemap_offset.load(), PagemapBytes(static_cast<uint32_t>(shift)))) return bad("page map out of file");
+  if (ctl_->alloc_words == 0 || ctl_->alloc_words > (uint64_t{1} << 40) ||
+      !in_file(ctl_->alloc_offset, ctl_->alloc_words * sizeof(AllocWord)) ||
+      ctl_->alloc_words * kGranulesPerAllocWord * kGranule < fs) {
+    return bad("allocation map out of file");
+  }
+  if (ctl_->heap_end > fs) return bad("heap end out of file");
+  if (ctl_->undo_count.load() > kUndoCapacity) return bad("undo log count out of range");
+  if (ctl_->entries.load() >= (uint64_t{1} << shift)) return bad("more entries than slots");
+  // Every undo entry must stay inside the file and the allocation map.
+  const auto* log = reinterpret_cast<const UndoEntry*>(maps_->Current()->base + kUndoOffset);
+  const uint64_t granules = ctl_->alloc_words * kGranulesPerAllocWord;
+  for (uint64_t i = 0; i < ctl_->undo_count.load(); ++i) {
+    uint64_t kind = log[i].kind_target >> kUndoKindShift;
+    uint64_t target = log[i].kind_target & ((uint64_t{1} << kUndoKindShift) - 1);
+    bool ok = false;
+    switch (static_cast<UndoKind>(kind)) {
+      case UndoKind::kWord: ok = target % 8 == 0 && target + 8 <= fs; break;
+      case UndoKind::kAllocated:
+      case UndoKind::kFreed: ok = target <= granules && log[i].value <= granules - target; break;
+      case UndoKind::kFreedPages: ok = in_file(target, log[i].value * 4); break;
+      default: ok = false;
+    }
+    if (!ok) return bad("undo entry " + std::to_string(i) + " out of range");
+  }
+  return Status::Ok();
+}
+
+Status StoreImpl::Attach() {
+  locks_ = std::make_unique<LockManager>(file_.get(), options_.lock_timeout);
+  Status s = locks_->JoinPresence();
+  if (!s.ok()) return s;
+  s = read_only_ ? locks_->LockRead() : locks_->LockWrite();
+  if (!s.ok()) return s;
+  struct Unlocker {
+    StoreImpl* self;
+    ~Unlocker() { self->read_only_ ? self->locks_->UnlockRead() : self->locks_->UnlockWrite(); }
+  } unlocker{this};
+
+  uint64_t size = 0;
+  s = file_->Size(&size);
+  if (!s.ok()) return s;
+  if (size == 0) return Status(Code::kCorruption, path_ + ": empty file, not a mapkv store");
+  if (size < kHeapOffset) {
+    return Status(Code::kCorruption, path_ + ": not a mapkv store or truncated (" + std::to_string(size) +
+                                         " bytes; a store has at least " + std::to_string(kHeapOffset) + ")");
+  }
+  if (file_->OnNetworkFileSystem()) {
+    return Status(Code::kNotSupported, path_ + ": on a network file system, where shared mappings and "
+                                               "file locks are not coherent; mapkv refuses it");
+  }
+  maps_ = std::make_unique<MapSet>(file_.get(), !read_only_);
+  s = maps_->Cover(size);
+  if (!s.ok()) return s;
+  const MetaPage* meta_in_file = nullptr;
+  s = ChooseMeta(&meta_in_file);
+  if (!s.ok()) return s;
+  const MetaPage meta = *meta_in_file;
+  seed_ = meta.hash_seed;
+  ctl_ = reinterpret_cast<ControlPage*>(maps_->Current()->base + kControlOffset);
+  heap_ = std::make_unique<Heap>(file_.get(), maps_.get(), ctl_);
+  table_ = std::make_unique<TableWriter>(heap_.get());
+  fork_generation_ = ForkGeneration();
+
+  const auto boot = BootId();
+  const bool same_boot = ctl_->magic == kControlMagic && ctl_->hash_seed == meta.hash_seed &&
+                         std::memcmp(ctl_->boot_id, boot.data(), 16) == 0;
+  if (!same_boot) {
+    if (read_only_) {
+      // Usable as it is only when nothing changed since the checkpoint.
+      bool clean = ctl_->magic == kControlMagic && ctl_->hash_seed == meta.hash_seed && ctl_->dirty == 0 &&
+                   ctl_->generation == meta.generation && ValidateControl().ok() &&
+                   ctl_->pagemap_offset.load() == meta.pagemap_offset &&
+                   ctl_->table_shift.load() == meta.table_shift && ctl_->undo_count.load() == 0 &&
+                   std::memcmp(maps_->Current()->base + meta.pagemap_offset,
+                               maps_->Current()->base + meta.snapshot_offset,
+                               PagemapBytes(meta.table_shift)) == 0;
+      if (!clean) {
+        return Status(Code::kBusy, path_ + ": the machine restarted before the store's last changes were "
+                                           "checkpointed; open it once writable to recover it");
+      }
+    } else {
+      s = RecoverFromCheckpoint(meta);
+      if (!s.ok()) return s;
+    }
+  } else {
+    s = ValidateControl();
+    if (!s.ok()) return s;
+    const bool interrupted = ctl_->undo_count.load() != 0 || (ctl_->seq.load() & 1) != 0 ||
+                             ctl_->release_pending != 0 || meta.generation > ctl_->generation;
+    if (interrupted) {
+      if (read_only_) {
+        return Status(Code::kBusy, path_ + ": a writer was killed in the middle of a write; open the store "
+                                           "once writable to recover it");
+      }
+      s = RecoverKilledWriter();
+      if (!s.ok()) return s;
+    }
+  }
+  uint64_t fs = ctl_->file_size.load();
+  if (fs > size) {
+    s = maps_->Cover(fs);
+    if (!s.ok()) return s;
+  }
+  locks_->set_ctl(ctl_, !read_only_);
+  return Status::Ok();
+}
+
+Status StoreImpl::RecoverKilledWriter() {
+  // Called with the write lock held; the writer that held it before is dead.
+  heap_->Rollback();
+  const MetaPage* meta = nullptr;
+  Status s = ChooseMeta(&meta);
+  if (!s.ok()) return s;
+  if (ctl_->release_pending != 0 || meta->generation > ctl_->generation) {
+    // A checkpoint wrote its meta page and died before (or while) releasing.
+    heap_->ReleaseAll();
+    ctl_->generation = std::max(meta->generation, ctl_->release_pending);
+    ctl_->dirty = 0;
+    ctl_->release_pending = 0;
+  }
+  uint64_t seq = ctl_->seq.load();
+  if (seq & 1) ctl_->seq.store(seq + 1, std::memory_order_release);
+  return Status::Ok();
+}
+
+Status StoreImpl::RecoverFromCheckpoint(const MetaPage& meta) {
+  uint64_t file_size = 0;
+  Status s = file_->Size(&file_size);
+  if (!s.ok()) return s;
+  uint8_t* base = maps_->Current()->base;
+  // Invalidate first and validate last: killed halfway, the next open starts over.
+  ctl_->magic = 0;
+  std::atomic_signal_fence(std::memory_order_seq_cst);
+  std::memset(reinterpret_cast<uint8_t*>(ctl_) + offsetof(ControlPage, hash_seed), 0,
+              kPageSize - offsetof(ControlPage, hash_seed));
+  ctl_->seq.store(0);
+  // The file may have grown after the checkpoint, past what its allocation
+  // map covers; that tail holds nothing the checkpoint needs, so it is ignored.
+  file_size = std::min(file_size, meta.alloc_words * kGranulesPerAllocWord * kGranule);
+  ctl_->file_size.store(file_size);
+  ctl_->table_shift.store(meta.table_shift);
+  ctl_->pagemap_offset.store(meta.pagemap_offset);
+  ctl_->entries.store(meta.entries);
+  ctl_->change_seq.store(meta.change_seq);
+  ctl_->replaced.store(0);
+  ctl_->lock_requests.store(0);
+  ctl_->writer_pid.store(0);
+  ctl_->lock_waiters.store(0);
+  ctl_->writers_waiting.store(0);
+  ctl_->undo_count.store(0);
+  ctl_->hash_seed = meta.hash_seed;
+  ctl_->generation = meta.generation;
+  ctl_->heap_end = meta.heap_end;
+  ctl_->alloc_offset = meta.alloc_offset;
+  ctl_->alloc_words = meta.alloc_words;
+  ctl_->alloc_cursor = meta.heap_end / kGranule;
+  ctl_->live_bytes = meta.live_bytes;
+  ctl_->pagemap_bytes = PagemapBytes(meta.table_shift);
+  for (int i = 0; i < 2; ++i) {
+    ctl_->snapshot_slot_offset[i] = meta.snapshot_slot_offset[i];
+    ctl_->snapshot_slot_bytes[i] = meta.snapshot_slot_bytes[i];
+  }
+  ctl_->ring_offset = meta.ring_offset;
+  ctl_->ring_capacity = meta.ring_capacity;
+  std::memcpy(base + meta.pagemap_offset, base + meta.snapshot_offset, ctl_->pagemap_bytes);
+  if (heap_->ReleasedMapChecksum() == meta.alloc_checksum) {
+    heap_->ReleaseAll();
+  } else {
+    s = RebuildAllocMap();
+    if (!s.ok()) return s;
+  }
+  auto boot = BootId();
+  std::memcpy(ctl_->boot_id, boot.data(), 16);
+  ctl_->dirty = 0;
+  std::atomic_signal_fence(std::memory_order_seq_cst);
+  ctl_->magic = kControlMagic;
+  return ValidateControl();
+}
+
+Status StoreImpl::RebuildAllocMap() {
+  const uint64_t fs = ctl_->file_size.load();
+  const uint64_t granules = ctl_->alloc_words * kGranulesPerAllocWord;
+  std::memset(static_cast<void*>(heap_->map()), 0, ctl_->alloc_words * sizeof(AllocWord));
+  uint64_t heap_end = kHeapOffset;
+  Status bad;
+  auto mark = [&](uint64_t off, uint64_t bytes, const char* what) {
+    if (off % kGranule != 0 || off > fs || bytes > fs - off || (off + bytes) / kGranule > granules) {
+      bad |= Status(Code::kCorruption, path_ + ": " + what + " at offset " + std::to_string(off) + " out of file");
+      return;
+    }
+    heap_->MarkUsed(off / kGranule, RoundUp(bytes, kGranule) / kGranule);
+    heap_end = std::max(heap_end, off + RoundUp(bytes, kGranule));
+  };
+  mark(0, kHeapOffset, "header");
+  mark(ctl_->alloc_offset, RoundUp(ctl_->alloc_words * sizeof(AllocWord), kPageSize), "allocation map");
+  mark(ctl_->pagemap_offset.load(), ctl_->pagemap_bytes, "page map");
+  for (int i = 0; i < 2; ++i) {
+    if (ctl_->snapshot_slot_bytes[i] != 0) {
+      mark(ctl_->snapshot_slot_offset[i], ctl_->snapshot_slot_bytes[i], "page map snapshot");
+    }
+  }
+  if (ctl_->ring_capacity != 0) mark(ctl_->ring_offset, ctl_->ring_capacity * 64, "change ring");
+  if (!bad.ok()) return bad;
+  TableReader r = ReaderSnapshot();
+  const uint32_t* pm = heap_->At<uint32_t>(r.pagemap);
+  for (uint64_t p = 0; p < r.slots() / kSlotsPerPage; ++p) mark(uint64_t{pm[p]} * kPageSize, kPageSize, "table page");
+  if (!bad.ok()) return bad;
+  for (uint64_t i = 0; i < r.slots(); ++i) {
+    uint64_t slot;
+    RecordRef rec;
+    if (!r.LoadSlot(i, &slot)) return Status(Code::kCorruption, path_ + ": table page out of file");
+    if (slot == 0) continue;
+    if (!r.Record(SlotGranule(slot), &rec)) {
+      return Status(Code::kCorruption, path_ + ": slot " + std::to_string(i) + " points out of the file");
+    }
+    mark(SlotGranule(slot) * kGranule, rec.granules() * kGranule, "record");
+  }
+  if (!bad.ok()) return bad;
+  ctl_->heap_end = heap_end;
+  ctl_->alloc_cursor = heap_end / kGranule;
+  return Status::Ok();
+}
+
+Status StoreImpl::TrimIfAlone() {
+  if (read_only_ || !locks_->TryBecomeAlone()) return Status::Ok();
+  Status s = locks_->LockWrite();
+  if (!s.ok()) return s;
+  if (options_.checkpoint_on_close) s = Checkpoint();
+  const uint64_t target = RoundUp(ctl_->heap_end, 64 * 1024);
+  if (s.ok() && target < ctl_->file_size.load() && ctl_->undo_count.load() == 0) {
+    // Alone: no other handle maps the file, so shortening it cannot fault anyone.
+    s = file_->Truncate(target);
+    if (s.ok()) ctl_->file_size.store(target);
+  }
+  locks_->UnlockWrite();
+  return s;
+}
+
+Status StoreImpl::Close() {
+  if (!file_) return Status::Ok();
+  Status s;
+  if (ctl_ != nullptr && fork_generation_ == ForkGeneration()) s = TrimIfAlone();
+  table_.reset();
+  heap_.reset();
+  locks_.reset();
+  maps_.reset();
+  file_.reset();
+  ctl_ = nullptr;
+  return s;
+}
+
+}  // namespace mapkv::internal

@@ -1,0 +1,149 @@
+// platform.h: the only operating-system interface the engine sees.
+//
+// The core includes no OS header and never tests _WIN32: everything it needs
+// from the system is declared here and implemented once per backend
+// (platform/posix/, platform/win32/), of which CMake compiles exactly one.
+//
+// What the core needs:
+//  - a file (or named shared-memory object) it can size, grow with reserved
+//    disk space, map shared, flush and lock;
+//  - byte-range locks owned by the open handle, released by the OS when the
+//    handle is closed or its process dies (OFD locks on Linux, LockFileEx on
+//    Windows). Process-owned fcntl locks are not used: they drop when any
+//    descriptor of the file in the process is closed, so opening the same
+//    store twice in one process would silently lose the first handle's locks;
+//  - a wait/wake on a 32-bit word of a shared mapping that works across
+//    processes (futex on Linux);
+//  - the boot identity, to tell a crash of a process (page cache intact)
+//    from a crash of the machine (page cache lost);
+//  - a fork counter, to refuse handles used in a forked child.
+//
+// Errors: each call returns a Status whose message names the path, the
+// system call and the system's text, e.g.
+//   "/data/s.mkv: posix_fallocate(1048576 bytes): No space left on device".
+// errno/GetLastError is converted here and never seen by the core.
+#ifndef MAPKV_PLATFORM_PLATFORM_H_
+#define MAPKV_PLATFORM_PLATFORM_H_
+
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "mapkv/status.h"
+
+namespace mapkv::internal {
+
+// A shared read or read-write mapping of a file. Unmapped on destruction.
+// The File it came from must outlive it (a synchronous Flush uses its
+// descriptor).
+class Mapping {
+ public:
+  virtual ~Mapping() = default;
+  virtual uint8_t* data() const = 0;
+  virtual uint64_t length() const = 0;
+  // Writes back [offset, offset+length) of the mapping: asynchronously
+  // (schedule) or synchronously (returns once on stable storage, file size
+  // metadata included).
+  virtual Status Flush(uint64_t offset, uint64_t length, bool sync) = 0;
+};
+
+enum class LockMode : uint8_t { kShared, kExclusive };
+
+struct FileSpec {
+  bool create = false;     // create when missing
+  bool exclusive = false;  // with create: fail when it exists (kInvalidArgument)
+  bool read_only = false;
+  uint32_t mode = 0600;    // permission bits for a new file
+};
+
+class File {
+ public:
+  virtual ~File() = default;
+
+  // Opens a regular file. A missing file without spec.create is kNotFound; a
+  // directory or other non-regular file is kInvalidArgument.
+  static Status Open(const std::string& path, const FileSpec& spec, std::unique_ptr<File>* out);
+
+  // Opens a named shared-memory object (no file behind it; it does not
+  // survive a reboot). `name` is the part after "shm:".
+  static Status OpenShared(const std::string& name, const FileSpec& spec,
+                           std::unique_ptr<File>* out);
+
+  // Removes a named shared-memory object. kNotFound when it does not exist.
+  static Status RemoveShared(const std::string& name);
+
+  virtual const std::string& path() const = 0;
+  virtual bool read_only() const = 0;
+
+  virtual Status Size(uint64_t* size) = 0;
+
+  // Makes the file at least `size` bytes long with the disk space reserved
+  // (posix_fallocate), so writes through the mapping cannot fault for lack of
+  // space. A full disk or a file-size limit (RLIMIT_FSIZE, checked first so
+  // no SIGXFSZ is raised) gives kNoSpace and leaves the length unchanged.
+  virtual Status Reserve(uint64_t size) = 0;
+
+  // Sets the exact length. Only safe while no other handle maps the file.
+  virtual Status Truncate(uint64_t size) = 0;
+
+  // fdatasync / FlushFileBuffers.
+  virtual Status Sync() = 0;
+
+  // Maps the first `length` bytes shared. `length` may exceed the file's
+  // size on POSIX (pages past the end must not be touched until the file has
+  // grown); backends that cannot (Win32) map min(length, size) and report
+  // it through Mapping::length().
+  virtual Status Map(uint64_t length, bool writable, std::unique_ptr<Mapping>* out) = 0;
+
+  // Byte-range locks owned by this open handle. Two handles conflict even in
+  // one process. Converting a held range to the other mode is allowed.
+  virtual Status TryLock(uint64_t offset, uint64_t length, LockMode mode, bool* acquired) = 0;
+  // Blocks until granted.
+  virtual Status Lock(uint64_t offset, uint64_t length, LockMode mode) = 0;
+  virtual Status Unlock(uint64_t offset, uint64_t length) = 0;
+
+  // True when the file lives on a network file system (NFS, SMB/CIFS...),
+  // where shared mappings and locks are not coherent between machines.
+  virtual bool OnNetworkFileSystem() = 0;
+
+  // The file's identity (device and inode), to tell whether `path` still
+  // names the file this handle has open (after a compaction renamed over it).
+  virtual Status Identity(std::array<uint64_t, 2>* id) = 0;
+};
+
+// Atomically replaces `to` with `from` (rename(2) / MoveFileEx).
+Status RenameFile(const std::string& from, const std::string& to);
+// Gives the file at `from` the second name `to`, failing with kInvalidArgument
+// ("already exists") when `to` exists: an atomic create-if-absent (link(2)).
+Status LinkFile(const std::string& from, const std::string& to);
+Status RemoveFile(const std::string& path);
+// Identity of the file now at `path` (kNotFound when none).
+Status FileIdentity(const std::string& path, std::array<uint64_t, 2>* id);
+
+// Blocks while *word == expected, for at most `timeout`, or until woken.
+// Works across processes when `word` lies in a shared mapping. May return
+// early (spuriously); callers re-check. Returns true when woken or changed,
+// false on timeout.
+bool WaitWord(std::atomic<uint32_t>* word, uint32_t expected, std::chrono::microseconds timeout);
+// Wakes every waiter on `word`.
+void WakeWord(std::atomic<uint32_t>* word);
+
+// 16 bytes that change at every boot of the machine.
+std::array<uint8_t, 16> BootId();
+// Test seam: makes BootId() return `id` (to simulate a reboot) until reset
+// with ResetBootIdForTesting().
+void SetBootIdForTesting(const std::array<uint8_t, 16>& id);
+void ResetBootIdForTesting();
+
+uint64_t ProcessId();
+
+// A counter advanced in the child at every fork(); a handle remembers the
+// value it was opened under and refuses to run under another.
+uint64_t ForkGeneration();
+
+}  // namespace mapkv::internal
+
+#endif  // MAPKV_PLATFORM_PLATFORM_H_

@@ -1,0 +1,483 @@
+// store.cc: the public API over StoreImpl: argument checks, optimistic reads,
+// writes and batches. See store_impl.h for the read and write protocols.
+#include <thread>
+
+#include "store_impl.h"
+
+#if defined(__SANITIZE_THREAD__)
+#define MAPKV_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define MAPKV_TSAN 1
+#endif
+#endif
+
+#if defined(MAPKV_TSAN)
+// Optimistic reads race with writers by design (the seqlock discards what
+// they read); keep ThreadSanitizer's eyes on everything else.
+#define MAPKV_OPTIMISTIC __attribute__((no_sanitize("thread")))
+#else
+#define MAPKV_OPTIMISTIC
+#endif
+
+namespace mapkv {
+
+using internal::StoreImpl;
+
+// ---------------------------------------------------------------- WriteBatch
+
+void WriteBatch::Put(std::string_view key, std::string_view value) {
+  ops_.push_back(Op{false, static_cast<uint32_t>(key.size()), data_.size(), value.size()});
+  data_.append(key);
+  data_.append(value);
+  bytes_ += key.size() + value.size();
+}
+
+void WriteBatch::Erase(std::string_view key) {
+  ops_.push_back(Op{true, static_cast<uint32_t>(key.size()), data_.size(), 0});
+  data_.append(key);
+  bytes_ += key.size();
+}
+
+void WriteBatch::Clear() {
+  ops_.clear();
+  data_.clear();
+  bytes_ = 0;
+}
+
+// ---------------------------------------------------------------- Store
+
+namespace {
+Status Closed() { return Status(Code::kInvalidArgument, "the store handle is not open"); }
+}  // namespace
+
+Store::Store() = default;
+Store::~Store() { Close().IgnoreError(); }
+Store::Store(Store&&) noexcept = default;
+Store& Store::operator=(Store&& other) noexcept {
+  if (this != &other) {
+    Close().IgnoreError();
+    impl_ = std::move(other.impl_);
+  }
+  return *this;
+}
+
+Status Store::Open(std::string_view path, const Options& options, Store* store) {
+  Status s = store->Close();
+  std::unique_ptr<StoreImpl> impl;
+  s |= StoreImpl::Open(path, options, &impl);
+  if (s.ok()) store->impl_ = std::move(impl);
+  return s;
+}
+
+Status Store::Close() {
+  if (!impl_) return Status::Ok();
+  Status s = impl_->Close();
+  impl_.reset();
+  return s;
+}
+
+const std::string& Store::path() const {
+  static const std::string kEmpty;
+  return impl_ ? impl_->path() : kEmpty;
+}
+
+Status Store::Get(std::string_view key, std::string* value) const {
+  if (!impl_) return Closed();
+  bool found = false;
+  Status s = impl_->Get(key, value, &found);
+  if (s.ok() && !found) return Status(Code::kNotFound, impl_->path() + ": key not found");
+  return s;
+}
+
+Status Store::Contains(std::string_view key, bool* found) const {
+  if (!impl_) return Closed();
+  return impl_->Get(key, nullptr, found);
+}
+
+Status Store::Put(std::string_view key, std::string_view value) { return impl_ ? impl_->Put(key, value) : Closed(); }
+Status Store::Erase(std::string_view key) { return impl_ ? impl_->Erase(key) : Closed(); }
+Status Store::Write(const WriteBatch& batch) { return impl_ ? impl_->Write(batch) : Closed(); }
+uint64_t Store::size() const { return impl_ ? impl_->size() : 0; }
+Status Store::Flush(FlushMode mode) { return impl_ ? impl_->Flush(mode) : Closed(); }
+Status Store::GetStats(Stats* stats) const { return impl_ ? impl_->GetStats(stats) : Closed(); }
+Status Store::Check(CheckReport* report) const { return impl_ ? impl_->Check(report) : Closed(); }
+Status Store::Compact() { return impl_ ? impl_->Compact() : Closed(); }
+
+Status Store::ForEach(std::string_view prefix,
+                      const std::function<bool(std::string_view, std::string_view)>& fn) const {
+  if (!impl_) return Closed();
+  Status s = impl_->LockRead();
+  if (!s.ok()) return s;
+  s = impl_->GuardedForEach(prefix, fn);
+  impl_->UnlockRead();
+  return s;
+}
+
+// ---------------------------------------------------------------- ReadGuard
+
+ReadGuard::~ReadGuard() { Unlock(); }
+
+Status ReadGuard::Lock(const Store& store) {
+  Unlock();
+  if (!store.impl_) return Closed();
+  Status s = store.impl_->LockRead();
+  if (s.ok()) store_ = store.impl_.get();
+  return s;
+}
+
+void ReadGuard::Unlock() {
+  if (store_ != nullptr) store_->UnlockRead();
+  store_ = nullptr;
+}
+
+Status ReadGuard::Get(std::string_view key, std::string_view* value) const {
+  if (store_ == nullptr) return Status(Code::kInvalidArgument, "the read guard is not locked");
+  return store_->GuardedGet(key, value);
+}
+
+Status ReadGuard::ForEach(std::string_view prefix,
+                          const std::function<bool(std::string_view, std::string_view)>& fn) const {
+  if (store_ == nullptr) return Status(Code::kInvalidArgument, "the read guard is not locked");
+  return store_->GuardedForEach(prefix, fn);
+}
+
+// ---------------------------------------------------------------- StoreImpl
+
+namespace internal {
+
+using namespace format;  // NOLINT
+
+namespace {
+
+constexpr int kOptimisticAttempts = 64;
+
+Status CheckKey(const std::string& path, std::string_view key) {
+  if (key.empty()) return Status(Code::kInvalidArgument, path + ": empty key (keys are 1 to 65536 bytes)");
+  if (key.size() > kMaxKeySize) {
+    return Status(Code::kInvalidArgument,
+                  path + ": key of " + std::to_string(key.size()) + " bytes (keys are 1 to 65536 bytes)");
+  }
+  return Status::Ok();
+}
+
+Status CheckValue(const std::string& path, std::string_view value) {
+  if (value.size() > kMaxValueSize) {
+    return Status(Code::kInvalidArgument,
+                  path + ": value of " + std::to_string(value.size()) + " bytes (at most 1 GiB)");
+  }
+  return Status::Ok();
+}
+
+inline void CpuRelax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+
+void Backoff(int attempt) {
+  if (attempt < 16) {
+    for (int i = 0; i < (1 << (attempt / 2)); ++i) CpuRelax();
+  } else {
+    std::this_thread::yield();
+  }
+}
+
+// Copies a value that a writer may be changing: plain bytes, no checks; the
+// seqlock decides afterwards whether the copy counts.
+MAPKV_OPTIMISTIC void CopyRacy(std::string* out, const uint8_t* p, uint64_t n) {
+  out->resize(n);
+  char* dst = out->data();
+#if defined(MAPKV_TSAN)
+  for (uint64_t i = 0; i < n; ++i) dst[i] = static_cast<char>(p[i]);
+#else
+  std::memcpy(dst, p, n);
+#endif
+}
+
+}  // namespace
+
+Status StoreImpl::CheckUsable() const {
+  if (fork_generation_ != ForkGeneration()) {
+    return Status(Code::kUnsafeUse, path_ + ": store handle used in a child process after fork(); open the "
+                                            "store again in the child");
+  }
+  return Status::Ok();
+}
+
+Status StoreImpl::CheckWritable() const {
+  Status s = CheckUsable();
+  if (s.ok() && read_only_) s = Status(Code::kPermissionDenied, path_ + ": store is open read-only");
+  return s;
+}
+
+Status StoreImpl::EnsureMapped() const {
+  const uint64_t fs = ctl_->file_size.load(std::memory_order_acquire);
+  if (maps_->Current()->length >= fs) return Status::Ok();
+  return maps_->Cover(fs);
+}
+
+TableReader StoreImpl::ReaderSnapshot() const {
+  return TableReader{maps_->Current()->base, ctl_->file_size.load(std::memory_order_acquire),
+                     static_cast<uint32_t>(ctl_->table_shift.load(std::memory_order_relaxed)),
+                     ctl_->pagemap_offset.load(std::memory_order_relaxed), seed_};
+}
+
+MAPKV_OPTIMISTIC Status StoreImpl::Get(std::string_view key, std::string* value, bool* found) const {
+  Status s = CheckUsable();
+  if (s.ok()) s = CheckKey(path_, key);
+  if (!s.ok()) return s;
+  const uint64_t hash = HashKey(key, seed_);
+  for (int attempt = 0; attempt < kOptimisticAttempts; ++attempt) {
+    const uint64_t s1 = ctl_->seq.load(std::memory_order_acquire);
+    if (s1 & 1) {
+      Backoff(attempt);
+      continue;
+    }
+    const uint64_t fs = ctl_->file_size.load(std::memory_order_acquire);
+    const View* v = maps_->Current();
+    if (v->length < fs) {
+      s = maps_->Cover(fs);
+      if (!s.ok()) return s;
+      v = maps_->Current();
+    }
+    TableReader r{v->base, fs, static_cast<uint32_t>(ctl_->table_shift.load(std::memory_order_relaxed)),
+                  ctl_->pagemap_offset.load(std::memory_order_relaxed), seed_};
+    if (r.shift < kMinTableShift || r.shift > kMaxTableShift) continue;  // torn; re-check below
+    uint64_t index;
+    RecordRef rec;
+    const TableReader::Result res = r.Find(key, hash, &index, &rec);
+    if (res == TableReader::Result::kFound && value != nullptr) CopyRacy(value, rec.value(), rec.value_size);
+    std::atomic_thread_fence(std::memory_order_acquire);
+    if (ctl_->seq.load(std::memory_order_relaxed) != s1) continue;
+    if (res == TableReader::Result::kBad) {
+      return Status(Code::kCorruption, path_ + ": hash table probe left the file");
+    }
+    *found = res == TableReader::Result::kFound;
+    return Status::Ok();
+  }
+  // A long write, or a dead writer: read under the lock.
+  s = LockRead();
+  if (!s.ok()) return s;
+  std::string_view view;
+  s = GuardedGet(key, &view);
+  if (s.ok()) {
+    *found = true;
+    if (value != nullptr) value->assign(view);
+  } else if (s.IsNotFound()) {
+    *found = false;
+    s = Status::Ok();
+  }
+  UnlockRead();
+  return s;
+}
+
+Status StoreImpl::LockRead() const {
+  Status s = CheckUsable();
+  if (!s.ok()) return s;
+  for (int round = 0; round < 2; ++round) {
+    s = locks_->LockRead();
+    if (!s.ok()) return s;
+    if (ctl_->undo_count.load(std::memory_order_acquire) == 0 && (ctl_->seq.load(std::memory_order_acquire) & 1) == 0) {
+      s = EnsureMapped();
+      if (!s.ok()) locks_->UnlockRead();
+      return s;
+    }
+    // Under the read lock no writer is running: its state is a dead writer's.
+    locks_->UnlockRead();
+    if (read_only_) {
+      return Status(Code::kBusy, path_ + ": a writer was killed in the middle of a write; open the store "
+                                         "once writable to recover it");
+    }
+    auto* self = const_cast<StoreImpl*>(this);
+    s = self->BeginWrite();
+    if (!s.ok()) return s;
+    self->EndWrite();
+  }
+  return Status(Code::kBusy, path_ + ": could not take a consistent read lock");
+}
+
+void StoreImpl::UnlockRead() const { locks_->UnlockRead(); }
+
+Status StoreImpl::GuardedGet(std::string_view key, std::string_view* value) const {
+  Status s = CheckKey(path_, key);
+  if (!s.ok()) return s;
+  TableReader r = ReaderSnapshot();
+  uint64_t index;
+  RecordRef rec;
+  switch (r.Find(key, HashKey(key, seed_), &index, &rec)) {
+    case TableReader::Result::kFound:
+      *value = std::string_view(reinterpret_cast<const char*>(rec.value()), rec.value_size);
+      return Status::Ok();
+    case TableReader::Result::kAbsent:
+      return Status(Code::kNotFound, path_ + ": key not found");
+    case TableReader::Result::kBad:
+      break;
+  }
+  return Status(Code::kCorruption, path_ + ": hash table probe left the file");
+}
+
+Status StoreImpl::GuardedForEach(std::string_view prefix,
+                                 const std::function<bool(std::string_view, std::string_view)>& fn) const {
+  TableReader r = ReaderSnapshot();
+  for (uint64_t i = 0; i < r.slots(); ++i) {
+    uint64_t slot;
+    if (!r.LoadSlot(i, &slot)) return Status(Code::kCorruption, path_ + ": table page out of file");
+    if (slot == 0) continue;
+    RecordRef rec;
+    if (!r.Record(SlotGranule(slot), &rec)) {
+      return Status(Code::kCorruption, path_ + ": slot " + std::to_string(i) + " points out of the file");
+    }
+    std::string_view k(reinterpret_cast<const char*>(rec.key()), rec.key_size);
+    if (k.substr(0, prefix.size()) != prefix) continue;
+    if (!fn(k, std::string_view(reinterpret_cast<const char*>(rec.value()), rec.value_size))) break;
+  }
+  return Status::Ok();
+}
+
+// ---------------------------------------------------------------- writes
+
+Status StoreImpl::BeginWrite() {
+  Status s = CheckWritable();
+  if (!s.ok()) return s;
+  s = locks_->LockWrite();
+  if (!s.ok()) return s;
+  s = EnsureMapped();
+  if (s.ok() && (ctl_->undo_count.load() != 0 || (ctl_->seq.load() & 1) != 0 || ctl_->release_pending != 0)) {
+    // The previous holder died in the middle of a write.
+    s = ValidateControl();
+    if (s.ok()) s = RecoverKilledWriter();
+  }
+  if (!s.ok()) locks_->UnlockWrite();
+  return s;
+}
+
+void StoreImpl::EndWrite() { locks_->UnlockWrite(); }
+
+void StoreImpl::SeqBegin() {
+  const uint64_t seq = ctl_->seq.load(std::memory_order_relaxed);
+  if (seq & 1) return;  // already inside
+  ctl_->seq.store(seq + 1, std::memory_order_relaxed);
+  std::atomic_thread_fence(std::memory_order_release);
+}
+
+void StoreImpl::SeqEnd() {
+  const uint64_t seq = ctl_->seq.load(std::memory_order_relaxed);
+  if ((seq & 1) == 0) return;
+  ctl_->seq.store(seq + 1, std::memory_order_release);
+}
+
+Status StoreImpl::WriteRecord(std::string_view key, std::string_view value, uint64_t* granule) {
+  const uint64_t n = RecordGranules(key.size(), value.size());
+  Status s = heap_->Allocate(n, 1, granule);
+  if (!s.ok()) return s;
+  uint8_t* p = heap_->base() + *granule * kGranule;
+  RecordHeader h{};
+  h.value_size = static_cast<uint32_t>(value.size());
+  h.key_size_m1 = static_cast<uint16_t>(key.size() - 1);
+  std::memcpy(p + kRecordHeaderSize, key.data(), key.size());
+  if (!value.empty()) std::memcpy(p + kRecordHeaderSize + key.size(), value.data(), value.size());
+  const uint64_t used = kRecordHeaderSize + key.size() + value.size();
+  std::memset(p + used, 0, n * kGranule - used);
+  h.checksum = RecordChecksum(h, p + kRecordHeaderSize);
+  std::memcpy(p, &h, sizeof h);
+  return Status::Ok();
+}
+
+Status StoreImpl::ApplyPut(std::string_view key, std::string_view value) {
+  uint64_t g;
+  Status s = WriteRecord(key, value, &g);
+  if (!s.ok()) return s;
+  SeqBegin();
+  RecordRef old;
+  bool replaced = false;
+  s = table_->Upsert(key, HashKey(key, seed_), g, &old, &replaced);
+  if (!s.ok()) return s;
+  if (replaced) {
+    s = heap_->Free(old.granule, old.granules());
+    if (!s.ok()) return s;
+    ctl_->live_bytes -= old.granules() * kGranule;
+  }
+  ctl_->live_bytes += RecordGranules(key.size(), value.size()) * kGranule;
+  ctl_->change_seq.store(ctl_->change_seq.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  return Status::Ok();
+}
+
+Status StoreImpl::ApplyErase(std::string_view key, bool* found) {
+  SeqBegin();
+  RecordRef old;
+  Status s = table_->Erase(key, HashKey(key, seed_), found, &old);
+  if (!s.ok() || !*found) return s;
+  s = heap_->Free(old.granule, old.granules());
+  if (!s.ok()) return s;
+  ctl_->live_bytes -= old.granules() * kGranule;
+  ctl_->change_seq.store(ctl_->change_seq.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  return Status::Ok();
+}
+
+Status StoreImpl::Put(std::string_view key, std::string_view value) {
+  Status s = CheckKey(path_, key);
+  if (s.ok()) s = CheckValue(path_, value);
+  if (s.ok()) s = BeginWrite();
+  if (!s.ok()) return s;
+  s = RunWrite([&] { return ApplyPut(key, value); });
+  EndWrite();
+  return s;
+}
+
+Status StoreImpl::Erase(std::string_view key) {
+  Status s = CheckKey(path_, key);
+  if (s.ok()) s = BeginWrite();
+  if (!s.ok()) return s;
+  bool found = false;
+  s = RunWrite([&] { return ApplyErase(key, &found); });
+  EndWrite();
+  if (s.ok() && !found) return Status(Code::kNotFound, path_ + ": key not found");
+  return s;
+}
+
+Status StoreImpl::Write(const WriteBatch& batch) {
+  for (const WriteBatch::Op& op : batch.ops_) {
+    std::string_view key(batch.data_.data() + op.offset, op.key_size);
+    Status s = CheckKey(path_, key);
+    if (s.ok() && !op.erase) s = CheckValue(path_, std::string_view(batch.data_.data() + op.offset + op.key_size, op.value_size));
+    if (!s.ok()) return s;
+  }
+  if (batch.ops_.empty()) return CheckWritable();
+  Status s = BeginWrite();
+  if (!s.ok()) return s;
+  s = RunWrite([&] {
+        for (const WriteBatch::Op& op : batch.ops_) {
+          std::string_view key(batch.data_.data() + op.offset, op.key_size);
+          Status st;
+          if (op.erase) {
+            bool found;
+            st = ApplyErase(key, &found);
+          } else {
+            st = ApplyPut(key, std::string_view(batch.data_.data() + op.offset + op.key_size, op.value_size));
+          }
+          if (!st.ok()) return st;
+        }
+        return Status::Ok();
+      });
+  EndWrite();
+  return s;
+}
+
+Status StoreImpl::Flush(FlushMode mode) {
+  if (mode == FlushMode::kAsync) {
+    Status s = CheckUsable();
+    if (!s.ok() || read_only_) return s;
+    return maps_->Flush(0, ctl_->file_size.load(), /*sync=*/false);
+  }
+  Status s = BeginWrite();
+  if (!s.ok()) return s;
+  s = Checkpoint();
+  EndWrite();
+  return s;
+}
+
+}  // namespace internal
+}  // namespace mapkv

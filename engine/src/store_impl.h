@@ -1,0 +1,127 @@
+// store_impl.h: the state behind a Store handle, and where each job lives.
+//
+//   store.cc       the public API: argument checks, reads, writes, batches
+//   open.cc        open and create, validation of an existing file, recovery
+//                  after a killed writer or a lost page cache (reboot), close
+//   checkpoint.cc  synchronous flush: the meta page and its copy-on-write epoch
+//   check.cc       Check and GetStats
+//   compact.cc     Compact
+//
+// Reads are optimistic: a reader loads the control page's seqlock word, reads
+// the table and record without any lock, and accepts what it read only when
+// the word is unchanged and even. A writer makes the word odd for the time it
+// changes reader-visible state. A reader that keeps failing (a long write, or
+// a writer that died with the word odd) takes the read lock instead; under it
+// an odd word can only mean a dead writer, and the reader has the write lock
+// taken to recover.
+//
+// Writes take the write lock (lock.h), start an undo scope (heap.h), write
+// the new record into free space, make the seqlock odd, change the table,
+// commit, and make the seqlock even.
+#ifndef MAPKV_STORE_IMPL_H_
+#define MAPKV_STORE_IMPL_H_
+
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "format.h"
+#include "heap.h"
+#include "lock.h"
+#include "mapkv/store.h"
+#include "platform/platform.h"
+#include "table.h"
+
+namespace mapkv::internal {
+
+class StoreImpl {
+ public:
+  static Status Open(std::string_view path, const Options& options, std::unique_ptr<StoreImpl>* out);
+  ~StoreImpl();
+  Status Close();
+
+  const std::string& path() const { return path_; }
+
+  Status Get(std::string_view key, std::string* value, bool* found) const;
+  Status Put(std::string_view key, std::string_view value);
+  Status Erase(std::string_view key);
+  Status Write(const WriteBatch& batch);
+  uint64_t size() const { return ctl_->entries.load(std::memory_order_relaxed); }
+  Status Flush(FlushMode mode);
+  Status GetStats(Stats* stats) const;
+  Status Check(CheckReport* report) const;
+  Status Compact();
+
+  // Read guard support: the caller holds the read lock.
+  Status LockRead() const;
+  void UnlockRead() const;
+  Status GuardedGet(std::string_view key, std::string_view* value) const;
+  Status GuardedForEach(std::string_view prefix,
+                        const std::function<bool(std::string_view, std::string_view)>& fn) const;
+
+ private:
+  StoreImpl(std::string path, const Options& options);
+
+  // open.cc
+  static Status CreateNew(const std::string& path, const Options& options);
+  Status Attach();
+  Status ChooseMeta(const format::MetaPage** meta) const;
+  Status ValidateControl() const;
+  Status RecoverKilledWriter();
+  Status RecoverFromCheckpoint(const format::MetaPage& meta);
+  Status RebuildAllocMap();
+  Status InitializeNew(uint64_t capacity);
+  Status TrimIfAlone();
+
+  // compact.cc
+  Status MoveEverything();
+
+  // checkpoint.cc
+  Status Checkpoint();
+
+  // store.cc
+  Status CheckUsable() const;
+  Status CheckWritable() const;
+  Status BeginWrite();  // write lock + recovery + mapping up to date
+  void EndWrite();
+  void SeqBegin();
+  void SeqEnd();
+  Status EnsureMapped() const;
+  Status WriteRecord(std::string_view key, std::string_view value, uint64_t* granule);
+  Status ApplyPut(std::string_view key, std::string_view value);
+  Status ApplyErase(std::string_view key, bool* found);
+  // Runs `body` as one atomic write (undo scope, seqlock, commit/rollback).
+  template <typename Body>
+  Status RunWrite(Body&& body);
+  TableReader ReaderSnapshot() const;
+
+  const std::string path_;
+  const Options options_;
+  const bool read_only_;
+  uint64_t fork_generation_ = 0;
+  uint64_t seed_ = 0;
+  std::unique_ptr<File> file_;
+  std::unique_ptr<MapSet> maps_;
+  std::unique_ptr<LockManager> locks_;
+  format::ControlPage* ctl_ = nullptr;
+  std::unique_ptr<Heap> heap_;
+  std::unique_ptr<TableWriter> table_;
+};
+
+template <typename Body>
+Status StoreImpl::RunWrite(Body&& body) {
+  Status s = heap_->Begin();
+  if (s.ok()) s = body();
+  if (s.ok()) {
+    ctl_->dirty = 1;
+    heap_->Commit();
+  } else {
+    heap_->Rollback();
+  }
+  SeqEnd();
+  return s;
+}
+
+}  // namespace mapkv::internal
+
+#endif  // MAPKV_STORE_IMPL_H_

@@ -1,0 +1,278 @@
+// table.cc: Robin Hood hash table over the page map. See table.h.
+#include "table.h"
+
+#include <xxhash.h>
+
+#include <cstring>
+#include <string>
+
+#include "mapkv/store.h"
+
+namespace mapkv::internal {
+
+using namespace format;  // NOLINT
+
+uint64_t HashKey(std::string_view key, uint64_t seed) {
+  return XXH3_64bits_withSeed(key.data(), key.size(), seed);
+}
+
+uint32_t RecordChecksum(const RecordHeader& h, const uint8_t* key_and_value) {
+  uint64_t n = uint64_t{h.key_size_m1} + 1 + h.value_size;
+  return static_cast<uint32_t>(XXH3_64bits_withSeed(key_and_value, n, RecordSeed(h.value_size, h.key_size_m1)));
+}
+
+// ---------------------------------------------------------------- reader
+
+bool TableReader::Record(uint64_t granule, RecordRef* rec) const {
+  uint64_t off = granule << kGranuleShift;
+  if (off < kHeapOffset || off + kRecordHeaderSize > limit) return false;
+  RecordHeader h;
+  std::memcpy(&h, base + off, sizeof h);
+  if (h.value_size > kMaxValueSize) return false;
+  uint64_t key_size = uint64_t{h.key_size_m1} + 1;
+  if (off + kRecordHeaderSize + key_size + h.value_size > limit) return false;
+  rec->granule = granule;
+  rec->header = base + off;
+  rec->key_size = key_size;
+  rec->value_size = h.value_size;
+  return true;
+}
+
+bool TableReader::Home(uint64_t slot, uint64_t* home) const {
+  if (shift <= kTagBits) {
+    *home = SlotTag(slot) >> (kTagBits - shift);
+    return true;
+  }
+  RecordRef rec;
+  if (!Record(SlotGranule(slot), &rec)) return false;
+  uint64_t h = HashKey(std::string_view(reinterpret_cast<const char*>(rec.key()), rec.key_size), seed);
+  *home = h >> (64 - shift);
+  return true;
+}
+
+TableReader::Result TableReader::Find(std::string_view key, uint64_t hash, uint64_t* index,
+                                      RecordRef* rec) const {
+  const uint64_t m = mask();
+  const uint64_t tag = HashTag(hash);
+  const uint64_t home = hash >> (64 - shift);
+  for (uint64_t d = 0; d <= m; ++d) {
+    uint64_t i = (home + d) & m;
+    uint64_t s;
+    if (!LoadSlot(i, &s)) return Result::kBad;
+    if (s == 0) return Result::kAbsent;
+    if (shift <= kTagBits) {
+      uint64_t dist = (i - (SlotTag(s) >> (kTagBits - shift))) & m;
+      if (dist < d) return Result::kAbsent;  // Robin Hood: the key would have been placed here
+    }
+    if (SlotTag(s) == tag) {
+      if (!Record(SlotGranule(s), rec)) return Result::kBad;
+      if (rec->key_size == key.size() && std::memcmp(rec->key(), key.data(), key.size()) == 0) {
+        *index = i;
+        return Result::kFound;
+      }
+    }
+  }
+  return Result::kBad;  // a table with no empty slot is not a valid state
+}
+
+// ---------------------------------------------------------------- writer
+
+TableReader TableWriter::Reader() const {
+  ControlPage* ctl = heap_->ctl();
+  return TableReader{heap_->base(), ctl->file_size.load(std::memory_order_relaxed),
+                     static_cast<uint32_t>(ctl->table_shift.load(std::memory_order_relaxed)),
+                     ctl->pagemap_offset.load(std::memory_order_relaxed), ctl->hash_seed};
+}
+
+Status TableWriter::WritableSlot(uint64_t i, uint64_t** slot) {
+  ControlPage* ctl = heap_->ctl();
+  const uint64_t pm_off = ctl->pagemap_offset.load(std::memory_order_relaxed) + (i >> kSlotsPerPageShift) * 4;
+  uint32_t phys = *heap_->At<uint32_t>(pm_off);
+  if (heap_->IsCheckpointed(uint64_t{phys} * kGranulesPerPage)) {
+    // Copy-on-write: the checkpoint keeps the old page until the next one.
+    uint64_t g;
+    Status s = heap_->Allocate(kGranulesPerPage, kGranulesPerPage, &g);
+    if (!s.ok()) return s;
+    std::memcpy(heap_->base() + g * kGranule, heap_->base() + uint64_t{phys} * kPageSize, kPageSize);
+    const uint64_t word_off = pm_off & ~uint64_t{7};
+    uint64_t word = *heap_->At<uint64_t>(word_off);
+    uint32_t halves[2];
+    std::memcpy(halves, &word, 8);
+    halves[(pm_off & 7) / 4] = static_cast<uint32_t>(g / kGranulesPerPage);
+    std::memcpy(&word, halves, 8);
+    s = heap_->SetWord(word_off, word);
+    if (!s.ok()) return s;
+    s = heap_->Free(uint64_t{phys} * kGranulesPerPage, kGranulesPerPage);
+    if (!s.ok()) return s;
+    phys = static_cast<uint32_t>(g / kGranulesPerPage);
+  }
+  *slot = heap_->At<uint64_t>(uint64_t{phys} * kPageSize + (i & (kSlotsPerPage - 1)) * 8);
+  return Status::Ok();
+}
+
+Status TableWriter::SetSlot(uint64_t i, uint64_t value) {
+  uint64_t* p;
+  Status s = WritableSlot(i, &p);
+  if (!s.ok()) return s;
+  return heap_->SetWord(p, value);
+}
+
+Status TableWriter::Relocate(uint64_t index, uint64_t granule) {
+  uint64_t slot;
+  if (!Reader().LoadSlot(index, &slot)) return Status(Code::kCorruption, heap_->file()->path() + ": table page out of file");
+  return SetSlot(index, (slot & ~kOffsetMask) | granule);
+}
+
+Status TableWriter::Upsert(std::string_view key, uint64_t hash, uint64_t granule, RecordRef* old_rec,
+                           bool* replaced) {
+  ControlPage* ctl = heap_->ctl();
+  TableReader r = Reader();
+  uint64_t idx;
+  switch (r.Find(key, hash, &idx, old_rec)) {
+    case TableReader::Result::kFound:
+      *replaced = true;
+      return SetSlot(idx, MakeSlot(hash, granule));
+    case TableReader::Result::kBad:
+      return Status(Code::kCorruption, heap_->file()->path() + ": hash table probe left the file");
+    case TableReader::Result::kAbsent:
+      break;
+  }
+  *replaced = false;
+  const uint64_t entries = ctl->entries.load(std::memory_order_relaxed);
+  if ((entries + 1) * kMaxLoadDen > r.slots() * kMaxLoadNum) {
+    Status s = Resize(r.shift + 1);
+    if (!s.ok()) return s;
+    r = Reader();
+  }
+  const uint64_t m = r.mask();
+  uint64_t cur = MakeSlot(hash, granule);
+  uint64_t i = hash >> (64 - r.shift);
+  uint64_t d = 0;
+  for (uint64_t step = 0; step <= m; ++step) {
+    uint64_t s;
+    if (!r.LoadSlot(i, &s)) return Status(Code::kCorruption, heap_->file()->path() + ": table page out of file");
+    if (s == 0) {
+      Status st = SetSlot(i, cur);
+      if (!st.ok()) return st;
+      ctl->entries.store(entries + 1, std::memory_order_relaxed);
+      return Status::Ok();
+    }
+    uint64_t home;
+    if (!r.Home(s, &home)) return Status(Code::kCorruption, heap_->file()->path() + ": slot points out of file");
+    uint64_t sd = (i - home) & m;
+    if (sd < d) {  // take the place of the richer entry and carry it on
+      Status st = SetSlot(i, cur);
+      if (!st.ok()) return st;
+      cur = s;
+      d = sd;
+      r = Reader();  // SetSlot may have remapped
+    }
+    i = (i + 1) & m;
+    ++d;
+  }
+  return Status(Code::kCorruption, heap_->file()->path() + ": hash table has no empty slot");
+}
+
+Status TableWriter::Erase(std::string_view key, uint64_t hash, bool* found, RecordRef* old_rec) {
+  ControlPage* ctl = heap_->ctl();
+  TableReader r = Reader();
+  uint64_t i;
+  switch (r.Find(key, hash, &i, old_rec)) {
+    case TableReader::Result::kAbsent:
+      *found = false;
+      return Status::Ok();
+    case TableReader::Result::kBad:
+      return Status(Code::kCorruption, heap_->file()->path() + ": hash table probe left the file");
+    case TableReader::Result::kFound:
+      break;
+  }
+  *found = true;
+  const uint64_t m = r.mask();
+  // Backward shift: pull each following displaced entry one slot closer to home.
+  for (uint64_t step = 0; step <= m; ++step) {
+    uint64_t next = (i + 1) & m;
+    uint64_t s;
+    if (!r.LoadSlot(next, &s)) return Status(Code::kCorruption, heap_->file()->path() + ": table page out of file");
+    uint64_t home = next;
+    if (s != 0 && !r.Home(s, &home)) {
+      return Status(Code::kCorruption, heap_->file()->path() + ": slot points out of file");
+    }
+    if (s == 0 || home == next) {
+      Status st = SetSlot(i, 0);
+      if (!st.ok()) return st;
+      break;
+    }
+    Status st = SetSlot(i, s);
+    if (!st.ok()) return st;
+    r = Reader();
+    i = next;
+  }
+  ctl->entries.store(ctl->entries.load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
+  return Status::Ok();
+}
+
+Status TableWriter::CreateTable(uint32_t shift, uint64_t* table_granule, uint64_t* pagemap) {
+  const uint64_t slots = uint64_t{1} << shift;
+  const uint64_t pages = slots / kSlotsPerPage;
+  uint64_t tg, pg;
+  const uint64_t pm_bytes = (pages * 4 + kGranule - 1) / kGranule * kGranule;
+  Status s = heap_->Allocate(pm_bytes / kGranule, 1, &pg);  // small: first, into the first hole
+  if (!s.ok()) return s;
+  s = heap_->Allocate(pages * kGranulesPerPage, kGranulesPerPage, &tg);
+  if (!s.ok()) return s;
+  std::memset(heap_->base() + tg * kGranule, 0, pages * kPageSize);
+  uint32_t* pm = heap_->At<uint32_t>(pg * kGranule);
+  for (uint64_t p = 0; p < pages; ++p) pm[p] = static_cast<uint32_t>(tg / kGranulesPerPage + p);
+  *table_granule = tg;
+  *pagemap = pg * kGranule;
+  return Status::Ok();
+}
+
+Status TableWriter::Resize(uint32_t shift) {
+  ControlPage* ctl = heap_->ctl();
+  if (shift > kMaxTableShift) {
+    return Status(Code::kNoSpace, heap_->file()->path() + ": hash table at its format limit");
+  }
+  const TableReader old_before = Reader();
+  const uint64_t old_pagemap = old_before.pagemap;
+  const uint64_t old_pages = old_before.slots() / kSlotsPerPage;
+  const uint64_t old_pm_bytes = ctl->pagemap_bytes;
+  uint64_t tg, pm;
+  Status s = CreateTable(shift, &tg, &pm);
+  if (!s.ok()) return s;
+  const TableReader old = Reader();  // the mapping may have moved
+  uint64_t* table = heap_->At<uint64_t>(tg * kGranule);
+  const uint64_t m = (uint64_t{1} << shift) - 1;
+  TableReader fresh = old;
+  fresh.shift = shift;
+  fresh.pagemap = pm;
+  for (uint64_t i = 0; i < old.slots(); ++i) {
+    uint64_t cur;
+    if (!old.LoadSlot(i, &cur)) return Status(Code::kCorruption, heap_->file()->path() + ": table page out of file");
+    if (cur == 0) continue;
+    uint64_t home;
+    if (!fresh.Home(cur, &home)) return Status(Code::kCorruption, heap_->file()->path() + ": slot points out of file");
+    uint64_t d = 0;
+    for (uint64_t j = home;; j = (j + 1) & m, ++d) {
+      if (table[j] == 0) {
+        table[j] = cur;
+        break;
+      }
+      uint64_t h2;
+      fresh.Home(table[j], &h2);  // already checked when it was placed
+      uint64_t sd = (j - h2) & m;
+      if (sd < d) {
+        std::swap(table[j], cur);
+        d = sd;
+      }
+    }
+  }
+  ctl->table_shift.store(shift, std::memory_order_relaxed);  // logged by Heap::Begin
+  ctl->pagemap_offset.store(pm, std::memory_order_relaxed);
+  ctl->pagemap_bytes = ((uint64_t{1} << shift) / kSlotsPerPage * 4 + kGranule - 1) / kGranule * kGranule;
+  s = heap_->FreePages(old_pagemap, old_pages);
+  if (!s.ok()) return s;
+  return heap_->Free(old_pagemap / kGranule, old_pm_bytes / kGranule);
+}
+
+}  // namespace mapkv::internal

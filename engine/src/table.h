@@ -1,0 +1,118 @@
+// table.h: the hash table: lookups for readers, changes for the writer.
+//
+// Layout (format.h): 2^shift slots of 8 bytes in 4 KiB logical pages; the
+// page map (u32 physical page numbers) places each logical page in the file.
+// A slot is (tag << 38) | granule; 0 is empty. Robin Hood linear probing: an
+// entry's distance from its home slot never exceeds that of the entry it
+// passes, so a lookup stops at the first slot holding an entry closer to home
+// than the probe is (an absent key costs about as much as a present one), and
+// erase shifts the following entries back instead of leaving tombstones.
+//
+// Readers (TableReader) run without a lock, against a state that a writer may
+// change under them: every offset they load is checked against the file size
+// before it is followed, every loop is bounded, and the caller validates the
+// whole read with the seqlock afterwards. A reader never faults and never
+// loops, whatever the bytes.
+//
+// The writer (TableWriter) runs under the write lock and records every change
+// in the undo log (heap.h). A page the last checkpoint references is copied
+// before its first change (copy-on-write), so the checkpoint stays intact on
+// disk.
+#ifndef MAPKV_TABLE_H_
+#define MAPKV_TABLE_H_
+
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <string_view>
+
+#include "format.h"
+#include "heap.h"
+#include "mapkv/status.h"
+
+namespace mapkv::internal {
+
+uint64_t HashKey(std::string_view key, uint64_t seed);
+uint32_t RecordChecksum(const format::RecordHeader& h, const uint8_t* key_and_value);
+
+// A record located and bounds-checked in the mapping.
+struct RecordRef {
+  uint64_t granule = 0;
+  const uint8_t* header = nullptr;
+  uint64_t key_size = 0;
+  uint64_t value_size = 0;
+  const uint8_t* key() const { return header + format::kRecordHeaderSize; }
+  const uint8_t* value() const { return key() + key_size; }
+  uint64_t granules() const { return format::RecordGranules(key_size, value_size); }
+};
+
+// A snapshot of where the table is, taken from the control page.
+struct TableReader {
+  const uint8_t* base;
+  uint64_t limit;  // file size: nothing at or past it is read
+  uint32_t shift;
+  uint64_t pagemap;
+  uint64_t seed;
+
+  uint64_t slots() const { return uint64_t{1} << shift; }
+  uint64_t mask() const { return slots() - 1; }
+
+  // Address of slot i, or nullptr when the page map points out of the file.
+  const uint64_t* SlotPtr(uint64_t i) const {
+    uint64_t pm = pagemap + (i >> format::kSlotsPerPageShift) * 4;
+    if (pm + 4 > limit) return nullptr;
+    uint32_t phys = std::atomic_ref<const uint32_t>(*reinterpret_cast<const uint32_t*>(base + pm))
+                        .load(std::memory_order_relaxed);
+    uint64_t off = uint64_t{phys} * format::kPageSize + (i & (format::kSlotsPerPage - 1)) * 8;
+    if (off < format::kHeapOffset || off + 8 > limit) return nullptr;
+    return reinterpret_cast<const uint64_t*>(base + off);
+  }
+  bool LoadSlot(uint64_t i, uint64_t* slot) const {
+    const uint64_t* p = SlotPtr(i);
+    if (p == nullptr) return false;
+    *slot = std::atomic_ref<const uint64_t>(*p).load(std::memory_order_relaxed);
+    return true;
+  }
+  // Finds and checks the record at `granule`; false when it does not fit the file.
+  bool Record(uint64_t granule, RecordRef* rec) const;
+  // Home slot of the entry in `slot`; may read its record (tables past 2^26
+  // slots). False when the record is out of bounds.
+  bool Home(uint64_t slot, uint64_t* home) const;
+
+  enum class Result { kFound, kAbsent, kBad };
+  // Looks `key` (hash `hash`) up. kFound sets *index, *rec. kBad: an offset
+  // or loop bound failed (a changing or corrupt state).
+  Result Find(std::string_view key, uint64_t hash, uint64_t* index, RecordRef* rec) const;
+};
+
+class TableWriter {
+ public:
+  explicit TableWriter(Heap* heap) : heap_(heap) {}
+
+  TableReader Reader() const;
+
+  // Puts the record at `granule` (already written) for `key`. Sets *old to
+  // the granule of the record it replaced, or 0.
+  Status Upsert(std::string_view key, uint64_t hash, uint64_t granule, RecordRef* old_rec, bool* replaced);
+  // Removes `key`; *found says whether it was there, *old_rec what it held.
+  Status Erase(std::string_view key, uint64_t hash, bool* found, RecordRef* old_rec);
+  // Points slot `index` at a copy of its record at `granule` (compaction).
+  Status Relocate(uint64_t index, uint64_t granule);
+  // Rebuilds the table with 2^shift slots.
+  Status Resize(uint32_t shift);
+  // Allocates a table of 2^shift empty slots and its page map; used at
+  // creation. Sets *pagemap.
+  Status CreateTable(uint32_t shift, uint64_t* table_granule, uint64_t* pagemap);
+
+ private:
+  // Makes slot i writable (copying its page when the checkpoint holds it)
+  // and returns its address.
+  Status WritableSlot(uint64_t i, uint64_t** slot);
+  Status SetSlot(uint64_t i, uint64_t value);
+
+  Heap* const heap_;
+};
+
+}  // namespace mapkv::internal
+
+#endif  // MAPKV_TABLE_H_
