@@ -11,6 +11,7 @@ namespace {
 using Clock = std::chrono::steady_clock;
 constexpr auto kRecheck = std::chrono::milliseconds(5);     // a dead holder never wakes us
 constexpr auto kReaderHoldBack = std::chrono::milliseconds(50);
+constexpr auto kStickyIdle = std::chrono::milliseconds(1);
 }  // namespace
 
 // ---------------------------------------------------------------- RwLock
@@ -70,6 +71,7 @@ Status LockManager::AcquireFile(LockMode mode) {
   if (counters) {
     ctl_->lock_waiters.fetch_add(1, std::memory_order_acq_rel);
     if (mode == LockMode::kExclusive) ctl_->writers_waiting.fetch_add(1, std::memory_order_acq_rel);
+    WakeWord(&ctl_->lock_waiters);  // a sticky holder's keeper sleeps on it
   }
   while (true) {
     uint32_t seen = ctl_ != nullptr ? ctl_->lock_released.load(std::memory_order_acquire) : 0;
@@ -102,27 +104,106 @@ void LockManager::ReleaseFile() {
   }
 }
 
+LockManager::~LockManager() { StopKeeper(); }
+
+void LockManager::StopKeeper() {
+  {
+    std::lock_guard<std::mutex> lock(file_mu_);
+    keeper_stop_ = true;
+  }
+  keeper_cv_.notify_all();
+  if (keeper_.joinable()) {
+    if (ForkGeneration() == keeper_fork_generation_) {
+      if (ctl_ != nullptr) WakeWord(&ctl_->lock_waiters);
+      keeper_.join();
+    } else {
+      keeper_.detach();  // a forked child has the object but not the thread
+    }
+  }
+  std::lock_guard<std::mutex> lock(file_mu_);
+  // In a forked child the lock is the parent's (a shared open file
+  // description): leave it alone.
+  if (sticky_ && ForkGeneration() == keeper_fork_generation_) {
+    sticky_ = false;
+    ctl_->writer_pid.store(0, std::memory_order_relaxed);
+    ReleaseFile();
+  }
+}
+
+void LockManager::KeeperLoop() {
+  std::unique_lock<std::mutex> lock(file_mu_);
+  while (!keeper_stop_) {
+    if (!sticky_) {
+      keeper_cv_.wait(lock, [&] { return sticky_ || keeper_stop_; });
+      continue;
+    }
+    const uint64_t writes = writes_.load(std::memory_order_relaxed);
+    lock.unlock();
+    // Sleeps until a waiter counts itself or the idle time passes.
+    if (ctl_->lock_waiters.load(std::memory_order_acquire) == 0) {
+      WaitWord(&ctl_->lock_waiters, 0, std::chrono::duration_cast<std::chrono::microseconds>(kStickyIdle));
+    }
+    const bool wanted = ctl_->lock_waiters.load(std::memory_order_acquire) > 0;
+    if (!wanted && writes_.load(std::memory_order_relaxed) != writes) {
+      lock.lock();  // still writing: keep the lock, look again later
+      continue;
+    }
+    rw_.Lock();  // no write or guard of this handle runs now
+    lock.lock();
+    if (sticky_) {
+      sticky_ = false;
+      ctl_->writer_pid.store(0, std::memory_order_relaxed);
+      ReleaseFile();
+    }
+    rw_.Unlock();
+  }
+}
+
 Status LockManager::LockWrite() {
   rw_.Lock();
-  Status s = AcquireFile(LockMode::kExclusive);
-  if (!s.ok()) {
-    rw_.Unlock();
-    return s;
+  bool held;
+  {
+    std::lock_guard<std::mutex> lock(file_mu_);
+    held = sticky_;
+    sticky_ = false;
   }
-  if (ctl_ != nullptr && ctl_writable_) ctl_->writer_pid.store(ProcessId(), std::memory_order_relaxed);
+  if (!held) {
+    Status s = AcquireFile(LockMode::kExclusive);
+    if (!s.ok()) {
+      rw_.Unlock();
+      return s;
+    }
+  }
+  if (ctl_ != nullptr && ctl_writable_) ctl_->writer_pid.store(pid_, std::memory_order_relaxed);
   return Status::Ok();
 }
 
 void LockManager::UnlockWrite() {
-  if (ctl_ != nullptr && ctl_writable_) ctl_->writer_pid.store(0, std::memory_order_relaxed);
-  ReleaseFile();
+  const bool can_stick = ctl_ != nullptr && ctl_writable_ && !keeper_stop_ &&
+                         ctl_->lock_waiters.load(std::memory_order_acquire) == 0;
+  if (!can_stick) {
+    if (ctl_ != nullptr && ctl_writable_) ctl_->writer_pid.store(0, std::memory_order_relaxed);
+    ReleaseFile();
+    rw_.Unlock();
+    return;
+  }
+  {
+    std::lock_guard<std::mutex> lock(file_mu_);
+    sticky_ = true;
+    writes_.fetch_add(1, std::memory_order_relaxed);
+    if (!keeper_.joinable()) {
+      keeper_fork_generation_ = ForkGeneration();
+      keeper_ = std::thread([this] { KeeperLoop(); });
+    }
+  }
+  keeper_cv_.notify_one();
   rw_.Unlock();
 }
 
 Status LockManager::LockRead() {
   rw_.LockShared();
   std::lock_guard<std::mutex> lock(file_mu_);
-  if (shared_holders_ == 0) {
+  if (shared_holders_ == 0 && !sticky_) {
     // Let a waiting writer of another process go first, for a bounded time.
     if (ctl_ != nullptr) {
       const auto until = Clock::now() + kReaderHoldBack;
@@ -144,7 +225,7 @@ Status LockManager::LockRead() {
 bool LockManager::TryLockRead() {
   if (!rw_.TryLockShared()) return false;
   std::lock_guard<std::mutex> lock(file_mu_);
-  if (shared_holders_ == 0) {
+  if (shared_holders_ == 0 && !sticky_) {
     bool acquired = false;
     if (!file_->TryLock(kRwLockByte, 1, LockMode::kShared, &acquired).ok() || !acquired) {
       rw_.UnlockShared();
@@ -158,7 +239,8 @@ bool LockManager::TryLockRead() {
 void LockManager::UnlockRead() {
   {
     std::lock_guard<std::mutex> lock(file_mu_);
-    if (--shared_holders_ == 0) ReleaseFile();
+    // Under a sticky exclusive lock the guard took no file lock of its own.
+    if (--shared_holders_ == 0 && !sticky_) ReleaseFile();
   }
   rw_.UnlockShared();
 }

@@ -17,13 +17,25 @@
 // itself in ctl->writers_waiting, and new read guards hold back while it is
 // non-zero (for a bounded time), so a stream of readers cannot starve it.
 // After options.lock_timeout the wait fails with kBusy naming the holder.
+//
+// Sticky write lock. A file lock and unlock cost two system calls (about
+// 1 us together), more than a whole put. So a writable handle keeps the file
+// lock after a write ("sticky") for as long as writes keep coming and nobody
+// waits: the next write then takes only the in-process lock. It gives the
+// lock up (1) at the end of a write when ctl->lock_waiters says someone
+// waits, and (2) from a small keeper thread, which wakes when a waiter
+// counts itself (a futex on lock_waiters) or when the handle has been idle
+// for kStickyIdle. A process that dies holding it loses it like any file
+// lock.
 #ifndef MAPKV_LOCK_H_
 #define MAPKV_LOCK_H_
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <mutex>
+#include <thread>
 
 #include "format.h"
 #include "mapkv/status.h"
@@ -55,6 +67,9 @@ class RwLock {
 class LockManager {
  public:
   LockManager(File* file, std::chrono::milliseconds timeout) : file_(file), timeout_(timeout) {}
+  ~LockManager();
+  LockManager(const LockManager&) = delete;
+  LockManager& operator=(const LockManager&) = delete;
 
   // The control page, once mapped; until then waits poll. Null for read-only
   // handles is fine too (they cannot write the counters).
@@ -81,6 +96,8 @@ class LockManager {
  private:
   Status AcquireFile(LockMode mode);
   void ReleaseFile();
+  void KeeperLoop();
+  void StopKeeper();
   Status BusyError(LockMode mode) const;
 
   File* const file_;
@@ -88,8 +105,15 @@ class LockManager {
   format::ControlPage* ctl_ = nullptr;
   bool ctl_writable_ = false;
   RwLock rw_;
-  std::mutex file_mu_;  // guards shared_holders_
+  std::mutex file_mu_;  // guards shared_holders_, sticky_ and the keeper state
   int shared_holders_ = 0;
+  bool sticky_ = false;  // the file lock is held exclusively with no write running
+  std::atomic<uint64_t> writes_{0};  // sticky writes so far; unchanged over kStickyIdle = idle
+  const uint64_t pid_ = ProcessId();
+  std::condition_variable keeper_cv_;
+  std::thread keeper_;
+  bool keeper_stop_ = false;
+  uint64_t keeper_fork_generation_ = 0;
 };
 
 }  // namespace mapkv::internal

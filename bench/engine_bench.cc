@@ -1,0 +1,213 @@
+// engine_bench: point reads and writes of mapkv beside an in-memory
+// absl::flat_hash_map<std::string, std::string>, measured in the same run.
+//
+//   engine_bench [--n N] [--runs R] [--dir DIR] [--key 16] [--value 100]
+//
+// Workloads (keys in random order, fresh store per run, engines interleaved):
+//   fill       N puts of new keys
+//   get        N gets of present keys (random order)
+//   miss       N gets of absent keys
+//   overwrite  N puts over present keys
+//   batch100   N puts in atomic batches of 100
+//   reopen     close, then open the store and serve one get (microseconds)
+// It prints the median ns/op of R runs for each engine, the ratio mapkv/absl,
+// and the file size against the raw bytes (keys + values).
+#include <absl/container/flat_hash_map.h>
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "mapkv/store.h"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+struct Config {
+  size_t n = 1000000;
+  int runs = 3;
+  std::string dir = "/tmp";
+  size_t key = 16;
+  size_t value = 100;
+};
+
+std::string MakeKey(uint64_t i, size_t len) {
+  std::string k(len, '\0');
+  uint64_t x = i * 0x9E3779B97F4A7C15ull;
+  for (size_t j = 0; j < len; ++j) {
+    k[j] = "0123456789abcdefghijklmnopqrstuvwxyz"[x % 36];
+    x = x / 36 + (i + j) * 0x2545F4914F6CDD1Dull;
+  }
+  std::memcpy(k.data(), &i, std::min<size_t>(len, 8));  // unique
+  return k;
+}
+
+double Ns(Clock::time_point a, Clock::time_point b, size_t ops) {
+  return std::chrono::duration<double, std::nano>(b - a).count() / static_cast<double>(ops);
+}
+
+void Die(const mapkv::Status& s, const char* what) {
+  std::fprintf(stderr, "engine_bench: %s: %s\n", what, s.ToString().c_str());
+  std::exit(1);
+}
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Config cfg;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    std::string a = argv[i];
+    if (a == "--n") cfg.n = std::strtoull(argv[i + 1], nullptr, 10);
+    else if (a == "--runs") cfg.runs = std::atoi(argv[i + 1]);
+    else if (a == "--dir") cfg.dir = argv[i + 1];
+    else if (a == "--key") cfg.key = std::strtoull(argv[i + 1], nullptr, 10);
+    else if (a == "--value") cfg.value = std::strtoull(argv[i + 1], nullptr, 10);
+    else {
+      std::fprintf(stderr, "engine_bench: unknown option %s\n", a.c_str());
+      return 2;
+    }
+  }
+  const size_t n = cfg.n;
+  std::vector<std::string> keys(n), absent(n);
+  for (size_t i = 0; i < n; ++i) {
+    keys[i] = MakeKey(i, cfg.key);
+    absent[i] = MakeKey(i + n, cfg.key);
+  }
+  std::string value(cfg.value, 'v');
+  std::string value2(cfg.value, 'w');
+  std::mt19937_64 rng(7);
+  std::vector<size_t> order(n);
+  for (size_t i = 0; i < n; ++i) order[i] = i;
+
+  std::map<std::string, std::vector<double>> mk, ab;
+  std::vector<double> reopen_us, file_ratio;
+  const std::string path = cfg.dir + "/engine_bench.mkv";
+  for (int run = 0; run < cfg.runs; ++run) {
+    // ---- absl
+    {
+      absl::flat_hash_map<std::string, std::string> m;
+      std::shuffle(order.begin(), order.end(), rng);
+      auto t0 = Clock::now();
+      for (size_t i : order) m[keys[i]] = value;
+      auto t1 = Clock::now();
+      ab["fill"].push_back(Ns(t0, t1, n));
+      std::shuffle(order.begin(), order.end(), rng);
+      std::string out;
+      size_t found = 0;
+      t0 = Clock::now();
+      for (size_t i : order) {
+        auto it = m.find(keys[i]);
+        if (it != m.end()) {
+          out = it->second;
+          ++found;
+        }
+      }
+      t1 = Clock::now();
+      if (found != n) return 1;
+      ab["get"].push_back(Ns(t0, t1, n));
+      t0 = Clock::now();
+      for (size_t i : order) found += m.find(absent[i]) != m.end();
+      t1 = Clock::now();
+      ab["miss"].push_back(Ns(t0, t1, n));
+      t0 = Clock::now();
+      for (size_t i : order) m[keys[i]] = value2;
+      t1 = Clock::now();
+      ab["overwrite"].push_back(Ns(t0, t1, n));
+    }
+    // ---- mapkv
+    {
+      std::remove(path.c_str());
+      mapkv::Store s;
+      mapkv::Status st = mapkv::Store::Open(path, {}, &s);
+      if (!st.ok()) Die(st, "open");
+      std::shuffle(order.begin(), order.end(), rng);
+      auto t0 = Clock::now();
+      for (size_t i : order) {
+        st = s.Put(keys[i], value);
+        if (!st.ok()) Die(st, "put");
+      }
+      auto t1 = Clock::now();
+      mk["fill"].push_back(Ns(t0, t1, n));
+      std::shuffle(order.begin(), order.end(), rng);
+      std::string out;
+      t0 = Clock::now();
+      for (size_t i : order) {
+        st = s.Get(keys[i], &out);
+        if (!st.ok()) Die(st, "get");
+      }
+      t1 = Clock::now();
+      mk["get"].push_back(Ns(t0, t1, n));
+      bool present = false;
+      size_t hits = 0;
+      t0 = Clock::now();
+      for (size_t i : order) {
+        st = s.Contains(absent[i], &present);
+        hits += present;
+      }
+      t1 = Clock::now();
+      if (hits != 0) return 1;
+      mk["miss"].push_back(Ns(t0, t1, n));
+      t0 = Clock::now();
+      for (size_t i : order) {
+        st = s.Put(keys[i], value2);
+        if (!st.ok()) Die(st, "overwrite");
+      }
+      t1 = Clock::now();
+      mk["overwrite"].push_back(Ns(t0, t1, n));
+      t0 = Clock::now();
+      mapkv::WriteBatch batch;
+      for (size_t j = 0; j < n; ++j) {
+        batch.Put(keys[order[j]], value);
+        if (batch.Count() == 100 || j + 1 == n) {
+          st = s.Write(batch);
+          if (!st.ok()) Die(st, "batch");
+          batch.Clear();
+        }
+      }
+      t1 = Clock::now();
+      mk["batch100"].push_back(Ns(t0, t1, n));
+      st = s.Close();
+      if (!st.ok()) Die(st, "close");
+      struct stat sb;
+      stat(path.c_str(), &sb);
+      file_ratio.push_back(static_cast<double>(sb.st_size) / static_cast<double>(n * (cfg.key + cfg.value)));
+      t0 = Clock::now();
+      mapkv::Store s2;
+      st = mapkv::Store::Open(path, {}, &s2);
+      if (!st.ok()) Die(st, "reopen");
+      st = s2.Get(keys[order[0]], &out);
+      t1 = Clock::now();
+      if (!st.ok()) Die(st, "get after reopen");
+      reopen_us.push_back(std::chrono::duration<double, std::micro>(t1 - t0).count());
+      mapkv::Options opt;
+      opt.checkpoint_on_close = false;
+      s2.Close().IgnoreError();
+    }
+  }
+  std::remove(path.c_str());
+  std::printf("n=%zu key=%zu value=%zu runs=%d (median ns/op)\n", n, cfg.key, cfg.value, cfg.runs);
+  std::printf("%-10s %10s %10s %8s\n", "workload", "mapkv", "absl", "ratio");
+  for (const char* w : {"fill", "get", "miss", "overwrite", "batch100"}) {
+    double a = ab.count(w) ? Median(ab[w]) : 0, m = Median(mk[w]);
+    if (a > 0) {
+      std::printf("%-10s %10.1f %10.1f %8.2f\n", w, m, a, m / a);
+    } else {
+      std::printf("%-10s %10.1f %10s %8s\n", w, m, "-", "-");
+    }
+  }
+  std::printf("reopen+get %.1f us (median)\nfile/raw   %.3f\n", Median(reopen_us), Median(file_ratio));
+  return 0;
+}
