@@ -27,10 +27,15 @@
 #define MAPKV_FORMAT_H_
 
 #include <atomic>
+#include <bit>
 #include <cstddef>
 #include <cstdint>
 
 namespace mapkv::internal::format {
+
+// The engine reads and writes the mapping in place, so it runs only where the
+// file's byte order is native.
+static_assert(std::endian::native == std::endian::little, "mapkv v1 runs on little-endian hosts only");
 
 // ---- versions -------------------------------------------------------------
 // Major: an incompatible layout; a newer major is refused. Minor: additions an

@@ -455,7 +455,7 @@ Status StoreImpl::TrimIfAlone() {
   Status s = locks_->LockWrite();
   if (!s.ok()) return s;
   if (options_.checkpoint_on_close) s = Checkpoint();
-  const uint64_t target = RoundUp(ctl_->heap_end, 64 * 1024);
+  const uint64_t target = RoundUp(heap_->HighestUsedEnd(), 64 * 1024);
   if (s.ok() && target < ctl_->file_size.load() && ctl_->undo_count.load() == 0) {
     // Alone: no other handle maps the file, so shortening it cannot fault anyone.
     s = file_->Truncate(target);
