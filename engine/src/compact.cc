@@ -17,6 +17,9 @@
 // process killed at any point leaves a valid store; readers see every move
 // atomically (each write holds the seqlock).
 #include <algorithm>
+#include <bit>
+#include <functional>
+#include <vector>
 
 #include "store_impl.h"
 
@@ -56,6 +59,54 @@ Status StoreImpl::MoveEverything() {
         std::memcpy(heap_->base() + g * kGranule, heap_->base() + rec.granule * kGranule, n * kGranule);
         st = table_->Relocate(i, g);
         if (st.ok()) st = heap_->Free(rec.granule, n);
+        if (!st.ok()) return st;
+      }
+      return Status::Ok();
+    });
+  }
+  return s;
+}
+
+Status StoreImpl::CompactTail() {
+  // Worth it only when the holes below the top add up to something.
+  const uint64_t top = heap_->HighestUsedEnd();
+  uint64_t used = 0;
+  const AllocWord* m = heap_->map();
+  for (uint64_t w = 0; w < (top / kGranule + 63) / 64; ++w) used += static_cast<uint64_t>(std::popcount(m[w].used));
+  used *= kGranule;
+  if (top - used < std::max<uint64_t>(1 << 20, top / 64)) return Status::Ok();
+  // The records above `used` are the ones that could go lower; highest first.
+  std::vector<std::pair<uint64_t, uint64_t>> movers;  // (granule, slot)
+  {
+    TableReader r = table_->Reader();
+    for (uint64_t i = 0; i < r.slots(); ++i) {
+      uint64_t slot;
+      if (!r.LoadSlot(i, &slot)) return Status(Code::kCorruption, path_ + ": table page out of file");
+      if (slot != 0 && SlotGranule(slot) * kGranule >= used) movers.emplace_back(SlotGranule(slot), i);
+    }
+  }
+  std::sort(movers.begin(), movers.end(), std::greater<>());
+  ctl_->alloc_cursor = kHeapOffset / kGranule;
+  bool done = false;
+  Status s;
+  for (size_t first = 0; first < movers.size() && s.ok() && !done; first += kMovesPerWrite) {
+    s = RunWrite([&] {
+      SeqBegin();
+      for (size_t j = first; j < std::min(movers.size(), first + kMovesPerWrite) && !done; ++j) {
+        RecordRef rec;
+        if (!table_->Reader().Record(movers[j].first, &rec)) {
+          return Status(Code::kCorruption, path_ + ": slot " + std::to_string(movers[j].second) + " points out of the file");
+        }
+        uint64_t g;
+        Status st = heap_->Allocate(rec.granules(), 1, &g);
+        if (!st.ok()) return st;
+        if (g >= rec.granule) {  // no lower hole fits: stop here
+          done = true;
+          return heap_->Free(g, rec.granules());
+        }
+        std::memcpy(heap_->base() + g * kGranule, heap_->base() + rec.granule * kGranule, rec.granules() * kGranule);
+        st = table_->Relocate(movers[j].second, g);
+        if (st.ok()) st = heap_->Free(rec.granule, rec.granules());
         if (!st.ok()) return st;
       }
       return Status::Ok();

@@ -178,8 +178,8 @@ Status LockManager::LockWrite() {
   return Status::Ok();
 }
 
-void LockManager::UnlockWrite() {
-  const bool can_stick = ctl_ != nullptr && ctl_writable_ && !keeper_stop_ &&
+void LockManager::UnlockWrite(bool may_stick) {
+  const bool can_stick = may_stick && ctl_ != nullptr && ctl_writable_ && !keeper_stop_ &&
                          ctl_->lock_waiters.load(std::memory_order_acquire) == 0;
   if (!can_stick) {
     if (ctl_ != nullptr && ctl_writable_) ctl_->writer_pid.store(0, std::memory_order_relaxed);

@@ -79,7 +79,9 @@ class LockManager {
   }
 
   Status LockWrite();
-  void UnlockWrite();
+  // `may_stick`: keep the file lock for the next write (see above); false for
+  // one-off writes such as open's recovery and close.
+  void UnlockWrite(bool may_stick = true);
   Status LockRead();
   void UnlockRead();
   // Takes the read lock only if that needs no waiting at all.

@@ -262,7 +262,7 @@ Status StoreImpl::Attach() {
   if (!s.ok()) return s;
   struct Unlocker {
     StoreImpl* self;
-    ~Unlocker() { self->read_only_ ? self->locks_->UnlockRead() : self->locks_->UnlockWrite(); }
+    ~Unlocker() { self->read_only_ ? self->locks_->UnlockRead() : self->locks_->UnlockWrite(false); }
   } unlocker{this};
 
   uint64_t size = 0;
@@ -454,14 +454,27 @@ Status StoreImpl::TrimIfAlone() {
   if (read_only_ || !locks_->TryBecomeAlone()) return Status::Ok();
   Status s = locks_->LockWrite();
   if (!s.ok()) return s;
-  if (options_.checkpoint_on_close) s = Checkpoint();
-  const uint64_t target = RoundUp(heap_->HighestUsedEnd(), 64 * 1024);
+  s = CompactTail();
+  if (s.ok() && options_.checkpoint_on_close) {
+    s = Checkpoint();  // also frees what CompactTail moved away from
+    const uint64_t top = heap_->HighestUsedEnd();
+    if (s.ok() && top < ctl_->heap_end) {
+      // Record the lower high-water mark, so no meta page names bytes past the cut.
+      ctl_->heap_end = top;
+      ctl_->dirty = 1;
+      s = Checkpoint();
+    }
+  }
+  const MetaPage* meta = nullptr;
+  if (s.ok()) s = ChooseMeta(&meta);
+  const uint64_t target =
+      s.ok() ? RoundUp(std::max(heap_->HighestUsedEnd(), meta->heap_end), 64 * 1024) : 0;
   if (s.ok() && target < ctl_->file_size.load() && ctl_->undo_count.load() == 0) {
     // Alone: no other handle maps the file, so shortening it cannot fault anyone.
     s = file_->Truncate(target);
     if (s.ok()) ctl_->file_size.store(target);
   }
-  locks_->UnlockWrite();
+  locks_->UnlockWrite(false);
   return s;
 }
 

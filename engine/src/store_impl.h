@@ -75,6 +75,9 @@ class StoreImpl {
 
   // compact.cc
   Status MoveEverything();
+  // Moves the highest records into holes below them, when the holes add up
+  // (before the file is cut at the last close).
+  Status CompactTail();
 
   // checkpoint.cc
   Status Checkpoint();
