@@ -171,7 +171,7 @@ struct alignas(64) ControlPage {
   std::atomic<uint64_t> pagemap_offset;  // live page map: u32 physical page per logical page
   std::atomic<uint64_t> entries;
   std::atomic<uint64_t> change_seq;   // advanced by every committed change
-  std::atomic<uint64_t> replaced;     // 1: a compaction renamed a new file over this one
+  std::atomic<uint64_t> reserved_line0;  // 0 in v1
   std::atomic<uint32_t> seq_waiters;  // readers waiting for seq to turn even (futex)
   std::atomic<uint32_t> seq_wake;     // futex word bumped when a writer ends and seq_waiters > 0
   // -- cache line 1: lock coordination and change notification

@@ -217,10 +217,50 @@ class PosixMapping final : public Mapping {
   const std::string path_;
 };
 
+// ---- Descriptors a forked child must not keep --------------------------------
+//
+// OFD locks live as long as any descriptor of the open file description, and
+// fork() copies descriptors. A child that keeps them (it cannot use the
+// handle: ForkGeneration refuses it) would keep its parent's locks alive after
+// the parent died. So the fork handler points every store descriptor of the
+// child at /dev/null (dup2 keeps the number valid for the handle's eventual
+// close). A fixed table of atomics: the handler runs in the child, where a
+// mutex another thread held at fork would never be released.
+constexpr int kFdSlots = 1024;
+std::atomic<int> g_store_fds[kFdSlots];  // fd + 1; 0 is a free slot (so static zero-init is right)
+
+void TrackFd(int fd) {
+  for (auto& slot : g_store_fds) {
+    int expected = 0;
+    if (slot.compare_exchange_strong(expected, fd + 1, std::memory_order_acq_rel)) return;
+  }
+  // More than kFdSlots open stores: this one is not detached in children.
+}
+
+void UntrackFd(int fd) {
+  for (auto& slot : g_store_fds) {
+    int expected = fd + 1;
+    if (slot.compare_exchange_strong(expected, 0, std::memory_order_acq_rel)) return;
+  }
+}
+
+void DetachFdsInChild() {
+  const int null_fd = ::open("/dev/null", O_RDWR | O_CLOEXEC);
+  if (null_fd < 0) return;
+  for (auto& slot : g_store_fds) {
+    const int fd = slot.load(std::memory_order_acquire) - 1;
+    if (fd >= 0) ::dup2(null_fd, fd);  // keeps O_CLOEXEC off; the fd is closed by the handle
+  }
+  ::close(null_fd);
+}
+
 class PosixFile final : public File {
  public:
   PosixFile(UniqueFd fd, std::string path, bool read_only)
-      : fd_(std::move(fd)), path_(std::move(path)), read_only_(read_only) {}
+      : fd_(std::move(fd)), path_(std::move(path)), read_only_(read_only) {
+    TrackFd(fd_.get());
+  }
+  ~PosixFile() override { UntrackFd(fd_.get()); }
 
   const std::string& path() const override { return path_; }
   bool read_only() const override { return read_only_; }
@@ -476,7 +516,10 @@ BootIdOverride& GetBootIdOverride() {
 std::atomic<uint64_t> g_fork_generation{0};
 std::once_flag g_atfork_once;
 
-void OnForkChild() { g_fork_generation.fetch_add(1, std::memory_order_relaxed); }
+void OnForkChild() {
+  g_fork_generation.fetch_add(1, std::memory_order_relaxed);
+  DetachFdsInChild();
+}
 
 void RegisterAtFork() {
   std::call_once(g_atfork_once, [] { ::pthread_atfork(nullptr, nullptr, &OnForkChild); });
