@@ -7,6 +7,7 @@
 #include <string>
 
 #include "mapkv/store.h"
+#include "racy.h"
 
 namespace mapkv::internal {
 
@@ -23,11 +24,11 @@ uint32_t RecordChecksum(const RecordHeader& h, const uint8_t* key_and_value) {
 
 // ---------------------------------------------------------------- reader
 
-bool TableReader::Record(uint64_t granule, RecordRef* rec) const {
+MAPKV_OPTIMISTIC bool TableReader::Record(uint64_t granule, RecordRef* rec) const {
   uint64_t off = granule << kGranuleShift;
   if (off < kHeapOffset || off + kRecordHeaderSize > limit) return false;
   RecordHeader h;
-  std::memcpy(&h, base + off, sizeof h);
+  RacyCopy(&h, base + off, sizeof h);
   if (h.value_size > kMaxValueSize) return false;
   uint64_t key_size = uint64_t{h.key_size_m1} + 1;
   if (off + kRecordHeaderSize + key_size + h.value_size > limit) return false;
@@ -38,7 +39,7 @@ bool TableReader::Record(uint64_t granule, RecordRef* rec) const {
   return true;
 }
 
-bool TableReader::Home(uint64_t slot, uint64_t* home) const {
+MAPKV_OPTIMISTIC bool TableReader::Home(uint64_t slot, uint64_t* home) const {
   if (shift <= kTagBits) {
     *home = SlotTag(slot) >> (kTagBits - shift);
     return true;
@@ -50,7 +51,7 @@ bool TableReader::Home(uint64_t slot, uint64_t* home) const {
   return true;
 }
 
-TableReader::Result TableReader::Find(std::string_view key, uint64_t hash, uint64_t* index,
+MAPKV_OPTIMISTIC TableReader::Result TableReader::Find(std::string_view key, uint64_t hash, uint64_t* index,
                                       RecordRef* rec) const {
   const uint64_t m = mask();
   const uint64_t tag = HashTag(hash);
@@ -66,7 +67,7 @@ TableReader::Result TableReader::Find(std::string_view key, uint64_t hash, uint6
     }
     if (SlotTag(s) == tag) {
       if (!Record(SlotGranule(s), rec)) return Result::kBad;
-      if (rec->key_size == key.size() && std::memcmp(rec->key(), key.data(), key.size()) == 0) {
+      if (rec->key_size == key.size() && RacyEqual(rec->key(), key.data(), key.size())) {
         *index = i;
         return Result::kFound;
       }

@@ -1,0 +1,56 @@
+// racy.h: reads that race with writers on purpose.
+//
+// Optimistic readers (store.cc, table.cc) read the mapping while a writer may
+// be changing it, and let the seqlock decide afterwards whether what they read
+// counts. Those reads are data races by design. Under ThreadSanitizer they are
+// compiled as plain byte loops in functions TSan does not instrument, so that
+// TSan keeps reporting every other race; otherwise they are memcpy/memcmp.
+#ifndef MAPKV_RACY_H_
+#define MAPKV_RACY_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+#if defined(__SANITIZE_THREAD__)
+#define MAPKV_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define MAPKV_TSAN 1
+#endif
+#endif
+
+#if defined(MAPKV_TSAN)
+#define MAPKV_OPTIMISTIC __attribute__((no_sanitize("thread")))
+#else
+#define MAPKV_OPTIMISTIC
+#endif
+
+namespace mapkv::internal {
+
+MAPKV_OPTIMISTIC inline void RacyCopy(void* dst, const void* src, size_t n) {
+#if defined(MAPKV_TSAN)
+  auto* d = static_cast<volatile uint8_t*>(dst);
+  auto* s = static_cast<const volatile uint8_t*>(src);
+  for (size_t i = 0; i < n; ++i) d[i] = s[i];
+#else
+  std::memcpy(dst, src, n);
+#endif
+}
+
+MAPKV_OPTIMISTIC inline bool RacyEqual(const void* a, const void* b, size_t n) {
+#if defined(MAPKV_TSAN)
+  auto* x = static_cast<const volatile uint8_t*>(a);
+  auto* y = static_cast<const volatile uint8_t*>(b);
+  for (size_t i = 0; i < n; ++i) {
+    if (x[i] != y[i]) return false;
+  }
+  return true;
+#else
+  return std::memcmp(a, b, n) == 0;
+#endif
+}
+
+}  // namespace mapkv::internal
+
+#endif  // MAPKV_RACY_H_
