@@ -1,0 +1,93 @@
+// common.h: what every subcommand of the mapkv CLI shares: the exit codes,
+// the one-line error reporting, opening a store, and writing output.
+#ifndef MAPKV_TOOLS_CLI_COMMON_H_
+#define MAPKV_TOOLS_CLI_COMMON_H_
+
+#include <cstdio>
+#include <functional>
+#include <string>
+#include <string_view>
+
+#include "mapkv/status.h"
+#include "mapkv/store.h"
+
+namespace CLI {
+class App;
+}  // namespace CLI
+
+namespace mapkv::cli {
+
+// Exit codes; scripts rely on them (see `mapkv --help`).
+inline constexpr int kExitOk = 0;
+inline constexpr int kExitNotFound = 1;  // get, del: the key does not exist
+inline constexpr int kExitUsage = 2;     // bad arguments or malformed input data
+inline constexpr int kExitStore = 3;     // no such file, not a store, corrupt, I/O...
+
+// The exit code of an operation on an open store that returned `code`. A
+// failed open is always kExitStore (see FailOpen), whatever its code.
+constexpr int ExitCodeFor(Code code) {
+  switch (code) {
+    case Code::kOk: return kExitOk;
+    case Code::kNotFound: return kExitNotFound;
+    case Code::kInvalidArgument: return kExitUsage;  // empty or oversized key/value
+    case Code::kCorruption:
+    case Code::kVersionTooNew:
+    case Code::kIoError:
+    case Code::kNoSpace:
+    case Code::kPermissionDenied:
+    case Code::kBusy:
+    case Code::kTimedOut:
+    case Code::kWrongType:
+    case Code::kOutOfRange:
+    case Code::kAborted:
+    case Code::kNotSupported:
+    case Code::kUnsafeUse:
+    case Code::kRescan: return kExitStore;
+  }
+  return kExitStore;
+}
+
+// A subcommand: its CLI11 node and what runs it once arguments are parsed.
+struct Command {
+  CLI::App* app = nullptr;
+  std::function<int()> run;
+};
+
+// Prints "mapkv: FILE: MESSAGE" as one line on stderr (MESSAGE already
+// naming FILE is not prefixed again; newlines in it become spaces).
+void PrintError(std::string_view file, std::string_view message);
+// PrintError(file, status.message()); returns ExitCodeFor(status.code()).
+int Fail(std::string_view file, const Status& status);
+// For a failed Store::Open: prints it and returns kExitStore.
+int FailOpen(std::string_view file, const Status& status);
+
+// Opens for a command that only reads: read_only, never creates.
+Status OpenReadOnly(const std::string& file, Store* store);
+// Opens for writing, creating the file when `create`.
+Status OpenWritable(const std::string& file, bool create, Store* store);
+
+// Buffered, checked output to a FILE*.
+class Output {
+ public:
+  explicit Output(std::FILE* f) : f_(f) { buf_.reserve(kFlushAt + 4096); }
+  std::string* buffer() { return &buf_; }
+  // Writes the buffer out when it holds enough; returns false on a write error.
+  bool MaybeFlush() { return buf_.size() < kFlushAt || Flush(); }
+  bool Flush();
+
+ private:
+  static constexpr size_t kFlushAt = 1 << 20;
+  std::FILE* f_;
+  std::string buf_;
+};
+
+// A CLI11 check for a count argument: "" when `text` is a whole number of
+// decimal digits, else what is wrong.
+std::string CheckCount(std::string& text);
+
+// strerror(errno) as a string.
+std::string ErrnoText(int err);
+
+}  // namespace mapkv::cli
+
+#endif  // MAPKV_TOOLS_CLI_COMMON_H_

@@ -1,0 +1,116 @@
+// json_lines.cc: see json_lines.h.
+#include "json_lines.h"
+
+#include <simdjson.h>
+
+#include "mapkv/store.h"
+#include "text.h"
+
+namespace mapkv::cli {
+
+static_assert(kJsonLinePadding == simdjson::SIMDJSON_PADDING, "kJsonLinePadding must match simdjson");
+
+void AppendJsonLine(std::string* out, std::string_view key, std::string_view value) {
+  if (IsValidUtf8(key)) {
+    out->append("{\"key\": ");
+    AppendJsonString(out, key);
+  } else {
+    out->append("{\"key_base64\": \"");
+    AppendBase64(out, key);
+    out->push_back('"');
+  }
+  if (IsValidUtf8(value)) {
+    out->append(", \"value\": ");
+    AppendJsonString(out, value);
+  } else {
+    out->append(", \"value_base64\": \"");
+    AppendBase64(out, value);
+    out->push_back('"');
+  }
+  out->append("}\n");
+}
+
+JsonLineParser::JsonLineParser() : parser_(std::make_unique<simdjson::dom::parser>()) {}
+JsonLineParser::~JsonLineParser() = default;
+
+bool JsonLineParser::Parse(std::string_view line, std::string_view* key, std::string_view* value,
+                           std::string* error) {
+  simdjson::dom::element doc;
+  if (auto err = parser_->parse(line.data(), line.size(), /*realloc_if_needed=*/false).get(doc)) {
+    *error = std::string("not valid JSON: ") + simdjson::error_message(err);
+    return false;
+  }
+  simdjson::dom::object obj;
+  if (doc.get_object().get(obj)) {
+    *error = "not a JSON object";
+    return false;
+  }
+  // Which of the fields were seen: key, key_base64, value, value_base64.
+  bool seen[4] = {false, false, false, false};
+  static constexpr std::string_view kNames[4] = {"key", "key_base64", "value", "value_base64"};
+  std::string_view text[4];
+  for (auto field : obj) {
+    int i = 0;
+    while (i < 4 && field.key != kNames[i]) ++i;
+    if (i == 4) {
+      *error = "unknown field \"" + Escaped(field.key) + "\"";
+      return false;
+    }
+    if (seen[i]) {
+      *error = "field \"" + std::string(kNames[i]) + "\" given twice";
+      return false;
+    }
+    if (field.value.get_string().get(text[i])) {
+      *error = "field \"" + std::string(kNames[i]) + "\" is not a string";
+      return false;
+    }
+    seen[i] = true;
+  }
+  for (int k = 0; k < 4; k += 2) {
+    const std::string_view what = k == 0 ? "key" : "value";
+    if (seen[k] && seen[k + 1]) {
+      *error = "both \"" + std::string(what) + "\" and \"" + std::string(what) + "_base64\"";
+      return false;
+    }
+    if (!seen[k] && !seen[k + 1]) {
+      *error = "no \"" + std::string(what) + "\" or \"" + std::string(what) + "_base64\"";
+      return false;
+    }
+  }
+  if (seen[0]) {
+    *key = text[0];
+  } else {
+    key_bytes_.clear();
+    if (!Base64Decode(text[1], &key_bytes_)) {
+      *error = "\"key_base64\" is not valid base64";
+      return false;
+    }
+    *key = key_bytes_;
+  }
+  if (seen[2]) {
+    *value = text[2];
+  } else {
+    value_bytes_.clear();
+    if (!Base64Decode(text[3], &value_bytes_)) {
+      *error = "\"value_base64\" is not valid base64";
+      return false;
+    }
+    *value = value_bytes_;
+  }
+  if (key->empty()) {
+    *error = "the key is empty";
+    return false;
+  }
+  if (key->size() > kMaxKeySize) {
+    *error = "the key has " + std::to_string(key->size()) + " bytes, more than " + std::to_string(kMaxKeySize);
+    return false;
+  }
+  if (value->size() > kMaxValueSize) {
+    *error = "the value has " + std::to_string(value->size()) + " bytes, more than " +
+             std::to_string(kMaxValueSize);
+    return false;
+  }
+  return true;
+}
+
+}  // namespace mapkv::cli

@@ -1,0 +1,50 @@
+// json_lines.h: the JSON Lines format of `mapkv dump` and `mapkv load`.
+//
+// One pair per line: {"key": "...", "value": "..."}, each as a JSON string
+// when it is valid UTF-8, else as "key_base64" / "value_base64" holding its
+// standard base64. Writing is by hand (text.h); reading uses simdjson.
+#ifndef MAPKV_TOOLS_CLI_JSON_LINES_H_
+#define MAPKV_TOOLS_CLI_JSON_LINES_H_
+
+#include <cstddef>
+#include <memory>
+#include <string>
+#include <string_view>
+
+namespace simdjson::dom {
+class parser;
+}  // namespace simdjson::dom
+
+namespace mapkv::cli {
+
+// Appends the line of one pair, with its '\n'.
+void AppendJsonLine(std::string* out, std::string_view key, std::string_view value);
+
+// Readable bytes a line given to JsonLineParser::Parse must be followed by
+// (simdjson's SIMDJSON_PADDING; their content does not matter).
+inline constexpr size_t kJsonLinePadding = 64;
+
+// Parses lines of the format, strictly: one JSON object per line with exactly
+// one of "key"/"key_base64" and one of "value"/"value_base64", all strings,
+// and no other field.
+class JsonLineParser {
+ public:
+  JsonLineParser();
+  ~JsonLineParser();
+  JsonLineParser(const JsonLineParser&) = delete;
+  JsonLineParser& operator=(const JsonLineParser&) = delete;
+
+  // Parses `line` (without its '\n'; kJsonLinePadding readable bytes must
+  // follow it). On success points *key and *value at the pair (valid until
+  // the next Parse) and returns true; else sets *error to what is wrong.
+  bool Parse(std::string_view line, std::string_view* key, std::string_view* value, std::string* error);
+
+ private:
+  std::unique_ptr<simdjson::dom::parser> parser_;
+  std::string key_bytes_;    // decoded key_base64
+  std::string value_bytes_;  // decoded value_base64
+};
+
+}  // namespace mapkv::cli
+
+#endif  // MAPKV_TOOLS_CLI_JSON_LINES_H_
