@@ -109,15 +109,17 @@ Status StoreImpl::Check(CheckReport* report) const {
     }
     const AllocWord* m = heap_->map();
     uint64_t first = off / kGranule, n = (bytes + kGranule - 1) / kGranule;
-    bool overlap = false, unallocated = false;
+    bool overlap = false, unallocated = false, freed = false;
     for (uint64_t g = first; g < first + n; ++g) {
       uint64_t bit = uint64_t{1} << (g % 64);
       if (claimed[g / 64] & bit) overlap = true;
       claimed[g / 64] |= bit;
       if (!(m[g / 64].used & bit)) unallocated = true;
+      if (m[g / 64].freed & bit) freed = true;  // the next checkpoint would release it
     }
     if (overlap) problem(what + " at offset " + std::to_string(off) + " overlaps another structure");
     if (unallocated) problem(what + " at offset " + std::to_string(off) + " is not marked allocated");
+    if (freed) problem(what + " at offset " + std::to_string(off) + " is marked freed while in use");
   };
   claim(0, kHeapOffset, "header");
   claim(ctl_->alloc_offset, (ctl_->alloc_words * sizeof(AllocWord) + kPageSize - 1) / kPageSize * kPageSize,
@@ -190,6 +192,17 @@ Status StoreImpl::Check(CheckReport* report) const {
   if (leaked != 0) {
     problem(std::to_string(leaked * kGranule) + " bytes allocated but used by nothing (first at offset " +
             std::to_string(first_leak * kGranule) + ")");
+  }
+  // Past the end of the file the map must be clear: growth takes that space
+  // as free without looking.
+  uint64_t marked_beyond = 0;
+  for (uint64_t w = granules / 64; w < ctl_->alloc_words; ++w) {
+    const uint64_t past = w == granules / 64 ? ~((uint64_t{1} << (granules % 64)) - 1) : ~uint64_t{0};
+    marked_beyond += static_cast<uint64_t>(std::popcount((m[w].used | m[w].fresh | m[w].freed) & past));
+  }
+  if (marked_beyond != 0) {
+    problem("allocation map marks " + std::to_string(marked_beyond) + " granules past the end of the file (" +
+            std::to_string(fs) + " bytes)");
   }
   return Status::Ok();
 }

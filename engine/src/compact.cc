@@ -157,8 +157,12 @@ Status StoreImpl::Compact() {
   if (locks_->TryBecomeAlone()) {
     const uint64_t target = (ctl_->heap_end + 65535) / 65536 * 65536;
     if (target < ctl_->file_size.load()) {
+      // The control page first: killed in between, the file is longer than
+      // the store says, which is valid (the reverse is not).
+      const uint64_t old_size = ctl_->file_size.load();
+      ctl_->file_size.store(target);
       s = file_->Truncate(target);
-      if (s.ok()) ctl_->file_size.store(target);
+      if (!s.ok()) ctl_->file_size.store(old_size);
     }
     locks_->EndAlone();
   }

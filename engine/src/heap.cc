@@ -249,10 +249,17 @@ Status Heap::Grow(uint64_t need_end) {
     if (!s.ok()) return s;
     s = maps_->Cover(new_size);
     if (!s.ok()) return s;
-    // Growth is not undone: a longer file with free space is a valid state.
-    ctl_->file_size.store(new_size, std::memory_order_release);
+    if (!relocate) {
+      // Growth is not undone: a longer file with free space is a valid state.
+      ctl_->file_size.store(new_size, std::memory_order_release);
+    }
   }
   if (relocate) {
+    // Every state on the way, and every state a rollback leaves, has a map
+    // that covers file_size and a heap_end inside it (open validates both
+    // before it rolls a killed writer back): the new map first, then the
+    // size (logged, so a rollback of the move takes it back too), then the
+    // high-water mark.
     AllocWord* fresh_map = At<AllocWord>(map_off);
     const uint64_t old_off = ctl_->alloc_offset;
     const uint64_t old_words = ctl_->alloc_words;
@@ -266,6 +273,11 @@ Status Heap::Grow(uint64_t need_end) {
     s = Log(UndoKind::kAllocated, g, map_bytes / kGranule);
     if (!s.ok()) return s;
     MarkRange(g, map_bytes / kGranule, true, true, false);
+    if (new_size > file_size) {
+      s = Log(UndoKind::kWord, OffsetOf(&ctl_->file_size), file_size);
+      if (!s.ok()) return s;
+      ctl_->file_size.store(new_size, std::memory_order_release);
+    }
     ctl_->heap_end = std::max(ctl_->heap_end, map_off + map_bytes);
     s = Free(old_off / kGranule, RoundUp(old_words * sizeof(AllocWord), kPageSize) / kGranule);
     if (!s.ok()) return s;

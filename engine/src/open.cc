@@ -23,6 +23,7 @@
 #include <cstring>
 #include <random>
 #include <string>
+#include <vector>
 
 #include "store_impl.h"
 
@@ -107,7 +108,12 @@ Status StoreImpl::Open(std::string_view path_view, const Options& options, std::
   std::unique_ptr<StoreImpl> impl(new StoreImpl(path, options));
   impl->file_ = std::move(file);
   s = impl->Attach();
-  if (!s.ok()) return s;
+  if (!s.ok()) {
+    // Never attached: Close (run by the destructor) must not checkpoint or
+    // trim a file that failed validation; a failed open changes nothing.
+    impl->ctl_ = nullptr;
+    return s;
+  }
   *out = std::move(impl);
   return Status::Ok();
 }
@@ -471,8 +477,14 @@ Status StoreImpl::TrimIfAlone() {
       s.ok() ? RoundUp(std::max(heap_->HighestUsedEnd(), meta->heap_end), 64 * 1024) : 0;
   if (s.ok() && target < ctl_->file_size.load() && ctl_->undo_count.load() == 0) {
     // Alone: no other handle maps the file, so shortening it cannot fault anyone.
+    // The control page first: killed between the two steps, the file is longer
+    // than the store says, which is valid (the reverse is not). Nothing is
+    // allocated past the target, so the high-water mark may come down to it.
+    const uint64_t old_size = ctl_->file_size.load();
+    ctl_->file_size.store(target);
+    ctl_->heap_end = std::min(ctl_->heap_end, target);
     s = file_->Truncate(target);
-    if (s.ok()) ctl_->file_size.store(target);
+    if (!s.ok()) ctl_->file_size.store(old_size);
   }
   locks_->UnlockWrite(false);
   return s;
@@ -482,6 +494,14 @@ Status StoreImpl::Close() {
   if (!file_) return Status::Ok();
   Status s;
   if (ctl_ != nullptr && fork_generation_ == ForkGeneration()) s = TrimIfAlone();
+  if (locks_ && fork_generation_ != ForkGeneration()) {
+    // A forked child: the parent's threads (the lock keeper, waiting writers)
+    // are not here, but the mutexes and condition variables they held or
+    // waited on at the fork were copied as they were; destroying them could
+    // wait forever. Keep them, reachable, for the life of the child.
+    static auto* abandoned = new std::vector<std::unique_ptr<LockManager>>;
+    abandoned->push_back(std::move(locks_));
+  }
   table_.reset();
   heap_.reset();
   locks_.reset();

@@ -1,24 +1,12 @@
 // store.cc: the public API over StoreImpl: argument checks, optimistic reads,
 // writes and batches. See store_impl.h for the read and write protocols.
+#include <algorithm>
 #include <thread>
+#include <vector>
 
 #include "store_impl.h"
 
-#if defined(__SANITIZE_THREAD__)
-#define MAPKV_TSAN 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define MAPKV_TSAN 1
-#endif
-#endif
-
-#if defined(MAPKV_TSAN)
-// Optimistic reads race with writers by design (the seqlock discards what
-// they read); keep ThreadSanitizer's eyes on everything else.
-#define MAPKV_OPTIMISTIC __attribute__((no_sanitize("thread")))
-#else
-#define MAPKV_OPTIMISTIC
-#endif
+#include "racy.h"
 
 namespace mapkv {
 
@@ -185,17 +173,24 @@ void Backoff(int attempt) {
   }
 }
 
-// Copies a value that a writer may be changing: plain bytes, no checks; the
-// seqlock decides afterwards whether the copy counts.
-MAPKV_OPTIMISTIC void CopyRacy(std::string* out, const uint8_t* p, uint64_t n) {
+// Copies a value that a writer may be changing; the seqlock decides
+// afterwards whether the copy counts.
+void CopyRacy(std::string* out, const uint8_t* p, uint64_t n) {
   out->resize(n);
-  char* dst = out->data();
-#if defined(MAPKV_TSAN)
-  for (uint64_t i = 0; i < n; ++i) dst[i] = static_cast<char>(p[i]);
-#else
-  std::memcpy(dst, p, n);
-#endif
+  RacyCopy(out->data(), p, n);
 }
+
+// The handles whose ForEach is calling back into user code on this thread:
+// a write to one of them from inside the callback would wait for the read
+// lock this thread holds, forever, so it is refused with kUnsafeUse.
+thread_local std::vector<const StoreImpl*> t_walking;
+
+struct WalkScope {
+  explicit WalkScope(const StoreImpl* store) { t_walking.push_back(store); }
+  ~WalkScope() { t_walking.pop_back(); }
+  WalkScope(const WalkScope&) = delete;
+  WalkScope& operator=(const WalkScope&) = delete;
+};
 
 }  // namespace
 
@@ -322,6 +317,7 @@ Status StoreImpl::GuardedGet(std::string_view key, std::string_view* value) cons
 Status StoreImpl::GuardedForEach(std::string_view prefix,
                                  const std::function<bool(std::string_view, std::string_view)>& fn) const {
   TableReader r = ReaderSnapshot();
+  WalkScope walking(this);
   for (uint64_t i = 0; i < r.slots(); ++i) {
     uint64_t slot;
     if (!r.LoadSlot(i, &slot)) return Status(Code::kCorruption, path_ + ": table page out of file");
@@ -342,10 +338,21 @@ Status StoreImpl::GuardedForEach(std::string_view prefix,
 Status StoreImpl::BeginWrite() {
   Status s = CheckWritable();
   if (!s.ok()) return s;
+  if (std::find(t_walking.begin(), t_walking.end(), this) != t_walking.end()) {
+    return Status(Code::kUnsafeUse, path_ + ": write from inside a ForEach callback on the same handle "
+                                            "(it would wait for the walk's own read lock)");
+  }
   s = locks_->LockWrite();
   if (!s.ok()) return s;
   s = EnsureMapped();
-  if (s.ok() && (ctl_->undo_count.load() != 0 || (ctl_->seq.load() & 1) != 0 || ctl_->release_pending != 0)) {
+  // A checkpoint killed after its meta page was written but before it set
+  // release_pending leaves only the meta page behind: its generation is
+  // newer than the control page's (RecoverKilledWriter finishes it).
+  const uint8_t* base = maps_->Current()->base;
+  const uint64_t newest_meta = std::max(reinterpret_cast<const MetaPage*>(base + kMetaOffset[0])->generation,
+                                        reinterpret_cast<const MetaPage*>(base + kMetaOffset[1])->generation);
+  if (s.ok() && (ctl_->undo_count.load() != 0 || (ctl_->seq.load() & 1) != 0 || ctl_->release_pending != 0 ||
+                 newest_meta > ctl_->generation)) {
     // The previous holder died in the middle of a write.
     s = ValidateControl();
     if (s.ok()) s = RecoverKilledWriter();

@@ -46,7 +46,10 @@ class StoreImpl {
   Status Put(std::string_view key, std::string_view value);
   Status Erase(std::string_view key);
   Status Write(const WriteBatch& batch);
-  uint64_t size() const { return ctl_->entries.load(std::memory_order_relaxed); }
+  // 0 in a forked child, where the mapping is not inherited.
+  uint64_t size() const {
+    return fork_generation_ == ForkGeneration() ? ctl_->entries.load(std::memory_order_relaxed) : 0;
+  }
   Status Flush(FlushMode mode);
   Status GetStats(Stats* stats) const;
   Status Check(CheckReport* report) const;

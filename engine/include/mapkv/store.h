@@ -142,10 +142,13 @@ class Store {
 
   // Applies every operation of `batch` in order, all or nothing: a reader sees
   // the state before the batch or after it, and a process killed during
-  // Write leaves the store as before or with the whole batch. Returns as Put.
+  // Write leaves the store as before or with the whole batch. Returns as Put,
+  // and kNotSupported (nothing applied) when the batch changes more than one
+  // write's undo log holds (3328 entries: a batch of a few hundred puts fits;
+  // split larger ones).
   Status Write(const WriteBatch& batch);
 
-  // Number of live entries.
+  // Number of live entries (0 for a closed handle, or one used after fork).
   uint64_t size() const;
 
   // Calls fn(key, value) for each entry whose key starts with `prefix` (all

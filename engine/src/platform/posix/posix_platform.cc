@@ -184,8 +184,12 @@ class PosixMapping final : public Mapping {
  public:
   // `fd` is borrowed from the PosixFile, which must outlive this mapping.
   PosixMapping(uint8_t* data, uint64_t length, int fd, std::string path)
-      : data_(data), length_(length), fd_(fd), path_(std::move(path)) {}
-  ~PosixMapping() override { ::munmap(data_, static_cast<size_t>(length_)); }
+      : data_(data), length_(length), fd_(fd), path_(std::move(path)), fork_generation_(ForkGeneration()) {}
+  // Mapped MADV_DONTFORK, the range is not there in a forked child, where it
+  // may hold something else by now: only the process that mapped it unmaps it.
+  ~PosixMapping() override {
+    if (ForkGeneration() == fork_generation_) ::munmap(data_, static_cast<size_t>(length_));
+  }
   PosixMapping(const PosixMapping&) = delete;
   PosixMapping& operator=(const PosixMapping&) = delete;
 
@@ -215,6 +219,7 @@ class PosixMapping final : public Mapping {
   const uint64_t length_;
   const int fd_;
   const std::string path_;
+  const uint64_t fork_generation_;
 };
 
 // ---- Descriptors a forked child must not keep --------------------------------
@@ -326,6 +331,11 @@ class PosixFile final : public File {
       return ErrnoStatus(path_, "mmap",
                          Bytes(length) + (writable ? ", read-write" : ", read-only"), errno);
     }
+    // A mapping holds its open file description, and with it the OFD locks:
+    // inherited by a forked child, it would keep a dead parent's locks alive.
+    // The child cannot use the handle anyway (ForkGeneration), so it does not
+    // get the mapping at all.
+    ::madvise(addr, static_cast<size_t>(length), MADV_DONTFORK);
     *out = std::make_unique<PosixMapping>(static_cast<uint8_t*>(addr), length, fd_.get(), path_);
     return Status::Ok();
   }

@@ -1,0 +1,86 @@
+// A store's locks must die with the process that holds them, even when it
+// forked a child that lives on (the child's copies of the descriptor would
+// otherwise keep the open file description, and so the lock, alive).
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <string>
+
+#include "mapkv/store.h"
+#include "store_test_helpers.h"
+#include "test_util.h"
+
+namespace mapkv::test {
+namespace {
+
+TEST_CASE("fork: a writer that dies leaves no lock behind in the child it forked") {
+  TempDir dir;
+  const std::string path = dir.File("s.mkv");
+  { Store s = MustOpen(path); REQUIRE(s.Put("k", "v0").ok()); }
+  int ready[2];
+  REQUIRE(pipe(ready) == 0);
+  const pid_t writer = fork();
+  REQUIRE(writer >= 0);
+  if (writer == 0) {
+    // The writer: holds the (sticky) write lock after a put, forks a long
+    // sleeper, tells the parent the sleeper's pid, then is killed.
+    Store s;
+    if (!Store::Open(path, {}, &s).ok() || !s.Put("k", "v1").ok()) _exit(10);
+    const pid_t sleeper = fork();
+    if (sleeper == 0) {
+      sleep(20);
+      _exit(0);
+    }
+    if (write(ready[1], &sleeper, sizeof sleeper) != sizeof sleeper) _exit(11);
+    pause();  // killed by the parent while holding the lock
+    _exit(12);
+  }
+  close(ready[1]);
+  pid_t sleeper = 0;
+  REQUIRE(read(ready[0], &sleeper, sizeof sleeper) == sizeof sleeper);
+  close(ready[0]);
+  kill(writer, SIGKILL);
+  int status = 0;
+  REQUIRE(waitpid(writer, &status, 0) == writer);
+  REQUIRE(kill(sleeper, 0) == 0);  // the child still lives
+
+  Options options;
+  options.lock_timeout = std::chrono::milliseconds(2000);
+  Store s = MustOpen(path, options);
+  const auto start = std::chrono::steady_clock::now();
+  Status put = s.Put("k", "v2");
+  const auto waited = std::chrono::steady_clock::now() - start;
+  kill(sleeper, SIGKILL);  // not our child: reaped by init
+  CHECK_MESSAGE(put.ok(), put.ToString());
+  CHECK(waited < std::chrono::milliseconds(500));
+  std::string v;
+  CHECK(s.Get("k", &v).ok());
+  CHECK(v == "v2");
+}
+
+TEST_CASE("fork: a handle used in the child is refused while the parent handle still works") {
+  TempDir dir;
+  const std::string path = dir.File("s.mkv");
+  Store s = MustOpen(path);
+  REQUIRE(s.Put("a", "1").ok());
+  const pid_t child = fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    std::string v;
+    const bool refused = s.Get("a", &v).code() == Code::kUnsafeUse && s.Put("b", "2").code() == Code::kUnsafeUse;
+    _exit(refused ? 0 : 1);
+  }
+  int status = 0;
+  REQUIRE(waitpid(child, &status, 0) == child);
+  CHECK(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 0);
+  CHECK(s.Put("c", "3").ok());
+  std::string v;
+  CHECK(s.Get("a", &v).ok());
+  CHECK(v == "1");
+}
+
+}  // namespace
+}  // namespace mapkv::test
