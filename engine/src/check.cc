@@ -200,6 +200,10 @@ Status StoreImpl::Check(CheckReport* report) const {
     const uint64_t past = w == granules / 64 ? ~((uint64_t{1} << (granules % 64)) - 1) : ~uint64_t{0};
     marked_beyond += static_cast<uint64_t>(std::popcount((m[w].used | m[w].fresh | m[w].freed) & past));
   }
+  if (ctl_->release_pending == 0 && ctl_->generation > meta->generation) {
+    problem("the newest meta page (generation " + std::to_string(ctl_->generation) + ", slot " +
+            std::to_string(ctl_->generation % 2) + ") is damaged; the next checkpoint rewrites it");
+  }
   if (marked_beyond != 0) {
     problem("allocation map marks " + std::to_string(marked_beyond) + " granules past the end of the file (" +
             std::to_string(fs) + " bytes)");

@@ -205,7 +205,9 @@ Status StoreImpl::ChooseMeta(const MetaPage** chosen) const {
     if (newer_version) ++newer;
     if (problems[i].empty() && (best == nullptr || m->generation > best->generation)) best = m;
   }
-  if (best != nullptr) {
+  // A page of a newer format in either slot means a newer library wrote the
+  // store: going back to the older page would silently undo its writes.
+  if (best != nullptr && newer == 0) {
     *chosen = best;
     return Status::Ok();
   }
@@ -299,6 +301,18 @@ Status StoreImpl::Attach() {
   const auto boot = BootId();
   const bool same_boot = ctl_->magic == kControlMagic && ctl_->hash_seed == meta.hash_seed &&
                          std::memcmp(ctl_->boot_id, boot.data(), 16) == 0;
+  // The control page knows the newest checkpoint's generation. When the meta
+  // page chosen is older, the newest one was written, completed (its release
+  // ran) and damaged since: the older page may name space reused after it.
+  const bool newest_damaged = ctl_->magic == kControlMagic && ctl_->hash_seed == meta.hash_seed &&
+                              ctl_->release_pending == 0 && ctl_->generation > meta.generation;
+  if (!same_boot && newest_damaged) {
+    return Status(Code::kCorruption, path_ + ": the newest meta page (generation " +
+                                         std::to_string(ctl_->generation) + ", slot " +
+                                         std::to_string(ctl_->generation % 2) +
+                                         ") is damaged, and the machine restarted since; the older one cannot "
+                                         "be trusted (dump what is readable with a newer mapkv, or restore a copy)");
+  }
   if (!same_boot) {
     if (read_only_) {
       // Usable as it is only when nothing changed since the checkpoint.
@@ -328,6 +342,13 @@ Status StoreImpl::Attach() {
                                            "once writable to recover it");
       }
       s = RecoverKilledWriter();
+      if (!s.ok()) return s;
+    }
+    if (newest_damaged && !read_only_) {
+      // The live state is intact in this boot: a checkpoint now writes a good
+      // newest meta page again (into the other slot).
+      ctl_->dirty = 1;
+      s = Checkpoint();
       if (!s.ok()) return s;
     }
   }

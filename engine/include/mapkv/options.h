@@ -19,10 +19,10 @@ struct Options {
   bool error_if_exists = false;
 
   // Every open. Map the file read-only and refuse writes with
-  // kPermissionDenied. A read-only open never changes a byte of the file,
-  // even when the file needs recovery (it then reads through the recovered
-  // state without writing it back, or fails with kCorruption).
-  // Default: false.
+  // kPermissionDenied. A read-only open never changes a byte of the file:
+  // when the file needs recovery (a writer was killed mid-write, or the
+  // machine restarted before the last changes were checkpointed) it fails
+  // with kBusy, saying so; a writable open recovers it. Default: false.
   bool read_only = false;
 
   // At creation only. Number of entries to size the hash table for, so a

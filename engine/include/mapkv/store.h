@@ -169,9 +169,11 @@ class Store {
   // or an error when the walk itself could not run.
   Status Check(CheckReport* report) const;
 
-  // Rewrites the store into a fresh file holding only live data and replaces
-  // the original atomically (rename); other handles follow to the new file at
-  // their next operation. Needs free disk space for the live data.
+  // Rewrites the store densely, in place, and cuts the file to its live data
+  // (at once when no other handle has the file open, else when the last one
+  // closes). A series of ordinary crash-safe writes holding the write lock:
+  // readers keep reading, a kill leaves a valid store. Needs free disk space
+  // for one more copy of the live data meanwhile. See docs/DESIGN.md.
   Status Compact();
 
  private:
