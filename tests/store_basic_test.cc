@@ -897,3 +897,50 @@ TEST_CASE("store: overwriting every key 10 times keeps the file within 2.5x (1M 
 
 }  // namespace
 }  // namespace mapkv::test
+
+namespace mapkv::test {
+namespace {
+
+TEST_CASE("store: verify_checksums turns a damaged record into Corruption instead of its bytes") {
+  TempDir dir;
+  const std::string path = dir.File("s.mkv");
+  const std::string value = "a value whose bytes are unique in the file: 7f3a9c";
+  {
+    Store s = MustOpen(path);
+    REQUIRE(s.Put("damaged", value).ok());
+    REQUIRE(s.Put("intact", "another value").ok());
+  }
+  std::string image = ReadFileBytes(path);
+  const size_t at = image.find(value);
+  REQUIRE(at != std::string::npos);
+  image[at + 3] = static_cast<char>(image[at + 3] ^ 0x20);
+  WriteFileBytes(path, image);
+
+  Options verify;
+  verify.verify_checksums = true;
+  Store s = MustOpen(path, verify);
+  std::string got;
+  Status st = s.Get("damaged", &got);
+  CHECK(st.code() == Code::kCorruption);
+  CHECK(st.message().find("checksum") != std::string::npos);
+  CHECK(s.Get("intact", &got).ok());
+  CHECK(got == "another value");
+  ReadGuard guard;
+  REQUIRE(guard.Lock(s).ok());
+  std::string_view view;
+  CHECK(guard.Get("damaged", &view).code() == Code::kCorruption);
+  guard.Unlock();
+  REQUIRE(s.Close().ok());
+
+  Options plain;
+  plain.verify_checksums = false;
+  Store fast = MustOpen(path, plain);
+  REQUIRE(fast.Get("damaged", &got).ok());  // not verified: the damaged bytes come back
+  CHECK(got != value);
+  CheckReport report;
+  REQUIRE(fast.Check(&report).ok());
+  CHECK(report.problems.size() == 1);  // Check always verifies
+}
+
+}  // namespace
+}  // namespace mapkv::test

@@ -194,6 +194,12 @@ struct WalkScope {
 
 }  // namespace
 
+Status StoreImpl::ChecksumError(const RecordRef& rec) const {
+  return Status(Code::kCorruption, path_ + ": the record of the key (at offset " +
+                                       std::to_string(rec.granule * kGranule) +
+                                       ") fails its checksum; `mapkv check` lists every damaged record");
+}
+
 Status StoreImpl::CheckUsable() const {
   if (fork_generation_ != ForkGeneration()) {
     return Status(Code::kUnsafeUse, path_ + ": store handle used in a child process after fork(); open the "
@@ -244,12 +250,17 @@ MAPKV_OPTIMISTIC Status StoreImpl::Get(std::string_view key, std::string* value,
     uint64_t index;
     RecordRef rec;
     const TableReader::Result res = r.Find(key, hash, &index, &rec);
-    if (res == TableReader::Result::kFound && value != nullptr) CopyRacy(value, rec.value(), rec.value_size);
+    bool intact = true;
+    if (res == TableReader::Result::kFound && value != nullptr) {
+      CopyRacy(value, rec.value(), rec.value_size);
+      intact = !options_.verify_checksums || rec.Intact();
+    }
     std::atomic_thread_fence(std::memory_order_acquire);
     if (ctl_->seq.load(std::memory_order_relaxed) != s1) continue;
     if (res == TableReader::Result::kBad) {
       return Status(Code::kCorruption, path_ + ": hash table probe left the file");
     }
+    if (!intact) return ChecksumError(rec);
     *found = res == TableReader::Result::kFound;
     return Status::Ok();
   }
@@ -304,6 +315,7 @@ Status StoreImpl::GuardedGet(std::string_view key, std::string_view* value) cons
   RecordRef rec;
   switch (r.Find(key, HashKey(key, seed_), &index, &rec)) {
     case TableReader::Result::kFound:
+      if (options_.verify_checksums && !rec.Intact()) return ChecksumError(rec);
       *value = std::string_view(reinterpret_cast<const char*>(rec.value()), rec.value_size);
       return Status::Ok();
     case TableReader::Result::kAbsent:

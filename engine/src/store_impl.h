@@ -87,6 +87,7 @@ class StoreImpl {
 
   // store.cc
   Status CheckUsable() const;
+  Status ChecksumError(const RecordRef& rec) const;
   Status CheckWritable() const;
   Status BeginWrite();  // write lock + recovery + mapping up to date
   void EndWrite();

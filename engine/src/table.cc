@@ -24,6 +24,12 @@ uint32_t RecordChecksum(const RecordHeader& h, const uint8_t* key_and_value) {
 
 // ---------------------------------------------------------------- reader
 
+MAPKV_OPTIMISTIC bool RecordRef::Intact() const {
+  RecordHeader h;
+  RacyCopy(&h, header, sizeof h);
+  return RecordChecksum(h, key()) == h.checksum;
+}
+
 MAPKV_OPTIMISTIC bool TableReader::Record(uint64_t granule, RecordRef* rec) const {
   uint64_t off = granule << kGranuleShift;
   if (off < kHeapOffset || off + kRecordHeaderSize > limit) return false;

@@ -44,6 +44,9 @@ struct RecordRef {
   const uint8_t* key() const { return header + format::kRecordHeaderSize; }
   const uint8_t* value() const { return key() + key_size; }
   uint64_t granules() const { return format::RecordGranules(key_size, value_size); }
+  // True when the record's bytes match its checksum. Safe on a record a
+  // writer may be changing (the caller validates with the seqlock).
+  bool Intact() const;
 };
 
 // A snapshot of where the table is, taken from the control page.

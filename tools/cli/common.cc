@@ -31,6 +31,7 @@ Status OpenReadOnly(const std::string& file, Store* store) {
   Options options;
   options.read_only = true;
   options.create_if_missing = false;
+  options.verify_checksums = true;  // a person reading a value wants to know it is intact
   return Store::Open(file, options, store);
 }
 
