@@ -3,5 +3,5 @@
 add_library(mapkv_warnings INTERFACE)
 target_compile_options(mapkv_warnings INTERFACE
   -Wall -Wextra -Wpedantic -Wshadow -Wnon-virtual-dtor -Wcast-align
-  -Wunused -Woverloaded-virtual -Wnull-dereference -Wimplicit-fallthrough
+  -Wunused -Woverloaded-virtual -Wimplicit-fallthrough
   $<$<BOOL:${MAPKV_WERROR}>:-Werror>)

@@ -8,6 +8,7 @@
 #ifndef MAPKV_RACY_H_
 #define MAPKV_RACY_H_
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -27,6 +28,37 @@
 #endif
 
 namespace mapkv::internal {
+
+// The seqlock's fences. ThreadSanitizer does not model atomic_thread_fence,
+// so under it the writer's begin is an acquire-release increment and the
+// reader's fence a compiler barrier (TSan builds check races, not the memory
+// model of weaker CPUs).
+inline void SeqlockWriteBegin(std::atomic<uint64_t>& seq) {
+#if defined(MAPKV_TSAN)
+  seq.fetch_add(1, std::memory_order_acq_rel);
+#else
+  seq.store(seq.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  std::atomic_thread_fence(std::memory_order_release);
+#endif
+}
+
+inline void SeqlockReadFence() {
+#if defined(MAPKV_TSAN)
+  std::atomic_signal_fence(std::memory_order_seq_cst);
+#else
+  std::atomic_thread_fence(std::memory_order_acquire);
+#endif
+}
+
+// A word a writer may be storing at the same time (relaxed atomic load).
+template <typename T>
+MAPKV_OPTIMISTIC inline T RacyLoad(const T* p) {
+#if defined(MAPKV_TSAN)
+  return *static_cast<const volatile T*>(p);
+#else
+  return std::atomic_ref<const T>(*p).load(std::memory_order_relaxed);
+#endif
+}
 
 MAPKV_OPTIMISTIC inline void RacyCopy(void* dst, const void* src, size_t n) {
 #if defined(MAPKV_TSAN)

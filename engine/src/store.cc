@@ -255,7 +255,7 @@ MAPKV_OPTIMISTIC Status StoreImpl::Get(std::string_view key, std::string* value,
       CopyRacy(value, rec.value(), rec.value_size);
       intact = !options_.verify_checksums || rec.Intact();
     }
-    std::atomic_thread_fence(std::memory_order_acquire);
+    SeqlockReadFence();
     if (ctl_->seq.load(std::memory_order_relaxed) != s1) continue;
     if (res == TableReader::Result::kBad) {
       return Status(Code::kCorruption, path_ + ": hash table probe left the file");
@@ -378,8 +378,7 @@ void StoreImpl::EndWrite() { locks_->UnlockWrite(); }
 void StoreImpl::SeqBegin() {
   const uint64_t seq = ctl_->seq.load(std::memory_order_relaxed);
   if (seq & 1) return;  // already inside
-  ctl_->seq.store(seq + 1, std::memory_order_relaxed);
-  std::atomic_thread_fence(std::memory_order_release);
+  SeqlockWriteBegin(ctl_->seq);
 }
 
 void StoreImpl::SeqEnd() {

@@ -29,6 +29,7 @@
 #include "format.h"
 #include "heap.h"
 #include "mapkv/status.h"
+#include "racy.h"
 
 namespace mapkv::internal {
 
@@ -61,19 +62,18 @@ struct TableReader {
   uint64_t mask() const { return slots() - 1; }
 
   // Address of slot i, or nullptr when the page map points out of the file.
-  const uint64_t* SlotPtr(uint64_t i) const {
+  MAPKV_OPTIMISTIC const uint64_t* SlotPtr(uint64_t i) const {
     uint64_t pm = pagemap + (i >> format::kSlotsPerPageShift) * 4;
     if (pm + 4 > limit) return nullptr;
-    uint32_t phys = std::atomic_ref<const uint32_t>(*reinterpret_cast<const uint32_t*>(base + pm))
-                        .load(std::memory_order_relaxed);
+    uint32_t phys = RacyLoad(reinterpret_cast<const uint32_t*>(base + pm));
     uint64_t off = uint64_t{phys} * format::kPageSize + (i & (format::kSlotsPerPage - 1)) * 8;
     if (off < format::kHeapOffset || off + 8 > limit) return nullptr;
     return reinterpret_cast<const uint64_t*>(base + off);
   }
-  bool LoadSlot(uint64_t i, uint64_t* slot) const {
+  MAPKV_OPTIMISTIC bool LoadSlot(uint64_t i, uint64_t* slot) const {
     const uint64_t* p = SlotPtr(i);
     if (p == nullptr) return false;
-    *slot = std::atomic_ref<const uint64_t>(*p).load(std::memory_order_relaxed);
+    *slot = RacyLoad(p);
     return true;
   }
   // Finds and checks the record at `granule`; false when it does not fit the file.
