@@ -70,11 +70,16 @@ int main(int argc, char** argv) {
   Config cfg;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string a = argv[i];
-    if (a == "--n") cfg.n = std::strtoull(argv[i + 1], nullptr, 10);
-    else if (a == "--runs") cfg.runs = std::atoi(argv[i + 1]);
-    else if (a == "--dir") cfg.dir = argv[i + 1];
-    else if (a == "--key") cfg.key = std::strtoull(argv[i + 1], nullptr, 10);
-    else if (a == "--value") cfg.value = std::strtoull(argv[i + 1], nullptr, 10);
+    if (a == "--n")
+      cfg.n = std::strtoull(argv[i + 1], nullptr, 10);
+    else if (a == "--runs")
+      cfg.runs = std::atoi(argv[i + 1]);
+    else if (a == "--dir")
+      cfg.dir = argv[i + 1];
+    else if (a == "--key")
+      cfg.key = std::strtoull(argv[i + 1], nullptr, 10);
+    else if (a == "--value")
+      cfg.value = std::strtoull(argv[i + 1], nullptr, 10);
     else {
       std::fprintf(stderr, "engine_bench: unknown option %s\n", a.c_str());
       return 2;

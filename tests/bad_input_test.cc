@@ -22,11 +22,12 @@
 namespace mapkv::test {
 namespace {
 
-using internal::format::MetaPage;
 using internal::format::kMetaOffset;
 using internal::format::kPageSize;
+using internal::format::MetaPage;
 
-constexpr size_t kMetaChecked = offsetof(MetaPage, checksum) + sizeof(uint64_t);  // bytes the checksum covers, and itself
+constexpr size_t kMetaChecked =
+    offsetof(MetaPage, checksum) + sizeof(uint64_t);  // bytes the checksum covers, and itself
 
 Options ReadOnly() {
   Options o;
@@ -105,443 +106,446 @@ int WaitForChild(pid_t pid, int seconds) {
 }
 
 TEST_SUITE("bad_input") {
-
-TEST_CASE("bad input: an empty file is Corruption") {
-  TempDir dir;
-  const std::string path = dir.File("empty.mkv");
-  WriteFileBytes(path, "");
-  ExpectOpenFailsBoth(path, Code::kCorruption);
-  Options no_create;
-  no_create.create_if_missing = false;
-  ExpectOpenFails(path, no_create, Code::kCorruption);
-  CHECK(FileSize(path) == 0);
-}
-
-TEST_CASE("bad input: files of random bytes are Corruption") {
-  TempDir dir;
-  Rng rng(99);
-  for (size_t size : {size_t{1}, size_t{4096}, size_t{65535}, size_t{65536}, size_t{100000}, size_t{1} << 20}) {
-    CAPTURE(size);
-    const std::string path = dir.File("random" + std::to_string(size));
-    WriteFileBytes(path, rng.Bytes(size));
+  TEST_CASE("bad input: an empty file is Corruption") {
+    TempDir dir;
+    const std::string path = dir.File("empty.mkv");
+    WriteFileBytes(path, "");
     ExpectOpenFailsBoth(path, Code::kCorruption);
+    Options no_create;
+    no_create.create_if_missing = false;
+    ExpectOpenFails(path, no_create, Code::kCorruption);
+    CHECK(FileSize(path) == 0);
   }
-  // A file of zeros, and text.
-  WriteFileBytes(dir.File("zeros"), std::string(1 << 20, '\0'));
-  ExpectOpenFailsBoth(dir.File("zeros"), Code::kCorruption);
-  std::string text;
-  while (text.size() < 200000) text += "this is not a mapkv store, just some text\n";
-  WriteFileBytes(dir.File("text"), text);
-  ExpectOpenFailsBoth(dir.File("text"), Code::kCorruption);
-}
 
-TEST_CASE("bad input: truncated stores are Corruption") {
-  TempDir dir;
-  const std::string path = dir.File("s.mkv");
-  MakeStore(path, 5000);
-  const std::string full = ReadFileBytes(path);
-  REQUIRE(full.size() > 140000);
-  for (size_t keep : {size_t{100}, size_t{4096}, size_t{8192}, size_t{65535}, size_t{65536}, size_t{70000},
-                      full.size() / 2, full.size() - 65536}) {
-    CAPTURE(keep);
-    const std::string cut = dir.File("cut" + std::to_string(keep));
-    WriteFileBytes(cut, full.substr(0, keep));
-    ExpectOpenFailsBoth(cut, Code::kCorruption);
+  TEST_CASE("bad input: files of random bytes are Corruption") {
+    TempDir dir;
+    Rng rng(99);
+    for (size_t size : {size_t{1}, size_t{4096}, size_t{65535}, size_t{65536}, size_t{100000}, size_t{1} << 20}) {
+      CAPTURE(size);
+      const std::string path = dir.File("random" + std::to_string(size));
+      WriteFileBytes(path, rng.Bytes(size));
+      ExpectOpenFailsBoth(path, Code::kCorruption);
+    }
+    // A file of zeros, and text.
+    WriteFileBytes(dir.File("zeros"), std::string(1 << 20, '\0'));
+    ExpectOpenFailsBoth(dir.File("zeros"), Code::kCorruption);
+    std::string text;
+    while (text.size() < 200000) text += "this is not a mapkv store, just some text\n";
+    WriteFileBytes(dir.File("text"), text);
+    ExpectOpenFailsBoth(dir.File("text"), Code::kCorruption);
   }
-}
 
-TEST_CASE("bad input: a directory is InvalidArgument") {
-  TempDir dir;
-  ExpectOpenFails(dir.path(), Options{}, Code::kInvalidArgument);
-  Store store;
-  CHECK(Store::Open(dir.path(), ReadOnly(), &store).code() == Code::kInvalidArgument);
-  Options no_create;
-  no_create.create_if_missing = false;
-  CHECK(Store::Open(dir.path(), no_create, &store).code() == Code::kInvalidArgument);
-  CHECK_FALSE(store.is_open());
-}
-
-// Every byte of the newest meta page, flipped, while the other meta page is
-// damaged too: bytes the checksum covers make the store unopenable (the
-// major-version bytes read as a newer version), the rest of the page is
-// unused and the store opens.
-TEST_CASE("bad input: the newest meta page flipped byte by byte while the other one is damaged") {
-  TempDir dir;
-  const std::string path = dir.File("s.mkv");
-  const Model model = MakeStore(path, 200);
-  const std::string image = ReadFileBytes(path);
-  const MetaPage m0 = ReadMeta(image, 0), m1 = ReadMeta(image, 1);
-  REQUIRE(MetaLooksValid(m0));
-  REQUIRE(MetaLooksValid(m1));
-  const int newest = m0.generation > m1.generation ? 0 : 1;
-  const int other = 1 - newest;
-  // Damage the other page: one byte of its generation (the checksum no longer matches).
-  PokeByte(path, kMetaOffset[other] + offsetof(MetaPage, generation), static_cast<uint8_t>(image[kMetaOffset[other] + offsetof(MetaPage, generation)] ^ 0x40));
-  const std::string damaged = ReadFileBytes(path);
-  {
-    Store store = MustOpen(path, ReadOnly());  // the newest page alone still opens the store
-    CHECK(Dump(store) == model);
+  TEST_CASE("bad input: truncated stores are Corruption") {
+    TempDir dir;
+    const std::string path = dir.File("s.mkv");
+    MakeStore(path, 5000);
+    const std::string full = ReadFileBytes(path);
+    REQUIRE(full.size() > 140000);
+    for (size_t keep : {size_t{100}, size_t{4096}, size_t{8192}, size_t{65535}, size_t{65536}, size_t{70000},
+                        full.size() / 2, full.size() - 65536}) {
+      CAPTURE(keep);
+      const std::string cut = dir.File("cut" + std::to_string(keep));
+      WriteFileBytes(cut, full.substr(0, keep));
+      ExpectOpenFailsBoth(cut, Code::kCorruption);
+    }
   }
-  CHECK(ReadFileBytes(path) == damaged);
 
-  int failed = 0, opened = 0;
-  for (uint8_t flip : {uint8_t{0xff}, uint8_t{0x01}}) {
-    for (uint64_t i = 0; i < kPageSize; ++i) {
-      if (flip == 0x01 && i >= kMetaChecked) break;  // single-bit flips only where they matter
-      const uint64_t at = kMetaOffset[newest] + i;
-      const auto original = static_cast<uint8_t>(damaged[at]);
-      PokeByte(path, at, static_cast<uint8_t>(original ^ flip));
-      std::string flipped = damaged;
-      flipped[at] = static_cast<char>(original ^ flip);
-      Store store;
-      if (i < kMetaChecked) {
-        const Options options = (i % 2 == 0) ? Options{} : ReadOnly();
-        Status s = Store::Open(path, options, &store);
-        const MetaPage m = ReadMeta(flipped, newest);
-        const Code expected = m.magic == internal::format::kMetaMagic && m.major > internal::format::kMajor
-                                  ? Code::kVersionTooNew
-                                  : Code::kCorruption;
-        if (s.code() != expected || store.is_open()) {
-          CHECK_MESSAGE(s.code() == expected, "byte " << i << " ^ " << int{flip} << ": " << s.ToString());
-          CHECK_FALSE(store.is_open());
+  TEST_CASE("bad input: a directory is InvalidArgument") {
+    TempDir dir;
+    ExpectOpenFails(dir.path(), Options{}, Code::kInvalidArgument);
+    Store store;
+    CHECK(Store::Open(dir.path(), ReadOnly(), &store).code() == Code::kInvalidArgument);
+    Options no_create;
+    no_create.create_if_missing = false;
+    CHECK(Store::Open(dir.path(), no_create, &store).code() == Code::kInvalidArgument);
+    CHECK_FALSE(store.is_open());
+  }
+
+  // Every byte of the newest meta page, flipped, while the other meta page is
+  // damaged too: bytes the checksum covers make the store unopenable (the
+  // major-version bytes read as a newer version), the rest of the page is
+  // unused and the store opens.
+  TEST_CASE("bad input: the newest meta page flipped byte by byte while the other one is damaged") {
+    TempDir dir;
+    const std::string path = dir.File("s.mkv");
+    const Model model = MakeStore(path, 200);
+    const std::string image = ReadFileBytes(path);
+    const MetaPage m0 = ReadMeta(image, 0), m1 = ReadMeta(image, 1);
+    REQUIRE(MetaLooksValid(m0));
+    REQUIRE(MetaLooksValid(m1));
+    const int newest = m0.generation > m1.generation ? 0 : 1;
+    const int other = 1 - newest;
+    // Damage the other page: one byte of its generation (the checksum no longer matches).
+    PokeByte(path, kMetaOffset[other] + offsetof(MetaPage, generation),
+             static_cast<uint8_t>(image[kMetaOffset[other] + offsetof(MetaPage, generation)] ^ 0x40));
+    const std::string damaged = ReadFileBytes(path);
+    {
+      Store store = MustOpen(path, ReadOnly());  // the newest page alone still opens the store
+      CHECK(Dump(store) == model);
+    }
+    CHECK(ReadFileBytes(path) == damaged);
+
+    int failed = 0, opened = 0;
+    for (uint8_t flip : {uint8_t{0xff}, uint8_t{0x01}}) {
+      for (uint64_t i = 0; i < kPageSize; ++i) {
+        if (flip == 0x01 && i >= kMetaChecked) break;  // single-bit flips only where they matter
+        const uint64_t at = kMetaOffset[newest] + i;
+        const auto original = static_cast<uint8_t>(damaged[at]);
+        PokeByte(path, at, static_cast<uint8_t>(original ^ flip));
+        std::string flipped = damaged;
+        flipped[at] = static_cast<char>(original ^ flip);
+        Store store;
+        if (i < kMetaChecked) {
+          const Options options = (i % 2 == 0) ? Options{} : ReadOnly();
+          Status s = Store::Open(path, options, &store);
+          const MetaPage m = ReadMeta(flipped, newest);
+          const Code expected = m.magic == internal::format::kMetaMagic && m.major > internal::format::kMajor
+                                    ? Code::kVersionTooNew
+                                    : Code::kCorruption;
+          if (s.code() != expected || store.is_open()) {
+            CHECK_MESSAGE(s.code() == expected, "byte " << i << " ^ " << int{flip} << ": " << s.ToString());
+            CHECK_FALSE(store.is_open());
+          }
+          ++failed;
+        } else {
+          Status s = Store::Open(path, ReadOnly(), &store);
+          if (!s.ok()) {
+            CHECK_MESSAGE(s.ok(), "unused meta byte " << i << " flipped: " << s.ToString());
+          } else {
+            ++opened;
+            if (i % 256 == 0) CHECK(Dump(store) == model);
+          }
+          REQUIRE(store.Close().ok());
         }
-        ++failed;
-      } else {
+        if (ReadFileBytes(path) != flipped) {
+          FAIL("open with meta byte " << i << " flipped changed the file");
+        }
+        PokeByte(path, at, original);
+      }
+    }
+    CHECK(failed == 2 * static_cast<int>(kMetaChecked));
+    CHECK(opened == static_cast<int>(kPageSize - kMetaChecked));
+  }
+
+  // Every byte of the newest meta page flipped alone, the other page intact:
+  // the store opens every time (from the other page when the flip invalidates
+  // the newest), with all its data, and Check finds nothing.
+  TEST_CASE("bad input: the newest meta page flipped byte by byte with the other one intact") {
+    TempDir dir;
+    const std::string path = dir.File("s.mkv");
+    const Model model = MakeStore(path, 200);
+    const std::string image = ReadFileBytes(path);
+    const MetaPage m0 = ReadMeta(image, 0), m1 = ReadMeta(image, 1);
+    REQUIRE(MetaLooksValid(m0));
+    REQUIRE(MetaLooksValid(m1));
+    const int newest = m0.generation > m1.generation ? 0 : 1;
+    int opened = 0;
+    for (uint64_t i = 0; i < kPageSize; ++i) {
+      const uint64_t at = kMetaOffset[newest] + i;
+      const auto original = static_cast<uint8_t>(image[at]);
+      PokeByte(path, at, static_cast<uint8_t>(original ^ 0xff));
+      std::string flipped = image;
+      flipped[at] = static_cast<char>(original ^ 0xff);
+      const MetaPage m = ReadMeta(flipped, newest);
+      if (m.magic == internal::format::kMetaMagic && m.major > internal::format::kMajor) {
+        // Looks written by a newer library: refused rather than silently rolled
+        // back to the older page (which would undo that library's writes).
+        for (const Options& options : {ReadOnly(), Options{}}) {
+          Store store;
+          Status s = Store::Open(path, options, &store);
+          CHECK_MESSAGE(s.code() == Code::kVersionTooNew, "meta byte " << i << " flipped: " << s.ToString());
+        }
+        CHECK(ReadFileBytes(path) == flipped);
+        ++opened;  // handled
+        PokeByte(path, at, original);
+        continue;
+      }
+      const bool deep = i % 97 == 0 || i < 16;
+      {
+        Store store;
         Status s = Store::Open(path, ReadOnly(), &store);
         if (!s.ok()) {
-          CHECK_MESSAGE(s.ok(), "unused meta byte " << i << " flipped: " << s.ToString());
+          CHECK_MESSAGE(s.ok(), "meta byte " << i << " flipped: " << s.ToString());
         } else {
           ++opened;
-          if (i % 256 == 0) CHECK(Dump(store) == model);
-        }
-        REQUIRE(store.Close().ok());
-      }
-      if (ReadFileBytes(path) != flipped) {
-        FAIL("open with meta byte " << i << " flipped changed the file");
-      }
-      PokeByte(path, at, original);
-    }
-  }
-  CHECK(failed == 2 * static_cast<int>(kMetaChecked));
-  CHECK(opened == static_cast<int>(kPageSize - kMetaChecked));
-}
-
-// Every byte of the newest meta page flipped alone, the other page intact:
-// the store opens every time (from the other page when the flip invalidates
-// the newest), with all its data, and Check finds nothing.
-TEST_CASE("bad input: the newest meta page flipped byte by byte with the other one intact") {
-  TempDir dir;
-  const std::string path = dir.File("s.mkv");
-  const Model model = MakeStore(path, 200);
-  const std::string image = ReadFileBytes(path);
-  const MetaPage m0 = ReadMeta(image, 0), m1 = ReadMeta(image, 1);
-  REQUIRE(MetaLooksValid(m0));
-  REQUIRE(MetaLooksValid(m1));
-  const int newest = m0.generation > m1.generation ? 0 : 1;
-  int opened = 0;
-  for (uint64_t i = 0; i < kPageSize; ++i) {
-    const uint64_t at = kMetaOffset[newest] + i;
-    const auto original = static_cast<uint8_t>(image[at]);
-    PokeByte(path, at, static_cast<uint8_t>(original ^ 0xff));
-    std::string flipped = image;
-    flipped[at] = static_cast<char>(original ^ 0xff);
-    const MetaPage m = ReadMeta(flipped, newest);
-    if (m.magic == internal::format::kMetaMagic && m.major > internal::format::kMajor) {
-      // Looks written by a newer library: refused rather than silently rolled
-      // back to the older page (which would undo that library's writes).
-      for (const Options& options : {ReadOnly(), Options{}}) {
-        Store store;
-        Status s = Store::Open(path, options, &store);
-        CHECK_MESSAGE(s.code() == Code::kVersionTooNew, "meta byte " << i << " flipped: " << s.ToString());
-      }
-      CHECK(ReadFileBytes(path) == flipped);
-      ++opened;  // handled
-      PokeByte(path, at, original);
-      continue;
-    }
-    const bool deep = i % 97 == 0 || i < 16;
-    {
-      Store store;
-      Status s = Store::Open(path, ReadOnly(), &store);
-      if (!s.ok()) {
-        CHECK_MESSAGE(s.ok(), "meta byte " << i << " flipped: " << s.ToString());
-      } else {
-        ++opened;
-        std::string v;
-        if (!store.Get("key1", &v).ok() || v != model.at("key1")) CHECK_MESSAGE(false, "byte " << i << ": key1 lost");
-        if (deep) {
-          CHECK(Dump(store) == model);
-          if (i < kMetaChecked) {
-            // The live state is intact, but Check must say the newest meta page is damaged.
-            CheckReport report;
-            REQUIRE(store.Check(&report).ok());
-            REQUIRE(report.problems.size() == 1);
-            CHECK(report.problems[0].find("newest meta page") != std::string::npos);
-            CHECK(report.entries_checked == model.size());
-          } else {
-            CheckClean(store);
+          std::string v;
+          if (!store.Get("key1", &v).ok() || v != model.at("key1")) CHECK_MESSAGE(false, "byte " << i << ": key1 lost");
+          if (deep) {
+            CHECK(Dump(store) == model);
+            if (i < kMetaChecked) {
+              // The live state is intact, but Check must say the newest meta page is damaged.
+              CheckReport report;
+              REQUIRE(store.Check(&report).ok());
+              REQUIRE(report.problems.size() == 1);
+              CHECK(report.problems[0].find("newest meta page") != std::string::npos);
+              CHECK(report.entries_checked == model.size());
+            } else {
+              CheckClean(store);
+            }
           }
         }
       }
-    }
-    if (deep) {
-      // Writable too (the open rewrites the newest meta page): open, check, write, close; then put the image back.
-      Store store;
-      Status s = Store::Open(path, Options{}, &store);
-      CHECK_MESSAGE(s.ok(), "writable, meta byte " << i << " flipped: " << s.ToString());
-      if (s.ok()) {
-        CHECK(Dump(store) == model);
-        REQUIRE(store.Put("extra", "x").ok());
-        CheckClean(store);
+      if (deep) {
+        // Writable too (the open rewrites the newest meta page): open, check, write, close; then put the image back.
+        Store store;
+        Status s = Store::Open(path, Options{}, &store);
+        CHECK_MESSAGE(s.ok(), "writable, meta byte " << i << " flipped: " << s.ToString());
+        if (s.ok()) {
+          CHECK(Dump(store) == model);
+          REQUIRE(store.Put("extra", "x").ok());
+          CheckClean(store);
+          REQUIRE(store.Close().ok());
+          store = MustOpen(path, ReadOnly());
+          CHECK(store.size() == model.size() + 1);
+          CheckClean(store);
+        }
         REQUIRE(store.Close().ok());
-        store = MustOpen(path, ReadOnly());
-        CHECK(store.size() == model.size() + 1);
-        CheckClean(store);
+        WriteFileBytes(path, image);
+      } else {
+        PokeByte(path, at, original);
       }
-      REQUIRE(store.Close().ok());
-      WriteFileBytes(path, image);
-    } else {
-      PokeByte(path, at, original);
     }
+    CHECK(opened == static_cast<int>(kPageSize));
   }
-  CHECK(opened == static_cast<int>(kPageSize));
-}
 
-TEST_CASE("bad input: a newer major version is VersionTooNew and a newer minor opens") {
-  TempDir dir;
-  const std::string path = dir.File("s.mkv");
-  const Model model = MakeStore(path, 100);
-  const std::string image = ReadFileBytes(path);
-  auto rewrite = [&](uint16_t major, uint16_t minor) {
-    std::string bytes = image;
-    for (int slot = 0; slot < 2; ++slot) {
-      MetaPage m = ReadMeta(bytes, slot);
-      REQUIRE(MetaLooksValid(m));
-      m.major = major;
-      m.minor = minor;
-      m.checksum = MetaChecksum(m);  // only the version is "wrong"
-      std::memcpy(bytes.data() + kMetaOffset[slot], &m, sizeof m);
+  TEST_CASE("bad input: a newer major version is VersionTooNew and a newer minor opens") {
+    TempDir dir;
+    const std::string path = dir.File("s.mkv");
+    const Model model = MakeStore(path, 100);
+    const std::string image = ReadFileBytes(path);
+    auto rewrite = [&](uint16_t major, uint16_t minor) {
+      std::string bytes = image;
+      for (int slot = 0; slot < 2; ++slot) {
+        MetaPage m = ReadMeta(bytes, slot);
+        REQUIRE(MetaLooksValid(m));
+        m.major = major;
+        m.minor = minor;
+        m.checksum = MetaChecksum(m);  // only the version is "wrong"
+        std::memcpy(bytes.data() + kMetaOffset[slot], &m, sizeof m);
+      }
+      WriteFileBytes(path, bytes);
+    };
+    rewrite(2, 0);
+    ExpectOpenFailsBoth(path, Code::kVersionTooNew);
+    rewrite(0xffff, 0xffff);
+    ExpectOpenFailsBoth(path, Code::kVersionTooNew);
+    rewrite(0, 0);
+    ExpectOpenFailsBoth(path, Code::kCorruption);
+    rewrite(1, 7);  // a newer minor: additions this library may ignore
+    {
+      Store store = MustOpen(path, ReadOnly());
+      CHECK(Dump(store) == model);
+      Stats st;
+      REQUIRE(store.GetStats(&st).ok());
+      CHECK(st.format_major == 1);
+      CHECK(st.format_minor == 7);
     }
-    WriteFileBytes(path, bytes);
-  };
-  rewrite(2, 0);
-  ExpectOpenFailsBoth(path, Code::kVersionTooNew);
-  rewrite(0xffff, 0xffff);
-  ExpectOpenFailsBoth(path, Code::kVersionTooNew);
-  rewrite(0, 0);
-  ExpectOpenFailsBoth(path, Code::kCorruption);
-  rewrite(1, 7);  // a newer minor: additions this library may ignore
-  {
-    Store store = MustOpen(path, ReadOnly());
-    CHECK(Dump(store) == model);
-    Stats st;
-    REQUIRE(store.GetStats(&st).ok());
-    CHECK(st.format_major == 1);
-    CHECK(st.format_minor == 7);
-  }
-  Store store = MustOpen(path);
-  CHECK(Dump(store) == model);
-  CheckClean(store);
-}
-
-TEST_CASE("bad input: a file without read permission is PermissionDenied") {
-  TempDir dir;
-  const std::string path = dir.File("s.mkv");
-  MakeStore(path, 10);
-  const std::string before = ReadFileBytes(path);
-  if (::geteuid() != 0) {
-    REQUIRE(::chmod(path.c_str(), 0) == 0);
-    ExpectOpenFailsBoth(path, Code::kPermissionDenied);
-    REQUIRE(::chmod(path.c_str(), 0444) == 0);
-    ExpectOpenFails(path, Options{}, Code::kPermissionDenied);
-    Store store = MustOpen(path, ReadOnly());
-    CHECK(store.size() == 8);
-    return;
-  }
-  // Root ignores permission bits: test in a child that drops to nobody (65534).
-  MESSAGE("running as root, where permissions do not apply: testing in a child that switches to uid/gid 65534");
-  REQUIRE(::chmod(dir.path().c_str(), 0755) == 0);
-  REQUIRE(::chmod(path.c_str(), 0) == 0);
-  std::fflush(nullptr);
-  const pid_t pid = ::fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    if (::setgid(65534) != 0 || ::setuid(65534) != 0) _exit(10);
-    if (::geteuid() != 65534) _exit(11);
-    struct stat st {};
-    if (::stat(path.c_str(), &st) != 0) _exit(12);  // the directories must be searchable
-    Store store;
-    if (Store::Open(path, Options{}, &store).code() != Code::kPermissionDenied) _exit(2);
-    if (Store::Open(path, ReadOnly(), &store).code() != Code::kPermissionDenied) _exit(3);
-    Options no_create;
-    no_create.create_if_missing = false;
-    if (Store::Open(path, no_create, &store).code() != Code::kPermissionDenied) _exit(4);
-    if (store.is_open()) _exit(5);
-    _exit(0);
-  }
-  int rc = WaitForChild(pid, 30);
-  if (rc == 10 || rc == 11 || rc == 12) {
-    WARN_MESSAGE(false, "CANNOT TEST unreadable files here: the child could not become uid 65534 or reach "
-                            << path << " (exit code " << rc << ")");
-  } else {
-    CHECK(rc == 0);
-  }
-  // Readable but not writable: the read-only open works, the writable one is refused.
-  REQUIRE(::chmod(path.c_str(), 0444) == 0);
-  std::fflush(nullptr);
-  const pid_t pid2 = ::fork();
-  REQUIRE(pid2 >= 0);
-  if (pid2 == 0) {
-    if (::setgid(65534) != 0 || ::setuid(65534) != 0) _exit(10);
-    Store store;
-    if (Store::Open(path, Options{}, &store).code() != Code::kPermissionDenied) _exit(2);
-    if (!Store::Open(path, ReadOnly(), &store).ok()) _exit(3);
-    if (store.size() != 8) _exit(4);
-    std::string v;
-    if (!store.Get("key1", &v).ok()) _exit(5);
-    _exit(0);
-  }
-  rc = WaitForChild(pid2, 30);
-  if (rc == 10) {
-    WARN_MESSAGE(false, "CANNOT TEST read-only permissions here: the child could not become uid 65534");
-  } else {
-    CHECK(rc == 0);
-  }
-  REQUIRE(::chmod(path.c_str(), 0600) == 0);
-  CHECK(ReadFileBytes(path) == before);
-}
-
-// Damages random bytes or pages of the heap (table, records, page map,
-// allocation map), then in a child: open (same boot, or after a simulated
-// reboot), Get, ForEach, Check. Each may fail with a Status but must not crash
-// or hang. When Check finds nothing wrong, the store must also take writes.
-enum ChildResult { kChildOk = 0, kChildWriteFailed = 20, kChildCheckDirtyAfterWrites = 21, kChildLostWrite = 22 };
-
-int CorruptionChild(const std::string& path, bool reboot, std::string* note) {
-  std::unique_ptr<BootIdGuard> guard;
-  if (reboot) guard = std::make_unique<BootIdGuard>(0x21);
-  Store store;
-  Status s = Store::Open(path, Options{}, &store);
-  if (!s.ok()) {
-    *note = "open: " + s.ToString();
-    return kChildOk;
-  }
-  std::string v;
-  for (int i = 0; i < 400; ++i) store.Get("key" + std::to_string(i), &v).IgnoreError();
-  uint64_t seen = 0;
-  store.ForEach({}, [&](std::string_view, std::string_view) { return ++seen < 1000000; }).IgnoreError();
-  store.ForEach("key1", [&](std::string_view, std::string_view) { return true; }).IgnoreError();
-  Stats st;
-  store.GetStats(&st).IgnoreError();
-  CheckReport report;
-  s = store.Check(&report);
-  if (!s.ok() || !report.ok()) {
-    *note = s.ok() ? "check: " + report.problems[0] : "check: " + s.ToString();
-    return kChildOk;
-  }
-  *note = "clean";
-  for (int i = 0; i < 300; ++i) {
-    if (!store.Put("new" + std::to_string(i), std::string(static_cast<size_t>(i), 'n')).ok()) return kChildWriteFailed;
-  }
-  for (int i = 1; i < 400; i += 7) store.Erase("key" + std::to_string(i)).IgnoreError();
-  if (!store.Flush().ok()) return kChildWriteFailed;
-  s = store.Check(&report);
-  if (!s.ok() || !report.ok()) {
-    *note = s.ok() ? report.problems[0] : s.ToString();
-    return kChildCheckDirtyAfterWrites;
-  }
-  for (int i = 0; i < 300; ++i) {
-    if (!store.Get("new" + std::to_string(i), &v).ok() || v != std::string(static_cast<size_t>(i), 'n')) {
-      return kChildLostWrite;
-    }
-  }
-  return kChildOk;
-}
-
-void RunCorruption(int iterations, uint64_t seed) {
-  TempDir dir;
-  const std::string path = dir.File("s.mkv");
-  MakeStore(path, 400);
-  {
-    // Some history: overwrites and a checkpoint, so both meta pages, both
-    // snapshots and pending space exist.
     Store store = MustOpen(path);
-    for (int i = 0; i < 400; i += 3) REQUIRE(store.Put("key" + std::to_string(i), std::string(50, 'o')).ok());
-    REQUIRE(store.Flush().ok());
-    for (int i = 1; i < 400; i += 3) REQUIRE(store.Put("key" + std::to_string(i), std::string(90, 'p')).ok());
-    REQUIRE(store.Close().ok());
+    CHECK(Dump(store) == model);
+    CheckClean(store);
   }
-  const std::string image = ReadFileBytes(path);
-  const uint64_t heap = internal::format::kHeapOffset;
-  REQUIRE(image.size() > heap + kPageSize);
-  Rng rng(seed);
-  int clean = 0, crashed = 0;
-  for (int it = 0; it < iterations; ++it) {
-    std::string bytes = image;
-    const uint64_t mode = rng.Uniform(4);
-    const uint64_t pages = (bytes.size() - heap) / kPageSize;
-    std::string what;
-    if (mode == 0) {  // a few random bytes
-      const uint64_t n = 1 + rng.Uniform(8);
-      for (uint64_t k = 0; k < n; ++k) bytes[heap + rng.Uniform(bytes.size() - heap)] = static_cast<char>(rng.Next());
-      what = std::to_string(n) + " random bytes";
-    } else if (mode == 1) {  // a page of random bytes
-      const uint64_t p = rng.Uniform(pages);
-      const std::string junk = rng.Bytes(kPageSize);
-      bytes.replace(heap + p * kPageSize, kPageSize, junk);
-      what = "page " + std::to_string(p) + " random";
-    } else if (mode == 2) {  // a zeroed page
-      const uint64_t p = rng.Uniform(pages);
-      bytes.replace(heap + p * kPageSize, kPageSize, std::string(kPageSize, '\0'));
-      what = "page " + std::to_string(p) + " zeroed";
-    } else {  // many scattered single-bit flips
-      for (int k = 0; k < 64; ++k) {
-        const uint64_t at = heap + rng.Uniform(bytes.size() - heap);
-        bytes[at] = static_cast<char>(bytes[at] ^ (1 << rng.Uniform(8)));
-      }
-      what = "64 bit flips";
+
+  TEST_CASE("bad input: a file without read permission is PermissionDenied") {
+    TempDir dir;
+    const std::string path = dir.File("s.mkv");
+    MakeStore(path, 10);
+    const std::string before = ReadFileBytes(path);
+    if (::geteuid() != 0) {
+      REQUIRE(::chmod(path.c_str(), 0) == 0);
+      ExpectOpenFailsBoth(path, Code::kPermissionDenied);
+      REQUIRE(::chmod(path.c_str(), 0444) == 0);
+      ExpectOpenFails(path, Options{}, Code::kPermissionDenied);
+      Store store = MustOpen(path, ReadOnly());
+      CHECK(store.size() == 8);
+      return;
     }
-    WriteFileBytes(path, bytes);
-    const bool reboot = rng.Uniform(2) == 0;
-    int pipefd[2];
-    REQUIRE(::pipe(pipefd) == 0);
+    // Root ignores permission bits: test in a child that drops to nobody (65534).
+    MESSAGE("running as root, where permissions do not apply: testing in a child that switches to uid/gid 65534");
+    REQUIRE(::chmod(dir.path().c_str(), 0755) == 0);
+    REQUIRE(::chmod(path.c_str(), 0) == 0);
     std::fflush(nullptr);
     const pid_t pid = ::fork();
     REQUIRE(pid >= 0);
     if (pid == 0) {
-      ::close(pipefd[0]);
-      std::string note;
-      const int rc = CorruptionChild(path, reboot, &note);
-      note = note.substr(0, 200);
-      [[maybe_unused]] ssize_t w = ::write(pipefd[1], note.data(), note.size());
-      _exit(rc);
+      if (::setgid(65534) != 0 || ::setuid(65534) != 0) _exit(10);
+      if (::geteuid() != 65534) _exit(11);
+      struct stat st {};
+      if (::stat(path.c_str(), &st) != 0) _exit(12);  // the directories must be searchable
+      Store store;
+      if (Store::Open(path, Options{}, &store).code() != Code::kPermissionDenied) _exit(2);
+      if (Store::Open(path, ReadOnly(), &store).code() != Code::kPermissionDenied) _exit(3);
+      Options no_create;
+      no_create.create_if_missing = false;
+      if (Store::Open(path, no_create, &store).code() != Code::kPermissionDenied) _exit(4);
+      if (store.is_open()) _exit(5);
+      _exit(0);
     }
-    ::close(pipefd[1]);
-    const int rc = WaitForChild(pid, 60);
-    char buf[256];
-    const ssize_t n = ::read(pipefd[0], buf, sizeof buf);
-    ::close(pipefd[0]);
-    const std::string note = n > 0 ? std::string(buf, static_cast<size_t>(n)) : std::string();
-    if (note == "clean") ++clean;
-    if (rc != 0) {
-      ++crashed;
-      const std::string how = std::string(reboot ? ", after a reboot" : ", same boot") +
-                              (rc == -2 ? " (hung)" : rc > 128 ? " (killed by a signal)" : "");
-      CHECK_MESSAGE(rc == 0, "iteration " << it << " (" << what << how << "): child exit " << rc << ", " << note);
+    int rc = WaitForChild(pid, 30);
+    if (rc == 10 || rc == 11 || rc == 12) {
+      WARN_MESSAGE(false, "CANNOT TEST unreadable files here: the child could not become uid 65534 or reach "
+                              << path << " (exit code " << rc << ")");
+    } else {
+      CHECK(rc == 0);
     }
+    // Readable but not writable: the read-only open works, the writable one is refused.
+    REQUIRE(::chmod(path.c_str(), 0444) == 0);
+    std::fflush(nullptr);
+    const pid_t pid2 = ::fork();
+    REQUIRE(pid2 >= 0);
+    if (pid2 == 0) {
+      if (::setgid(65534) != 0 || ::setuid(65534) != 0) _exit(10);
+      Store store;
+      if (Store::Open(path, Options{}, &store).code() != Code::kPermissionDenied) _exit(2);
+      if (!Store::Open(path, ReadOnly(), &store).ok()) _exit(3);
+      if (store.size() != 8) _exit(4);
+      std::string v;
+      if (!store.Get("key1", &v).ok()) _exit(5);
+      _exit(0);
+    }
+    rc = WaitForChild(pid2, 30);
+    if (rc == 10) {
+      WARN_MESSAGE(false, "CANNOT TEST read-only permissions here: the child could not become uid 65534");
+    } else {
+      CHECK(rc == 0);
+    }
+    REQUIRE(::chmod(path.c_str(), 0600) == 0);
+    CHECK(ReadFileBytes(path) == before);
   }
-  MESSAGE(iterations << " corruptions: " << clean << " left Check clean, " << crashed << " failed");
-  CHECK(crashed == 0);
-}
 
-TEST_CASE("bad input: random damage to the heap never crashes open Get ForEach or Check") {
-  RunCorruption(500, 1234);
-}
+  // Damages random bytes or pages of the heap (table, records, page map,
+  // allocation map), then in a child: open (same boot, or after a simulated
+  // reboot), Get, ForEach, Check. Each may fail with a Status but must not crash
+  // or hang. When Check finds nothing wrong, the store must also take writes.
+  enum ChildResult { kChildOk = 0, kChildWriteFailed = 20, kChildCheckDirtyAfterWrites = 21, kChildLostWrite = 22 };
 
-TEST_CASE("bad input: random damage to the heap never crashes (long)" * doctest::test_suite("slow")) {
-  MAPKV_SLOW_TEST_GATE();
-  RunCorruption(5000, 98765);
-}
+  int CorruptionChild(const std::string& path, bool reboot, std::string* note) {
+    std::unique_ptr<BootIdGuard> guard;
+    if (reboot) guard = std::make_unique<BootIdGuard>(0x21);
+    Store store;
+    Status s = Store::Open(path, Options{}, &store);
+    if (!s.ok()) {
+      *note = "open: " + s.ToString();
+      return kChildOk;
+    }
+    std::string v;
+    for (int i = 0; i < 400; ++i) store.Get("key" + std::to_string(i), &v).IgnoreError();
+    uint64_t seen = 0;
+    store.ForEach({}, [&](std::string_view, std::string_view) { return ++seen < 1000000; }).IgnoreError();
+    store.ForEach("key1", [&](std::string_view, std::string_view) { return true; }).IgnoreError();
+    Stats st;
+    store.GetStats(&st).IgnoreError();
+    CheckReport report;
+    s = store.Check(&report);
+    if (!s.ok() || !report.ok()) {
+      *note = s.ok() ? "check: " + report.problems[0] : "check: " + s.ToString();
+      return kChildOk;
+    }
+    *note = "clean";
+    for (int i = 0; i < 300; ++i) {
+      if (!store.Put("new" + std::to_string(i), std::string(static_cast<size_t>(i), 'n')).ok())
+        return kChildWriteFailed;
+    }
+    for (int i = 1; i < 400; i += 7) store.Erase("key" + std::to_string(i)).IgnoreError();
+    if (!store.Flush().ok()) return kChildWriteFailed;
+    s = store.Check(&report);
+    if (!s.ok() || !report.ok()) {
+      *note = s.ok() ? report.problems[0] : s.ToString();
+      return kChildCheckDirtyAfterWrites;
+    }
+    for (int i = 0; i < 300; ++i) {
+      if (!store.Get("new" + std::to_string(i), &v).ok() || v != std::string(static_cast<size_t>(i), 'n')) {
+        return kChildLostWrite;
+      }
+    }
+    return kChildOk;
+  }
+
+  void RunCorruption(int iterations, uint64_t seed) {
+    TempDir dir;
+    const std::string path = dir.File("s.mkv");
+    MakeStore(path, 400);
+    {
+      // Some history: overwrites and a checkpoint, so both meta pages, both
+      // snapshots and pending space exist.
+      Store store = MustOpen(path);
+      for (int i = 0; i < 400; i += 3) REQUIRE(store.Put("key" + std::to_string(i), std::string(50, 'o')).ok());
+      REQUIRE(store.Flush().ok());
+      for (int i = 1; i < 400; i += 3) REQUIRE(store.Put("key" + std::to_string(i), std::string(90, 'p')).ok());
+      REQUIRE(store.Close().ok());
+    }
+    const std::string image = ReadFileBytes(path);
+    const uint64_t heap = internal::format::kHeapOffset;
+    REQUIRE(image.size() > heap + kPageSize);
+    Rng rng(seed);
+    int clean = 0, crashed = 0;
+    for (int it = 0; it < iterations; ++it) {
+      std::string bytes = image;
+      const uint64_t mode = rng.Uniform(4);
+      const uint64_t pages = (bytes.size() - heap) / kPageSize;
+      std::string what;
+      if (mode == 0) {  // a few random bytes
+        const uint64_t n = 1 + rng.Uniform(8);
+        for (uint64_t k = 0; k < n; ++k) bytes[heap + rng.Uniform(bytes.size() - heap)] = static_cast<char>(rng.Next());
+        what = std::to_string(n) + " random bytes";
+      } else if (mode == 1) {  // a page of random bytes
+        const uint64_t p = rng.Uniform(pages);
+        const std::string junk = rng.Bytes(kPageSize);
+        bytes.replace(heap + p * kPageSize, kPageSize, junk);
+        what = "page " + std::to_string(p) + " random";
+      } else if (mode == 2) {  // a zeroed page
+        const uint64_t p = rng.Uniform(pages);
+        bytes.replace(heap + p * kPageSize, kPageSize, std::string(kPageSize, '\0'));
+        what = "page " + std::to_string(p) + " zeroed";
+      } else {  // many scattered single-bit flips
+        for (int k = 0; k < 64; ++k) {
+          const uint64_t at = heap + rng.Uniform(bytes.size() - heap);
+          bytes[at] = static_cast<char>(bytes[at] ^ (1 << rng.Uniform(8)));
+        }
+        what = "64 bit flips";
+      }
+      WriteFileBytes(path, bytes);
+      const bool reboot = rng.Uniform(2) == 0;
+      int pipefd[2];
+      REQUIRE(::pipe(pipefd) == 0);
+      std::fflush(nullptr);
+      const pid_t pid = ::fork();
+      REQUIRE(pid >= 0);
+      if (pid == 0) {
+        ::close(pipefd[0]);
+        std::string note;
+        const int rc = CorruptionChild(path, reboot, &note);
+        note = note.substr(0, 200);
+        [[maybe_unused]] ssize_t w = ::write(pipefd[1], note.data(), note.size());
+        _exit(rc);
+      }
+      ::close(pipefd[1]);
+      const int rc = WaitForChild(pid, 60);
+      char buf[256];
+      const ssize_t n = ::read(pipefd[0], buf, sizeof buf);
+      ::close(pipefd[0]);
+      const std::string note = n > 0 ? std::string(buf, static_cast<size_t>(n)) : std::string();
+      if (note == "clean") ++clean;
+      if (rc != 0) {
+        ++crashed;
+        const std::string how =
+            std::string(reboot ? ", after a reboot" : ", same boot") + (rc == -2   ? " (hung)"
+                                                                        : rc > 128 ? " (killed by a signal)"
+                                                                                   : "");
+        CHECK_MESSAGE(rc == 0, "iteration " << it << " (" << what << how << "): child exit " << rc << ", " << note);
+      }
+    }
+    MESSAGE(iterations << " corruptions: " << clean << " left Check clean, " << crashed << " failed");
+    CHECK(crashed == 0);
+  }
+
+  TEST_CASE("bad input: random damage to the heap never crashes open Get ForEach or Check") {
+    RunCorruption(500, 1234);
+  }
+
+  TEST_CASE("bad input: random damage to the heap never crashes (long)" * doctest::test_suite("slow")) {
+    MAPKV_SLOW_TEST_GATE();
+    RunCorruption(5000, 98765);
+  }
 
 }  // TEST_SUITE("bad_input")
 

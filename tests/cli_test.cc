@@ -66,7 +66,8 @@ CliResult RunCli(const std::vector<std::string>& args, const std::string& input 
     REQUIRE(slave >= 0);
   }
   // A child that exits without reading its input must not kill us by SIGPIPE.
-  struct sigaction ignore {}, old {};
+  struct sigaction ignore {
+  }, old{};
   ignore.sa_handler = SIG_IGN;
   ::sigaction(SIGPIPE, &ignore, &old);
 
@@ -193,668 +194,691 @@ std::string Base64(std::string_view bytes) {  // reference encoder for the tests
 const char* const kCommands[] = {"create", "put", "get", "del", "keys", "dump", "load", "stats", "check", "compact"};
 
 TEST_SUITE("cli") {
+  TEST_CASE("cli: version and help exit 0 on stdout") {
+    CliResult r = RunCli({"--version"});
+    CHECK(r.code == 0);
+    CHECK(r.out == "mapkv 0.1.0\n");
+    CHECK(r.err.empty());
 
-TEST_CASE("cli: version and help exit 0 on stdout") {
-  CliResult r = RunCli({"--version"});
-  CHECK(r.code == 0);
-  CHECK(r.out == "mapkv 0.1.0\n");
-  CHECK(r.err.empty());
-
-  r = RunCli({"--help"});
-  CHECK(r.code == 0);
-  CHECK(r.err.empty());
-  CHECK(r.out.find("Usage: mapkv") != std::string::npos);
-  CHECK(r.out.find("Exit codes") != std::string::npos);
-  for (const char* cmd : kCommands) {
-    CAPTURE(cmd);
-    CHECK(r.out.find(std::string("  ") + cmd + " ") != std::string::npos);
-    const CliResult sub = RunCli({cmd, "--help"});
-    CHECK(sub.code == 0);
-    CHECK(sub.out.find(std::string("Usage: mapkv ") + cmd) != std::string::npos);
-    CHECK(sub.err.empty());
+    r = RunCli({"--help"});
+    CHECK(r.code == 0);
+    CHECK(r.err.empty());
+    CHECK(r.out.find("Usage: mapkv") != std::string::npos);
+    CHECK(r.out.find("Exit codes") != std::string::npos);
+    for (const char* cmd : kCommands) {
+      CAPTURE(cmd);
+      CHECK(r.out.find(std::string("  ") + cmd + " ") != std::string::npos);
+      const CliResult sub = RunCli({cmd, "--help"});
+      CHECK(sub.code == 0);
+      CHECK(sub.out.find(std::string("Usage: mapkv ") + cmd) != std::string::npos);
+      CHECK(sub.err.empty());
+    }
+    // keys --help says how keys are escaped.
+    r = RunCli({"keys", "--help"});
+    CHECK(r.out.find("\\xHH") != std::string::npos);
+    CHECK(r.out.find("\\n") != std::string::npos);
+    CHECK(r.out.find("\\\\") != std::string::npos);
+    // load --help says what a malformed line does.
+    r = RunCli({"load", "--help"});
+    CHECK(r.out.find("exit code 2") != std::string::npos);
   }
-  // keys --help says how keys are escaped.
-  r = RunCli({"keys", "--help"});
-  CHECK(r.out.find("\\xHH") != std::string::npos);
-  CHECK(r.out.find("\\n") != std::string::npos);
-  CHECK(r.out.find("\\\\") != std::string::npos);
-  // load --help says what a malformed line does.
-  r = RunCli({"load", "--help"});
-  CHECK(r.out.find("exit code 2") != std::string::npos);
-}
 
-TEST_CASE("cli: usage errors exit 2 with one line on stderr") {
-  TempDir dir;
-  const std::string f = dir.File("s.mkv");
-  const std::vector<std::vector<std::string>> cases = {
-      {},                                 // no command
-      {"frobnicate", f},                  // unknown command
-      {"--no-such-option"},               // unknown option
-      {"get", f},                         // missing KEY
-      {"get"},                            // missing FILE and KEY
-      {"put", f},                         // missing KEY
-      {"del", f, "k", "extra"},           // too many arguments
-      {"keys", f, "--limit", "-1"},       // negative count
-      {"keys", f, "--limit", "ten"},      // not a number
-      {"create", f, "--capacity", "x"},   // not a number
-      {"stats", f, "--jsn"},              // unknown option of a command
-      {"dump", f, "-o"},                  // option without its value
-  };
-  for (const auto& args : cases) {
-    std::string joined;
-    for (const auto& a : args) joined += a + " ";
-    CAPTURE(joined);
-    const CliResult r = RunCli(args);
+  TEST_CASE("cli: usage errors exit 2 with one line on stderr") {
+    TempDir dir;
+    const std::string f = dir.File("s.mkv");
+    const std::vector<std::vector<std::string>> cases = {
+        {},                                // no command
+        {"frobnicate", f},                 // unknown command
+        {"--no-such-option"},              // unknown option
+        {"get", f},                        // missing KEY
+        {"get"},                           // missing FILE and KEY
+        {"put", f},                        // missing KEY
+        {"del", f, "k", "extra"},          // too many arguments
+        {"keys", f, "--limit", "-1"},      // negative count
+        {"keys", f, "--limit", "ten"},     // not a number
+        {"create", f, "--capacity", "x"},  // not a number
+        {"stats", f, "--jsn"},             // unknown option of a command
+        {"dump", f, "-o"},                 // option without its value
+    };
+    for (const auto& args : cases) {
+      std::string joined;
+      for (const auto& a : args) joined += a + " ";
+      CAPTURE(joined);
+      const CliResult r = RunCli(args);
+      CHECK(r.code == 2);
+      CHECK(CountLines(r.err) == 1);
+      CHECK(r.err.rfind("mapkv", 0) == 0);
+      CHECK(r.out.empty());
+    }
+    CHECK_FALSE(FileExists(f));  // no usage error created the store
+
+    // Bad key arguments are usage errors too (the store is opened, then refused).
+    REQUIRE(RunCli({"put", f, "k", "v"}).code == 0);
+    CliResult r = RunCli({"put", f, "", "v"});
     CHECK(r.code == 2);
-    CHECK(CountLines(r.err) == 1);
-    CHECK(r.err.rfind("mapkv", 0) == 0);
+    CheckOneLineError(r, f);
+    r = RunCli({"put", f, std::string(kMaxKeySize + 1, 'k'), "v"});
+    CHECK(r.code == 2);
+    CheckOneLineError(r, f);
+    r = RunCli({"get", f, ""});
+    CHECK(r.code == 2);
+    CheckOneLineError(r, f);
+    CHECK(RunCli({"get", f, "k"}).out == "v");
+  }
+
+  TEST_CASE("cli: create with and without capacity and on an existing file") {
+    TempDir dir;
+    const std::string f = dir.File("new.mkv");
+    CliResult r = RunCli({"create", f});
+    CHECK(r.code == 0);
+    CHECK(r.err.empty());
+    REQUIRE(FileExists(f));
+    r = RunCli({"stats", f, "--json"});
+    REQUIRE(r.code == 0);
+    const auto small = nlohmann::json::parse(r.out);
+    CHECK(small["entries"] == 0);
+
+    const std::string bytes = ReadFileBytes(f);
+    r = RunCli({"create", f});
+    CHECK(r.code == 3);
+    CheckOneLineError(r, f);
+    CHECK(ReadFileBytes(f) == bytes);  // the failed create changed nothing
+
+    const std::string big = dir.File("big.mkv");
+    REQUIRE(RunCli({"create", big, "--capacity", "100000"}).code == 0);
+    r = RunCli({"stats", big, "--json"});
+    REQUIRE(r.code == 0);
+    const auto sized = nlohmann::json::parse(r.out);
+    CHECK(sized["slots"].get<uint64_t>() >= 100000);
+    CHECK(sized["slots"].get<uint64_t>() > small["slots"].get<uint64_t>());
+
+    // A file in a directory that does not exist: a store error.
+    r = RunCli({"create", dir.File("no/such/dir.mkv")});
+    CHECK(r.code == 3);
+    CheckOneLineError(r, dir.File("no/such/dir.mkv"));
+  }
+
+  TEST_CASE("cli: put get del and their exit codes") {
+    TempDir dir;
+    const std::string f = dir.File("s.mkv");
+    CHECK_FALSE(FileExists(f));
+    CliResult r = RunCli({"put", f, "user:1", "alice"});  // creates the file
+    CHECK(r.code == 0);
     CHECK(r.out.empty());
-  }
-  CHECK_FALSE(FileExists(f));  // no usage error created the store
+    CHECK(r.err.empty());
+    r = RunCli({"get", f, "user:1"});
+    CHECK(r.code == 0);
+    CHECK(r.out == "alice");  // no newline: stdout is not a terminal
+    CHECK(r.err.empty());
 
-  // Bad key arguments are usage errors too (the store is opened, then refused).
-  REQUIRE(RunCli({"put", f, "k", "v"}).code == 0);
-  CliResult r = RunCli({"put", f, "", "v"});
-  CHECK(r.code == 2);
-  CheckOneLineError(r, f);
-  r = RunCli({"put", f, std::string(kMaxKeySize + 1, 'k'), "v"});
-  CHECK(r.code == 2);
-  CheckOneLineError(r, f);
-  r = RunCli({"get", f, ""});
-  CHECK(r.code == 2);
-  CheckOneLineError(r, f);
-  CHECK(RunCli({"get", f, "k"}).out == "v");
-}
+    REQUIRE(RunCli({"put", f, "user:1", "bob"}).code == 0);  // replace
+    CHECK(RunCli({"get", f, "user:1"}).out == "bob");
+    REQUIRE(RunCli({"put", f, "--", "-dash", "v"}).code == 0);  // a key starting with '-'
+    CHECK(RunCli({"get", f, "--", "-dash"}).out == "v");
+    REQUIRE(RunCli({"put", f, "empty", ""}).code == 0);  // an empty value argument, not stdin
+    r = RunCli({"get", f, "empty"});
+    CHECK(r.code == 0);
+    CHECK(r.out.empty());
 
-TEST_CASE("cli: create with and without capacity and on an existing file") {
-  TempDir dir;
-  const std::string f = dir.File("new.mkv");
-  CliResult r = RunCli({"create", f});
-  CHECK(r.code == 0);
-  CHECK(r.err.empty());
-  REQUIRE(FileExists(f));
-  r = RunCli({"stats", f, "--json"});
-  REQUIRE(r.code == 0);
-  const auto small = nlohmann::json::parse(r.out);
-  CHECK(small["entries"] == 0);
+    r = RunCli({"get", f, "user:2"});
+    CHECK(r.code == 1);
+    CheckOneLineError(r, f);
+    CHECK(r.err.find("user:2") != std::string::npos);
 
-  const std::string bytes = ReadFileBytes(f);
-  r = RunCli({"create", f});
-  CHECK(r.code == 3);
-  CheckOneLineError(r, f);
-  CHECK(ReadFileBytes(f) == bytes);  // the failed create changed nothing
+    r = RunCli({"del", f, "user:1"});
+    CHECK(r.code == 0);
+    CHECK(r.err.empty());
+    CHECK(RunCli({"get", f, "user:1"}).code == 1);
+    r = RunCli({"del", f, "user:1"});
+    CHECK(r.code == 1);
+    CheckOneLineError(r, f);
 
-  const std::string big = dir.File("big.mkv");
-  REQUIRE(RunCli({"create", big, "--capacity", "100000"}).code == 0);
-  r = RunCli({"stats", big, "--json"});
-  REQUIRE(r.code == 0);
-  const auto sized = nlohmann::json::parse(r.out);
-  CHECK(sized["slots"].get<uint64_t>() >= 100000);
-  CHECK(sized["slots"].get<uint64_t>() > small["slots"].get<uint64_t>());
-
-  // A file in a directory that does not exist: a store error.
-  r = RunCli({"create", dir.File("no/such/dir.mkv")});
-  CHECK(r.code == 3);
-  CheckOneLineError(r, dir.File("no/such/dir.mkv"));
-}
-
-TEST_CASE("cli: put get del and their exit codes") {
-  TempDir dir;
-  const std::string f = dir.File("s.mkv");
-  CHECK_FALSE(FileExists(f));
-  CliResult r = RunCli({"put", f, "user:1", "alice"});  // creates the file
-  CHECK(r.code == 0);
-  CHECK(r.out.empty());
-  CHECK(r.err.empty());
-  r = RunCli({"get", f, "user:1"});
-  CHECK(r.code == 0);
-  CHECK(r.out == "alice");  // no newline: stdout is not a terminal
-  CHECK(r.err.empty());
-
-  REQUIRE(RunCli({"put", f, "user:1", "bob"}).code == 0);  // replace
-  CHECK(RunCli({"get", f, "user:1"}).out == "bob");
-  REQUIRE(RunCli({"put", f, "--", "-dash", "v"}).code == 0);  // a key starting with '-'
-  CHECK(RunCli({"get", f, "--", "-dash"}).out == "v");
-  REQUIRE(RunCli({"put", f, "empty", ""}).code == 0);  // an empty value argument, not stdin
-  r = RunCli({"get", f, "empty"});
-  CHECK(r.code == 0);
-  CHECK(r.out.empty());
-
-  r = RunCli({"get", f, "user:2"});
-  CHECK(r.code == 1);
-  CheckOneLineError(r, f);
-  CHECK(r.err.find("user:2") != std::string::npos);
-
-  r = RunCli({"del", f, "user:1"});
-  CHECK(r.code == 0);
-  CHECK(r.err.empty());
-  CHECK(RunCli({"get", f, "user:1"}).code == 1);
-  r = RunCli({"del", f, "user:1"});
-  CHECK(r.code == 1);
-  CheckOneLineError(r, f);
-
-  // del and get never create a missing store.
-  const std::string missing = dir.File("missing.mkv");
-  r = RunCli({"del", missing, "k"});
-  CHECK(r.code == 3);
-  CheckOneLineError(r, missing);
-  CHECK_FALSE(FileExists(missing));
-}
-
-TEST_CASE("cli: put reads binary values from stdin and get returns them byte for byte") {
-  TempDir dir;
-  const std::string f = dir.File("bin.mkv");
-  std::string all;
-  for (int i = 0; i < 256; ++i) all.push_back(static_cast<char>(i));
-  all += std::string("\0\0tail\0", 7);
-  CliResult r = RunCli({"put", f, "bytes"}, all);
-  REQUIRE(r.code == 0);
-  r = RunCli({"get", f, "bytes"});
-  CHECK(r.code == 0);
-  CHECK(r.out.size() == all.size());
-  CHECK(r.out == all);
-
-  Rng rng(7);
-  const std::string big = rng.Bytes(3 << 20);  // larger than any pipe buffer
-  REQUIRE(RunCli({"put", f, "big"}, big).code == 0);
-  r = RunCli({"get", f, "big"});
-  CHECK(r.code == 0);
-  CHECK(r.out == big);
-
-  // Empty standard input: an empty value.
-  REQUIRE(RunCli({"put", f, "nothing"}, "").code == 0);
-  r = RunCli({"get", f, "nothing"});
-  CHECK(r.code == 0);
-  CHECK(r.out.empty());
-
-  // The engine sees the same bytes.
-  Store store = OpenStore(f);
-  std::string v;
-  REQUIRE(store.Get("bytes", &v).ok());
-  CHECK(v == all);
-}
-
-TEST_CASE("cli: get adds a newline only when stdout is a terminal") {
-  TempDir dir;
-  const std::string f = dir.File("s.mkv");
-  REQUIRE(RunCli({"put", f, "k", "value"}).code == 0);
-  CHECK(RunCli({"get", f, "k"}).out == "value");
-  const CliResult r = RunCli({"get", f, "k"}, "", Tty::kStdout);
-  CHECK(r.code == 0);
-  // The terminal turns "\n" into "\r\n".
-  CHECK((r.out == "value\r\n" || r.out == "value\n"));
-}
-
-TEST_CASE("cli: keys lists sorted keys with prefix and limit and escaping") {
-  TempDir dir;
-  const std::string f = dir.File("k.mkv");
-  {
-    Store store = OpenStore(f);
-    for (const char* k : {"b:2", "a:1", "b:1", "c", "b:3"}) REQUIRE(store.Put(k, "v").ok());
-    REQUIRE(store.Put(std::string("x\nnl"), "v").ok());
-    REQUIRE(store.Put(std::string("x\tt\\b\x01\x7f", 7), "v").ok());
-    REQUIRE(store.Put(std::string("x\xff\xc3(", 4), "v").ok());      // invalid UTF-8
-    REQUIRE(store.Put(std::string("x\xc2\x85|\xc3\xa9|\xe2\x82\xac"), "v").ok());  // C1 control, é, €
-    REQUIRE(store.Put(std::string("y\0z", 3), "v").ok());
-  }
-  CliResult r = RunCli({"keys", f});
-  CHECK(r.code == 0);
-  CHECK(r.err.empty());
-  const std::string expected =
-      "a:1\n"
-      "b:1\n"
-      "b:2\n"
-      "b:3\n"
-      "c\n"
-      "x\\t" "t\\\\b\\x01\\x7f\n"    // "x\tt\\b\x01\x7f"
-      "x\\nnl\n"                     // "x\nnl"
-      "x\\xc2\\x85|\xc3\xa9|\xe2\x82\xac\n"  // C1 escaped, é and € as is
-      "x\\xff\\xc3(\n"              // invalid UTF-8 bytes escaped
-      "y\\x00z\n";
-  CHECK(r.out == expected);
-
-  r = RunCli({"keys", f, "--prefix", "b:"});
-  CHECK(r.code == 0);
-  CHECK(r.out == "b:1\nb:2\nb:3\n");
-  r = RunCli({"keys", f, "--prefix", "b:", "--limit", "2"});
-  CHECK(r.out == "b:1\nb:2\n");
-  r = RunCli({"keys", f, "--limit", "0"});
-  CHECK(r.code == 0);
-  CHECK(r.out.empty());
-  r = RunCli({"keys", f, "--prefix", "nothing"});
-  CHECK(r.code == 0);
-  CHECK(r.out.empty());
-}
-
-TEST_CASE("cli: dump writes sorted JSON Lines with base64 for non-UTF-8 and to an output file") {
-  TempDir dir;
-  const std::string f = dir.File("d.mkv");
-  {
-    Store store = OpenStore(f);
-    REQUIRE(store.Put("plain", "hello").ok());
-    REQUIRE(store.Put("quote\"back\\slash", "tab\tnl\ncr\rbs\bff\f\x01\x1f\x7f/").ok());
-    REQUIRE(store.Put("utf8:\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80", "\xe6\x9d\xb1\xe4\xba\xac").ok());
-    REQUIRE(store.Put(std::string("bin\xff", 4), std::string("\x00\x01\x02", 3)).ok());
-    REQUIRE(store.Put("binval", std::string("\x80", 1)).ok());
-    REQUIRE(store.Put("empty", "").ok());
-    REQUIRE(store.Put("surrogate", "\xed\xa0\x80").ok());  // encoded surrogate: not valid UTF-8
-    REQUIRE(store.Put("b64len1", std::string("\xfe", 1)).ok());
-    REQUIRE(store.Put("b64len2", std::string("\xfe\xff", 2)).ok());
-    REQUIRE(store.Put("b64len3", std::string("\xfe\xff\x00", 3)).ok());
-    REQUIRE(store.Put("b64len4", std::string("\xfe\xff\x00\x01", 4)).ok());
-  }
-  const CliResult r = RunCli({"dump", f});
-  CHECK(r.code == 0);
-  CHECK(r.err.empty());
-  const std::vector<std::string> want = {
-      "{\"key\": \"b64len1\", \"value_base64\": \"/g==\"}",
-      "{\"key\": \"b64len2\", \"value_base64\": \"/v8=\"}",
-      "{\"key\": \"b64len3\", \"value_base64\": \"/v8A\"}",
-      "{\"key\": \"b64len4\", \"value_base64\": \"/v8AAQ==\"}",
-      "{\"key\": \"binval\", \"value_base64\": \"gA==\"}",  // 'v' sorts before 0xff
-      "{\"key_base64\": \"" + Base64(std::string("bin\xff", 4)) + "\", \"value\": \"\\u0000\\u0001\\u0002\"}",  // control characters are UTF-8
-      "{\"key\": \"empty\", \"value\": \"\"}",
-      "{\"key\": \"plain\", \"value\": \"hello\"}",
-      "{\"key\": \"quote\\\"back\\\\slash\", \"value\": \"tab\\tnl\\ncr\\rbs\\bff\\f\\u0001\\u001f\x7f/\"}",
-      "{\"key\": \"surrogate\", \"value_base64\": \"7aCA\"}",
-      "{\"key\": \"utf8:\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80\", \"value\": \"\xe6\x9d\xb1\xe4\xba\xac\"}",
-  };
-  std::string want_text;
-  for (const auto& line : want) want_text += line + "\n";
-  CHECK(r.out == want_text);
-  CHECK(Base64(std::string("bin\xff", 4)) == "Ymlu/w==");
-
-  // Every line is JSON that a library reads back to the same bytes.
-  const auto lines = ParseLines(r.out);
-  REQUIRE(lines.size() == want.size());
-  CHECK(lines[8]["key"] == "quote\"back\\slash");
-  CHECK(lines[8]["value"] == "tab\tnl\ncr\rbs\bff\f\x01\x1f\x7f/");
-  CHECK(lines[10]["value"] == "\xe6\x9d\xb1\xe4\xba\xac");
-
-  // Each character that needs escaping, at every offset of a longer string
-  // (the escaper skips 8 bytes at a time), reads back as the same string.
-  const std::string g = dir.File("escapes.mkv");
-  std::vector<std::string> values;
-  {
-    Store store = OpenStore(g);
-    for (char special : {'"', '\\', '\n', '\x01', '\x1f', '\0'}) {
-      for (size_t at = 0; at < 20; ++at) {
-        std::string v = "0123456789abcdefghijklmnopqrstuv";
-        v[at] = special;
-        values.push_back(v);
-        REQUIRE(store.Put("k" + std::to_string(values.size() + 100), v).ok());
-      }
-    }
-  }
-  const CliResult esc = RunCli({"dump", g});
-  REQUIRE(esc.code == 0);
-  const auto esc_lines = ParseLines(esc.out);
-  REQUIRE(esc_lines.size() == values.size());
-  for (size_t i = 0; i < values.size(); ++i) {
-    CAPTURE(i);
-    CHECK(esc_lines[i]["value"].get<std::string>() == values[i]);
+    // del and get never create a missing store.
+    const std::string missing = dir.File("missing.mkv");
+    r = RunCli({"del", missing, "k"});
+    CHECK(r.code == 3);
+    CheckOneLineError(r, missing);
+    CHECK_FALSE(FileExists(missing));
   }
 
-  // -o OUT writes the same bytes to a file, nothing to stdout.
-  const std::string out = dir.File("out.jsonl");
-  const CliResult o = RunCli({"dump", f, "-o", out});
-  CHECK(o.code == 0);
-  CHECK(o.out.empty());
-  CHECK(ReadFileBytes(out) == r.out);
-  // An OUT that cannot be written: a one-line error, exit 3.
-  const std::string bad_out = dir.File("no/dir/out.jsonl");
-  const CliResult b = RunCli({"dump", f, "--output", bad_out});
-  CHECK(b.code == 3);
-  CheckOneLineError(b, bad_out);
-  // An empty store dumps nothing.
-  const std::string e = dir.File("empty.mkv");
-  REQUIRE(RunCli({"create", e}).code == 0);
-  const CliResult d = RunCli({"dump", e});
-  CHECK(d.code == 0);
-  CHECK(d.out.empty());
-}
+  TEST_CASE("cli: put reads binary values from stdin and get returns them byte for byte") {
+    TempDir dir;
+    const std::string f = dir.File("bin.mkv");
+    std::string all;
+    for (int i = 0; i < 256; ++i) all.push_back(static_cast<char>(i));
+    all += std::string("\0\0tail\0", 7);
+    CliResult r = RunCli({"put", f, "bytes"}, all);
+    REQUIRE(r.code == 0);
+    r = RunCli({"get", f, "bytes"});
+    CHECK(r.code == 0);
+    CHECK(r.out.size() == all.size());
+    CHECK(r.out == all);
 
-TEST_CASE("cli: dump then load into a new file then dump gives identical output on random binary pairs") {
-  TempDir dir;
-  const std::string src = dir.File("src.mkv");
-  std::map<std::string, std::string> pairs;
-  Rng rng(2024);
-  {
-    Store store = OpenStore(src);
-    for (int i = 0; i < 1500; ++i) {
-      std::string key, value;
-      switch (rng.Uniform(4)) {
-        case 0: key = rng.Bytes(1 + rng.Uniform(40)); break;                // random bytes
-        case 1: key = "text:" + std::to_string(rng.Next()); break;         // ASCII
-        case 2: key = "utf8:\xc3\xa9\xe2\x82\xac" + std::to_string(i); break;
-        default: key = std::string("nul\0", 4) + std::to_string(i); break;  // valid UTF-8 with NUL
-      }
-      switch (rng.Uniform(4)) {
-        case 0: value = rng.Bytes(rng.Uniform(300)); break;
-        case 1: value = "json-ish {\"n\": " + std::to_string(i) + ", \"s\": \"a\\tb\"}\n"; break;
-        case 2: value = ""; break;
-        default: value = rng.Bytes(rng.Uniform(5000)); break;
-      }
-      REQUIRE(store.Put(key, value).ok());
-      pairs[key] = value;
-    }
-  }
-  const CliResult first = RunCli({"dump", src});
-  REQUIRE(first.code == 0);
-  CHECK(CountLines(first.out) == pairs.size());
-  CHECK(first.out.find("key_base64") != std::string::npos);
-  CHECK(first.out.find("value_base64") != std::string::npos);
+    Rng rng(7);
+    const std::string big = rng.Bytes(3 << 20);  // larger than any pipe buffer
+    REQUIRE(RunCli({"put", f, "big"}, big).code == 0);
+    r = RunCli({"get", f, "big"});
+    CHECK(r.code == 0);
+    CHECK(r.out == big);
 
-  const std::string copy = dir.File("copy.mkv");
-  const CliResult load = RunCli({"load", copy}, first.out);  // from standard input
-  CHECK(load.code == 0);
-  CHECK(load.out == "loaded " + std::to_string(pairs.size()) + " pairs\n");
-  CHECK(load.err.empty());
+    // Empty standard input: an empty value.
+    REQUIRE(RunCli({"put", f, "nothing"}, "").code == 0);
+    r = RunCli({"get", f, "nothing"});
+    CHECK(r.code == 0);
+    CHECK(r.out.empty());
 
-  const CliResult second = RunCli({"dump", copy});
-  REQUIRE(second.code == 0);
-  CHECK(second.out == first.out);
-
-  // And the copy holds exactly the original bytes.
-  Store store = OpenStore(copy);
-  CHECK(store.size() == pairs.size());
-  size_t same = 0;
-  for (const auto& [k, v] : pairs) {
-    std::string got;
-    if (store.Get(k, &got).ok() && got == v) ++same;
-  }
-  CHECK(same == pairs.size());
-}
-
-TEST_CASE("cli: the sample data set loads and dumps back byte for byte") {
-  TempDir dir;
-  const std::string sample = ReadFileBytes(MAPKV_SAMPLE_PATH);
-  REQUIRE(CountLines(sample) >= 2000);
-  CHECK(sample.size() < (1u << 20));
-  const std::string f = dir.File("sample.mkv");
-  const CliResult load = RunCli({"load", f, MAPKV_SAMPLE_PATH});
-  REQUIRE(load.code == 0);
-  CHECK(load.out == "loaded " + std::to_string(CountLines(sample)) + " pairs\n");
-  const CliResult dump = RunCli({"dump", f});
-  REQUIRE(dump.code == 0);
-  CHECK(dump.out == sample);
-  const CliResult stats = RunCli({"stats", f, "--json"});
-  REQUIRE(stats.code == 0);
-  CHECK(nlohmann::json::parse(stats.out)["entries"] == CountLines(sample));
-  const CliResult keys = RunCli({"keys", f, "--prefix", "config:service/http/"});
-  CHECK(keys.code == 0);
-  CHECK(keys.out.find("config:service/http/port\n") != std::string::npos);
-  CHECK(RunCli({"get", f, "config:service/http/port"}).out == "8080");
-  CHECK(RunCli({"check", f}).out == "ok\n");
-}
-
-TEST_CASE("cli: load reports a malformed line with its number and keeps only the lines before it") {
-  TempDir dir;
-  const std::string input = dir.File("in.jsonl");
-  WriteFileBytes(input,
-                 "{\"key\": \"a\", \"value\": \"1\"}\n"
-                 "\n"  // blank lines are skipped
-                 "{\"key_base64\": \"YgBj\", \"value_base64\": \"AAE=\"}\n"
-                 "{\"key\": \"c\", \"value\": \"3\"}\n"
-                 "{\"key\": \"d\", \"value\": 4}\n"  // line 5: value is not a string
-                 "{\"key\": \"e\", \"value\": \"5\"}\n");
-  const std::string f = dir.File("s.mkv");
-  CliResult r = RunCli({"load", f, input});
-  CHECK(r.code == 2);
-  CHECK(CountLines(r.err) == 1);
-  CHECK(r.err.find(input + ":5: ") != std::string::npos);
-  CHECK(r.out == "loaded 3 pairs\n");
-  {
+    // The engine sees the same bytes.
     Store store = OpenStore(f);
     std::string v;
-    CHECK(store.Get("a", &v).ok());
-    CHECK(store.Get(std::string("b\0c", 3), &v).ok());
-    CHECK(v == std::string("\0\1", 2));
-    CHECK(store.Get("c", &v).ok());
-    CHECK(store.Get("d", &v).IsNotFound());
-    CHECK(store.Get("e", &v).IsNotFound());
-    CHECK(store.size() == 3);
+    REQUIRE(store.Get("bytes", &v).ok());
+    CHECK(v == all);
   }
 
-  // Each kind of malformed line, on line 2 of standard input.
-  const std::vector<std::string> bad = {
-      "{\"key\": \"x\", \"value\": \"y\"",                   // not valid JSON
-      "[\"key\", \"value\"]",                                // not an object
-      "{\"key\": \"x\"}",                                    // no value
-      "{\"value\": \"y\"}",                                  // no key
-      "{\"key\": \"\", \"value\": \"y\"}",                   // empty key
-      "{\"key\": \"x\", \"value\": \"y\", \"extra\": 1}",    // unknown field
-      "{\"key\": \"x\", \"key\": \"z\", \"value\": \"y\"}",  // duplicate field
-      "{\"key\": \"x\", \"key_base64\": \"eA==\", \"value\": \"y\"}",
-      "{\"key_base64\": \"eA=\", \"value\": \"y\"}",         // bad base64 length
-      "{\"key\": \"x\", \"value_base64\": \"e!==\"}",        // bad base64 character
-      "{\"key\": \"x\", \"value_base64\": \"eB==\"}",        // non-zero unused bits
-      "{\"key\": \"x\", \"value\": \"y\"} trailing",
-      "{\"key\": \"x\", \"value\": \"\xff\"}",               // invalid UTF-8 in a JSON string
-      "{\"key\": \"" + std::string(kMaxKeySize + 1, 'k') + "\", \"value\": \"y\"}",
-  };
-  for (const std::string& line : bad) {
-    CAPTURE(line.substr(0, 80));
-    const std::string g = dir.File("g.mkv");
-    ::unlink(g.c_str());
-    r = RunCli({"load", g}, "{\"key\": \"first\", \"value\": \"1\"}\n" + line + "\n{\"key\": \"third\", \"value\": \"3\"}\n");
+  TEST_CASE("cli: get adds a newline only when stdout is a terminal") {
+    TempDir dir;
+    const std::string f = dir.File("s.mkv");
+    REQUIRE(RunCli({"put", f, "k", "value"}).code == 0);
+    CHECK(RunCli({"get", f, "k"}).out == "value");
+    const CliResult r = RunCli({"get", f, "k"}, "", Tty::kStdout);
+    CHECK(r.code == 0);
+    // The terminal turns "\n" into "\r\n".
+    CHECK((r.out == "value\r\n" || r.out == "value\n"));
+  }
+
+  TEST_CASE("cli: keys lists sorted keys with prefix and limit and escaping") {
+    TempDir dir;
+    const std::string f = dir.File("k.mkv");
+    {
+      Store store = OpenStore(f);
+      for (const char* k : {"b:2", "a:1", "b:1", "c", "b:3"}) REQUIRE(store.Put(k, "v").ok());
+      REQUIRE(store.Put(std::string("x\nnl"), "v").ok());
+      REQUIRE(store.Put(std::string("x\tt\\b\x01\x7f", 7), "v").ok());
+      REQUIRE(store.Put(std::string("x\xff\xc3(", 4), "v").ok());                    // invalid UTF-8
+      REQUIRE(store.Put(std::string("x\xc2\x85|\xc3\xa9|\xe2\x82\xac"), "v").ok());  // C1 control, é, €
+      REQUIRE(store.Put(std::string("y\0z", 3), "v").ok());
+    }
+    CliResult r = RunCli({"keys", f});
+    CHECK(r.code == 0);
+    CHECK(r.err.empty());
+    const std::string expected =
+        "a:1\n"
+        "b:1\n"
+        "b:2\n"
+        "b:3\n"
+        "c\n"
+        "x\\t"
+        "t\\\\b\\x01\\x7f\n"                   // "x\tt\\b\x01\x7f"
+        "x\\nnl\n"                             // "x\nnl"
+        "x\\xc2\\x85|\xc3\xa9|\xe2\x82\xac\n"  // C1 escaped, é and € as is
+        "x\\xff\\xc3(\n"                       // invalid UTF-8 bytes escaped
+        "y\\x00z\n";
+    CHECK(r.out == expected);
+
+    r = RunCli({"keys", f, "--prefix", "b:"});
+    CHECK(r.code == 0);
+    CHECK(r.out == "b:1\nb:2\nb:3\n");
+    r = RunCli({"keys", f, "--prefix", "b:", "--limit", "2"});
+    CHECK(r.out == "b:1\nb:2\n");
+    r = RunCli({"keys", f, "--limit", "0"});
+    CHECK(r.code == 0);
+    CHECK(r.out.empty());
+    r = RunCli({"keys", f, "--prefix", "nothing"});
+    CHECK(r.code == 0);
+    CHECK(r.out.empty());
+  }
+
+  TEST_CASE("cli: dump writes sorted JSON Lines with base64 for non-UTF-8 and to an output file") {
+    TempDir dir;
+    const std::string f = dir.File("d.mkv");
+    {
+      Store store = OpenStore(f);
+      REQUIRE(store.Put("plain", "hello").ok());
+      REQUIRE(store.Put("quote\"back\\slash", "tab\tnl\ncr\rbs\bff\f\x01\x1f\x7f/").ok());
+      REQUIRE(store.Put("utf8:\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80", "\xe6\x9d\xb1\xe4\xba\xac").ok());
+      REQUIRE(store.Put(std::string("bin\xff", 4), std::string("\x00\x01\x02", 3)).ok());
+      REQUIRE(store.Put("binval", std::string("\x80", 1)).ok());
+      REQUIRE(store.Put("empty", "").ok());
+      REQUIRE(store.Put("surrogate", "\xed\xa0\x80").ok());  // encoded surrogate: not valid UTF-8
+      REQUIRE(store.Put("b64len1", std::string("\xfe", 1)).ok());
+      REQUIRE(store.Put("b64len2", std::string("\xfe\xff", 2)).ok());
+      REQUIRE(store.Put("b64len3", std::string("\xfe\xff\x00", 3)).ok());
+      REQUIRE(store.Put("b64len4", std::string("\xfe\xff\x00\x01", 4)).ok());
+    }
+    const CliResult r = RunCli({"dump", f});
+    CHECK(r.code == 0);
+    CHECK(r.err.empty());
+    const std::vector<std::string> want = {
+        "{\"key\": \"b64len1\", \"value_base64\": \"/g==\"}",
+        "{\"key\": \"b64len2\", \"value_base64\": \"/v8=\"}",
+        "{\"key\": \"b64len3\", \"value_base64\": \"/v8A\"}",
+        "{\"key\": \"b64len4\", \"value_base64\": \"/v8AAQ==\"}",
+        "{\"key\": \"binval\", \"value_base64\": \"gA==\"}",  // 'v' sorts before 0xff
+        "{\"key_base64\": \"" + Base64(std::string("bin\xff", 4)) +
+            "\", \"value\": \"\\u0000\\u0001\\u0002\"}",  // control characters are UTF-8
+        "{\"key\": \"empty\", \"value\": \"\"}",
+        "{\"key\": \"plain\", \"value\": \"hello\"}",
+        "{\"key\": \"quote\\\"back\\\\slash\", \"value\": \"tab\\tnl\\ncr\\rbs\\bff\\f\\u0001\\u001f\x7f/\"}",
+        "{\"key\": \"surrogate\", \"value_base64\": \"7aCA\"}",
+        "{\"key\": \"utf8:\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80\", \"value\": \"\xe6\x9d\xb1\xe4\xba\xac\"}",
+    };
+    std::string want_text;
+    for (const auto& line : want) want_text += line + "\n";
+    CHECK(r.out == want_text);
+    CHECK(Base64(std::string("bin\xff", 4)) == "Ymlu/w==");
+
+    // Every line is JSON that a library reads back to the same bytes.
+    const auto lines = ParseLines(r.out);
+    REQUIRE(lines.size() == want.size());
+    CHECK(lines[8]["key"] == "quote\"back\\slash");
+    CHECK(lines[8]["value"] == "tab\tnl\ncr\rbs\bff\f\x01\x1f\x7f/");
+    CHECK(lines[10]["value"] == "\xe6\x9d\xb1\xe4\xba\xac");
+
+    // Each character that needs escaping, at every offset of a longer string
+    // (the escaper skips 8 bytes at a time), reads back as the same string.
+    const std::string g = dir.File("escapes.mkv");
+    std::vector<std::string> values;
+    {
+      Store store = OpenStore(g);
+      for (char special : {'"', '\\', '\n', '\x01', '\x1f', '\0'}) {
+        for (size_t at = 0; at < 20; ++at) {
+          std::string v = "0123456789abcdefghijklmnopqrstuv";
+          v[at] = special;
+          values.push_back(v);
+          REQUIRE(store.Put("k" + std::to_string(values.size() + 100), v).ok());
+        }
+      }
+    }
+    const CliResult esc = RunCli({"dump", g});
+    REQUIRE(esc.code == 0);
+    const auto esc_lines = ParseLines(esc.out);
+    REQUIRE(esc_lines.size() == values.size());
+    for (size_t i = 0; i < values.size(); ++i) {
+      CAPTURE(i);
+      CHECK(esc_lines[i]["value"].get<std::string>() == values[i]);
+    }
+
+    // -o OUT writes the same bytes to a file, nothing to stdout.
+    const std::string out = dir.File("out.jsonl");
+    const CliResult o = RunCli({"dump", f, "-o", out});
+    CHECK(o.code == 0);
+    CHECK(o.out.empty());
+    CHECK(ReadFileBytes(out) == r.out);
+    // An OUT that cannot be written: a one-line error, exit 3.
+    const std::string bad_out = dir.File("no/dir/out.jsonl");
+    const CliResult b = RunCli({"dump", f, "--output", bad_out});
+    CHECK(b.code == 3);
+    CheckOneLineError(b, bad_out);
+    // An empty store dumps nothing.
+    const std::string e = dir.File("empty.mkv");
+    REQUIRE(RunCli({"create", e}).code == 0);
+    const CliResult d = RunCli({"dump", e});
+    CHECK(d.code == 0);
+    CHECK(d.out.empty());
+  }
+
+  TEST_CASE("cli: dump then load into a new file then dump gives identical output on random binary pairs") {
+    TempDir dir;
+    const std::string src = dir.File("src.mkv");
+    std::map<std::string, std::string> pairs;
+    Rng rng(2024);
+    {
+      Store store = OpenStore(src);
+      for (int i = 0; i < 1500; ++i) {
+        std::string key, value;
+        switch (rng.Uniform(4)) {
+          case 0:
+            key = rng.Bytes(1 + rng.Uniform(40));
+            break;  // random bytes
+          case 1:
+            key = "text:" + std::to_string(rng.Next());
+            break;  // ASCII
+          case 2:
+            key = "utf8:\xc3\xa9\xe2\x82\xac" + std::to_string(i);
+            break;
+          default:
+            key = std::string("nul\0", 4) + std::to_string(i);
+            break;  // valid UTF-8 with NUL
+        }
+        switch (rng.Uniform(4)) {
+          case 0:
+            value = rng.Bytes(rng.Uniform(300));
+            break;
+          case 1:
+            value = "json-ish {\"n\": " + std::to_string(i) + ", \"s\": \"a\\tb\"}\n";
+            break;
+          case 2:
+            value = "";
+            break;
+          default:
+            value = rng.Bytes(rng.Uniform(5000));
+            break;
+        }
+        REQUIRE(store.Put(key, value).ok());
+        pairs[key] = value;
+      }
+    }
+    const CliResult first = RunCli({"dump", src});
+    REQUIRE(first.code == 0);
+    CHECK(CountLines(first.out) == pairs.size());
+    CHECK(first.out.find("key_base64") != std::string::npos);
+    CHECK(first.out.find("value_base64") != std::string::npos);
+
+    const std::string copy = dir.File("copy.mkv");
+    const CliResult load = RunCli({"load", copy}, first.out);  // from standard input
+    CHECK(load.code == 0);
+    CHECK(load.out == "loaded " + std::to_string(pairs.size()) + " pairs\n");
+    CHECK(load.err.empty());
+
+    const CliResult second = RunCli({"dump", copy});
+    REQUIRE(second.code == 0);
+    CHECK(second.out == first.out);
+
+    // And the copy holds exactly the original bytes.
+    Store store = OpenStore(copy);
+    CHECK(store.size() == pairs.size());
+    size_t same = 0;
+    for (const auto& [k, v] : pairs) {
+      std::string got;
+      if (store.Get(k, &got).ok() && got == v) ++same;
+    }
+    CHECK(same == pairs.size());
+  }
+
+  TEST_CASE("cli: the sample data set loads and dumps back byte for byte") {
+    TempDir dir;
+    const std::string sample = ReadFileBytes(MAPKV_SAMPLE_PATH);
+    REQUIRE(CountLines(sample) >= 2000);
+    CHECK(sample.size() < (1u << 20));
+    const std::string f = dir.File("sample.mkv");
+    const CliResult load = RunCli({"load", f, MAPKV_SAMPLE_PATH});
+    REQUIRE(load.code == 0);
+    CHECK(load.out == "loaded " + std::to_string(CountLines(sample)) + " pairs\n");
+    const CliResult dump = RunCli({"dump", f});
+    REQUIRE(dump.code == 0);
+    CHECK(dump.out == sample);
+    const CliResult stats = RunCli({"stats", f, "--json"});
+    REQUIRE(stats.code == 0);
+    CHECK(nlohmann::json::parse(stats.out)["entries"] == CountLines(sample));
+    const CliResult keys = RunCli({"keys", f, "--prefix", "config:service/http/"});
+    CHECK(keys.code == 0);
+    CHECK(keys.out.find("config:service/http/port\n") != std::string::npos);
+    CHECK(RunCli({"get", f, "config:service/http/port"}).out == "8080");
+    CHECK(RunCli({"check", f}).out == "ok\n");
+  }
+
+  TEST_CASE("cli: load reports a malformed line with its number and keeps only the lines before it") {
+    TempDir dir;
+    const std::string input = dir.File("in.jsonl");
+    WriteFileBytes(input,
+                   "{\"key\": \"a\", \"value\": \"1\"}\n"
+                   "\n"  // blank lines are skipped
+                   "{\"key_base64\": \"YgBj\", \"value_base64\": \"AAE=\"}\n"
+                   "{\"key\": \"c\", \"value\": \"3\"}\n"
+                   "{\"key\": \"d\", \"value\": 4}\n"  // line 5: value is not a string
+                   "{\"key\": \"e\", \"value\": \"5\"}\n");
+    const std::string f = dir.File("s.mkv");
+    CliResult r = RunCli({"load", f, input});
     CHECK(r.code == 2);
     CHECK(CountLines(r.err) == 1);
-    CHECK(r.err.find("<stdin>:2: ") != std::string::npos);
-    CHECK(r.out == "loaded 1 pairs\n");
-    CHECK(RunCli({"get", g, "first"}).out == "1");
-    CHECK(RunCli({"get", g, "third"}).code == 1);
-  }
-}
+    CHECK(r.err.find(input + ":5: ") != std::string::npos);
+    CHECK(r.out == "loaded 3 pairs\n");
+    {
+      Store store = OpenStore(f);
+      std::string v;
+      CHECK(store.Get("a", &v).ok());
+      CHECK(store.Get(std::string("b\0c", 3), &v).ok());
+      CHECK(v == std::string("\0\1", 2));
+      CHECK(store.Get("c", &v).ok());
+      CHECK(store.Get("d", &v).IsNotFound());
+      CHECK(store.Get("e", &v).IsNotFound());
+      CHECK(store.size() == 3);
+    }
 
-TEST_CASE("cli: load keeps every batch before a malformed line (more than one batch)") {
-  TempDir dir;
-  std::string input;
-  const int good = 2345;  // several batches plus a partial one
-  for (int i = 0; i < good; ++i) input += "{\"key\": \"k" + std::to_string(i) + "\", \"value\": \"v\"}\n";
-  input += "oops\n";
-  for (int i = 0; i < 100; ++i) input += "{\"key\": \"late" + std::to_string(i) + "\", \"value\": \"v\"}\n";
-  const std::string f = dir.File("s.mkv");
-  const CliResult r = RunCli({"load", f, "-"}, input);
-  CHECK(r.code == 2);
-  CHECK(r.err.find("<stdin>:" + std::to_string(good + 1) + ": ") != std::string::npos);
-  CHECK(r.out == "loaded " + std::to_string(good) + " pairs\n");
-  Store store = OpenStore(f);
-  CHECK(store.size() == static_cast<uint64_t>(good));
-  std::string v;
-  CHECK(store.Get("k" + std::to_string(good - 1), &v).ok());
-  CHECK(store.Get("late0", &v).IsNotFound());
-}
-
-TEST_CASE("cli: load replaces existing keys and reads a last line without newline and fails cleanly") {
-  TempDir dir;
-  const std::string f = dir.File("s.mkv");
-  REQUIRE(RunCli({"put", f, "k", "old"}).code == 0);
-  CliResult r = RunCli({"load", f}, "{\"key\": \"k\", \"value\": \"new\"}\r\n{\"key\": \"z\", \"value\": \"last\"}");
-  CHECK(r.code == 0);
-  CHECK(r.out == "loaded 2 pairs\n");
-  CHECK(RunCli({"get", f, "k"}).out == "new");
-  CHECK(RunCli({"get", f, "z"}).out == "last");
-
-  // A missing INPUT is a store-side error (exit 3) and creates no store.
-  const std::string g = dir.File("g.mkv");
-  r = RunCli({"load", g, dir.File("missing.jsonl")});
-  CHECK(r.code == 3);
-  CheckOneLineError(r, dir.File("missing.jsonl"));
-  CHECK_FALSE(FileExists(g));
-}
-
-TEST_CASE("cli: load shows progress on stderr only when it is a terminal") {
-  TempDir dir;
-  std::string input;
-  for (int i = 0; i < 3000; ++i) input += "{\"key\": \"k" + std::to_string(i) + "\", \"value\": \"v\"}\n";
-  const std::string file = dir.File("in.jsonl");
-  WriteFileBytes(file, input);
-  CliResult r = RunCli({"load", dir.File("a.mkv"), file}, "", Tty::kStderr);
-  CHECK(r.code == 0);
-  CHECK(r.out == "loaded 3000 pairs\n");
-  CHECK(r.err.find("pairs/s") != std::string::npos);
-  CHECK(r.err.find("ETA") != std::string::npos);
-  r = RunCli({"load", dir.File("b.mkv"), file});
-  CHECK(r.code == 0);
-  CHECK(r.err.empty());
-}
-
-TEST_CASE("cli: stats shows every field human readable and as JSON") {
-  TempDir dir;
-  const std::string f = dir.File("s.mkv");
-  REQUIRE(RunCli({"load", f}, "{\"key\": \"a\", \"value\": \"1\"}\n{\"key\": \"b\", \"value\": \"2\"}\n").code == 0);
-  CliResult r = RunCli({"stats", f});
-  CHECK(r.code == 0);
-  CHECK(r.err.empty());
-  for (const char* field : {"format version", "entries", "slots", "load factor", "file bytes", "heap bytes",
-                            "live bytes", "garbage bytes", "free bytes", "table bytes", "change seq",
-                            "checkpoint generation", "max probe", "mean probe"}) {
-    CAPTURE(field);
-    CHECK(r.out.find(std::string("\n") + field + " ") != std::string::npos);
-  }
-  CHECK(r.out.rfind("path", 0) == 0);
-  CHECK(r.out.find(f) != std::string::npos);
-  CHECK(r.out.find("\nentries                2\n") != std::string::npos);
-
-  r = RunCli({"stats", f, "--json"});
-  CHECK(r.code == 0);
-  const auto j = nlohmann::json::parse(r.out);
-  CHECK(j["path"] == f);
-  CHECK(j["entries"] == 2);
-  CHECK(j["format_major"].get<int>() >= 1);
-  for (const char* field : {"format_minor", "slots", "load_factor", "file_bytes", "heap_bytes", "live_bytes",
-                            "garbage_bytes", "free_bytes", "table_bytes", "change_seq", "checkpoint_generation",
-                            "max_probe", "mean_probe"}) {
-    CAPTURE(field);
-    CHECK(j.contains(field));
-  }
-  CHECK(j["file_bytes"].get<uint64_t>() == ReadFileBytes(f).size());
-  CHECK(j.size() == 16);
-}
-
-TEST_CASE("cli: check prints ok or each problem and exits 3") {
-  TempDir dir;
-  const std::string f = dir.File("s.mkv");
-  const std::string marker = "MARKER-0123456789-MARKER";
-  REQUIRE(RunCli({"put", f, "k1", marker}).code == 0);
-  REQUIRE(RunCli({"put", f, "k2", "other"}).code == 0);
-  CliResult r = RunCli({"check", f});
-  CHECK(r.code == 0);
-  CHECK(r.out == "ok\n");
-  CHECK(r.err.empty());
-
-  // Damage the record's value bytes: its checksum no longer matches.
-  std::string bytes = ReadFileBytes(f);
-  const size_t at = bytes.find(marker);
-  REQUIRE(at != std::string::npos);
-  bytes[at] ^= 1;
-  WriteFileBytes(f, bytes);
-  r = RunCli({"check", f});
-  CHECK(r.code == 3);
-  CHECK(r.out != "ok\n");
-  CHECK(CountLines(r.out) >= 1);
-  CHECK(CountLines(r.err) == 1);
-  CHECK(r.err.find(f) != std::string::npos);
-  CHECK(ReadFileBytes(f) == bytes);  // check did not repair or touch it
-}
-
-TEST_CASE("cli: compact prints the size before and after and keeps the data") {
-  TempDir dir;
-  const std::string f = dir.File("s.mkv");
-  std::string input;
-  for (int i = 0; i < 3000; ++i) {
-    input += "{\"key\": \"k" + std::to_string(i) + "\", \"value\": \"" + std::string(200, 'v') + "\"}\n";
-  }
-  REQUIRE(RunCli({"load", f}, input).code == 0);
-  {
-    Store store = OpenStore(f);
-    for (int i = 0; i < 3000; ++i) {
-      if (i % 10 != 0) REQUIRE(store.Erase("k" + std::to_string(i)).ok());
+    // Each kind of malformed line, on line 2 of standard input.
+    const std::vector<std::string> bad = {
+        "{\"key\": \"x\", \"value\": \"y\"",                   // not valid JSON
+        "[\"key\", \"value\"]",                                // not an object
+        "{\"key\": \"x\"}",                                    // no value
+        "{\"value\": \"y\"}",                                  // no key
+        "{\"key\": \"\", \"value\": \"y\"}",                   // empty key
+        "{\"key\": \"x\", \"value\": \"y\", \"extra\": 1}",    // unknown field
+        "{\"key\": \"x\", \"key\": \"z\", \"value\": \"y\"}",  // duplicate field
+        "{\"key\": \"x\", \"key_base64\": \"eA==\", \"value\": \"y\"}",
+        "{\"key_base64\": \"eA=\", \"value\": \"y\"}",   // bad base64 length
+        "{\"key\": \"x\", \"value_base64\": \"e!==\"}",  // bad base64 character
+        "{\"key\": \"x\", \"value_base64\": \"eB==\"}",  // non-zero unused bits
+        "{\"key\": \"x\", \"value\": \"y\"} trailing",
+        "{\"key\": \"x\", \"value\": \"\xff\"}",  // invalid UTF-8 in a JSON string
+        "{\"key\": \"" + std::string(kMaxKeySize + 1, 'k') + "\", \"value\": \"y\"}",
+    };
+    for (const std::string& line : bad) {
+      CAPTURE(line.substr(0, 80));
+      const std::string g = dir.File("g.mkv");
+      ::unlink(g.c_str());
+      r = RunCli({"load", g},
+                 "{\"key\": \"first\", \"value\": \"1\"}\n" + line + "\n{\"key\": \"third\", \"value\": \"3\"}\n");
+      CHECK(r.code == 2);
+      CHECK(CountLines(r.err) == 1);
+      CHECK(r.err.find("<stdin>:2: ") != std::string::npos);
+      CHECK(r.out == "loaded 1 pairs\n");
+      CHECK(RunCli({"get", g, "first"}).out == "1");
+      CHECK(RunCli({"get", g, "third"}).code == 1);
     }
   }
-  const uint64_t before = ReadFileBytes(f).size();
-  CliResult r = RunCli({"compact", f});
-  CHECK(r.code == 0);
-  CHECK(r.err.empty());
-  const uint64_t after = ReadFileBytes(f).size();
-  CHECK(after < before);
-  CHECK(r.out == f + ": " + std::to_string(before) + " bytes before, " + std::to_string(after) + " bytes after\n");
-  CHECK(RunCli({"get", f, "k10"}).out == std::string(200, 'v'));
-  CHECK(RunCli({"get", f, "k11"}).code == 1);
-  CHECK(RunCli({"check", f}).out == "ok\n");
 
-  r = RunCli({"compact", dir.File("missing.mkv")});
-  CHECK(r.code == 3);
-  CheckOneLineError(r, dir.File("missing.mkv"));
-}
-
-TEST_CASE("cli: bad files through get keys dump stats check exit 3 with one line and unchanged bytes") {
-  TempDir dir;
-  const std::string empty = dir.File("empty.mkv");
-  WriteFileBytes(empty, "");
-  const std::string random = dir.File("random.mkv");
-  Rng rng(99);
-  WriteFileBytes(random, rng.Bytes(64 * 1024));
-  const std::string truncated = dir.File("truncated.mkv");
-  {
-    const std::string good = dir.File("good.mkv");
-    REQUIRE(RunCli({"put", good, "k", "v"}).code == 0);
-    WriteFileBytes(truncated, ReadFileBytes(good).substr(0, 100));
+  TEST_CASE("cli: load keeps every batch before a malformed line (more than one batch)") {
+    TempDir dir;
+    std::string input;
+    const int good = 2345;  // several batches plus a partial one
+    for (int i = 0; i < good; ++i) input += "{\"key\": \"k" + std::to_string(i) + "\", \"value\": \"v\"}\n";
+    input += "oops\n";
+    for (int i = 0; i < 100; ++i) input += "{\"key\": \"late" + std::to_string(i) + "\", \"value\": \"v\"}\n";
+    const std::string f = dir.File("s.mkv");
+    const CliResult r = RunCli({"load", f, "-"}, input);
+    CHECK(r.code == 2);
+    CHECK(r.err.find("<stdin>:" + std::to_string(good + 1) + ": ") != std::string::npos);
+    CHECK(r.out == "loaded " + std::to_string(good) + " pairs\n");
+    Store store = OpenStore(f);
+    CHECK(store.size() == static_cast<uint64_t>(good));
+    std::string v;
+    CHECK(store.Get("k" + std::to_string(good - 1), &v).ok());
+    CHECK(store.Get("late0", &v).IsNotFound());
   }
-  const std::string directory = dir.File("dir.mkv");
-  REQUIRE(::mkdir(directory.c_str(), 0755) == 0);
-  const std::string missing = dir.File("missing.mkv");
 
-  for (const std::string& f : {empty, random, truncated, directory, missing}) {
-    const bool is_file = f != directory && f != missing;
-    const std::string bytes = is_file ? ReadFileBytes(f) : "";
-    for (const std::vector<std::string>& args : std::vector<std::vector<std::string>>{
-             {"get", f, "k"}, {"stats", f}, {"stats", f, "--json"}, {"check", f}, {"keys", f}, {"dump", f}}) {
-      CAPTURE(f);
+  TEST_CASE("cli: load replaces existing keys and reads a last line without newline and fails cleanly") {
+    TempDir dir;
+    const std::string f = dir.File("s.mkv");
+    REQUIRE(RunCli({"put", f, "k", "old"}).code == 0);
+    CliResult r = RunCli({"load", f}, "{\"key\": \"k\", \"value\": \"new\"}\r\n{\"key\": \"z\", \"value\": \"last\"}");
+    CHECK(r.code == 0);
+    CHECK(r.out == "loaded 2 pairs\n");
+    CHECK(RunCli({"get", f, "k"}).out == "new");
+    CHECK(RunCli({"get", f, "z"}).out == "last");
+
+    // A missing INPUT is a store-side error (exit 3) and creates no store.
+    const std::string g = dir.File("g.mkv");
+    r = RunCli({"load", g, dir.File("missing.jsonl")});
+    CHECK(r.code == 3);
+    CheckOneLineError(r, dir.File("missing.jsonl"));
+    CHECK_FALSE(FileExists(g));
+  }
+
+  TEST_CASE("cli: load shows progress on stderr only when it is a terminal") {
+    TempDir dir;
+    std::string input;
+    for (int i = 0; i < 3000; ++i) input += "{\"key\": \"k" + std::to_string(i) + "\", \"value\": \"v\"}\n";
+    const std::string file = dir.File("in.jsonl");
+    WriteFileBytes(file, input);
+    CliResult r = RunCli({"load", dir.File("a.mkv"), file}, "", Tty::kStderr);
+    CHECK(r.code == 0);
+    CHECK(r.out == "loaded 3000 pairs\n");
+    CHECK(r.err.find("pairs/s") != std::string::npos);
+    CHECK(r.err.find("ETA") != std::string::npos);
+    r = RunCli({"load", dir.File("b.mkv"), file});
+    CHECK(r.code == 0);
+    CHECK(r.err.empty());
+  }
+
+  TEST_CASE("cli: stats shows every field human readable and as JSON") {
+    TempDir dir;
+    const std::string f = dir.File("s.mkv");
+    REQUIRE(RunCli({"load", f}, "{\"key\": \"a\", \"value\": \"1\"}\n{\"key\": \"b\", \"value\": \"2\"}\n").code == 0);
+    CliResult r = RunCli({"stats", f});
+    CHECK(r.code == 0);
+    CHECK(r.err.empty());
+    for (const char* field : {"format version", "entries", "slots", "load factor", "file bytes", "heap bytes",
+                              "live bytes", "garbage bytes", "free bytes", "table bytes", "change seq",
+                              "checkpoint generation", "max probe", "mean probe"}) {
+      CAPTURE(field);
+      CHECK(r.out.find(std::string("\n") + field + " ") != std::string::npos);
+    }
+    CHECK(r.out.rfind("path", 0) == 0);
+    CHECK(r.out.find(f) != std::string::npos);
+    CHECK(r.out.find("\nentries                2\n") != std::string::npos);
+
+    r = RunCli({"stats", f, "--json"});
+    CHECK(r.code == 0);
+    const auto j = nlohmann::json::parse(r.out);
+    CHECK(j["path"] == f);
+    CHECK(j["entries"] == 2);
+    CHECK(j["format_major"].get<int>() >= 1);
+    for (const char* field :
+         {"format_minor", "slots", "load_factor", "file_bytes", "heap_bytes", "live_bytes", "garbage_bytes",
+          "free_bytes", "table_bytes", "change_seq", "checkpoint_generation", "max_probe", "mean_probe"}) {
+      CAPTURE(field);
+      CHECK(j.contains(field));
+    }
+    CHECK(j["file_bytes"].get<uint64_t>() == ReadFileBytes(f).size());
+    CHECK(j.size() == 16);
+  }
+
+  TEST_CASE("cli: check prints ok or each problem and exits 3") {
+    TempDir dir;
+    const std::string f = dir.File("s.mkv");
+    const std::string marker = "MARKER-0123456789-MARKER";
+    REQUIRE(RunCli({"put", f, "k1", marker}).code == 0);
+    REQUIRE(RunCli({"put", f, "k2", "other"}).code == 0);
+    CliResult r = RunCli({"check", f});
+    CHECK(r.code == 0);
+    CHECK(r.out == "ok\n");
+    CHECK(r.err.empty());
+
+    // Damage the record's value bytes: its checksum no longer matches.
+    std::string bytes = ReadFileBytes(f);
+    const size_t at = bytes.find(marker);
+    REQUIRE(at != std::string::npos);
+    bytes[at] ^= 1;
+    WriteFileBytes(f, bytes);
+    r = RunCli({"check", f});
+    CHECK(r.code == 3);
+    CHECK(r.out != "ok\n");
+    CHECK(CountLines(r.out) >= 1);
+    CHECK(CountLines(r.err) == 1);
+    CHECK(r.err.find(f) != std::string::npos);
+    CHECK(ReadFileBytes(f) == bytes);  // check did not repair or touch it
+  }
+
+  TEST_CASE("cli: compact prints the size before and after and keeps the data") {
+    TempDir dir;
+    const std::string f = dir.File("s.mkv");
+    std::string input;
+    for (int i = 0; i < 3000; ++i) {
+      input += "{\"key\": \"k" + std::to_string(i) + "\", \"value\": \"" + std::string(200, 'v') + "\"}\n";
+    }
+    REQUIRE(RunCli({"load", f}, input).code == 0);
+    {
+      Store store = OpenStore(f);
+      for (int i = 0; i < 3000; ++i) {
+        if (i % 10 != 0) REQUIRE(store.Erase("k" + std::to_string(i)).ok());
+      }
+    }
+    const uint64_t before = ReadFileBytes(f).size();
+    CliResult r = RunCli({"compact", f});
+    CHECK(r.code == 0);
+    CHECK(r.err.empty());
+    const uint64_t after = ReadFileBytes(f).size();
+    CHECK(after < before);
+    CHECK(r.out == f + ": " + std::to_string(before) + " bytes before, " + std::to_string(after) + " bytes after\n");
+    CHECK(RunCli({"get", f, "k10"}).out == std::string(200, 'v'));
+    CHECK(RunCli({"get", f, "k11"}).code == 1);
+    CHECK(RunCli({"check", f}).out == "ok\n");
+
+    r = RunCli({"compact", dir.File("missing.mkv")});
+    CHECK(r.code == 3);
+    CheckOneLineError(r, dir.File("missing.mkv"));
+  }
+
+  TEST_CASE("cli: bad files through get keys dump stats check exit 3 with one line and unchanged bytes") {
+    TempDir dir;
+    const std::string empty = dir.File("empty.mkv");
+    WriteFileBytes(empty, "");
+    const std::string random = dir.File("random.mkv");
+    Rng rng(99);
+    WriteFileBytes(random, rng.Bytes(64 * 1024));
+    const std::string truncated = dir.File("truncated.mkv");
+    {
+      const std::string good = dir.File("good.mkv");
+      REQUIRE(RunCli({"put", good, "k", "v"}).code == 0);
+      WriteFileBytes(truncated, ReadFileBytes(good).substr(0, 100));
+    }
+    const std::string directory = dir.File("dir.mkv");
+    REQUIRE(::mkdir(directory.c_str(), 0755) == 0);
+    const std::string missing = dir.File("missing.mkv");
+
+    for (const std::string& f : {empty, random, truncated, directory, missing}) {
+      const bool is_file = f != directory && f != missing;
+      const std::string bytes = is_file ? ReadFileBytes(f) : "";
+      for (const std::vector<std::string>& args : std::vector<std::vector<std::string>>{
+               {"get", f, "k"}, {"stats", f}, {"stats", f, "--json"}, {"check", f}, {"keys", f}, {"dump", f}}) {
+        CAPTURE(f);
+        CAPTURE(args[0]);
+        const CliResult r = RunCli(args);
+        CHECK(r.code == 3);
+        CheckOneLineError(r, f);
+        CHECK(r.err.rfind("mapkv: ", 0) == 0);
+      }
+      if (is_file) CHECK(ReadFileBytes(f) == bytes);
+    }
+    CHECK_FALSE(FileExists(missing));  // read-only commands never create
+  }
+
+  TEST_CASE("cli: read-only commands never change the store's bytes") {
+    TempDir dir;
+    const std::string f = dir.File("s.mkv");
+    REQUIRE(RunCli({"load", f}, "{\"key\": \"a\", \"value\": \"1\"}\n{\"key\": \"b\", \"value\": \"2\"}\n").code == 0);
+    REQUIRE(RunCli({"del", f, "a"}).code == 0);  // leave some garbage behind
+    REQUIRE(RunCli({"put", f, "c", "3"}).code == 0);
+    const std::string bytes = ReadFileBytes(f);
+    struct stat before {};
+    REQUIRE(::stat(f.c_str(), &before) == 0);
+    for (const std::vector<std::string>& args : std::vector<std::vector<std::string>>{{"get", f, "b"},
+                                                                                      {"get", f, "a"},
+                                                                                      {"keys", f},
+                                                                                      {"keys", f, "--prefix", "b"},
+                                                                                      {"dump", f},
+                                                                                      {"stats", f},
+                                                                                      {"stats", f, "--json"},
+                                                                                      {"check", f}}) {
       CAPTURE(args[0]);
       const CliResult r = RunCli(args);
-      CHECK(r.code == 3);
-      CheckOneLineError(r, f);
-      CHECK(r.err.rfind("mapkv: ", 0) == 0);
+      CHECK(r.code == (args[0] == "get" && args[2] == "a" ? 1 : 0));
+      CHECK(ReadFileBytes(f) == bytes);
     }
-    if (is_file) CHECK(ReadFileBytes(f) == bytes);
-  }
-  CHECK_FALSE(FileExists(missing));  // read-only commands never create
-}
+    struct stat after {};
+    REQUIRE(::stat(f.c_str(), &after) == 0);
+    CHECK(after.st_size == before.st_size);
+    CHECK(after.st_mtim.tv_sec == before.st_mtim.tv_sec);
+    CHECK(after.st_mtim.tv_nsec == before.st_mtim.tv_nsec);
 
-TEST_CASE("cli: read-only commands never change the store's bytes") {
-  TempDir dir;
-  const std::string f = dir.File("s.mkv");
-  REQUIRE(RunCli({"load", f}, "{\"key\": \"a\", \"value\": \"1\"}\n{\"key\": \"b\", \"value\": \"2\"}\n").code == 0);
-  REQUIRE(RunCli({"del", f, "a"}).code == 0);  // leave some garbage behind
-  REQUIRE(RunCli({"put", f, "c", "3"}).code == 0);
-  const std::string bytes = ReadFileBytes(f);
-  struct stat before {};
-  REQUIRE(::stat(f.c_str(), &before) == 0);
-  for (const std::vector<std::string>& args : std::vector<std::vector<std::string>>{
-           {"get", f, "b"}, {"get", f, "a"}, {"keys", f}, {"keys", f, "--prefix", "b"}, {"dump", f}, {"stats", f},
-           {"stats", f, "--json"}, {"check", f}}) {
-    CAPTURE(args[0]);
-    const CliResult r = RunCli(args);
-    CHECK(r.code == (args[0] == "get" && args[2] == "a" ? 1 : 0));
+    // A read-only file can still be read by them (they open it read-only).
+    REQUIRE(::chmod(f.c_str(), 0400) == 0);
+    if (::geteuid() != 0) {  // root ignores the permission bits
+      CHECK(RunCli({"put", f, "x", "y"}).code == 3);
+    }
+    CHECK(RunCli({"get", f, "b"}).out == "2");
+    CHECK(RunCli({"check", f}).out == "ok\n");
     CHECK(ReadFileBytes(f) == bytes);
   }
-  struct stat after {};
-  REQUIRE(::stat(f.c_str(), &after) == 0);
-  CHECK(after.st_size == before.st_size);
-  CHECK(after.st_mtim.tv_sec == before.st_mtim.tv_sec);
-  CHECK(after.st_mtim.tv_nsec == before.st_mtim.tv_nsec);
-
-  // A read-only file can still be read by them (they open it read-only).
-  REQUIRE(::chmod(f.c_str(), 0400) == 0);
-  if (::geteuid() != 0) {  // root ignores the permission bits
-    CHECK(RunCli({"put", f, "x", "y"}).code == 3);
-  }
-  CHECK(RunCli({"get", f, "b"}).out == "2");
-  CHECK(RunCli({"check", f}).out == "ok\n");
-  CHECK(ReadFileBytes(f) == bytes);
-}
 
 }  // TEST_SUITE("cli")
 

@@ -105,332 +105,332 @@ int WriterChild(const std::vector<std::string>& args) {
 [[maybe_unused]] const bool kRegistered = RegisterChild("concurrency.writer", WriterChild);
 
 TEST_SUITE("concurrency") {
-
-TEST_CASE("concurrency: threads on one handle write disjoint keys and read everything") {
-  TempDir dir;
-  const std::string path = dir.File("s.mkv");
-  Store store = MustOpen(path);
-  constexpr int kThreads = 4;
-  constexpr uint64_t kKeys = 20000;
-  std::atomic<uint64_t> bad_reads{0}, failed_writes{0}, reads{0};
-  std::atomic<int> running{kThreads};
-  std::vector<std::thread> threads;
-  for (int t = 0; t < kThreads; ++t) {
-    threads.emplace_back([&, t] {
-      Rng rng(static_cast<uint64_t>(t) + 1);
-      std::string v;
+  TEST_CASE("concurrency: threads on one handle write disjoint keys and read everything") {
+    TempDir dir;
+    const std::string path = dir.File("s.mkv");
+    Store store = MustOpen(path);
+    constexpr int kThreads = 4;
+    constexpr uint64_t kKeys = 20000;
+    std::atomic<uint64_t> bad_reads{0}, failed_writes{0}, reads{0};
+    std::atomic<int> running{kThreads};
+    std::vector<std::thread> threads;
+    for (int t = 0; t < kThreads; ++t) {
+      threads.emplace_back([&, t] {
+        Rng rng(static_cast<uint64_t>(t) + 1);
+        std::string v;
+        for (uint64_t i = 0; i < kKeys; ++i) {
+          const std::string k = ThreadKey(t, i);
+          Status s;
+          if (i % 5 == 0) {
+            WriteBatch batch;
+            batch.Put(k, MakeValue(k, 1));
+            batch.Put(k, MakeValue(k, 2));  // the batch's last op wins
+            s = store.Write(batch);
+          } else {
+            s = store.Put(k, MakeValue(k, 2));
+          }
+          if (!s.ok()) failed_writes.fetch_add(1);
+          // Own write: visible at once, exact.
+          uint64_t ver = 0;
+          if (!store.Get(k, &v).ok() || !ParseValue(k, v, &ver) || ver != 2) bad_reads.fetch_add(1);
+          // Any thread's key: absent or well formed.
+          const std::string other = ThreadKey(static_cast<int>(rng.Uniform(kThreads)), rng.Uniform(kKeys));
+          Status g = store.Get(other, &v);
+          if ((g.ok() && !ParseValue(other, v, &ver)) || (!g.ok() && !g.IsNotFound())) bad_reads.fetch_add(1);
+          reads.fetch_add(2);
+          if (i % 1000 == 999) {
+            // A walk sees only well-formed values.
+            Status w = store.ForEach("t", [&](std::string_view key, std::string_view value) {
+              uint64_t x;
+              if (!ParseValue(std::string(key), value, &x)) bad_reads.fetch_add(1);
+              return true;
+            });
+            if (!w.ok()) bad_reads.fetch_add(1);
+          }
+        }
+        running.fetch_sub(1);
+      });
+    }
+    // A ReadGuard holder alongside: its views stay valid and well formed.
+    std::thread guard_thread([&] {
+      while (running.load() > 0) {
+        ReadGuard guard;
+        if (!guard.Lock(store).ok()) {
+          bad_reads.fetch_add(1);
+          continue;
+        }
+        std::string_view view;
+        const std::string k = ThreadKey(0, 10);
+        if (guard.Get(k, &view).ok()) {
+          uint64_t ver;
+          if (!ParseValue(k, view, &ver)) bad_reads.fetch_add(1);
+        }
+        guard.Unlock();
+        std::this_thread::sleep_for(std::chrono::microseconds(200));
+      }
+    });
+    for (auto& th : threads) th.join();
+    guard_thread.join();
+    CHECK(failed_writes.load() == 0);
+    CHECK(bad_reads.load() == 0);
+    CHECK(reads.load() == 2 * kThreads * kKeys);
+    CHECK(store.size() == kThreads * kKeys);
+    const Model all = Dump(store);
+    REQUIRE(all.size() == kThreads * kKeys);
+    for (int t = 0; t < kThreads; ++t) {
       for (uint64_t i = 0; i < kKeys; ++i) {
         const std::string k = ThreadKey(t, i);
-        Status s;
-        if (i % 5 == 0) {
-          WriteBatch batch;
-          batch.Put(k, MakeValue(k, 1));
-          batch.Put(k, MakeValue(k, 2));  // the batch's last op wins
-          s = store.Write(batch);
-        } else {
-          s = store.Put(k, MakeValue(k, 2));
-        }
-        if (!s.ok()) failed_writes.fetch_add(1);
-        // Own write: visible at once, exact.
-        uint64_t ver = 0;
-        if (!store.Get(k, &v).ok() || !ParseValue(k, v, &ver) || ver != 2) bad_reads.fetch_add(1);
-        // Any thread's key: absent or well formed.
-        const std::string other = ThreadKey(static_cast<int>(rng.Uniform(kThreads)), rng.Uniform(kKeys));
-        Status g = store.Get(other, &v);
-        if ((g.ok() && !ParseValue(other, v, &ver)) || (!g.ok() && !g.IsNotFound())) bad_reads.fetch_add(1);
-        reads.fetch_add(2);
-        if (i % 1000 == 999) {
-          // A walk sees only well-formed values.
-          Status w = store.ForEach("t", [&](std::string_view key, std::string_view value) {
-            uint64_t x;
-            if (!ParseValue(std::string(key), value, &x)) bad_reads.fetch_add(1);
-            return true;
-          });
-          if (!w.ok()) bad_reads.fetch_add(1);
+        auto it = all.find(k);
+        if (it == all.end() || it->second != MakeValue(k, 2)) {
+          FAIL_CHECK("key " << k << " missing or wrong after the threads finished");
+          break;
         }
       }
-      running.fetch_sub(1);
+    }
+    CheckClean(store);
+  }
+
+  TEST_CASE("concurrency: readers never see a torn value or part of a batch") {
+    TempDir dir;
+    Store store = MustOpen(dir.File("s.mkv"));
+    REQUIRE(store.Put("a", MakeValue("a", 0)).ok());
+    REQUIRE(store.Put("b", MakeValue("b", 0)).ok());
+    std::atomic<bool> stop{false};
+    std::atomic<uint64_t> torn{0}, mismatched{0}, guarded{0};
+    std::thread writer([&] {
+      for (uint64_t n = 1; n <= 100000; ++n) {
+        WriteBatch batch;
+        batch.Put("a", MakeValue("a", n));
+        batch.Put("b", MakeValue("b", n));
+        batch.Put("filler" + std::to_string(n % 500), std::string(static_cast<size_t>(n % 3000), 'f'));
+        if (!store.Write(batch).ok()) torn.fetch_add(1000000);
+      }
+      stop = true;
     });
-  }
-  // A ReadGuard holder alongside: its views stay valid and well formed.
-  std::thread guard_thread([&] {
-    while (running.load() > 0) {
-      ReadGuard guard;
-      if (!guard.Lock(store).ok()) {
-        bad_reads.fetch_add(1);
-        continue;
-      }
-      std::string_view view;
-      const std::string k = ThreadKey(0, 10);
-      if (guard.Get(k, &view).ok()) {
-        uint64_t ver;
-        if (!ParseValue(k, view, &ver)) bad_reads.fetch_add(1);
-      }
-      guard.Unlock();
-      std::this_thread::sleep_for(std::chrono::microseconds(200));
-    }
-  });
-  for (auto& th : threads) th.join();
-  guard_thread.join();
-  CHECK(failed_writes.load() == 0);
-  CHECK(bad_reads.load() == 0);
-  CHECK(reads.load() == 2 * kThreads * kKeys);
-  CHECK(store.size() == kThreads * kKeys);
-  const Model all = Dump(store);
-  REQUIRE(all.size() == kThreads * kKeys);
-  for (int t = 0; t < kThreads; ++t) {
-    for (uint64_t i = 0; i < kKeys; ++i) {
-      const std::string k = ThreadKey(t, i);
-      auto it = all.find(k);
-      if (it == all.end() || it->second != MakeValue(k, 2)) {
-        FAIL_CHECK("key " << k << " missing or wrong after the threads finished");
-        break;
-      }
-    }
-  }
-  CheckClean(store);
-}
-
-TEST_CASE("concurrency: readers never see a torn value or part of a batch") {
-  TempDir dir;
-  Store store = MustOpen(dir.File("s.mkv"));
-  REQUIRE(store.Put("a", MakeValue("a", 0)).ok());
-  REQUIRE(store.Put("b", MakeValue("b", 0)).ok());
-  std::atomic<bool> stop{false};
-  std::atomic<uint64_t> torn{0}, mismatched{0}, guarded{0};
-  std::thread writer([&] {
-    for (uint64_t n = 1; n <= 100000; ++n) {
-      WriteBatch batch;
-      batch.Put("a", MakeValue("a", n));
-      batch.Put("b", MakeValue("b", n));
-      batch.Put("filler" + std::to_string(n % 500), std::string(static_cast<size_t>(n % 3000), 'f'));
-      if (!store.Write(batch).ok()) torn.fetch_add(1000000);
-    }
-    stop = true;
-  });
-  std::vector<std::thread> readers;
-  for (int r = 0; r < 2; ++r) {
-    readers.emplace_back([&, r] {
-      std::string va, vb;
-      uint64_t last_a = 0;
-      while (!stop.load()) {
-        if (r == 0) {
-          // Optimistic reads: each value whole, versions never go back.
-          uint64_t ver_a = 0, ver_b = 0;
-          if (!store.Get("a", &va).ok() || !ParseValue("a", va, &ver_a)) torn.fetch_add(1);
-          if (!store.Get("b", &vb).ok() || !ParseValue("b", vb, &ver_b)) torn.fetch_add(1);
-          if (ver_a < last_a || ver_b < ver_a) mismatched.fetch_add(1);  // b is read after a
-          last_a = ver_a;
-        } else {
-          // Under a guard: a and b always from the same batch.
-          ReadGuard guard;
-          if (!guard.Lock(store).ok()) continue;
-          std::string_view a, b;
-          uint64_t ver_a = 0, ver_b = 0;
-          if (!guard.Get("a", &a).ok() || !ParseValue("a", a, &ver_a)) torn.fetch_add(1);
-          if (!guard.Get("b", &b).ok() || !ParseValue("b", b, &ver_b)) torn.fetch_add(1);
-          if (ver_a != ver_b) mismatched.fetch_add(1);
-          guarded.fetch_add(1);
+    std::vector<std::thread> readers;
+    for (int r = 0; r < 2; ++r) {
+      readers.emplace_back([&, r] {
+        std::string va, vb;
+        uint64_t last_a = 0;
+        while (!stop.load()) {
+          if (r == 0) {
+            // Optimistic reads: each value whole, versions never go back.
+            uint64_t ver_a = 0, ver_b = 0;
+            if (!store.Get("a", &va).ok() || !ParseValue("a", va, &ver_a)) torn.fetch_add(1);
+            if (!store.Get("b", &vb).ok() || !ParseValue("b", vb, &ver_b)) torn.fetch_add(1);
+            if (ver_a < last_a || ver_b < ver_a) mismatched.fetch_add(1);  // b is read after a
+            last_a = ver_a;
+          } else {
+            // Under a guard: a and b always from the same batch.
+            ReadGuard guard;
+            if (!guard.Lock(store).ok()) continue;
+            std::string_view a, b;
+            uint64_t ver_a = 0, ver_b = 0;
+            if (!guard.Get("a", &a).ok() || !ParseValue("a", a, &ver_a)) torn.fetch_add(1);
+            if (!guard.Get("b", &b).ok() || !ParseValue("b", b, &ver_b)) torn.fetch_add(1);
+            if (ver_a != ver_b) mismatched.fetch_add(1);
+            guarded.fetch_add(1);
+          }
         }
-      }
-    });
-  }
-  writer.join();
-  for (auto& th : readers) th.join();
-  CHECK(torn.load() == 0);
-  CHECK(mismatched.load() == 0);
-  CHECK(guarded.load() > 0);
-  std::string v;
-  REQUIRE(store.Get("a", &v).ok());
-  CHECK(v == MakeValue("a", 100000));
-  CheckClean(store);
-}
-
-TEST_CASE("concurrency: two handles on one file in one process") {
-  TempDir dir;
-  const std::string path = dir.File("s.mkv");
-  Store a = MustOpen(path);
-  Store b = MustOpen(path);
-  // Sequential: a write through one handle is seen by the other at once.
-  std::string v;
-  for (uint64_t i = 0; i < 3000; ++i) {
-    Store& w = (i % 2) ? a : b;
-    Store& r = (i % 2) ? b : a;
-    const std::string k = "seq" + std::to_string(i);
-    REQUIRE(w.Put(k, MakeValue(k, i)).ok());
-    REQUIRE(r.Get(k, &v).ok());
-    CHECK(v == MakeValue(k, i));
-    if (i % 3 == 0) {
-      REQUIRE(r.Erase(k).ok());
-      CHECK(w.Get(k, &v).code() == Code::kNotFound);
+      });
     }
-  }
-  // Concurrent: two threads, one handle each, with file growth in between.
-  std::atomic<uint64_t> failures{0};
-  auto work = [&](Store& h, int owner) {
-    std::string val;
-    for (uint64_t i = 0; i < 5000; ++i) {
-      const std::string k = ThreadKey(owner, i);
-      const std::string value = MakeValue(k, i) + std::string(static_cast<size_t>(i % 7 == 0 ? 20000 : 10), 'g');
-      if (!h.Put(k, value).ok()) failures.fetch_add(1);
-      if (!h.Get(k, &val).ok() || val != value) failures.fetch_add(1);
-      if (i % 997 == 0 && !h.Flush(FlushMode::kSync).ok()) failures.fetch_add(1);
-    }
-  };
-  std::thread ta([&] { work(a, 1); });
-  std::thread tb([&] { work(b, 2); });
-  ta.join();
-  tb.join();
-  CHECK(failures.load() == 0);
-  const Model from_a = Dump(a);
-  CHECK(from_a == Dump(b));
-  CHECK(from_a.size() == 2000 + 10000);
-  for (int owner : {1, 2}) {
-    for (uint64_t i = 0; i < 5000; i += 1) {
-      const std::string k = ThreadKey(owner, i);
-      auto it = from_a.find(k);
-      if (it == from_a.end() || it->second != MakeValue(k, i) + std::string(static_cast<size_t>(i % 7 == 0 ? 20000 : 10), 'g')) {
-        FAIL_CHECK("key " << k << " missing or wrong");
-        break;
-      }
-    }
-  }
-  CheckClean(a);
-  CheckClean(b);
-  REQUIRE(a.Close().ok());
-  CHECK(b.size() == 12000);
-  REQUIRE(b.Put("after", "close of a").ok());
-  REQUIRE(b.Close().ok());
-  Store c = MustOpen(path);
-  CHECK(c.size() == 12001);
-  CheckClean(c);
-}
-
-void RunProcesses(uint64_t count) {
-  TempDir dir;
-  const std::string path = dir.File("s.mkv");
-  Store reader = MustOpen(path);  // also creates the store before the writers race to
-  constexpr int kWriters = 4;
-  std::vector<int> pids;
-  for (int id = 0; id < kWriters; ++id) {
-    const int pid = SpawnChild("concurrency.writer", {path, std::to_string(id), std::to_string(count)});
-    REQUIRE(pid > 0);
-    pids.push_back(pid);
-  }
-  // Read alongside the writers: every present value is well formed.
-  uint64_t reads = 0, bad = 0;
-  std::atomic<int> alive{kWriters};
-  std::thread waiter([&] {
-    for (int pid : pids) {
-      const int rc = WaitChild(pid);
-      CHECK_MESSAGE(rc == 0, "writer process " << pid << " exited with " << rc);
-      alive.fetch_sub(1);
-    }
-  });
-  Rng rng(77);
-  std::string v;
-  while (alive.load() > 0) {
-    const std::string k = "p" + std::to_string(rng.Uniform(kWriters)) + ":" + std::to_string(rng.Uniform(count));
-    Status s = reader.Get(k, &v);
-    uint64_t ver;
-    if ((s.ok() && !ParseValue(k, v, &ver)) || (!s.ok() && !s.IsNotFound())) ++bad;
-    ++reads;
-  }
-  waiter.join();
-  CHECK(bad == 0);
-  MESSAGE(kWriters << " writer processes, " << count << " keys each; " << reads << " reads alongside");
-  // The exact final state.
-  Model expected;
-  for (int id = 0; id < kWriters; ++id) {
-    for (uint64_t i = 0; i < count; ++i) {
-      if (i % 10 == 0) continue;
-      const std::string k = "p" + std::to_string(id) + ":" + std::to_string(i);
-      expected[k] = MakeValue(k, (i % 7 == 0 && i % 3 != 0) ? 2 : 1);
-    }
-  }
-  CHECK(reader.size() == expected.size());
-  CHECK(Dump(reader) == expected);
-  CheckClean(reader);
-  REQUIRE(reader.Close().ok());
-  Store after = MustOpen(path);
-  CHECK(Dump(after) == expected);
-  CheckClean(after);
-}
-
-TEST_CASE("concurrency: several processes write and read one file at once") { RunProcesses(30000); }
-
-TEST_CASE("concurrency: several processes write and read one file at once (long)" * doctest::test_suite("slow")) {
-  MAPKV_SLOW_TEST_GATE();
-  RunProcesses(100000);
-}
-
-TEST_CASE("concurrency: a handle used in a fork child returns UnsafeUse") {
-#if defined(MAPKV_TSAN)
-  // The child opens a fresh handle, which starts a thread; ThreadSanitizer
-  // cannot follow thread creation after a multi-threaded fork ("dup thread").
-  MESSAGE("SKIPPED under ThreadSanitizer: thread creation after a multi-threaded fork is not supported by TSan");
-  return;
-#endif
-  TempDir dir;
-  const std::string path = dir.File("s.mkv");
-  Store store = MustOpen(path);
-  REQUIRE(store.Put("k", "parent").ok());
-  std::fflush(nullptr);
-  const pid_t pid = ::fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    int step = 1;
-    auto unsafe = [&](const Status& s) {
-      if (s.code() != Code::kUnsafeUse) _exit(step);
-      ++step;
-    };
+    writer.join();
+    for (auto& th : readers) th.join();
+    CHECK(torn.load() == 0);
+    CHECK(mismatched.load() == 0);
+    CHECK(guarded.load() > 0);
     std::string v;
-    bool found = false;
-    unsafe(store.Get("k", &v));
-    unsafe(store.Contains("k", &found));
-    unsafe(store.Put("k", "child"));
-    unsafe(store.Erase("k"));
-    WriteBatch batch;
-    batch.Put("b", "c");
-    unsafe(store.Write(batch));
-    unsafe(store.ForEach({}, [](std::string_view, std::string_view) { return true; }));
-    unsafe(store.Flush(FlushMode::kSync));
-    unsafe(store.Flush(FlushMode::kAsync));
-    Stats st;
-    unsafe(store.GetStats(&st));
-    CheckReport report;
-    unsafe(store.Check(&report));
-    unsafe(store.Compact());
-    ReadGuard guard;
-    unsafe(guard.Lock(store));
-    if (guard.locked()) _exit(50);
-    // Closing the inherited handle must not disturb the parent.
-    if (!store.Close().ok()) _exit(51);
-    // A fresh handle in the child works.
-    Store mine;
-    if (!Store::Open(path, {}, &mine).ok()) _exit(52);
-    if (!mine.Get("k", &v).ok() || v != "parent") _exit(53);
-    if (!mine.Put("from-child", "yes").ok()) _exit(54);
-    if (!mine.Close().ok()) _exit(55);
-    _exit(0);
+    REQUIRE(store.Get("a", &v).ok());
+    CHECK(v == MakeValue("a", 100000));
+    CheckClean(store);
   }
-  const int rc = WaitChild(pid);
-  CHECK_MESSAGE(rc == 0, "child failed at step " << rc);
-  // The parent's handle is intact: it reads, writes and sees the child's write.
-  std::string v;
-  REQUIRE(store.Get("k", &v).ok());
-  CHECK(v == "parent");
-  REQUIRE(store.Get("from-child", &v).ok());
-  CHECK(v == "yes");
-  REQUIRE(store.Put("k", "parent again").ok());
-  CheckClean(store);
-  // The parent still holds its locks: a second handle's writes and the parent's interleave correctly.
-  Store other = MustOpen(path);
-  REQUIRE(other.Put("other", "1").ok());
-  REQUIRE(store.Get("other", &v).ok());
-  CHECK(v == "1");
-  CheckClean(other);
-}
+
+  TEST_CASE("concurrency: two handles on one file in one process") {
+    TempDir dir;
+    const std::string path = dir.File("s.mkv");
+    Store a = MustOpen(path);
+    Store b = MustOpen(path);
+    // Sequential: a write through one handle is seen by the other at once.
+    std::string v;
+    for (uint64_t i = 0; i < 3000; ++i) {
+      Store& w = (i % 2) ? a : b;
+      Store& r = (i % 2) ? b : a;
+      const std::string k = "seq" + std::to_string(i);
+      REQUIRE(w.Put(k, MakeValue(k, i)).ok());
+      REQUIRE(r.Get(k, &v).ok());
+      CHECK(v == MakeValue(k, i));
+      if (i % 3 == 0) {
+        REQUIRE(r.Erase(k).ok());
+        CHECK(w.Get(k, &v).code() == Code::kNotFound);
+      }
+    }
+    // Concurrent: two threads, one handle each, with file growth in between.
+    std::atomic<uint64_t> failures{0};
+    auto work = [&](Store& h, int owner) {
+      std::string val;
+      for (uint64_t i = 0; i < 5000; ++i) {
+        const std::string k = ThreadKey(owner, i);
+        const std::string value = MakeValue(k, i) + std::string(static_cast<size_t>(i % 7 == 0 ? 20000 : 10), 'g');
+        if (!h.Put(k, value).ok()) failures.fetch_add(1);
+        if (!h.Get(k, &val).ok() || val != value) failures.fetch_add(1);
+        if (i % 997 == 0 && !h.Flush(FlushMode::kSync).ok()) failures.fetch_add(1);
+      }
+    };
+    std::thread ta([&] { work(a, 1); });
+    std::thread tb([&] { work(b, 2); });
+    ta.join();
+    tb.join();
+    CHECK(failures.load() == 0);
+    const Model from_a = Dump(a);
+    CHECK(from_a == Dump(b));
+    CHECK(from_a.size() == 2000 + 10000);
+    for (int owner : {1, 2}) {
+      for (uint64_t i = 0; i < 5000; i += 1) {
+        const std::string k = ThreadKey(owner, i);
+        auto it = from_a.find(k);
+        if (it == from_a.end() ||
+            it->second != MakeValue(k, i) + std::string(static_cast<size_t>(i % 7 == 0 ? 20000 : 10), 'g')) {
+          FAIL_CHECK("key " << k << " missing or wrong");
+          break;
+        }
+      }
+    }
+    CheckClean(a);
+    CheckClean(b);
+    REQUIRE(a.Close().ok());
+    CHECK(b.size() == 12000);
+    REQUIRE(b.Put("after", "close of a").ok());
+    REQUIRE(b.Close().ok());
+    Store c = MustOpen(path);
+    CHECK(c.size() == 12001);
+    CheckClean(c);
+  }
+
+  void RunProcesses(uint64_t count) {
+    TempDir dir;
+    const std::string path = dir.File("s.mkv");
+    Store reader = MustOpen(path);  // also creates the store before the writers race to
+    constexpr int kWriters = 4;
+    std::vector<int> pids;
+    for (int id = 0; id < kWriters; ++id) {
+      const int pid = SpawnChild("concurrency.writer", {path, std::to_string(id), std::to_string(count)});
+      REQUIRE(pid > 0);
+      pids.push_back(pid);
+    }
+    // Read alongside the writers: every present value is well formed.
+    uint64_t reads = 0, bad = 0;
+    std::atomic<int> alive{kWriters};
+    std::thread waiter([&] {
+      for (int pid : pids) {
+        const int rc = WaitChild(pid);
+        CHECK_MESSAGE(rc == 0, "writer process " << pid << " exited with " << rc);
+        alive.fetch_sub(1);
+      }
+    });
+    Rng rng(77);
+    std::string v;
+    while (alive.load() > 0) {
+      const std::string k = "p" + std::to_string(rng.Uniform(kWriters)) + ":" + std::to_string(rng.Uniform(count));
+      Status s = reader.Get(k, &v);
+      uint64_t ver;
+      if ((s.ok() && !ParseValue(k, v, &ver)) || (!s.ok() && !s.IsNotFound())) ++bad;
+      ++reads;
+    }
+    waiter.join();
+    CHECK(bad == 0);
+    MESSAGE(kWriters << " writer processes, " << count << " keys each; " << reads << " reads alongside");
+    // The exact final state.
+    Model expected;
+    for (int id = 0; id < kWriters; ++id) {
+      for (uint64_t i = 0; i < count; ++i) {
+        if (i % 10 == 0) continue;
+        const std::string k = "p" + std::to_string(id) + ":" + std::to_string(i);
+        expected[k] = MakeValue(k, (i % 7 == 0 && i % 3 != 0) ? 2 : 1);
+      }
+    }
+    CHECK(reader.size() == expected.size());
+    CHECK(Dump(reader) == expected);
+    CheckClean(reader);
+    REQUIRE(reader.Close().ok());
+    Store after = MustOpen(path);
+    CHECK(Dump(after) == expected);
+    CheckClean(after);
+  }
+
+  TEST_CASE("concurrency: several processes write and read one file at once") { RunProcesses(30000); }
+
+  TEST_CASE("concurrency: several processes write and read one file at once (long)" * doctest::test_suite("slow")) {
+    MAPKV_SLOW_TEST_GATE();
+    RunProcesses(100000);
+  }
+
+  TEST_CASE("concurrency: a handle used in a fork child returns UnsafeUse") {
+#if defined(MAPKV_TSAN)
+    // The child opens a fresh handle, which starts a thread; ThreadSanitizer
+    // cannot follow thread creation after a multi-threaded fork ("dup thread").
+    MESSAGE("SKIPPED under ThreadSanitizer: thread creation after a multi-threaded fork is not supported by TSan");
+    return;
+#endif
+    TempDir dir;
+    const std::string path = dir.File("s.mkv");
+    Store store = MustOpen(path);
+    REQUIRE(store.Put("k", "parent").ok());
+    std::fflush(nullptr);
+    const pid_t pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+      int step = 1;
+      auto unsafe = [&](const Status& s) {
+        if (s.code() != Code::kUnsafeUse) _exit(step);
+        ++step;
+      };
+      std::string v;
+      bool found = false;
+      unsafe(store.Get("k", &v));
+      unsafe(store.Contains("k", &found));
+      unsafe(store.Put("k", "child"));
+      unsafe(store.Erase("k"));
+      WriteBatch batch;
+      batch.Put("b", "c");
+      unsafe(store.Write(batch));
+      unsafe(store.ForEach({}, [](std::string_view, std::string_view) { return true; }));
+      unsafe(store.Flush(FlushMode::kSync));
+      unsafe(store.Flush(FlushMode::kAsync));
+      Stats st;
+      unsafe(store.GetStats(&st));
+      CheckReport report;
+      unsafe(store.Check(&report));
+      unsafe(store.Compact());
+      ReadGuard guard;
+      unsafe(guard.Lock(store));
+      if (guard.locked()) _exit(50);
+      // Closing the inherited handle must not disturb the parent.
+      if (!store.Close().ok()) _exit(51);
+      // A fresh handle in the child works.
+      Store mine;
+      if (!Store::Open(path, {}, &mine).ok()) _exit(52);
+      if (!mine.Get("k", &v).ok() || v != "parent") _exit(53);
+      if (!mine.Put("from-child", "yes").ok()) _exit(54);
+      if (!mine.Close().ok()) _exit(55);
+      _exit(0);
+    }
+    const int rc = WaitChild(pid);
+    CHECK_MESSAGE(rc == 0, "child failed at step " << rc);
+    // The parent's handle is intact: it reads, writes and sees the child's write.
+    std::string v;
+    REQUIRE(store.Get("k", &v).ok());
+    CHECK(v == "parent");
+    REQUIRE(store.Get("from-child", &v).ok());
+    CHECK(v == "yes");
+    REQUIRE(store.Put("k", "parent again").ok());
+    CheckClean(store);
+    // The parent still holds its locks: a second handle's writes and the parent's interleave correctly.
+    Store other = MustOpen(path);
+    REQUIRE(other.Put("other", "1").ok());
+    REQUIRE(store.Get("other", &v).ok());
+    CHECK(v == "1");
+    CheckClean(other);
+  }
 
 }  // TEST_SUITE("concurrency")
 

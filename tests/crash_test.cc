@@ -18,8 +18,8 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <cstdio>
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -53,7 +53,8 @@ struct Op {
 // store's state, so the parent can replay what the child did.
 class OpGen {
  public:
-  OpGen(uint64_t seed, Mode mode) : rng_(seed * 0x9E3779B97F4A7C15ull + static_cast<uint64_t>(mode)), seed_(seed), mode_(mode) {}
+  OpGen(uint64_t seed, Mode mode)
+      : rng_(seed * 0x9E3779B97F4A7C15ull + static_cast<uint64_t>(mode)), seed_(seed), mode_(mode) {}
 
   Op Next() {
     const uint64_t i = index_++;
@@ -215,11 +216,11 @@ struct KillStats {
 };
 
 // One run: start a writer, kill it, verify. Updates *base to the state found.
-void KillOnce(const std::string& path, const std::string& log_path, uint64_t seed, Mode mode, Rng& rng,
-              Model* base, KillStats* stats) {
+void KillOnce(const std::string& path, const std::string& log_path, uint64_t seed, Mode mode, Rng& rng, Model* base,
+              KillStats* stats) {
   CAPTURE(seed);
   const bool from_spawn = rng.Uniform(4) == 0;  // else: from the moment the store is open
-  std::remove(log_path.c_str());  // a writer killed before it opened its log leaves none
+  std::remove(log_path.c_str());                // a writer killed before it opened its log leaves none
   struct stat before {};
   const uint64_t size_before = ::stat(path.c_str(), &before) == 0 ? static_cast<uint64_t>(before.st_size) : 0;
   const int pid = SpawnChild("crash.writer", {path, log_path, std::to_string(seed), ModeName(mode)});
@@ -317,12 +318,13 @@ void RunKills(Mode mode, int runs, uint64_t seed0) {
     }
     KillOnce(path, log_path, seed0 * 1000 + static_cast<uint64_t>(run), mode, rng, &base, &stats);
   }
-  MESSAGE(std::string(ModeName(mode)) << ": " << stats.runs << " runs, " << stats.killed << " killed, " << stats.finished
-                         << " finished before the kill, " << stats.with_ops << " with acknowledged ops ("
-                         << stats.acked_ops << " in all), " << stats.next_applied
-                         << " where the unacknowledged next op had landed, " << stats.grew
-                         << " where the file grew, " << stats.in_compact << " killed in or right after a Compact; final store "
-                         << base.size() << " keys, " << FileSize(path) << " bytes");
+  MESSAGE(std::string(ModeName(mode)) << ": " << stats.runs << " runs, " << stats.killed << " killed, "
+                                      << stats.finished << " finished before the kill, " << stats.with_ops
+                                      << " with acknowledged ops (" << stats.acked_ops << " in all), "
+                                      << stats.next_applied << " where the unacknowledged next op had landed, "
+                                      << stats.grew << " where the file grew, " << stats.in_compact
+                                      << " killed in or right after a Compact; final store " << base.size() << " keys, "
+                                      << FileSize(path) << " bytes");
   // Most kills must land after some work was done, or the test proves little.
   CHECK(stats.with_ops * 2 >= stats.runs);
   if (mode == Mode::kGrowth) CHECK(stats.grew * 4 >= stats.runs);
@@ -333,338 +335,346 @@ void RunKills(Mode mode, int runs, uint64_t seed0) {
 }
 
 TEST_SUITE("crash") {
-
-TEST_CASE("crash: a writer killed at random moments loses nothing acknowledged") { RunKills(Mode::kPlain, 100, 1); }
-TEST_CASE("crash: a writer killed while the file grows loses nothing acknowledged") { RunKills(Mode::kGrowth, 60, 2); }
-TEST_CASE("crash: a writer killed during Compact loses nothing acknowledged") { RunKills(Mode::kCompact, 60, 3); }
-
-TEST_CASE("crash: a writer killed at random moments (long)" * doctest::test_suite("slow")) {
-  MAPKV_SLOW_TEST_GATE();
-  RunKills(Mode::kPlain, 500, 11);
-}
-TEST_CASE("crash: a writer killed while the file grows (long)" * doctest::test_suite("slow")) {
-  MAPKV_SLOW_TEST_GATE();
-  RunKills(Mode::kGrowth, 300, 12);
-}
-TEST_CASE("crash: a writer killed during Compact (long)" * doctest::test_suite("slow")) {
-  MAPKV_SLOW_TEST_GATE();
-  RunKills(Mode::kCompact, 300, 13);
-}
-
-// ---- power cut ----------------------------------------------------------------
-
-constexpr uint64_t kPage = 4096;
-
-// What may be in the store after the cut: the flushed contents, and every
-// value written (or erase done) after the flush.
-struct PowerCutModel {
-  Model flushed;
-  std::map<std::string, std::set<std::string>> later_values;
-  std::set<std::string> later_erased;
-
-  void Put(Store& store, const std::string& k, const std::string& v) {
-    REQUIRE(store.Put(k, v).ok());
-    later_values[k].insert(v);
+  TEST_CASE("crash: a writer killed at random moments loses nothing acknowledged") { RunKills(Mode::kPlain, 100, 1); }
+  TEST_CASE("crash: a writer killed while the file grows loses nothing acknowledged") {
+    RunKills(Mode::kGrowth, 60, 2);
   }
-  void Erase(Store& store, const std::string& k) {
-    Status s = store.Erase(k);
-    REQUIRE((s.ok() || s.IsNotFound()));
-    later_erased.insert(k);
+  TEST_CASE("crash: a writer killed during Compact loses nothing acknowledged") { RunKills(Mode::kCompact, 60, 3); }
+
+  TEST_CASE("crash: a writer killed at random moments (long)" * doctest::test_suite("slow")) {
+    MAPKV_SLOW_TEST_GATE();
+    RunKills(Mode::kPlain, 500, 11);
+  }
+  TEST_CASE("crash: a writer killed while the file grows (long)" * doctest::test_suite("slow")) {
+    MAPKV_SLOW_TEST_GATE();
+    RunKills(Mode::kGrowth, 300, 12);
+  }
+  TEST_CASE("crash: a writer killed during Compact (long)" * doctest::test_suite("slow")) {
+    MAPKV_SLOW_TEST_GATE();
+    RunKills(Mode::kCompact, 300, 13);
   }
 
-  // Empty when `got` is allowed; else what is wrong.
-  std::string Violation(const Model& got) const {
-    for (const auto& [k, v] : flushed) {
-      auto it = got.find(k);
-      if (it == got.end()) {
-        if (later_erased.count(k) == 0) return "lost " + k + " (flushed, never erased later)";
-        continue;
-      }
-      if (it->second == v) continue;
-      auto later = later_values.find(k);
-      if (later == later_values.end() || later->second.count(it->second) == 0) {
-        return k + " holds a value never written for it (" + it->second.substr(0, 30) + ")";
-      }
+  // ---- power cut ----------------------------------------------------------------
+
+  constexpr uint64_t kPage = 4096;
+
+  // What may be in the store after the cut: the flushed contents, and every
+  // value written (or erase done) after the flush.
+  struct PowerCutModel {
+    Model flushed;
+    std::map<std::string, std::set<std::string>> later_values;
+    std::set<std::string> later_erased;
+
+    void Put(Store& store, const std::string& k, const std::string& v) {
+      REQUIRE(store.Put(k, v).ok());
+      later_values[k].insert(v);
     }
-    for (const auto& [k, v] : got) {
-      if (flushed.count(k) != 0) continue;
-      auto later = later_values.find(k);
-      if (later == later_values.end() || later->second.count(v) == 0) {
-        return "unexpected " + k + " = " + v.substr(0, 30);
+    void Erase(Store& store, const std::string& k) {
+      Status s = store.Erase(k);
+      REQUIRE((s.ok() || s.IsNotFound()));
+      later_erased.insert(k);
+    }
+
+    // Empty when `got` is allowed; else what is wrong.
+    std::string Violation(const Model& got) const {
+      for (const auto& [k, v] : flushed) {
+        auto it = got.find(k);
+        if (it == got.end()) {
+          if (later_erased.count(k) == 0) return "lost " + k + " (flushed, never erased later)";
+          continue;
+        }
+        if (it->second == v) continue;
+        auto later = later_values.find(k);
+        if (later == later_values.end() || later->second.count(it->second) == 0) {
+          return k + " holds a value never written for it (" + it->second.substr(0, 30) + ")";
+        }
       }
-    }
-    return "";
-  }
-};
-
-struct Images {
-  std::string flushed;
-  std::string later;
-  PowerCutModel model;
-};
-
-// Builds a store, checkpoints it, then changes it further without a
-// checkpoint; returns both file images. `scenario` picks the later changes.
-Images MakeImages(const std::string& path, int scenario) {
-  Images out;
-  Options options;
-  options.checkpoint_on_close = false;
-  Store store = MustOpen(path, options);
-  Rng rng(static_cast<uint64_t>(scenario) + 500);
-  Model model;
-  for (int i = 0; i < 3000; ++i) {
-    const std::string k = "key" + std::to_string(i);
-    const std::string v = "v0:" + std::to_string(i) + ":" + rng.Bytes(rng.Uniform(200));
-    REQUIRE(store.Put(k, v).ok());
-    model[k] = v;
-  }
-  for (int i = 0; i < 3000; i += 7) {
-    REQUIRE(store.Erase("key" + std::to_string(i)).ok());
-    model.erase("key" + std::to_string(i));
-  }
-  if (scenario == 3) {
-    REQUIRE(store.Compact().ok());  // the checkpoint follows a compaction
-  }
-  REQUIRE(store.Flush(FlushMode::kSync).ok());
-  out.flushed = ReadFileBytes(path);
-  out.model.flushed = model;
-
-  PowerCutModel& pm = out.model;
-  // Overwrites and erases of checkpointed keys, in every scenario.
-  for (int i = 1; i < 3000; i += 3) pm.Put(store, "key" + std::to_string(i), "v1:" + std::to_string(i) + rng.Bytes(rng.Uniform(300)));
-  for (int i = 2; i < 3000; i += 11) pm.Erase(store, "key" + std::to_string(i));
-  if (scenario == 1 || scenario == 3) {
-    // Growth: big values make the file (and its allocation map) grow.
-    for (int i = 0; i < 150; ++i) pm.Put(store, "big" + std::to_string(i), rng.Bytes(20000 + rng.Uniform(40000)));
-  }
-  if (scenario == 2) {
-    // Many new keys: the table is rebuilt at twice the size.
-    for (int i = 0; i < 8000; ++i) pm.Put(store, "new" + std::to_string(i), "n" + std::to_string(i));
-  }
-  for (int i = 1; i < 3000; i += 5) pm.Put(store, "key" + std::to_string(i), "v2:" + std::to_string(i));
-  out.later = ReadFileBytes(path);
-  REQUIRE(store.Close().ok());
-  return out;
-}
-
-struct CutStats {
-  int images = 0, exact = 0, torn = 0, longer = 0;
-};
-
-// Writes one mixed image, "reboots", opens it and checks what it holds.
-void CheckImage(const std::string& path, const std::string& image, const PowerCutModel& model, uint8_t boot_salt,
-                const std::string& what, CutStats* stats) {
-  WriteFileBytes(path, image);
-  BootIdGuard reboot(boot_salt);
-  Store store;
-  Status s = Store::Open(path, Options{}, &store);
-  REQUIRE_MESSAGE(s.ok(), what << ": open after the power cut: " << s.ToString());
-  CheckReport report;
-  REQUIRE(store.Check(&report).ok());
-  CHECK_MESSAGE(report.ok(), what << ": Check after the power cut:" << ProblemsText(report));
-  const Model got = Dump(store);
-  const std::string violation = model.Violation(got);
-  CHECK_MESSAGE(violation.empty(), what << ": " << violation);
-  if (got == model.flushed) ++stats->exact;
-  // The recovered store takes writes and checkpoints, and stays sound.
-  Model after = got;
-  for (int i = 0; i < 200; ++i) {
-    const std::string k = "post" + std::to_string(i);
-    REQUIRE(store.Put(k, std::string(static_cast<size_t>(i * 37 % 3000), 'p')).ok());
-    after[k] = std::string(static_cast<size_t>(i * 37 % 3000), 'p');
-  }
-  for (int i = 3; i < 3000; i += 50) {
-    if (after.erase("key" + std::to_string(i))) REQUIRE(store.Erase("key" + std::to_string(i)).ok());
-  }
-  REQUIRE(store.Flush(FlushMode::kSync).ok());
-  CheckReport report2;
-  REQUIRE(store.Check(&report2).ok());
-  CHECK_MESSAGE(report2.ok(), what << ": Check after writing to the recovered store:" << ProblemsText(report2));
-  REQUIRE(store.Close().ok());
-  store = MustOpen(path);
-  CHECK_MESSAGE(Dump(store) == after, what << ": the recovered store lost writes made after the recovery");
-  ++stats->images;
-}
-
-void RunPowerCuts(int scenario, int subsets, uint64_t seed) {
-  CAPTURE(scenario);
-  TempDir dir;
-  const Images im = MakeImages(dir.File("source.mkv"), scenario);
-  const std::string& F = im.flushed;
-  const std::string& N = im.later;
-  REQUIRE(F.size() % kPage == 0);
-  // The pages that differ (and those past the old end).
-  std::vector<uint64_t> changed, tail;
-  const uint64_t common = std::min(F.size(), N.size()) / kPage;
-  for (uint64_t p = 0; p < common; ++p) {
-    if (std::memcmp(F.data() + p * kPage, N.data() + p * kPage, kPage) != 0) changed.push_back(p);
-  }
-  for (uint64_t p = common; p * kPage < N.size(); ++p) tail.push_back(p);
-  REQUIRE(!changed.empty());
-  MESSAGE("scenario " << scenario << ": flushed image " << F.size() << " bytes, later image " << N.size() << " bytes, "
-                      << changed.size() << " pages differ, " << tail.size() << " pages past the old end");
-  // The meta pages are written only by checkpoints, and there was none after the flush.
-  CHECK(std::memcmp(F.data(), N.data(), 2 * kPage) == 0);
-
-  const std::string path = dir.File("cut.mkv");
-  Rng rng(seed);
-  CutStats stats;
-  // The extremes first: nothing of the later image, and all of it.
-  CheckImage(path, F, im.model, 1, "flushed image", &stats);
-  CheckImage(path, N, im.model, 2, "later image", &stats);
-  for (int it = 0; it < subsets; ++it) {
-    const uint64_t percent = rng.Uniform(101);
-    std::string image = F;
-    const bool longer = !tail.empty() && rng.Uniform(2) == 0;
-    if (longer) image.resize(N.size(), '\0');
-    std::vector<uint64_t> chosen;
-    for (uint64_t p : changed) {
-      if (rng.Uniform(100) < percent) chosen.push_back(p);
-    }
-    if (longer) {
-      for (uint64_t p : tail) {
-        if (rng.Uniform(100) < percent) chosen.push_back(p);
+      for (const auto& [k, v] : got) {
+        if (flushed.count(k) != 0) continue;
+        auto later = later_values.find(k);
+        if (later == later_values.end() || later->second.count(v) == 0) {
+          return "unexpected " + k + " = " + v.substr(0, 30);
+        }
       }
+      return "";
     }
-    for (uint64_t p : chosen) image.replace(p * kPage, kPage, N, p * kPage, kPage);
-    std::string what = "subset " + std::to_string(it) + " (" + std::to_string(chosen.size()) + " pages from the later image" +
-                       (longer ? ", new length" : ", old length");
-    const uint64_t tear = chosen.empty() ? 0 : rng.Uniform(3);
-    if (tear != 0) {
-      // One page written was torn: half of it is new, the other half is what
-      // the disk held before: the old bytes, or zeros past the old end of the
-      // file (space the file grew into). A page inside the old file never
-      // reads back as zeros, since writing a sector never changes another.
-      const uint64_t p = chosen[rng.Uniform(chosen.size())];
-      const uint64_t half = p * kPage + (tear == 1 ? kPage / 2 : 0);
-      const bool past_old_end = p * kPage >= F.size();
-      if (past_old_end) {
-        image.replace(half, kPage / 2, std::string(kPage / 2, '\0'));
-      } else {
-        image.replace(half, kPage / 2, F, half, kPage / 2);
-      }
-      what += ", page " + std::to_string(p) + " torn (" + (tear == 1 ? "second" : "first") + " half " +
-              (past_old_end ? "zero" : "old") + ")";
-      ++stats.torn;
-    }
-    what += ")";
-    if (longer) ++stats.longer;
-    CheckImage(path, image, im.model, static_cast<uint8_t>(3 + it % 200), what, &stats);
-  }
-  MESSAGE("scenario " << scenario << ": " << stats.images << " images recovered (" << stats.torn << " with a torn page, "
-                      << stats.longer << " at the new length); " << stats.exact << " held exactly the flushed contents");
-  CHECK(stats.images == subsets + 2);
-}
-
-TEST_CASE("crash: power cut after a checkpoint keeps the checkpointed data (overwrites and erases)") {
-  RunPowerCuts(0, 150, 100);
-}
-TEST_CASE("crash: power cut after a checkpoint keeps the checkpointed data (file growth)") { RunPowerCuts(1, 150, 101); }
-TEST_CASE("crash: power cut after a checkpoint keeps the checkpointed data (table rebuild)") {
-  RunPowerCuts(2, 150, 102);
-}
-TEST_CASE("crash: power cut after a checkpoint keeps the checkpointed data (after Compact)") {
-  RunPowerCuts(3, 150, 103);
-}
-
-// A checkpoint by one handle dies right after its meta page is durable,
-// before it releases the space the previous checkpoint held; another handle
-// of the store goes on writing; then the power fails. The newest meta page
-// is the dead checkpoint's, so nothing it references may have been reused
-// or changed in place by the later writes.
-TEST_CASE("crash: writes after a checkpoint that died past its meta page keep that checkpoint intact") {
-  TempDir dir;
-  const std::string path = dir.File("s.mkv");
-  Options options;
-  options.checkpoint_on_close = false;
-  Store a = MustOpen(path, options);
-  Rng rng(4242);
-  Model model;
-  auto put = [&](Store& store, const std::string& k, const std::string& v) {
-    REQUIRE(store.Put(k, v).ok());
-    model[k] = v;
   };
-  // Two checkpoints, so both page-map snapshot slots exist at this table size
-  // (the keys stay below the size that rebuilds the table).
-  for (int i = 0; i < 1500; ++i) put(a, "key" + std::to_string(i), "v0." + rng.Bytes(rng.Uniform(100)));
-  REQUIRE(a.Flush().ok());
-  for (int i = 0; i < 1500; i += 2) put(a, "key" + std::to_string(i), "v1." + rng.Bytes(rng.Uniform(100)));
-  REQUIRE(a.Flush().ok());
-  // Changes after that checkpoint: fresh records and copied table pages.
-  for (int i = 0; i < 1500; i += 3) put(a, "key" + std::to_string(i), "v2." + rng.Bytes(rng.Uniform(300)));
-  for (int i = 1; i < 1500; i += 10) {
-    REQUIRE(a.Erase("key" + std::to_string(i)).ok());
-    model.erase("key" + std::to_string(i));
-  }
-  Stats st;
-  REQUIRE(a.GetStats(&st).ok());
-  const uint64_t gen_before = st.checkpoint_generation;
 
-  // The writer state of the control page and the allocation map, before the checkpoint.
-  const int fd = ::open(path.c_str(), O_RDWR);
-  REQUIRE(fd >= 0);
-  const uint64_t size = FileSize(path);
-  void* mem = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-  ::close(fd);
-  REQUIRE(mem != MAP_FAILED);
-  auto* base = static_cast<uint8_t*>(mem);
-  auto* ctl = reinterpret_cast<internal::format::ControlPage*>(base + internal::format::kControlOffset);
-  const size_t writer_from = static_cast<size_t>(reinterpret_cast<uint8_t*>(&ctl->magic) - reinterpret_cast<uint8_t*>(ctl));
-  const std::string ctl_before(reinterpret_cast<const char*>(ctl) + writer_from, kPage - writer_from);
-  const uint64_t map_offset = ctl->alloc_offset;
-  const uint64_t map_bytes = ctl->alloc_words * sizeof(internal::format::AllocWord);
-  REQUIRE(map_offset + map_bytes <= size);
-  const std::string map_before(reinterpret_cast<const char*>(base) + map_offset, map_bytes);
-  const uint64_t snap_off[2] = {ctl->snapshot_slot_offset[0], ctl->snapshot_slot_offset[1]};
+  struct Images {
+    std::string flushed;
+    std::string later;
+    PowerCutModel model;
+  };
 
-  // Another handle checkpoints; then the control page and the map are put
-  // back as they were when its meta page had just become durable.
-  {
-    Store b = MustOpen(path, options);
-    REQUIRE(b.Flush().ok());
-    REQUIRE(b.GetStats(&st).ok());
-    REQUIRE(st.checkpoint_generation == gen_before + 1);
-  }
-  REQUIRE_MESSAGE((ctl->snapshot_slot_offset[0] == snap_off[0] && ctl->snapshot_slot_offset[1] == snap_off[1] &&
-                   ctl->alloc_offset == map_offset),
-                  "the checkpoint allocated: the simulated kill point would not be faithful");
-  const Model at_checkpoint = model;
-  std::memcpy(reinterpret_cast<uint8_t*>(ctl) + writer_from, ctl_before.data(), ctl_before.size());
-  std::memcpy(base + map_offset, map_before.data(), map_bytes);
-  ::munmap(mem, size);
+  // Builds a store, checkpoints it, then changes it further without a
+  // checkpoint; returns both file images. `scenario` picks the later changes.
+  Images MakeImages(const std::string& path, int scenario) {
+    Images out;
+    Options options;
+    options.checkpoint_on_close = false;
+    Store store = MustOpen(path, options);
+    Rng rng(static_cast<uint64_t>(scenario) + 500);
+    Model model;
+    for (int i = 0; i < 3000; ++i) {
+      const std::string k = "key" + std::to_string(i);
+      const std::string v = "v0:" + std::to_string(i) + ":" + rng.Bytes(rng.Uniform(200));
+      REQUIRE(store.Put(k, v).ok());
+      model[k] = v;
+    }
+    for (int i = 0; i < 3000; i += 7) {
+      REQUIRE(store.Erase("key" + std::to_string(i)).ok());
+      model.erase("key" + std::to_string(i));
+    }
+    if (scenario == 3) {
+      REQUIRE(store.Compact().ok());  // the checkpoint follows a compaction
+    }
+    REQUIRE(store.Flush(FlushMode::kSync).ok());
+    out.flushed = ReadFileBytes(path);
+    out.model.flushed = model;
 
-  // The surviving handle writes on (no checkpoint).
-  PowerCutModel pm;
-  pm.flushed = at_checkpoint;
-  for (int round = 0; round < 4; ++round) {
-    for (int i = round; i < 1500; i += 2) pm.Put(a, "key" + std::to_string(i), "v3." + rng.Bytes(rng.Uniform(400)));
-    for (int i = 3 + round; i < 1500; i += 17) pm.Erase(a, "key" + std::to_string(i));
+    PowerCutModel& pm = out.model;
+    // Overwrites and erases of checkpointed keys, in every scenario.
+    for (int i = 1; i < 3000; i += 3)
+      pm.Put(store, "key" + std::to_string(i), "v1:" + std::to_string(i) + rng.Bytes(rng.Uniform(300)));
+    for (int i = 2; i < 3000; i += 11) pm.Erase(store, "key" + std::to_string(i));
+    if (scenario == 1 || scenario == 3) {
+      // Growth: big values make the file (and its allocation map) grow.
+      for (int i = 0; i < 150; ++i) pm.Put(store, "big" + std::to_string(i), rng.Bytes(20000 + rng.Uniform(40000)));
+    }
+    if (scenario == 2) {
+      // Many new keys: the table is rebuilt at twice the size.
+      for (int i = 0; i < 8000; ++i) pm.Put(store, "new" + std::to_string(i), "n" + std::to_string(i));
+    }
+    for (int i = 1; i < 3000; i += 5) pm.Put(store, "key" + std::to_string(i), "v2:" + std::to_string(i));
+    out.later = ReadFileBytes(path);
+    REQUIRE(store.Close().ok());
+    return out;
   }
-  CheckClean(a);
-  // Power cut now: the file as it is.
-  const std::string image = ReadFileBytes(path);
-  const std::string cut = dir.File("cut.mkv");
-  WriteFileBytes(cut, image);
-  {
-    BootIdGuard reboot(0x77);
-    Store store = MustOpen(cut);
-    REQUIRE(store.GetStats(&st).ok());
-    CHECK(st.checkpoint_generation == gen_before + 1);
+
+  struct CutStats {
+    int images = 0, exact = 0, torn = 0, longer = 0;
+  };
+
+  // Writes one mixed image, "reboots", opens it and checks what it holds.
+  void CheckImage(const std::string& path, const std::string& image, const PowerCutModel& model, uint8_t boot_salt,
+                  const std::string& what, CutStats* stats) {
+    WriteFileBytes(path, image);
+    BootIdGuard reboot(boot_salt);
+    Store store;
+    Status s = Store::Open(path, Options{}, &store);
+    REQUIRE_MESSAGE(s.ok(), what << ": open after the power cut: " << s.ToString());
     CheckReport report;
     REQUIRE(store.Check(&report).ok());
-    CHECK_MESSAGE(report.ok(), "Check after the power cut:" << ProblemsText(report));
+    CHECK_MESSAGE(report.ok(), what << ": Check after the power cut:" << ProblemsText(report));
     const Model got = Dump(store);
-    const std::string violation = pm.Violation(got);
-    CHECK_MESSAGE(violation.empty(), violation);
-    CHECK(got == at_checkpoint);  // recovery goes back to the newest checkpoint
+    const std::string violation = model.Violation(got);
+    CHECK_MESSAGE(violation.empty(), what << ": " << violation);
+    if (got == model.flushed) ++stats->exact;
+    // The recovered store takes writes and checkpoints, and stays sound.
+    Model after = got;
+    for (int i = 0; i < 200; ++i) {
+      const std::string k = "post" + std::to_string(i);
+      REQUIRE(store.Put(k, std::string(static_cast<size_t>(i * 37 % 3000), 'p')).ok());
+      after[k] = std::string(static_cast<size_t>(i * 37 % 3000), 'p');
+    }
+    for (int i = 3; i < 3000; i += 50) {
+      if (after.erase("key" + std::to_string(i))) REQUIRE(store.Erase("key" + std::to_string(i)).ok());
+    }
+    REQUIRE(store.Flush(FlushMode::kSync).ok());
+    CheckReport report2;
+    REQUIRE(store.Check(&report2).ok());
+    CHECK_MESSAGE(report2.ok(), what << ": Check after writing to the recovered store:" << ProblemsText(report2));
+    REQUIRE(store.Close().ok());
+    store = MustOpen(path);
+    CHECK_MESSAGE(Dump(store) == after, what << ": the recovered store lost writes made after the recovery");
+    ++stats->images;
   }
-  REQUIRE(a.Close().ok());
-}
 
-TEST_CASE("crash: power cut after a checkpoint (long)" * doctest::test_suite("slow")) {
-  MAPKV_SLOW_TEST_GATE();
-  for (int scenario = 0; scenario < 4; ++scenario) RunPowerCuts(scenario, 1000, 200 + static_cast<uint64_t>(scenario));
-}
+  void RunPowerCuts(int scenario, int subsets, uint64_t seed) {
+    CAPTURE(scenario);
+    TempDir dir;
+    const Images im = MakeImages(dir.File("source.mkv"), scenario);
+    const std::string& F = im.flushed;
+    const std::string& N = im.later;
+    REQUIRE(F.size() % kPage == 0);
+    // The pages that differ (and those past the old end).
+    std::vector<uint64_t> changed, tail;
+    const uint64_t common = std::min(F.size(), N.size()) / kPage;
+    for (uint64_t p = 0; p < common; ++p) {
+      if (std::memcmp(F.data() + p * kPage, N.data() + p * kPage, kPage) != 0) changed.push_back(p);
+    }
+    for (uint64_t p = common; p * kPage < N.size(); ++p) tail.push_back(p);
+    REQUIRE(!changed.empty());
+    MESSAGE("scenario " << scenario << ": flushed image " << F.size() << " bytes, later image " << N.size()
+                        << " bytes, " << changed.size() << " pages differ, " << tail.size()
+                        << " pages past the old end");
+    // The meta pages are written only by checkpoints, and there was none after the flush.
+    CHECK(std::memcmp(F.data(), N.data(), 2 * kPage) == 0);
+
+    const std::string path = dir.File("cut.mkv");
+    Rng rng(seed);
+    CutStats stats;
+    // The extremes first: nothing of the later image, and all of it.
+    CheckImage(path, F, im.model, 1, "flushed image", &stats);
+    CheckImage(path, N, im.model, 2, "later image", &stats);
+    for (int it = 0; it < subsets; ++it) {
+      const uint64_t percent = rng.Uniform(101);
+      std::string image = F;
+      const bool longer = !tail.empty() && rng.Uniform(2) == 0;
+      if (longer) image.resize(N.size(), '\0');
+      std::vector<uint64_t> chosen;
+      for (uint64_t p : changed) {
+        if (rng.Uniform(100) < percent) chosen.push_back(p);
+      }
+      if (longer) {
+        for (uint64_t p : tail) {
+          if (rng.Uniform(100) < percent) chosen.push_back(p);
+        }
+      }
+      for (uint64_t p : chosen) image.replace(p * kPage, kPage, N, p * kPage, kPage);
+      std::string what = "subset " + std::to_string(it) + " (" + std::to_string(chosen.size()) +
+                         " pages from the later image" + (longer ? ", new length" : ", old length");
+      const uint64_t tear = chosen.empty() ? 0 : rng.Uniform(3);
+      if (tear != 0) {
+        // One page written was torn: half of it is new, the other half is what
+        // the disk held before: the old bytes, or zeros past the old end of the
+        // file (space the file grew into). A page inside the old file never
+        // reads back as zeros, since writing a sector never changes another.
+        const uint64_t p = chosen[rng.Uniform(chosen.size())];
+        const uint64_t half = p * kPage + (tear == 1 ? kPage / 2 : 0);
+        const bool past_old_end = p * kPage >= F.size();
+        if (past_old_end) {
+          image.replace(half, kPage / 2, std::string(kPage / 2, '\0'));
+        } else {
+          image.replace(half, kPage / 2, F, half, kPage / 2);
+        }
+        what += ", page " + std::to_string(p) + " torn (" + (tear == 1 ? "second" : "first") + " half " +
+                (past_old_end ? "zero" : "old") + ")";
+        ++stats.torn;
+      }
+      what += ")";
+      if (longer) ++stats.longer;
+      CheckImage(path, image, im.model, static_cast<uint8_t>(3 + it % 200), what, &stats);
+    }
+    MESSAGE("scenario " << scenario << ": " << stats.images << " images recovered (" << stats.torn
+                        << " with a torn page, " << stats.longer << " at the new length); " << stats.exact
+                        << " held exactly the flushed contents");
+    CHECK(stats.images == subsets + 2);
+  }
+
+  TEST_CASE("crash: power cut after a checkpoint keeps the checkpointed data (overwrites and erases)") {
+    RunPowerCuts(0, 150, 100);
+  }
+  TEST_CASE("crash: power cut after a checkpoint keeps the checkpointed data (file growth)") {
+    RunPowerCuts(1, 150, 101);
+  }
+  TEST_CASE("crash: power cut after a checkpoint keeps the checkpointed data (table rebuild)") {
+    RunPowerCuts(2, 150, 102);
+  }
+  TEST_CASE("crash: power cut after a checkpoint keeps the checkpointed data (after Compact)") {
+    RunPowerCuts(3, 150, 103);
+  }
+
+  // A checkpoint by one handle dies right after its meta page is durable,
+  // before it releases the space the previous checkpoint held; another handle
+  // of the store goes on writing; then the power fails. The newest meta page
+  // is the dead checkpoint's, so nothing it references may have been reused
+  // or changed in place by the later writes.
+  TEST_CASE("crash: writes after a checkpoint that died past its meta page keep that checkpoint intact") {
+    TempDir dir;
+    const std::string path = dir.File("s.mkv");
+    Options options;
+    options.checkpoint_on_close = false;
+    Store a = MustOpen(path, options);
+    Rng rng(4242);
+    Model model;
+    auto put = [&](Store& store, const std::string& k, const std::string& v) {
+      REQUIRE(store.Put(k, v).ok());
+      model[k] = v;
+    };
+    // Two checkpoints, so both page-map snapshot slots exist at this table size
+    // (the keys stay below the size that rebuilds the table).
+    for (int i = 0; i < 1500; ++i) put(a, "key" + std::to_string(i), "v0." + rng.Bytes(rng.Uniform(100)));
+    REQUIRE(a.Flush().ok());
+    for (int i = 0; i < 1500; i += 2) put(a, "key" + std::to_string(i), "v1." + rng.Bytes(rng.Uniform(100)));
+    REQUIRE(a.Flush().ok());
+    // Changes after that checkpoint: fresh records and copied table pages.
+    for (int i = 0; i < 1500; i += 3) put(a, "key" + std::to_string(i), "v2." + rng.Bytes(rng.Uniform(300)));
+    for (int i = 1; i < 1500; i += 10) {
+      REQUIRE(a.Erase("key" + std::to_string(i)).ok());
+      model.erase("key" + std::to_string(i));
+    }
+    Stats st;
+    REQUIRE(a.GetStats(&st).ok());
+    const uint64_t gen_before = st.checkpoint_generation;
+
+    // The writer state of the control page and the allocation map, before the checkpoint.
+    const int fd = ::open(path.c_str(), O_RDWR);
+    REQUIRE(fd >= 0);
+    const uint64_t size = FileSize(path);
+    void* mem = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    ::close(fd);
+    REQUIRE(mem != MAP_FAILED);
+    auto* base = static_cast<uint8_t*>(mem);
+    auto* ctl = reinterpret_cast<internal::format::ControlPage*>(base + internal::format::kControlOffset);
+    const size_t writer_from =
+        static_cast<size_t>(reinterpret_cast<uint8_t*>(&ctl->magic) - reinterpret_cast<uint8_t*>(ctl));
+    const std::string ctl_before(reinterpret_cast<const char*>(ctl) + writer_from, kPage - writer_from);
+    const uint64_t map_offset = ctl->alloc_offset;
+    const uint64_t map_bytes = ctl->alloc_words * sizeof(internal::format::AllocWord);
+    REQUIRE(map_offset + map_bytes <= size);
+    const std::string map_before(reinterpret_cast<const char*>(base) + map_offset, map_bytes);
+    const uint64_t snap_off[2] = {ctl->snapshot_slot_offset[0], ctl->snapshot_slot_offset[1]};
+
+    // Another handle checkpoints; then the control page and the map are put
+    // back as they were when its meta page had just become durable.
+    {
+      Store b = MustOpen(path, options);
+      REQUIRE(b.Flush().ok());
+      REQUIRE(b.GetStats(&st).ok());
+      REQUIRE(st.checkpoint_generation == gen_before + 1);
+    }
+    REQUIRE_MESSAGE((ctl->snapshot_slot_offset[0] == snap_off[0] && ctl->snapshot_slot_offset[1] == snap_off[1] &&
+                     ctl->alloc_offset == map_offset),
+                    "the checkpoint allocated: the simulated kill point would not be faithful");
+    const Model at_checkpoint = model;
+    std::memcpy(reinterpret_cast<uint8_t*>(ctl) + writer_from, ctl_before.data(), ctl_before.size());
+    std::memcpy(base + map_offset, map_before.data(), map_bytes);
+    ::munmap(mem, size);
+
+    // The surviving handle writes on (no checkpoint).
+    PowerCutModel pm;
+    pm.flushed = at_checkpoint;
+    for (int round = 0; round < 4; ++round) {
+      for (int i = round; i < 1500; i += 2) pm.Put(a, "key" + std::to_string(i), "v3." + rng.Bytes(rng.Uniform(400)));
+      for (int i = 3 + round; i < 1500; i += 17) pm.Erase(a, "key" + std::to_string(i));
+    }
+    CheckClean(a);
+    // Power cut now: the file as it is.
+    const std::string image = ReadFileBytes(path);
+    const std::string cut = dir.File("cut.mkv");
+    WriteFileBytes(cut, image);
+    {
+      BootIdGuard reboot(0x77);
+      Store store = MustOpen(cut);
+      REQUIRE(store.GetStats(&st).ok());
+      CHECK(st.checkpoint_generation == gen_before + 1);
+      CheckReport report;
+      REQUIRE(store.Check(&report).ok());
+      CHECK_MESSAGE(report.ok(), "Check after the power cut:" << ProblemsText(report));
+      const Model got = Dump(store);
+      const std::string violation = pm.Violation(got);
+      CHECK_MESSAGE(violation.empty(), violation);
+      CHECK(got == at_checkpoint);  // recovery goes back to the newest checkpoint
+    }
+    REQUIRE(a.Close().ok());
+  }
+
+  TEST_CASE("crash: power cut after a checkpoint (long)" * doctest::test_suite("slow")) {
+    MAPKV_SLOW_TEST_GATE();
+    for (int scenario = 0; scenario < 4; ++scenario)
+      RunPowerCuts(scenario, 1000, 200 + static_cast<uint64_t>(scenario));
+  }
 
 }  // TEST_SUITE("crash")
 

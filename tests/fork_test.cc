@@ -18,7 +18,10 @@ namespace {
 TEST_CASE("fork: a writer that dies leaves no lock behind in the child it forked") {
   TempDir dir;
   const std::string path = dir.File("s.mkv");
-  { Store s = MustOpen(path); REQUIRE(s.Put("k", "v0").ok()); }
+  {
+    Store s = MustOpen(path);
+    REQUIRE(s.Put("k", "v0").ok());
+  }
   int ready[2];
   REQUIRE(pipe(ready) == 0);
   const pid_t writer = fork();

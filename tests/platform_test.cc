@@ -46,8 +46,7 @@ uint64_t SizeOf(File& file) {
 
 std::string UniqueShmName(const char* tag) {
   static std::atomic<int> counter{0};
-  return std::string("test-") + tag + "-" + std::to_string(::getpid()) + "-" +
-         std::to_string(counter.fetch_add(1));
+  return std::string("test-") + tag + "-" + std::to_string(::getpid()) + "-" + std::to_string(counter.fetch_add(1));
 }
 
 // ---- Child processes ------------------------------------------------------
@@ -59,7 +58,7 @@ std::string UniqueShmName(const char* tag) {
 int FsizeChild(const std::vector<std::string>& args) {
   if (args.size() != 1) return 2;
   ::signal(SIGXFSZ, SIG_DFL);
-  struct rlimit limit{};
+  struct rlimit limit {};
   if (::getrlimit(RLIMIT_FSIZE, &limit) != 0) return 3;
   limit.rlim_cur = 1 << 20;
   if (::setrlimit(RLIMIT_FSIZE, &limit) != 0) return 4;
@@ -114,368 +113,366 @@ int WakerChild(const std::vector<std::string>& args) {
 // ---- Open -----------------------------------------------------------------
 
 TEST_SUITE("platform") {
-
-TEST_CASE("open of a missing file without create is NotFound") {
-  TempDir dir;
-  std::unique_ptr<File> file;
-  Status s = File::Open(dir.File("missing"), kOpenExisting, &file);
-  CHECK(s.code() == Code::kNotFound);
-  CHECK(s.message().find(dir.File("missing")) != std::string::npos);
-  CHECK(file == nullptr);
-}
-
-TEST_CASE("create+exclusive on an existing file is InvalidArgument") {
-  TempDir dir;
-  const FileSpec spec{.create = true, .exclusive = true};
-  std::unique_ptr<File> first;
-  REQUIRE(File::Open(dir.File("f"), spec, &first).ok());
-  CHECK(first->path() == dir.File("f"));
-  CHECK_FALSE(first->read_only());
-  std::unique_ptr<File> second;
-  Status s = File::Open(dir.File("f"), spec, &second);
-  CHECK(s.code() == Code::kInvalidArgument);
-  CHECK(s.message().find("already exists") != std::string::npos);
-  // Without exclusive the same file opens.
-  CHECK(File::Open(dir.File("f"), kCreate, &second).ok());
-}
-
-TEST_CASE("a directory is InvalidArgument") {
-  TempDir dir;
-  std::unique_ptr<File> file;
-  const FileSpec read_only{.read_only = true};
-  Status s = File::Open(dir.path(), read_only, &file);
-  CHECK(s.code() == Code::kInvalidArgument);
-  s = File::Open(dir.path(), kOpenExisting, &file);  // O_RDWR on a directory: EISDIR
-  CHECK(s.code() == Code::kInvalidArgument);
-  CHECK(file == nullptr);
-}
-
-TEST_CASE("a read-only handle refuses writes and exclusive locks") {
-  TempDir dir;
-  MustOpen(dir.File("f"), kCreate);
-  std::unique_ptr<File> file = MustOpen(dir.File("f"), FileSpec{.read_only = true});
-  CHECK(file->read_only());
-  CHECK(file->Reserve(4096).code() == Code::kPermissionDenied);
-  CHECK(file->Truncate(4096).code() == Code::kPermissionDenied);
-  std::unique_ptr<Mapping> map;
-  CHECK(file->Map(4096, true, &map).code() == Code::kPermissionDenied);
-  bool acquired = true;
-  Status s = file->TryLock(0, 1, LockMode::kExclusive, &acquired);
-  CHECK(s.code() == Code::kPermissionDenied);
-  CHECK_FALSE(acquired);
-  CHECK(file->Lock(0, 1, LockMode::kExclusive).code() == Code::kPermissionDenied);
-  CHECK(file->TryLock(0, 1, LockMode::kShared, &acquired).ok());
-  CHECK(acquired);
-}
-
-// ---- Size -----------------------------------------------------------------
-
-TEST_CASE("Reserve grows the file with zero bytes and never shrinks it") {
-  TempDir dir;
-  std::unique_ptr<File> file = MustOpen(dir.File("f"), kCreate);
-  CHECK(SizeOf(*file) == 0);
-  const uint64_t size = (1 << 20) + 123;
-  REQUIRE(file->Reserve(size).ok());
-  CHECK(SizeOf(*file) == size);
-  const std::string bytes = mapkv::test::ReadFileBytes(dir.File("f"));
-  REQUIRE(bytes.size() == size);
-  CHECK(bytes.find_first_not_of('\0') == std::string::npos);
-  REQUIRE(file->Reserve(4096).ok());
-  CHECK(SizeOf(*file) == size);
-  REQUIRE(file->Truncate(100).ok());
-  CHECK(SizeOf(*file) == 100);
-  CHECK(file->Sync().ok());
-}
-
-TEST_CASE("Reserve past RLIMIT_FSIZE is NoSpace without SIGXFSZ") {
-  TempDir dir;
-  const int pid = SpawnChild("platform.fsize", {dir.File("f")});
-  REQUIRE(pid > 0);
-  CHECK(WaitChild(pid) == 0);  // 128+SIGXFSZ (153) if the signal was raised
-}
-
-// ---- Mappings -------------------------------------------------------------
-
-TEST_CASE("a mapping longer than the file becomes usable after Reserve") {
-  TempDir dir;
-  std::unique_ptr<File> file = MustOpen(dir.File("f"), kCreate);
-  const uint64_t map_length = 1 << 20;
-  std::unique_ptr<Mapping> map;
-  REQUIRE(file->Map(map_length, true, &map).ok());
-  CHECK(map->length() == map_length);
-  REQUIRE(file->Reserve(64 << 10).ok());
-  std::memcpy(map->data() + 5000, "hello", 5);
-  map->data()[(64 << 10) - 1] = 0x5a;
-  CHECK(map->Flush(5000, 5, /*sync=*/false).ok());  // unaligned offset
-  CHECK(map->Flush(0, 64 << 10, /*sync=*/true).ok());
-  CHECK(map->Flush(map_length + 1, 1, false).code() == Code::kInvalidArgument);
-
-  const std::string bytes = mapkv::test::ReadFileBytes(dir.File("f"));
-  REQUIRE(bytes.size() == (64 << 10));
-  CHECK(bytes.substr(5000, 5) == "hello");
-  CHECK(static_cast<uint8_t>(bytes.back()) == 0x5a);
-
-  // A second, read-only mapping of another handle sees the same bytes.
-  std::unique_ptr<File> reader = MustOpen(dir.File("f"), FileSpec{.read_only = true});
-  std::unique_ptr<Mapping> view;
-  REQUIRE(reader->Map(64 << 10, false, &view).ok());
-  CHECK(std::memcmp(view->data() + 5000, "hello", 5) == 0);
-  map->data()[10] = 7;
-  CHECK(view->data()[10] == 7);
-}
-
-// ---- Locks ----------------------------------------------------------------
-
-TEST_CASE("locks of two handles in one process conflict") {
-  TempDir dir;
-  std::unique_ptr<File> a = MustOpen(dir.File("f"), kCreate);
-  std::unique_ptr<File> b = MustOpen(dir.File("f"), kOpenExisting);
-  bool acquired = false;
-
-  REQUIRE(a->TryLock(0, 8, LockMode::kExclusive, &acquired).ok());
-  REQUIRE(acquired);
-  CHECK(b->TryLock(4, 1, LockMode::kShared, &acquired).ok());
-  CHECK_FALSE(acquired);
-  CHECK(b->TryLock(0, 8, LockMode::kExclusive, &acquired).ok());
-  CHECK_FALSE(acquired);
-  // A disjoint range is free.
-  CHECK(b->TryLock(8, 8, LockMode::kExclusive, &acquired).ok());
-  CHECK(acquired);
-
-  // Convert a's lock to shared: b can share it but still not take it.
-  REQUIRE(a->TryLock(0, 8, LockMode::kShared, &acquired).ok());
-  REQUIRE(acquired);
-  CHECK(b->TryLock(0, 8, LockMode::kShared, &acquired).ok());
-  CHECK(acquired);
-  CHECK(a->TryLock(0, 8, LockMode::kExclusive, &acquired).ok());
-  CHECK_FALSE(acquired);
-
-  // Closing a handle releases its locks (and only its own).
-  REQUIRE(b->Unlock(0, 16).ok());
-  a.reset();
-  CHECK(b->TryLock(0, 8, LockMode::kExclusive, &acquired).ok());
-  CHECK(acquired);
-}
-
-TEST_CASE("Lock blocks until the other handle unlocks") {
-  TempDir dir;
-  std::unique_ptr<File> a = MustOpen(dir.File("f"), kCreate);
-  std::unique_ptr<File> b = MustOpen(dir.File("f"), kOpenExisting);
-  REQUIRE(a->Lock(0, 1, LockMode::kExclusive).ok());
-  std::atomic<bool> granted{false};
-  Status waiter_status;
-  std::thread waiter([&] {
-    waiter_status = b->Lock(0, 1, LockMode::kShared);
-    granted = true;
-  });
-  std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  CHECK_FALSE(granted.load());
-  REQUIRE(a->Unlock(0, 1).ok());
-  waiter.join();
-  CHECK(granted.load());
-  CHECK(waiter_status.ok());
-  bool acquired = true;
-  CHECK(a->TryLock(0, 1, LockMode::kExclusive, &acquired).ok());
-  CHECK_FALSE(acquired);  // b holds it shared now
-}
-
-TEST_CASE("the lock of a killed process is released") {
-  TempDir dir;
-  std::unique_ptr<File> file = MustOpen(dir.File("f"), kCreate);
-  const int pid = SpawnChild("platform.hold_lock", {dir.File("f"), "0", "4096"});
-  REQUIRE(pid > 0);
-
-  // Wait until the child holds the lock.
-  bool acquired = true;
-  const auto deadline = Clock::now() + std::chrono::seconds(10);
-  while (Clock::now() < deadline) {
-    REQUIRE(file->TryLock(100, 1, LockMode::kShared, &acquired).ok());
-    if (!acquired) break;
-    REQUIRE(file->Unlock(100, 1).ok());
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  TEST_CASE("open of a missing file without create is NotFound") {
+    TempDir dir;
+    std::unique_ptr<File> file;
+    Status s = File::Open(dir.File("missing"), kOpenExisting, &file);
+    CHECK(s.code() == Code::kNotFound);
+    CHECK(s.message().find(dir.File("missing")) != std::string::npos);
+    CHECK(file == nullptr);
   }
-  REQUIRE_FALSE(acquired);
 
-  REQUIRE(::kill(pid, SIGKILL) == 0);
-  CHECK(WaitChild(pid) == 128 + SIGKILL);
-  const auto killed = Clock::now();
-  while (Clock::now() - killed < std::chrono::milliseconds(100)) {
-    REQUIRE(file->TryLock(0, 4096, LockMode::kExclusive, &acquired).ok());
-    if (acquired) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  TEST_CASE("create+exclusive on an existing file is InvalidArgument") {
+    TempDir dir;
+    const FileSpec spec{.create = true, .exclusive = true};
+    std::unique_ptr<File> first;
+    REQUIRE(File::Open(dir.File("f"), spec, &first).ok());
+    CHECK(first->path() == dir.File("f"));
+    CHECK_FALSE(first->read_only());
+    std::unique_ptr<File> second;
+    Status s = File::Open(dir.File("f"), spec, &second);
+    CHECK(s.code() == Code::kInvalidArgument);
+    CHECK(s.message().find("already exists") != std::string::npos);
+    // Without exclusive the same file opens.
+    CHECK(File::Open(dir.File("f"), kCreate, &second).ok());
   }
-  CHECK(acquired);
-}
 
-TEST_CASE("bad lock ranges are InvalidArgument") {
-  TempDir dir;
-  std::unique_ptr<File> file = MustOpen(dir.File("f"), kCreate);
-  bool acquired = true;
-  CHECK(file->TryLock(0, 0, LockMode::kShared, &acquired).code() == Code::kInvalidArgument);
-  CHECK_FALSE(acquired);
-  CHECK(file->Lock(~uint64_t{0}, 2, LockMode::kShared).code() == Code::kInvalidArgument);
-}
+  TEST_CASE("a directory is InvalidArgument") {
+    TempDir dir;
+    std::unique_ptr<File> file;
+    const FileSpec read_only{.read_only = true};
+    Status s = File::Open(dir.path(), read_only, &file);
+    CHECK(s.code() == Code::kInvalidArgument);
+    s = File::Open(dir.path(), kOpenExisting, &file);  // O_RDWR on a directory: EISDIR
+    CHECK(s.code() == Code::kInvalidArgument);
+    CHECK(file == nullptr);
+  }
 
-// ---- Wait / wake ----------------------------------------------------------
+  TEST_CASE("a read-only handle refuses writes and exclusive locks") {
+    TempDir dir;
+    MustOpen(dir.File("f"), kCreate);
+    std::unique_ptr<File> file = MustOpen(dir.File("f"), FileSpec{.read_only = true});
+    CHECK(file->read_only());
+    CHECK(file->Reserve(4096).code() == Code::kPermissionDenied);
+    CHECK(file->Truncate(4096).code() == Code::kPermissionDenied);
+    std::unique_ptr<Mapping> map;
+    CHECK(file->Map(4096, true, &map).code() == Code::kPermissionDenied);
+    bool acquired = true;
+    Status s = file->TryLock(0, 1, LockMode::kExclusive, &acquired);
+    CHECK(s.code() == Code::kPermissionDenied);
+    CHECK_FALSE(acquired);
+    CHECK(file->Lock(0, 1, LockMode::kExclusive).code() == Code::kPermissionDenied);
+    CHECK(file->TryLock(0, 1, LockMode::kShared, &acquired).ok());
+    CHECK(acquired);
+  }
 
-TEST_CASE("WaitWord times out on an unchanged word") {
-  std::atomic<uint32_t> word{7};
-  const auto start = Clock::now();
-  CHECK_FALSE(WaitWord(&word, 7, std::chrono::milliseconds(200)));
-  const auto elapsed = Clock::now() - start;
-  CHECK(elapsed >= std::chrono::milliseconds(150));
-  CHECK(elapsed < std::chrono::seconds(5));
-}
+  // ---- Size -----------------------------------------------------------------
 
-TEST_CASE("WaitWord returns at once when the word differs") {
-  std::atomic<uint32_t> word{8};
-  const auto start = Clock::now();
-  CHECK(WaitWord(&word, 7, std::chrono::seconds(10)));
-  CHECK(Clock::now() - start < std::chrono::seconds(5));
-}
+  TEST_CASE("Reserve grows the file with zero bytes and never shrinks it") {
+    TempDir dir;
+    std::unique_ptr<File> file = MustOpen(dir.File("f"), kCreate);
+    CHECK(SizeOf(*file) == 0);
+    const uint64_t size = (1 << 20) + 123;
+    REQUIRE(file->Reserve(size).ok());
+    CHECK(SizeOf(*file) == size);
+    const std::string bytes = mapkv::test::ReadFileBytes(dir.File("f"));
+    REQUIRE(bytes.size() == size);
+    CHECK(bytes.find_first_not_of('\0') == std::string::npos);
+    REQUIRE(file->Reserve(4096).ok());
+    CHECK(SizeOf(*file) == size);
+    REQUIRE(file->Truncate(100).ok());
+    CHECK(SizeOf(*file) == 100);
+    CHECK(file->Sync().ok());
+  }
 
-TEST_CASE("WakeWord from another process wakes WaitWord") {
-  TempDir dir;
-  std::unique_ptr<File> file = MustOpen(dir.File("f"), kCreate);
-  REQUIRE(file->Reserve(4096).ok());
-  std::unique_ptr<Mapping> map;
-  REQUIRE(file->Map(4096, true, &map).ok());
-  auto* words = reinterpret_cast<std::atomic<uint32_t>*>(map->data());
+  TEST_CASE("Reserve past RLIMIT_FSIZE is NoSpace without SIGXFSZ") {
+    TempDir dir;
+    const int pid = SpawnChild("platform.fsize", {dir.File("f")});
+    REQUIRE(pid > 0);
+    CHECK(WaitChild(pid) == 0);  // 128+SIGXFSZ (153) if the signal was raised
+  }
 
-  const int pid = SpawnChild("platform.waker", {dir.File("f")});
-  REQUIRE(pid > 0);
-  // The child never changes word 0, so only a cross-process wake (not a
-  // value change) can end this wait before the 10 s timeout.
-  const auto start = Clock::now();
-  const bool woken = WaitWord(&words[0], 0, std::chrono::seconds(10));
-  const auto elapsed = Clock::now() - start;
-  words[1].store(1);
-  CHECK(woken);
-  CHECK(elapsed < std::chrono::seconds(5));
-  CHECK(WaitChild(pid) == 0);
-}
+  // ---- Mappings -------------------------------------------------------------
 
-// ---- Boot id, fork generation ---------------------------------------------
+  TEST_CASE("a mapping longer than the file becomes usable after Reserve") {
+    TempDir dir;
+    std::unique_ptr<File> file = MustOpen(dir.File("f"), kCreate);
+    const uint64_t map_length = 1 << 20;
+    std::unique_ptr<Mapping> map;
+    REQUIRE(file->Map(map_length, true, &map).ok());
+    CHECK(map->length() == map_length);
+    REQUIRE(file->Reserve(64 << 10).ok());
+    std::memcpy(map->data() + 5000, "hello", 5);
+    map->data()[(64 << 10) - 1] = 0x5a;
+    CHECK(map->Flush(5000, 5, /*sync=*/false).ok());  // unaligned offset
+    CHECK(map->Flush(0, 64 << 10, /*sync=*/true).ok());
+    CHECK(map->Flush(map_length + 1, 1, false).code() == Code::kInvalidArgument);
 
-TEST_CASE("BootId is stable and matches the kernel boot_id and can be overridden") {
-  const std::array<uint8_t, 16> id = BootId();
-  CHECK(BootId() == id);
-  CHECK(id != std::array<uint8_t, 16>{});
+    const std::string bytes = mapkv::test::ReadFileBytes(dir.File("f"));
+    REQUIRE(bytes.size() == (64 << 10));
+    CHECK(bytes.substr(5000, 5) == "hello");
+    CHECK(static_cast<uint8_t>(bytes.back()) == 0x5a);
 
-  if (std::FILE* f = std::fopen("/proc/sys/kernel/random/boot_id", "r")) {
-    char text[64] = {};
-    const bool read = std::fgets(text, sizeof(text), f) != nullptr;
-    std::fclose(f);
-    REQUIRE(read);
-    std::string expected;
-    for (const char* p = text; *p != '\0' && *p != '\n'; ++p) {
-      if (*p != '-') expected += *p;
+    // A second, read-only mapping of another handle sees the same bytes.
+    std::unique_ptr<File> reader = MustOpen(dir.File("f"), FileSpec{.read_only = true});
+    std::unique_ptr<Mapping> view;
+    REQUIRE(reader->Map(64 << 10, false, &view).ok());
+    CHECK(std::memcmp(view->data() + 5000, "hello", 5) == 0);
+    map->data()[10] = 7;
+    CHECK(view->data()[10] == 7);
+  }
+
+  // ---- Locks ----------------------------------------------------------------
+
+  TEST_CASE("locks of two handles in one process conflict") {
+    TempDir dir;
+    std::unique_ptr<File> a = MustOpen(dir.File("f"), kCreate);
+    std::unique_ptr<File> b = MustOpen(dir.File("f"), kOpenExisting);
+    bool acquired = false;
+
+    REQUIRE(a->TryLock(0, 8, LockMode::kExclusive, &acquired).ok());
+    REQUIRE(acquired);
+    CHECK(b->TryLock(4, 1, LockMode::kShared, &acquired).ok());
+    CHECK_FALSE(acquired);
+    CHECK(b->TryLock(0, 8, LockMode::kExclusive, &acquired).ok());
+    CHECK_FALSE(acquired);
+    // A disjoint range is free.
+    CHECK(b->TryLock(8, 8, LockMode::kExclusive, &acquired).ok());
+    CHECK(acquired);
+
+    // Convert a's lock to shared: b can share it but still not take it.
+    REQUIRE(a->TryLock(0, 8, LockMode::kShared, &acquired).ok());
+    REQUIRE(acquired);
+    CHECK(b->TryLock(0, 8, LockMode::kShared, &acquired).ok());
+    CHECK(acquired);
+    CHECK(a->TryLock(0, 8, LockMode::kExclusive, &acquired).ok());
+    CHECK_FALSE(acquired);
+
+    // Closing a handle releases its locks (and only its own).
+    REQUIRE(b->Unlock(0, 16).ok());
+    a.reset();
+    CHECK(b->TryLock(0, 8, LockMode::kExclusive, &acquired).ok());
+    CHECK(acquired);
+  }
+
+  TEST_CASE("Lock blocks until the other handle unlocks") {
+    TempDir dir;
+    std::unique_ptr<File> a = MustOpen(dir.File("f"), kCreate);
+    std::unique_ptr<File> b = MustOpen(dir.File("f"), kOpenExisting);
+    REQUIRE(a->Lock(0, 1, LockMode::kExclusive).ok());
+    std::atomic<bool> granted{false};
+    Status waiter_status;
+    std::thread waiter([&] {
+      waiter_status = b->Lock(0, 1, LockMode::kShared);
+      granted = true;
+    });
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    CHECK_FALSE(granted.load());
+    REQUIRE(a->Unlock(0, 1).ok());
+    waiter.join();
+    CHECK(granted.load());
+    CHECK(waiter_status.ok());
+    bool acquired = true;
+    CHECK(a->TryLock(0, 1, LockMode::kExclusive, &acquired).ok());
+    CHECK_FALSE(acquired);  // b holds it shared now
+  }
+
+  TEST_CASE("the lock of a killed process is released") {
+    TempDir dir;
+    std::unique_ptr<File> file = MustOpen(dir.File("f"), kCreate);
+    const int pid = SpawnChild("platform.hold_lock", {dir.File("f"), "0", "4096"});
+    REQUIRE(pid > 0);
+
+    // Wait until the child holds the lock.
+    bool acquired = true;
+    const auto deadline = Clock::now() + std::chrono::seconds(10);
+    while (Clock::now() < deadline) {
+      REQUIRE(file->TryLock(100, 1, LockMode::kShared, &acquired).ok());
+      if (!acquired) break;
+      REQUIRE(file->Unlock(100, 1).ok());
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
     }
-    std::string actual;
-    for (uint8_t b : id) {
-      char hex[3];
-      std::snprintf(hex, sizeof(hex), "%02x", b);
-      actual += hex;
+    REQUIRE_FALSE(acquired);
+
+    REQUIRE(::kill(pid, SIGKILL) == 0);
+    CHECK(WaitChild(pid) == 128 + SIGKILL);
+    const auto killed = Clock::now();
+    while (Clock::now() - killed < std::chrono::milliseconds(100)) {
+      REQUIRE(file->TryLock(0, 4096, LockMode::kExclusive, &acquired).ok());
+      if (acquired) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }
-    CHECK(actual == expected);
+    CHECK(acquired);
   }
 
-  std::array<uint8_t, 16> other = id;
-  other[0] ^= 0xff;
-  SetBootIdForTesting(other);
-  CHECK(BootId() == other);
-  ResetBootIdForTesting();
-  CHECK(BootId() == id);
-}
-
-TEST_CASE("ForkGeneration differs in a forked child") {
-  const uint64_t parent = ForkGeneration();
-  CHECK(ForkGeneration() == parent);
-  std::fflush(nullptr);
-  const pid_t pid = ::fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) _exit(ForkGeneration() != parent ? 0 : 1);
-  CHECK(WaitChild(pid) == 0);
-  CHECK(ForkGeneration() == parent);
-  CHECK(ProcessId() == static_cast<uint64_t>(::getpid()));
-}
-
-// ---- Shared memory --------------------------------------------------------
-
-TEST_CASE("OpenShared / RemoveShared round trip") {
-  const std::string name = UniqueShmName("shm");
-  std::unique_ptr<File> owner;
-  REQUIRE(File::OpenShared(name, FileSpec{.create = true, .exclusive = true}, &owner).ok());
-  CHECK(owner->path() == "shm:" + name);
-  CHECK_FALSE(owner->OnNetworkFileSystem());
-  REQUIRE(owner->Reserve(8192).ok());
-  std::unique_ptr<Mapping> map;
-  REQUIRE(owner->Map(8192, true, &map).ok());
-  std::memcpy(map->data() + 4096, "shared", 6);
-
-  std::unique_ptr<File> again;
-  CHECK(File::OpenShared(name, FileSpec{.create = true, .exclusive = true}, &again).code() ==
-        Code::kInvalidArgument);
-  REQUIRE(File::OpenShared(name, kOpenExisting, &again).ok());
-  CHECK(SizeOf(*again) == 8192);
-  std::unique_ptr<Mapping> view;
-  REQUIRE(again->Map(8192, false, &view).ok());
-  CHECK(std::memcmp(view->data() + 4096, "shared", 6) == 0);
-
-  REQUIRE(File::RemoveShared(name).ok());
-  CHECK(File::RemoveShared(name).code() == Code::kNotFound);
-  std::unique_ptr<File> gone;
-  CHECK(File::OpenShared(name, kOpenExisting, &gone).code() == Code::kNotFound);
-  // Existing handles and mappings stay valid after removal.
-  CHECK(std::memcmp(view->data() + 4096, "shared", 6) == 0);
-}
-
-TEST_CASE("bad shared-memory names are InvalidArgument") {
-  std::unique_ptr<File> file;
-  for (const std::string& bad : {std::string(), std::string("a/b"), std::string(201, 'x'),
-                                 std::string("nul\0byte", 8)}) {
-    CAPTURE(bad);
-    CHECK(File::OpenShared(bad, kCreate, &file).code() == Code::kInvalidArgument);
-    CHECK(File::RemoveShared(bad).code() == Code::kInvalidArgument);
+  TEST_CASE("bad lock ranges are InvalidArgument") {
+    TempDir dir;
+    std::unique_ptr<File> file = MustOpen(dir.File("f"), kCreate);
+    bool acquired = true;
+    CHECK(file->TryLock(0, 0, LockMode::kShared, &acquired).code() == Code::kInvalidArgument);
+    CHECK_FALSE(acquired);
+    CHECK(file->Lock(~uint64_t{0}, 2, LockMode::kShared).code() == Code::kInvalidArgument);
   }
-  CHECK(file == nullptr);
-  // 200 characters is the longest accepted name.
-  const std::string longest = UniqueShmName("long") + std::string(200, 'y');
-  const std::string name = longest.substr(0, 200);
-  REQUIRE(File::OpenShared(name, FileSpec{.create = true, .exclusive = true}, &file).ok());
-  CHECK(File::RemoveShared(name).ok());
-}
 
-// ---- Identity -------------------------------------------------------------
+  // ---- Wait / wake ----------------------------------------------------------
 
-TEST_CASE("Identity changes when another file is renamed over the path") {
-  TempDir dir;
-  const std::string path = dir.File("store");
-  std::unique_ptr<File> file = MustOpen(path, kCreate);
-  std::array<uint64_t, 2> handle_id{};
-  std::array<uint64_t, 2> path_id{};
-  REQUIRE(file->Identity(&handle_id).ok());
-  REQUIRE(FileIdentity(path, &path_id).ok());
-  CHECK(handle_id == path_id);
+  TEST_CASE("WaitWord times out on an unchanged word") {
+    std::atomic<uint32_t> word{7};
+    const auto start = Clock::now();
+    CHECK_FALSE(WaitWord(&word, 7, std::chrono::milliseconds(200)));
+    const auto elapsed = Clock::now() - start;
+    CHECK(elapsed >= std::chrono::milliseconds(150));
+    CHECK(elapsed < std::chrono::seconds(5));
+  }
 
-  mapkv::test::WriteFileBytes(dir.File("store.new"), "new");
-  std::array<uint64_t, 2> new_id{};
-  REQUIRE(FileIdentity(dir.File("store.new"), &new_id).ok());
-  CHECK(new_id != handle_id);
-  REQUIRE(RenameFile(dir.File("store.new"), path).ok());
-  REQUIRE(FileIdentity(path, &path_id).ok());
-  CHECK(path_id == new_id);
-  CHECK(path_id != handle_id);
-  std::array<uint64_t, 2> still{};
-  REQUIRE(file->Identity(&still).ok());
-  CHECK(still == handle_id);
+  TEST_CASE("WaitWord returns at once when the word differs") {
+    std::atomic<uint32_t> word{8};
+    const auto start = Clock::now();
+    CHECK(WaitWord(&word, 7, std::chrono::seconds(10)));
+    CHECK(Clock::now() - start < std::chrono::seconds(5));
+  }
 
-  CHECK(FileIdentity(dir.File("store.new"), &path_id).code() == Code::kNotFound);
-  CHECK(RenameFile(dir.File("store.new"), path).code() == Code::kNotFound);
-  REQUIRE(RemoveFile(path).ok());
-  CHECK(RemoveFile(path).code() == Code::kNotFound);
-  CHECK(FileIdentity(path, &path_id).code() == Code::kNotFound);
-}
+  TEST_CASE("WakeWord from another process wakes WaitWord") {
+    TempDir dir;
+    std::unique_ptr<File> file = MustOpen(dir.File("f"), kCreate);
+    REQUIRE(file->Reserve(4096).ok());
+    std::unique_ptr<Mapping> map;
+    REQUIRE(file->Map(4096, true, &map).ok());
+    auto* words = reinterpret_cast<std::atomic<uint32_t>*>(map->data());
+
+    const int pid = SpawnChild("platform.waker", {dir.File("f")});
+    REQUIRE(pid > 0);
+    // The child never changes word 0, so only a cross-process wake (not a
+    // value change) can end this wait before the 10 s timeout.
+    const auto start = Clock::now();
+    const bool woken = WaitWord(&words[0], 0, std::chrono::seconds(10));
+    const auto elapsed = Clock::now() - start;
+    words[1].store(1);
+    CHECK(woken);
+    CHECK(elapsed < std::chrono::seconds(5));
+    CHECK(WaitChild(pid) == 0);
+  }
+
+  // ---- Boot id, fork generation ---------------------------------------------
+
+  TEST_CASE("BootId is stable and matches the kernel boot_id and can be overridden") {
+    const std::array<uint8_t, 16> id = BootId();
+    CHECK(BootId() == id);
+    CHECK(id != std::array<uint8_t, 16>{});
+
+    if (std::FILE* f = std::fopen("/proc/sys/kernel/random/boot_id", "r")) {
+      char text[64] = {};
+      const bool read = std::fgets(text, sizeof(text), f) != nullptr;
+      std::fclose(f);
+      REQUIRE(read);
+      std::string expected;
+      for (const char* p = text; *p != '\0' && *p != '\n'; ++p) {
+        if (*p != '-') expected += *p;
+      }
+      std::string actual;
+      for (uint8_t b : id) {
+        char hex[3];
+        std::snprintf(hex, sizeof(hex), "%02x", b);
+        actual += hex;
+      }
+      CHECK(actual == expected);
+    }
+
+    std::array<uint8_t, 16> other = id;
+    other[0] ^= 0xff;
+    SetBootIdForTesting(other);
+    CHECK(BootId() == other);
+    ResetBootIdForTesting();
+    CHECK(BootId() == id);
+  }
+
+  TEST_CASE("ForkGeneration differs in a forked child") {
+    const uint64_t parent = ForkGeneration();
+    CHECK(ForkGeneration() == parent);
+    std::fflush(nullptr);
+    const pid_t pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) _exit(ForkGeneration() != parent ? 0 : 1);
+    CHECK(WaitChild(pid) == 0);
+    CHECK(ForkGeneration() == parent);
+    CHECK(ProcessId() == static_cast<uint64_t>(::getpid()));
+  }
+
+  // ---- Shared memory --------------------------------------------------------
+
+  TEST_CASE("OpenShared / RemoveShared round trip") {
+    const std::string name = UniqueShmName("shm");
+    std::unique_ptr<File> owner;
+    REQUIRE(File::OpenShared(name, FileSpec{.create = true, .exclusive = true}, &owner).ok());
+    CHECK(owner->path() == "shm:" + name);
+    CHECK_FALSE(owner->OnNetworkFileSystem());
+    REQUIRE(owner->Reserve(8192).ok());
+    std::unique_ptr<Mapping> map;
+    REQUIRE(owner->Map(8192, true, &map).ok());
+    std::memcpy(map->data() + 4096, "shared", 6);
+
+    std::unique_ptr<File> again;
+    CHECK(File::OpenShared(name, FileSpec{.create = true, .exclusive = true}, &again).code() == Code::kInvalidArgument);
+    REQUIRE(File::OpenShared(name, kOpenExisting, &again).ok());
+    CHECK(SizeOf(*again) == 8192);
+    std::unique_ptr<Mapping> view;
+    REQUIRE(again->Map(8192, false, &view).ok());
+    CHECK(std::memcmp(view->data() + 4096, "shared", 6) == 0);
+
+    REQUIRE(File::RemoveShared(name).ok());
+    CHECK(File::RemoveShared(name).code() == Code::kNotFound);
+    std::unique_ptr<File> gone;
+    CHECK(File::OpenShared(name, kOpenExisting, &gone).code() == Code::kNotFound);
+    // Existing handles and mappings stay valid after removal.
+    CHECK(std::memcmp(view->data() + 4096, "shared", 6) == 0);
+  }
+
+  TEST_CASE("bad shared-memory names are InvalidArgument") {
+    std::unique_ptr<File> file;
+    for (const std::string& bad :
+         {std::string(), std::string("a/b"), std::string(201, 'x'), std::string("nul\0byte", 8)}) {
+      CAPTURE(bad);
+      CHECK(File::OpenShared(bad, kCreate, &file).code() == Code::kInvalidArgument);
+      CHECK(File::RemoveShared(bad).code() == Code::kInvalidArgument);
+    }
+    CHECK(file == nullptr);
+    // 200 characters is the longest accepted name.
+    const std::string longest = UniqueShmName("long") + std::string(200, 'y');
+    const std::string name = longest.substr(0, 200);
+    REQUIRE(File::OpenShared(name, FileSpec{.create = true, .exclusive = true}, &file).ok());
+    CHECK(File::RemoveShared(name).ok());
+  }
+
+  // ---- Identity -------------------------------------------------------------
+
+  TEST_CASE("Identity changes when another file is renamed over the path") {
+    TempDir dir;
+    const std::string path = dir.File("store");
+    std::unique_ptr<File> file = MustOpen(path, kCreate);
+    std::array<uint64_t, 2> handle_id{};
+    std::array<uint64_t, 2> path_id{};
+    REQUIRE(file->Identity(&handle_id).ok());
+    REQUIRE(FileIdentity(path, &path_id).ok());
+    CHECK(handle_id == path_id);
+
+    mapkv::test::WriteFileBytes(dir.File("store.new"), "new");
+    std::array<uint64_t, 2> new_id{};
+    REQUIRE(FileIdentity(dir.File("store.new"), &new_id).ok());
+    CHECK(new_id != handle_id);
+    REQUIRE(RenameFile(dir.File("store.new"), path).ok());
+    REQUIRE(FileIdentity(path, &path_id).ok());
+    CHECK(path_id == new_id);
+    CHECK(path_id != handle_id);
+    std::array<uint64_t, 2> still{};
+    REQUIRE(file->Identity(&still).ok());
+    CHECK(still == handle_id);
+
+    CHECK(FileIdentity(dir.File("store.new"), &path_id).code() == Code::kNotFound);
+    CHECK(RenameFile(dir.File("store.new"), path).code() == Code::kNotFound);
+    REQUIRE(RemoveFile(path).ok());
+    CHECK(RemoveFile(path).code() == Code::kNotFound);
+    CHECK(FileIdentity(path, &path_id).code() == Code::kNotFound);
+  }
 
 }  // TEST_SUITE("platform")
 

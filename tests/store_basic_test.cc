@@ -47,851 +47,852 @@ std::string AllBytes() {
 }
 
 TEST_SUITE("store") {
+  TEST_CASE("store: put get erase contains size") {
+    TempDir dir;
+    Store store = MustOpen(dir.File("s.mkv"));
+    CHECK(store.is_open());
+    CHECK(store.path() == dir.File("s.mkv"));
+    CHECK(store.size() == 0);
 
-TEST_CASE("store: put get erase contains size") {
-  TempDir dir;
-  Store store = MustOpen(dir.File("s.mkv"));
-  CHECK(store.is_open());
-  CHECK(store.path() == dir.File("s.mkv"));
-  CHECK(store.size() == 0);
+    std::string v;
+    CHECK(store.Get("a", &v).code() == Code::kNotFound);
+    bool found = true;
+    REQUIRE(store.Contains("a", &found).ok());
+    CHECK_FALSE(found);
 
-  std::string v;
-  CHECK(store.Get("a", &v).code() == Code::kNotFound);
-  bool found = true;
-  REQUIRE(store.Contains("a", &found).ok());
-  CHECK_FALSE(found);
+    REQUIRE(store.Put("a", "1").ok());
+    REQUIRE(store.Put("b", "2").ok());
+    CHECK(store.size() == 2);
+    REQUIRE(store.Get("a", &v).ok());
+    CHECK(v == "1");
+    REQUIRE(store.Contains("b", &found).ok());
+    CHECK(found);
 
-  REQUIRE(store.Put("a", "1").ok());
-  REQUIRE(store.Put("b", "2").ok());
-  CHECK(store.size() == 2);
-  REQUIRE(store.Get("a", &v).ok());
-  CHECK(v == "1");
-  REQUIRE(store.Contains("b", &found).ok());
-  CHECK(found);
+    REQUIRE(store.Put("a", "one").ok());  // overwrite keeps the count
+    CHECK(store.size() == 2);
+    REQUIRE(store.Get("a", &v).ok());
+    CHECK(v == "one");
 
-  REQUIRE(store.Put("a", "one").ok());  // overwrite keeps the count
-  CHECK(store.size() == 2);
-  REQUIRE(store.Get("a", &v).ok());
-  CHECK(v == "one");
+    REQUIRE(store.Erase("a").ok());
+    CHECK(store.size() == 1);
+    CHECK(store.Get("a", &v).code() == Code::kNotFound);
+    CHECK(store.Erase("a").code() == Code::kNotFound);
+    CHECK(store.size() == 1);
+    REQUIRE(store.Get("b", &v).ok());
+    CHECK(v == "2");
+    CheckClean(store);
 
-  REQUIRE(store.Erase("a").ok());
-  CHECK(store.size() == 1);
-  CHECK(store.Get("a", &v).code() == Code::kNotFound);
-  CHECK(store.Erase("a").code() == Code::kNotFound);
-  CHECK(store.size() == 1);
-  REQUIRE(store.Get("b", &v).ok());
-  CHECK(v == "2");
-  CheckClean(store);
-
-  REQUIRE(store.Close().ok());
-  CHECK_FALSE(store.is_open());
-  CHECK(store.Close().ok());  // idempotent
-  // A closed handle refuses everything with InvalidArgument.
-  CHECK(store.Get("b", &v).code() == Code::kInvalidArgument);
-  CHECK(store.Put("b", "x").code() == Code::kInvalidArgument);
-  CHECK(store.Erase("b").code() == Code::kInvalidArgument);
-  CHECK(store.Contains("b", &found).code() == Code::kInvalidArgument);
-  CHECK(store.Flush().code() == Code::kInvalidArgument);
-  CHECK(store.size() == 0);
-  CHECK(store.path().empty());
-}
-
-TEST_CASE("store: binary keys and values with NUL bytes and empty values") {
-  TempDir dir;
-  Store store = MustOpen(dir.File("s.mkv"));
-  const std::string all = AllBytes();
-  const std::vector<std::pair<std::string, std::string>> pairs = {
-      {std::string("\0", 1), "nul key"},
-      {std::string("a\0b", 3), std::string("x\0y\0", 4)},
-      {std::string("a\0c", 3), "differs after the NUL"},
-      {std::string("a", 1), ""},  // prefix of the two above
-      {all, all + all},
-      {std::string(200, '\xff'), std::string(1000, '\0')},
-      {"empty", ""},
-  };
-  for (const auto& [k, v] : pairs) REQUIRE(store.Put(k, v).ok());
-  CHECK(store.size() == pairs.size());
-  for (const auto& [k, v] : pairs) {
-    std::string got = "garbage";
-    REQUIRE(store.Get(k, &got).ok());
-    CHECK(got == v);
+    REQUIRE(store.Close().ok());
+    CHECK_FALSE(store.is_open());
+    CHECK(store.Close().ok());  // idempotent
+    // A closed handle refuses everything with InvalidArgument.
+    CHECK(store.Get("b", &v).code() == Code::kInvalidArgument);
+    CHECK(store.Put("b", "x").code() == Code::kInvalidArgument);
+    CHECK(store.Erase("b").code() == Code::kInvalidArgument);
+    CHECK(store.Contains("b", &found).code() == Code::kInvalidArgument);
+    CHECK(store.Flush().code() == Code::kInvalidArgument);
+    CHECK(store.size() == 0);
+    CHECK(store.path().empty());
   }
-  // An empty value is present (OK), not absent.
-  std::string got = "garbage";
-  REQUIRE(store.Get("empty", &got).ok());
-  CHECK(got.empty());
-  bool found = false;
-  REQUIRE(store.Contains("empty", &found).ok());
-  CHECK(found);
 
-  Model expected(pairs.begin(), pairs.end());
-  CHECK(Dump(store) == expected);
-  REQUIRE(store.Close().ok());
-  store = MustOpen(dir.File("s.mkv"));
-  CHECK(Dump(store) == expected);
-  CheckClean(store);
-}
+  TEST_CASE("store: binary keys and values with NUL bytes and empty values") {
+    TempDir dir;
+    Store store = MustOpen(dir.File("s.mkv"));
+    const std::string all = AllBytes();
+    const std::vector<std::pair<std::string, std::string>> pairs = {
+        {std::string("\0", 1), "nul key"},
+        {std::string("a\0b", 3), std::string("x\0y\0", 4)},
+        {std::string("a\0c", 3), "differs after the NUL"},
+        {std::string("a", 1), ""},  // prefix of the two above
+        {all, all + all},
+        {std::string(200, '\xff'), std::string(1000, '\0')},
+        {"empty", ""},
+    };
+    for (const auto& [k, v] : pairs) REQUIRE(store.Put(k, v).ok());
+    CHECK(store.size() == pairs.size());
+    for (const auto& [k, v] : pairs) {
+      std::string got = "garbage";
+      REQUIRE(store.Get(k, &got).ok());
+      CHECK(got == v);
+    }
+    // An empty value is present (OK), not absent.
+    std::string got = "garbage";
+    REQUIRE(store.Get("empty", &got).ok());
+    CHECK(got.empty());
+    bool found = false;
+    REQUIRE(store.Contains("empty", &found).ok());
+    CHECK(found);
 
-TEST_CASE("store: key size limits") {
-  TempDir dir;
-  Store store = MustOpen(dir.File("s.mkv"));
-  const std::string k1 = "x";
-  const std::string kmax(kMaxKeySize, 'k');  // 65536 bytes: the largest key
-  const std::string ktoo(kMaxKeySize + 1, 'k');
-  REQUIRE(store.Put(k1, "one byte key").ok());
-  REQUIRE(store.Put(kmax, "largest key").ok());
-  std::string v;
-  REQUIRE(store.Get(k1, &v).ok());
-  CHECK(v == "one byte key");
-  REQUIRE(store.Get(kmax, &v).ok());
-  CHECK(v == "largest key");
-  std::string kmax_other = kmax;
-  kmax_other.back() = 'j';
-  CHECK(store.Get(kmax_other, &v).code() == Code::kNotFound);
-
-  CHECK(store.Put(ktoo, "v").code() == Code::kInvalidArgument);
-  CHECK(store.Get(ktoo, &v).code() == Code::kInvalidArgument);
-  CHECK(store.Erase(ktoo).code() == Code::kInvalidArgument);
-  bool found;
-  CHECK(store.Contains(ktoo, &found).code() == Code::kInvalidArgument);
-  CHECK(store.Put("", "v").code() == Code::kInvalidArgument);
-  CHECK(store.Get("", &v).code() == Code::kInvalidArgument);
-  CHECK(store.Erase("").code() == Code::kInvalidArgument);
-  WriteBatch batch;
-  batch.Put("fine", "v");
-  batch.Put(ktoo, "v");
-  CHECK(store.Write(batch).code() == Code::kInvalidArgument);
-  CHECK(store.size() == 2);  // nothing of the refused calls landed
-  CHECK(store.Get("fine", &v).code() == Code::kNotFound);
-
-  REQUIRE(store.Erase(kmax).ok());
-  CHECK(store.size() == 1);
-  CheckClean(store);
-}
-
-TEST_CASE("store: large values and overwrites with bigger and smaller values") {
-  TempDir dir;
-  Store store = MustOpen(dir.File("s.mkv"));
-  Rng rng(7);
-  const std::string big = rng.Bytes(8 << 20);  // 8 MiB
-  const std::string bigger = rng.Bytes((12 << 20) + 5);
-  REQUIRE(store.Put("big", big).ok());
-  REQUIRE(store.Put("small", "s").ok());
-  std::string v;
-  REQUIRE(store.Get("big", &v).ok());
-  CHECK(v == big);
-
-  // Grow, shrink, grow again, and to empty.
-  for (const std::string* next : {&bigger, static_cast<const std::string*>(nullptr), &big}) {
-    const std::string value = next != nullptr ? *next : std::string("tiny");
-    REQUIRE(store.Put("big", value).ok());
-    REQUIRE(store.Get("big", &v).ok());
-    CHECK(v.size() == value.size());
-    CHECK(v == value);
-    REQUIRE(store.Put("small", value.substr(0, 100)).ok());
-    REQUIRE(store.Get("small", &v).ok());
-    CHECK(v == value.substr(0, 100));
+    Model expected(pairs.begin(), pairs.end());
+    CHECK(Dump(store) == expected);
+    REQUIRE(store.Close().ok());
+    store = MustOpen(dir.File("s.mkv"));
+    CHECK(Dump(store) == expected);
     CheckClean(store);
   }
-  REQUIRE(store.Put("big", "").ok());
-  REQUIRE(store.Get("big", &v).ok());
-  CHECK(v.empty());
-  REQUIRE(store.Put("big", big).ok());
-  REQUIRE(store.Close().ok());
 
-  store = MustOpen(dir.File("s.mkv"));
-  REQUIRE(store.Get("big", &v).ok());
-  CHECK(v == big);
-  REQUIRE(store.Get("small", &v).ok());
-  CHECK(v == big.substr(0, 100));
-  CheckClean(store);
-}
-
-TEST_CASE("store: WriteBatch applies all of its operations in order") {
-  TempDir dir;
-  Store store = MustOpen(dir.File("s.mkv"));
-  REQUIRE(store.Put("keep", "0").ok());
-  REQUIRE(store.Put("gone", "0").ok());
-
-  WriteBatch batch;
-  CHECK(batch.Count() == 0);
-  batch.Put("a", "1");
-  batch.Put("b", "2");
-  batch.Put("a", "3");          // a later op wins
-  batch.Erase("gone");
-  batch.Erase("never-there");   // absent: not an error inside a batch
-  batch.Put("c", "x");
-  batch.Erase("c");             // put then erase: absent afterwards
-  batch.Put(std::string("n\0l", 3), std::string("\0", 1));
-  CHECK(batch.Count() == 8);
-  CHECK(batch.ByteSize() == 2 + 2 + 2 + 4 + 11 + 2 + 1 + 4);
-  REQUIRE(store.Write(batch).ok());
-  const Model expected = {{"keep", "0"}, {"a", "3"}, {"b", "2"}, {std::string("n\0l", 3), std::string("\0", 1)}};
-  CHECK(Dump(store) == expected);
-  CHECK(store.size() == expected.size());
-
-  // A batch with an invalid operation anywhere applies nothing.
-  batch.Clear();
-  CHECK(batch.Count() == 0);
-  CHECK(batch.ByteSize() == 0);
-  batch.Put("d", "4");
-  batch.Erase("keep");
-  batch.Put("", "empty key");
-  CHECK(store.Write(batch).code() == Code::kInvalidArgument);
-  CHECK(Dump(store) == expected);
-
-  // An empty batch is a no-op.
-  batch.Clear();
-  CHECK(store.Write(batch).ok());
-  CHECK(Dump(store) == expected);
-  CheckClean(store);
-}
-
-TEST_CASE("store: a batch too large for one write fails whole and leaves the store usable") {
-  TempDir dir;
-  Store store = MustOpen(dir.File("s.mkv"));
-  for (int i = 0; i < 3000; ++i) REQUIRE(store.Put(Key16(i), "before").ok());
-  const Model before = Dump(store);
-  Stats st;
-  REQUIRE(store.GetStats(&st).ok());
-  const uint64_t file_before = st.file_bytes;
-  // 20000 changes cannot fit the undo log of one write (3328 entries); the
-  // engine refuses the batch (kNotSupported) and must roll all of it back,
-  // including the growth of the file (and the move of its allocation map)
-  // that the batch's big values caused on the way.
-  WriteBatch batch;
-  for (int i = 0; i < 20000; ++i) batch.Put(Key16(i), "after" + std::string(i % 2 == 0 ? 3000 : 10, 'x'));
-  Status s = store.Write(batch);
-  INFO("Write of a 20000-op batch: " << s.ToString());
-  if (s.ok()) {
-    CHECK(store.size() == 20000);
-    std::string v;
-    REQUIRE(store.Get(Key16(19999), &v).ok());
-    CHECK(v == "after" + std::string(10, 'x'));
-  } else {
-    CHECK(s.code() == Code::kNotSupported);
-    CHECK(Dump(store) == before);  // all or nothing
-    REQUIRE(store.GetStats(&st).ok());
-    CHECK(st.file_bytes > file_before);  // the file grew before the batch failed
-  }
-  CheckClean(store);
-  // The store reopens after the failed batch.
-  REQUIRE(store.Close().ok());
-  store = MustOpen(dir.File("s.mkv"));
-  CHECK(Dump(store) == before);
-  CheckClean(store);
-  // The store takes writes afterwards.
-  REQUIRE(store.Put("after-batch", "ok").ok());
-  WriteBatch small;
-  for (int i = 0; i < 100; ++i) small.Put(Key16(100000 + i), "small batch");
-  REQUIRE(store.Write(small).ok());
-  CheckClean(store);
-}
-
-TEST_CASE("store: ForEach visits every entry and honours prefix and early stop") {
-  TempDir dir;
-  Store store = MustOpen(dir.File("s.mkv"));
-  Model expected;
-  for (int i = 0; i < 1000; ++i) {
-    std::string k = (i % 3 == 0 ? "user:" : i % 3 == 1 ? "item:" : "us") + std::to_string(i);
-    std::string v = "v" + std::to_string(i * 7);
-    expected[k] = v;
-    REQUIRE(store.Put(k, v).ok());
-  }
-  CHECK(Dump(store) == expected);
-  Model users;
-  for (const auto& [k, v] : expected) {
-    if (k.rfind("user:", 0) == 0) users[k] = v;
-  }
-  CHECK(users.size() == 334);
-  CHECK(Dump(store, "user:") == users);
-  CHECK(Dump(store, "none:").empty());
-  Model us = Dump(store, "us");
-  CHECK(us.size() == 334 + 333);
-
-  int calls = 0;
-  REQUIRE(store.ForEach({}, [&](std::string_view, std::string_view) { return ++calls < 10; }).ok());
-  CHECK(calls == 10);
-}
-
-TEST_CASE("store: ReadGuard gives zero-copy views and a consistent ForEach") {
-  TempDir dir;
-  Store store = MustOpen(dir.File("s.mkv"));
-  REQUIRE(store.Put("k1", "value one").ok());
-  REQUIRE(store.Put("k2", std::string(100000, 'z')).ok());
-  ReadGuard guard;
-  CHECK_FALSE(guard.locked());
-  std::string_view view;
-  CHECK(guard.Get("k1", &view).code() == Code::kInvalidArgument);  // not locked
-  REQUIRE(guard.Lock(store).ok());
-  CHECK(guard.locked());
-  REQUIRE(guard.Get("k1", &view).ok());
-  CHECK(view == "value one");
-  std::string_view again;
-  REQUIRE(guard.Get("k1", &again).ok());
-  CHECK(again.data() == view.data());  // a view into the mapping, not a copy
-  REQUIRE(guard.Get("k2", &view).ok());
-  CHECK(view == std::string(100000, 'z'));
-  CHECK(guard.Get("k3", &view).code() == Code::kNotFound);
-  CHECK(guard.Get("", &view).code() == Code::kInvalidArgument);
-  // Optimistic reads by the same thread work while the guard is held.
-  std::string copy;
-  REQUIRE(store.Get("k1", &copy).ok());
-  CHECK(copy == "value one");
-
-  Model seen;
-  REQUIRE(guard.ForEach("k", [&](std::string_view k, std::string_view v) {
-                  seen[std::string(k)] = std::string(v);
-                  return true;
-                }).ok());
-  CHECK(seen.size() == 2);
-  CHECK(seen["k1"] == "value one");
-
-  // A writer in another thread waits until the guard is released.
-  std::atomic<bool> written{false};
-  std::thread writer([&] {
-    CHECK(store.Put("k1", "changed").ok());
-    written = true;
-  });
-  std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  CHECK_FALSE(written.load());
-  REQUIRE(guard.Get("k1", &view).ok());
-  CHECK(view == "value one");
-  guard.Unlock();
-  CHECK_FALSE(guard.locked());
-  writer.join();
-  CHECK(written.load());
-  REQUIRE(store.Get("k1", &copy).ok());
-  CHECK(copy == "changed");
-
-  Store closed;
-  CHECK(guard.Lock(closed).code() == Code::kInvalidArgument);
-  CHECK_FALSE(guard.locked());
-}
-
-TEST_CASE("store: a write from inside ForEach returns UnsafeUse instead of deadlocking") {
-  TempDir dir;
-  {
+  TEST_CASE("store: key size limits") {
+    TempDir dir;
     Store store = MustOpen(dir.File("s.mkv"));
-    REQUIRE(store.Put("a", "1").ok());
+    const std::string k1 = "x";
+    const std::string kmax(kMaxKeySize, 'k');  // 65536 bytes: the largest key
+    const std::string ktoo(kMaxKeySize + 1, 'k');
+    REQUIRE(store.Put(k1, "one byte key").ok());
+    REQUIRE(store.Put(kmax, "largest key").ok());
+    std::string v;
+    REQUIRE(store.Get(k1, &v).ok());
+    CHECK(v == "one byte key");
+    REQUIRE(store.Get(kmax, &v).ok());
+    CHECK(v == "largest key");
+    std::string kmax_other = kmax;
+    kmax_other.back() = 'j';
+    CHECK(store.Get(kmax_other, &v).code() == Code::kNotFound);
+
+    CHECK(store.Put(ktoo, "v").code() == Code::kInvalidArgument);
+    CHECK(store.Get(ktoo, &v).code() == Code::kInvalidArgument);
+    CHECK(store.Erase(ktoo).code() == Code::kInvalidArgument);
+    bool found;
+    CHECK(store.Contains(ktoo, &found).code() == Code::kInvalidArgument);
+    CHECK(store.Put("", "v").code() == Code::kInvalidArgument);
+    CHECK(store.Get("", &v).code() == Code::kInvalidArgument);
+    CHECK(store.Erase("").code() == Code::kInvalidArgument);
+    WriteBatch batch;
+    batch.Put("fine", "v");
+    batch.Put(ktoo, "v");
+    CHECK(store.Write(batch).code() == Code::kInvalidArgument);
+    CHECK(store.size() == 2);  // nothing of the refused calls landed
+    CHECK(store.Get("fine", &v).code() == Code::kNotFound);
+
+    REQUIRE(store.Erase(kmax).ok());
+    CHECK(store.size() == 1);
+    CheckClean(store);
   }
-  // In a child, so that a deadlock is reported (and killed) instead of hanging the suite.
-  std::fflush(nullptr);
-  const pid_t pid = ::fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    Store store;
-    if (!Store::Open(dir.File("s.mkv"), {}, &store).ok()) _exit(2);
-    Status inner;
-    Status outer = store.ForEach({}, [&](std::string_view, std::string_view) {
-      inner = store.Put("b", "2");
-      return false;
+
+  TEST_CASE("store: large values and overwrites with bigger and smaller values") {
+    TempDir dir;
+    Store store = MustOpen(dir.File("s.mkv"));
+    Rng rng(7);
+    const std::string big = rng.Bytes(8 << 20);  // 8 MiB
+    const std::string bigger = rng.Bytes((12 << 20) + 5);
+    REQUIRE(store.Put("big", big).ok());
+    REQUIRE(store.Put("small", "s").ok());
+    std::string v;
+    REQUIRE(store.Get("big", &v).ok());
+    CHECK(v == big);
+
+    // Grow, shrink, grow again, and to empty.
+    for (const std::string* next : {&bigger, static_cast<const std::string*>(nullptr), &big}) {
+      const std::string value = next != nullptr ? *next : std::string("tiny");
+      REQUIRE(store.Put("big", value).ok());
+      REQUIRE(store.Get("big", &v).ok());
+      CHECK(v.size() == value.size());
+      CHECK(v == value);
+      REQUIRE(store.Put("small", value.substr(0, 100)).ok());
+      REQUIRE(store.Get("small", &v).ok());
+      CHECK(v == value.substr(0, 100));
+      CheckClean(store);
+    }
+    REQUIRE(store.Put("big", "").ok());
+    REQUIRE(store.Get("big", &v).ok());
+    CHECK(v.empty());
+    REQUIRE(store.Put("big", big).ok());
+    REQUIRE(store.Close().ok());
+
+    store = MustOpen(dir.File("s.mkv"));
+    REQUIRE(store.Get("big", &v).ok());
+    CHECK(v == big);
+    REQUIRE(store.Get("small", &v).ok());
+    CHECK(v == big.substr(0, 100));
+    CheckClean(store);
+  }
+
+  TEST_CASE("store: WriteBatch applies all of its operations in order") {
+    TempDir dir;
+    Store store = MustOpen(dir.File("s.mkv"));
+    REQUIRE(store.Put("keep", "0").ok());
+    REQUIRE(store.Put("gone", "0").ok());
+
+    WriteBatch batch;
+    CHECK(batch.Count() == 0);
+    batch.Put("a", "1");
+    batch.Put("b", "2");
+    batch.Put("a", "3");  // a later op wins
+    batch.Erase("gone");
+    batch.Erase("never-there");  // absent: not an error inside a batch
+    batch.Put("c", "x");
+    batch.Erase("c");  // put then erase: absent afterwards
+    batch.Put(std::string("n\0l", 3), std::string("\0", 1));
+    CHECK(batch.Count() == 8);
+    CHECK(batch.ByteSize() == 2 + 2 + 2 + 4 + 11 + 2 + 1 + 4);
+    REQUIRE(store.Write(batch).ok());
+    const Model expected = {{"keep", "0"}, {"a", "3"}, {"b", "2"}, {std::string("n\0l", 3), std::string("\0", 1)}};
+    CHECK(Dump(store) == expected);
+    CHECK(store.size() == expected.size());
+
+    // A batch with an invalid operation anywhere applies nothing.
+    batch.Clear();
+    CHECK(batch.Count() == 0);
+    CHECK(batch.ByteSize() == 0);
+    batch.Put("d", "4");
+    batch.Erase("keep");
+    batch.Put("", "empty key");
+    CHECK(store.Write(batch).code() == Code::kInvalidArgument);
+    CHECK(Dump(store) == expected);
+
+    // An empty batch is a no-op.
+    batch.Clear();
+    CHECK(store.Write(batch).ok());
+    CHECK(Dump(store) == expected);
+    CheckClean(store);
+  }
+
+  TEST_CASE("store: a batch too large for one write fails whole and leaves the store usable") {
+    TempDir dir;
+    Store store = MustOpen(dir.File("s.mkv"));
+    for (int i = 0; i < 3000; ++i) REQUIRE(store.Put(Key16(i), "before").ok());
+    const Model before = Dump(store);
+    Stats st;
+    REQUIRE(store.GetStats(&st).ok());
+    const uint64_t file_before = st.file_bytes;
+    // 20000 changes cannot fit the undo log of one write (3328 entries); the
+    // engine refuses the batch (kNotSupported) and must roll all of it back,
+    // including the growth of the file (and the move of its allocation map)
+    // that the batch's big values caused on the way.
+    WriteBatch batch;
+    for (int i = 0; i < 20000; ++i) batch.Put(Key16(i), "after" + std::string(i % 2 == 0 ? 3000 : 10, 'x'));
+    Status s = store.Write(batch);
+    INFO("Write of a 20000-op batch: " << s.ToString());
+    if (s.ok()) {
+      CHECK(store.size() == 20000);
+      std::string v;
+      REQUIRE(store.Get(Key16(19999), &v).ok());
+      CHECK(v == "after" + std::string(10, 'x'));
+    } else {
+      CHECK(s.code() == Code::kNotSupported);
+      CHECK(Dump(store) == before);  // all or nothing
+      REQUIRE(store.GetStats(&st).ok());
+      CHECK(st.file_bytes > file_before);  // the file grew before the batch failed
+    }
+    CheckClean(store);
+    // The store reopens after the failed batch.
+    REQUIRE(store.Close().ok());
+    store = MustOpen(dir.File("s.mkv"));
+    CHECK(Dump(store) == before);
+    CheckClean(store);
+    // The store takes writes afterwards.
+    REQUIRE(store.Put("after-batch", "ok").ok());
+    WriteBatch small;
+    for (int i = 0; i < 100; ++i) small.Put(Key16(100000 + i), "small batch");
+    REQUIRE(store.Write(small).ok());
+    CheckClean(store);
+  }
+
+  TEST_CASE("store: ForEach visits every entry and honours prefix and early stop") {
+    TempDir dir;
+    Store store = MustOpen(dir.File("s.mkv"));
+    Model expected;
+    for (int i = 0; i < 1000; ++i) {
+      std::string k = (i % 3 == 0 ? "user:" : i % 3 == 1 ? "item:" : "us") + std::to_string(i);
+      std::string v = "v" + std::to_string(i * 7);
+      expected[k] = v;
+      REQUIRE(store.Put(k, v).ok());
+    }
+    CHECK(Dump(store) == expected);
+    Model users;
+    for (const auto& [k, v] : expected) {
+      if (k.rfind("user:", 0) == 0) users[k] = v;
+    }
+    CHECK(users.size() == 334);
+    CHECK(Dump(store, "user:") == users);
+    CHECK(Dump(store, "none:").empty());
+    Model us = Dump(store, "us");
+    CHECK(us.size() == 334 + 333);
+
+    int calls = 0;
+    REQUIRE(store.ForEach({}, [&](std::string_view, std::string_view) { return ++calls < 10; }).ok());
+    CHECK(calls == 10);
+  }
+
+  TEST_CASE("store: ReadGuard gives zero-copy views and a consistent ForEach") {
+    TempDir dir;
+    Store store = MustOpen(dir.File("s.mkv"));
+    REQUIRE(store.Put("k1", "value one").ok());
+    REQUIRE(store.Put("k2", std::string(100000, 'z')).ok());
+    ReadGuard guard;
+    CHECK_FALSE(guard.locked());
+    std::string_view view;
+    CHECK(guard.Get("k1", &view).code() == Code::kInvalidArgument);  // not locked
+    REQUIRE(guard.Lock(store).ok());
+    CHECK(guard.locked());
+    REQUIRE(guard.Get("k1", &view).ok());
+    CHECK(view == "value one");
+    std::string_view again;
+    REQUIRE(guard.Get("k1", &again).ok());
+    CHECK(again.data() == view.data());  // a view into the mapping, not a copy
+    REQUIRE(guard.Get("k2", &view).ok());
+    CHECK(view == std::string(100000, 'z'));
+    CHECK(guard.Get("k3", &view).code() == Code::kNotFound);
+    CHECK(guard.Get("", &view).code() == Code::kInvalidArgument);
+    // Optimistic reads by the same thread work while the guard is held.
+    std::string copy;
+    REQUIRE(store.Get("k1", &copy).ok());
+    CHECK(copy == "value one");
+
+    Model seen;
+    REQUIRE(guard
+                .ForEach("k",
+                         [&](std::string_view k, std::string_view v) {
+                           seen[std::string(k)] = std::string(v);
+                           return true;
+                         })
+                .ok());
+    CHECK(seen.size() == 2);
+    CHECK(seen["k1"] == "value one");
+
+    // A writer in another thread waits until the guard is released.
+    std::atomic<bool> written{false};
+    std::thread writer([&] {
+      CHECK(store.Put("k1", "changed").ok());
+      written = true;
     });
-    if (!outer.ok()) _exit(3);
-    if (inner.code() != Code::kUnsafeUse) _exit(4);
-    // The store is still usable after the walk.
-    if (!store.Put("c", "3").ok()) _exit(5);
-    _exit(0);
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    CHECK_FALSE(written.load());
+    REQUIRE(guard.Get("k1", &view).ok());
+    CHECK(view == "value one");
+    guard.Unlock();
+    CHECK_FALSE(guard.locked());
+    writer.join();
+    CHECK(written.load());
+    REQUIRE(store.Get("k1", &copy).ok());
+    CHECK(copy == "changed");
+
+    Store closed;
+    CHECK(guard.Lock(closed).code() == Code::kInvalidArgument);
+    CHECK_FALSE(guard.locked());
   }
-  const int rc = WaitChildWithTimeout(pid, 10);
-  CHECK_MESSAGE(rc != -2, "the child deadlocked writing from inside ForEach");
-  CHECK(rc == 0);
-}
 
-TEST_CASE("store: Flush async and sync") {
-  TempDir dir;
-  Store store = MustOpen(dir.File("s.mkv"));
-  Stats st;
-  REQUIRE(store.GetStats(&st).ok());
-  const uint64_t gen0 = st.checkpoint_generation;
-  CHECK(gen0 >= 1);
-
-  REQUIRE(store.Put("a", "1").ok());
-  REQUIRE(store.Flush(FlushMode::kAsync).ok());
-  REQUIRE(store.GetStats(&st).ok());
-  CHECK(st.checkpoint_generation == gen0);  // async is no checkpoint
-
-  REQUIRE(store.Flush(FlushMode::kSync).ok());
-  REQUIRE(store.GetStats(&st).ok());
-  CHECK(st.checkpoint_generation == gen0 + 1);
-  REQUIRE(store.Flush(FlushMode::kSync).ok());  // nothing changed: no new checkpoint
-  REQUIRE(store.GetStats(&st).ok());
-  CHECK(st.checkpoint_generation == gen0 + 1);
-  REQUIRE(store.Put("b", "2").ok());
-  REQUIRE(store.Flush().ok());  // default is kSync
-  REQUIRE(store.GetStats(&st).ok());
-  CHECK(st.checkpoint_generation == gen0 + 2);
-  CheckClean(store);
-}
-
-TEST_CASE("store: GetStats fields are consistent") {
-  TempDir dir;
-  const std::string path = dir.File("s.mkv");
-  Store store = MustOpen(path);
-  Stats st;
-  REQUIRE(store.GetStats(&st).ok());
-  CHECK(st.format_major == 1);
-  CHECK(st.entries == 0);
-  CHECK(st.slots >= 512);
-  CHECK(st.file_bytes == FileSize(path));
-
-  uint64_t record_bytes = 0;
-  for (int i = 0; i < 5000; ++i) {
-    const std::string k = Key16(i);
-    const std::string v(static_cast<size_t>(i % 97), 'v');
-    REQUIRE(store.Put(k, v).ok());
-    record_bytes += (12 + k.size() + v.size() + 15) / 16 * 16;
+  TEST_CASE("store: a write from inside ForEach returns UnsafeUse instead of deadlocking") {
+    TempDir dir;
+    {
+      Store store = MustOpen(dir.File("s.mkv"));
+      REQUIRE(store.Put("a", "1").ok());
+    }
+    // In a child, so that a deadlock is reported (and killed) instead of hanging the suite.
+    std::fflush(nullptr);
+    const pid_t pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+      Store store;
+      if (!Store::Open(dir.File("s.mkv"), {}, &store).ok()) _exit(2);
+      Status inner;
+      Status outer = store.ForEach({}, [&](std::string_view, std::string_view) {
+        inner = store.Put("b", "2");
+        return false;
+      });
+      if (!outer.ok()) _exit(3);
+      if (inner.code() != Code::kUnsafeUse) _exit(4);
+      // The store is still usable after the walk.
+      if (!store.Put("c", "3").ok()) _exit(5);
+      _exit(0);
+    }
+    const int rc = WaitChildWithTimeout(pid, 10);
+    CHECK_MESSAGE(rc != -2, "the child deadlocked writing from inside ForEach");
+    CHECK(rc == 0);
   }
-  REQUIRE(store.GetStats(&st).ok());
-  CHECK(st.entries == 5000);
-  CHECK(st.entries == store.size());
-  CHECK((st.slots & (st.slots - 1)) == 0);  // a power of two
-  CHECK(st.slots * 7 / 8 >= st.entries);    // below the maximum load
-  CHECK(st.load_factor == doctest::Approx(static_cast<double>(st.entries) / static_cast<double>(st.slots)));
-  CHECK(st.table_bytes == st.slots * 8);
-  CHECK(st.live_bytes == record_bytes);
-  CHECK(st.file_bytes == FileSize(path));
-  CHECK(st.heap_bytes <= st.file_bytes);
-  CHECK(st.heap_bytes >= st.live_bytes + st.table_bytes);
-  CHECK(st.free_bytes == st.file_bytes - st.heap_bytes);
-  CHECK(st.change_seq >= 5000);
-  CHECK(st.max_probe >= 1);
-  CHECK(st.mean_probe >= 1.0);
-  CHECK(st.mean_probe <= static_cast<double>(st.max_probe));
 
-  const uint64_t seq = st.change_seq;
-  for (int i = 0; i < 1000; ++i) REQUIRE(store.Erase(Key16(i)).ok());
-  REQUIRE(store.GetStats(&st).ok());
-  CHECK(st.entries == 4000);
-  CHECK(st.change_seq == seq + 1000);
-  CHECK(st.live_bytes < record_bytes);
-  CHECK(st.garbage_bytes > 0);  // freed records the last checkpoint still holds
-  REQUIRE(store.Flush().ok());
-  REQUIRE(store.GetStats(&st).ok());
-  CHECK(st.garbage_bytes == 0);
-  CHECK(st.file_bytes == FileSize(path));
-}
+  TEST_CASE("store: Flush async and sync") {
+    TempDir dir;
+    Store store = MustOpen(dir.File("s.mkv"));
+    Stats st;
+    REQUIRE(store.GetStats(&st).ok());
+    const uint64_t gen0 = st.checkpoint_generation;
+    CHECK(gen0 >= 1);
 
-TEST_CASE("store: initial_capacity sizes the table so it never rehashes") {
-  TempDir dir;
-  Options options;
-  options.initial_capacity = 20000;
-  Store store = MustOpen(dir.File("s.mkv"), options);
-  Stats st;
-  REQUIRE(store.GetStats(&st).ok());
-  const uint64_t slots = st.slots;
-  CHECK(slots * 7 / 8 >= 20000);
-  for (int i = 0; i < 20000; ++i) REQUIRE(store.Put(Key16(i), "v").ok());
-  REQUIRE(store.GetStats(&st).ok());
-  CHECK(st.slots == slots);
-  REQUIRE(store.Put("one more", "v").ok());  // may rehash now; must still work
-  CHECK(store.size() == 20001);
-  CheckClean(store);
-}
+    REQUIRE(store.Put("a", "1").ok());
+    REQUIRE(store.Flush(FlushMode::kAsync).ok());
+    REQUIRE(store.GetStats(&st).ok());
+    CHECK(st.checkpoint_generation == gen0);  // async is no checkpoint
 
-TEST_CASE("store: Check on a healthy store reports no problems") {
-  TempDir dir;
-  Store store = MustOpen(dir.File("s.mkv"));
-  CheckClean(store);  // empty
-  Rng rng(3);
-  for (int i = 0; i < 3000; ++i) REQUIRE(store.Put(rng.Bytes(1 + rng.Uniform(30)), rng.Bytes(rng.Uniform(300))).ok());
-  CheckClean(store);  // after growth and rehashes
-  REQUIRE(store.Flush().ok());
-  CheckClean(store);  // after a checkpoint
-  CheckReport report;
-  REQUIRE(store.Check(&report).ok());
-  CHECK(report.entries_checked == store.size());
-  CHECK(report.problems.empty());
-}
+    REQUIRE(store.Flush(FlushMode::kSync).ok());
+    REQUIRE(store.GetStats(&st).ok());
+    CHECK(st.checkpoint_generation == gen0 + 1);
+    REQUIRE(store.Flush(FlushMode::kSync).ok());  // nothing changed: no new checkpoint
+    REQUIRE(store.GetStats(&st).ok());
+    CHECK(st.checkpoint_generation == gen0 + 1);
+    REQUIRE(store.Put("b", "2").ok());
+    REQUIRE(store.Flush().ok());  // default is kSync
+    REQUIRE(store.GetStats(&st).ok());
+    CHECK(st.checkpoint_generation == gen0 + 2);
+    CheckClean(store);
+  }
 
-TEST_CASE("store: reopen after Close keeps everything") {
-  TempDir dir;
-  const std::string path = dir.File("s.mkv");
-  Model model;
-  Rng rng(11);
-  for (int round = 0; round < 4; ++round) {
+  TEST_CASE("store: GetStats fields are consistent") {
+    TempDir dir;
+    const std::string path = dir.File("s.mkv");
+    Store store = MustOpen(path);
+    Stats st;
+    REQUIRE(store.GetStats(&st).ok());
+    CHECK(st.format_major == 1);
+    CHECK(st.entries == 0);
+    CHECK(st.slots >= 512);
+    CHECK(st.file_bytes == FileSize(path));
+
+    uint64_t record_bytes = 0;
+    for (int i = 0; i < 5000; ++i) {
+      const std::string k = Key16(i);
+      const std::string v(static_cast<size_t>(i % 97), 'v');
+      REQUIRE(store.Put(k, v).ok());
+      record_bytes += (12 + k.size() + v.size() + 15) / 16 * 16;
+    }
+    REQUIRE(store.GetStats(&st).ok());
+    CHECK(st.entries == 5000);
+    CHECK(st.entries == store.size());
+    CHECK((st.slots & (st.slots - 1)) == 0);  // a power of two
+    CHECK(st.slots * 7 / 8 >= st.entries);    // below the maximum load
+    CHECK(st.load_factor == doctest::Approx(static_cast<double>(st.entries) / static_cast<double>(st.slots)));
+    CHECK(st.table_bytes == st.slots * 8);
+    CHECK(st.live_bytes == record_bytes);
+    CHECK(st.file_bytes == FileSize(path));
+    CHECK(st.heap_bytes <= st.file_bytes);
+    CHECK(st.heap_bytes >= st.live_bytes + st.table_bytes);
+    CHECK(st.free_bytes == st.file_bytes - st.heap_bytes);
+    CHECK(st.change_seq >= 5000);
+    CHECK(st.max_probe >= 1);
+    CHECK(st.mean_probe >= 1.0);
+    CHECK(st.mean_probe <= static_cast<double>(st.max_probe));
+
+    const uint64_t seq = st.change_seq;
+    for (int i = 0; i < 1000; ++i) REQUIRE(store.Erase(Key16(i)).ok());
+    REQUIRE(store.GetStats(&st).ok());
+    CHECK(st.entries == 4000);
+    CHECK(st.change_seq == seq + 1000);
+    CHECK(st.live_bytes < record_bytes);
+    CHECK(st.garbage_bytes > 0);  // freed records the last checkpoint still holds
+    REQUIRE(store.Flush().ok());
+    REQUIRE(store.GetStats(&st).ok());
+    CHECK(st.garbage_bytes == 0);
+    CHECK(st.file_bytes == FileSize(path));
+  }
+
+  TEST_CASE("store: initial_capacity sizes the table so it never rehashes") {
+    TempDir dir;
+    Options options;
+    options.initial_capacity = 20000;
+    Store store = MustOpen(dir.File("s.mkv"), options);
+    Stats st;
+    REQUIRE(store.GetStats(&st).ok());
+    const uint64_t slots = st.slots;
+    CHECK(slots * 7 / 8 >= 20000);
+    for (int i = 0; i < 20000; ++i) REQUIRE(store.Put(Key16(i), "v").ok());
+    REQUIRE(store.GetStats(&st).ok());
+    CHECK(st.slots == slots);
+    REQUIRE(store.Put("one more", "v").ok());  // may rehash now; must still work
+    CHECK(store.size() == 20001);
+    CheckClean(store);
+  }
+
+  TEST_CASE("store: Check on a healthy store reports no problems") {
+    TempDir dir;
+    Store store = MustOpen(dir.File("s.mkv"));
+    CheckClean(store);  // empty
+    Rng rng(3);
+    for (int i = 0; i < 3000; ++i) REQUIRE(store.Put(rng.Bytes(1 + rng.Uniform(30)), rng.Bytes(rng.Uniform(300))).ok());
+    CheckClean(store);  // after growth and rehashes
+    REQUIRE(store.Flush().ok());
+    CheckClean(store);  // after a checkpoint
+    CheckReport report;
+    REQUIRE(store.Check(&report).ok());
+    CHECK(report.entries_checked == store.size());
+    CHECK(report.problems.empty());
+  }
+
+  TEST_CASE("store: reopen after Close keeps everything") {
+    TempDir dir;
+    const std::string path = dir.File("s.mkv");
+    Model model;
+    Rng rng(11);
+    for (int round = 0; round < 4; ++round) {
+      Store store = MustOpen(path);
+      CHECK(Dump(store) == model);
+      for (int i = 0; i < 2000; ++i) {
+        std::string k = "k" + std::to_string(rng.Uniform(3000));
+        if (rng.Uniform(4) == 0) {
+          Status s = store.Erase(k);
+          CHECK(s.code() == (model.erase(k) ? Code::kOk : Code::kNotFound));
+        } else {
+          std::string v = rng.Bytes(rng.Uniform(200));
+          REQUIRE(store.Put(k, v).ok());
+          model[k] = v;
+        }
+      }
+      CHECK(store.size() == model.size());
+      // Alternate: plain close, and destruction without an explicit Close.
+      if (round % 2 == 0) REQUIRE(store.Close().ok());
+    }
     Store store = MustOpen(path);
     CHECK(Dump(store) == model);
-    for (int i = 0; i < 2000; ++i) {
-      std::string k = "k" + std::to_string(rng.Uniform(3000));
-      if (rng.Uniform(4) == 0) {
+    CheckClean(store);
+
+    // Opening into a handle that is open closes the old store first.
+    Store other = MustOpen(dir.File("other.mkv"));
+    REQUIRE(other.Put("x", "y").ok());
+    REQUIRE(Store::Open(path, {}, &other).ok());
+    CHECK(other.path() == path);
+    CHECK(other.size() == model.size());
+    // A failed open leaves the handle closed.
+    Options no_create;
+    no_create.create_if_missing = false;
+    CHECK(Store::Open(dir.File("missing.mkv"), no_create, &other).code() == Code::kNotFound);
+    CHECK_FALSE(other.is_open());
+    // Moves transfer the handle.
+    Store moved(std::move(store));
+    CHECK(moved.is_open());
+    CHECK(moved.size() == model.size());
+    Store assigned;
+    assigned = std::move(moved);
+    CHECK(assigned.is_open());
+    std::string v;
+    if (!model.empty()) {
+      REQUIRE(assigned.Get(model.begin()->first, &v).ok());
+      CHECK(v == model.begin()->second);
+    }
+  }
+
+  TEST_CASE("store: read-only open refuses writes and never changes the file") {
+    TempDir dir;
+    const std::string path = dir.File("s.mkv");
+    {
+      Store store = MustOpen(path);
+      for (int i = 0; i < 500; ++i) REQUIRE(store.Put(Key16(i), "v" + std::to_string(i)).ok());
+    }
+    const std::string before = ReadFileBytes(path);
+    {
+      Options ro;
+      ro.read_only = true;
+      Store store = MustOpen(path, ro);
+      CHECK(store.size() == 500);
+      std::string v;
+      REQUIRE(store.Get(Key16(7), &v).ok());
+      CHECK(v == "v7");
+      CHECK(Dump(store).size() == 500);
+      CHECK(store.Put("new", "x").code() == Code::kPermissionDenied);
+      CHECK(store.Put(Key16(7), "x").code() == Code::kPermissionDenied);
+      CHECK(store.Erase(Key16(7)).code() == Code::kPermissionDenied);
+      WriteBatch batch;
+      batch.Put("b", "c");
+      CHECK(store.Write(batch).code() == Code::kPermissionDenied);
+      batch.Clear();
+      CHECK(store.Write(batch).code() == Code::kPermissionDenied);
+      CHECK(store.Flush(FlushMode::kSync).code() == Code::kPermissionDenied);
+      CHECK(store.Compact().code() == Code::kPermissionDenied);
+      CHECK(store.Flush(FlushMode::kAsync).ok());
+      Stats st;
+      REQUIRE(store.GetStats(&st).ok());
+      CHECK(st.entries == 500);
+      CheckClean(store);
+      ReadGuard guard;
+      REQUIRE(guard.Lock(store).ok());
+      std::string_view view;
+      REQUIRE(guard.Get(Key16(9), &view).ok());
+      CHECK(view == "v9");
+      guard.Unlock();
+      // A second read-only handle and a writable one alongside.
+      Store ro2 = MustOpen(path, ro);
+      CHECK(ro2.size() == 500);
+      REQUIRE(ro2.Close().ok());
+      REQUIRE(store.Close().ok());
+    }
+    CHECK(ReadFileBytes(path) == before);
+
+    Options ro;
+    ro.read_only = true;
+    Store missing;
+    CHECK(Store::Open(dir.File("missing.mkv"), ro, &missing).code() == Code::kNotFound);
+    CHECK_FALSE(std::filesystem::exists(dir.File("missing.mkv")));
+  }
+
+  TEST_CASE("store: open options create_if_missing error_if_exists and bad arguments") {
+    TempDir dir;
+    const std::string path = dir.File("s.mkv");
+    Store store;
+    Options no_create;
+    no_create.create_if_missing = false;
+    CHECK(Store::Open(path, no_create, &store).code() == Code::kNotFound);
+    CHECK_FALSE(std::filesystem::exists(path));
+    CHECK_FALSE(store.is_open());
+
+    Options exclusive;
+    exclusive.error_if_exists = true;
+    REQUIRE(Store::Open(path, exclusive, &store).ok());  // missing: created
+    REQUIRE(store.Put("a", "1").ok());
+    REQUIRE(store.Close().ok());
+    const std::string bytes = ReadFileBytes(path);
+    CHECK(Store::Open(path, exclusive, &store).code() == Code::kInvalidArgument);
+    CHECK_FALSE(store.is_open());
+    CHECK(ReadFileBytes(path) == bytes);
+
+    REQUIRE(Store::Open(path, no_create, &store).ok());  // exists: opens
+    std::string v;
+    REQUIRE(store.Get("a", &v).ok());
+    CHECK(v == "1");
+    REQUIRE(store.Close().ok());
+    const std::string reopened = ReadFileBytes(path);  // a writable open bumps lock counters
+
+    Options contradictory;
+    contradictory.read_only = true;
+    contradictory.error_if_exists = true;
+    CHECK(Store::Open(path, contradictory, &store).code() == Code::kInvalidArgument);
+    Options negative;
+    negative.lock_timeout = std::chrono::milliseconds(-1);
+    CHECK(Store::Open(path, negative, &store).code() == Code::kInvalidArgument);
+    CHECK(Store::Open("", {}, &store).code() == Code::kInvalidArgument);
+    CHECK(Store::Open(dir.File("no/such/dir/s.mkv"), {}, &store).code() == Code::kNotFound);
+    CHECK(ReadFileBytes(path) == reopened);
+
+    // file_mode applies to a new file (before the umask).
+    Options mode;
+    mode.file_mode = 0640;
+    const mode_t old_mask = ::umask(022);
+    REQUIRE(Store::Open(dir.File("mode.mkv"), mode, &store).ok());
+    ::umask(old_mask);
+    REQUIRE(store.Close().ok());
+    CHECK((std::filesystem::status(dir.File("mode.mkv")).permissions() & std::filesystem::perms::all) ==
+          (std::filesystem::perms::owner_read | std::filesystem::perms::owner_write |
+           std::filesystem::perms::group_read));
+    // No temporary file is left behind by creation.
+    int entries = 0;
+    for (const auto& e : std::filesystem::directory_iterator(dir.path())) {
+      ++entries;
+      CHECK(e.path().filename().string().find("mapkv-new") == std::string::npos);
+    }
+    CHECK(entries == 2);
+  }
+
+  // Random operations against std::map, with reopen, checkpoints and
+  // compaction mixed in.
+  void RunModelTest(uint64_t seed, int ops) {
+    TempDir dir;
+    const std::string path = dir.File("s.mkv");
+    Store store = MustOpen(path);
+    Model model;
+    Rng rng(seed);
+    std::vector<std::string> keys;
+    for (int i = 0; i < 400; ++i) {
+      std::string k = rng.Bytes(1 + rng.Uniform(i % 10 == 0 ? 300 : 24));
+      keys.push_back(k);
+    }
+    auto random_value = [&] {
+      uint64_t r = rng.Uniform(100);
+      size_t n = r < 70 ? rng.Uniform(64) : r < 97 ? rng.Uniform(4000) : rng.Uniform(200000);
+      return rng.Bytes(n);
+    };
+    int checks = 0;
+    for (int op = 0; op < ops; ++op) {
+      CAPTURE(op);
+      const std::string& k = keys[rng.Uniform(keys.size())];
+      const uint64_t r = rng.Uniform(1000);
+      if (r < 400) {
+        std::string v = random_value();
+        REQUIRE(store.Put(k, v).ok());
+        model[k] = v;
+      } else if (r < 550) {
         Status s = store.Erase(k);
         CHECK(s.code() == (model.erase(k) ? Code::kOk : Code::kNotFound));
+      } else if (r < 750) {
+        std::string v;
+        Status s = store.Get(k, &v);
+        auto it = model.find(k);
+        if (it == model.end()) {
+          CHECK(s.code() == Code::kNotFound);
+        } else {
+          REQUIRE(s.ok());
+          CHECK(v == it->second);
+        }
+      } else if (r < 800) {
+        bool found = false;
+        REQUIRE(store.Contains(k, &found).ok());
+        CHECK(found == (model.count(k) == 1));
+      } else if (r < 950) {
+        WriteBatch batch;
+        Model next = model;
+        const uint64_t n = 1 + rng.Uniform(20);
+        for (uint64_t i = 0; i < n; ++i) {
+          const std::string& bk = keys[rng.Uniform(keys.size())];
+          if (rng.Uniform(3) == 0) {
+            batch.Erase(bk);
+            next.erase(bk);
+          } else {
+            std::string v = random_value();
+            batch.Put(bk, v);
+            next[bk] = v;
+          }
+        }
+        REQUIRE(store.Write(batch).ok());
+        model = std::move(next);
+      } else if (r < 970) {
+        REQUIRE(store.Flush(rng.Uniform(2) ? FlushMode::kSync : FlushMode::kAsync).ok());
+      } else if (r < 980) {
+        REQUIRE(store.Close().ok());
+        store = MustOpen(path);
+      } else if (r < 985) {
+        REQUIRE(store.Compact().ok());
       } else {
-        std::string v = rng.Bytes(rng.Uniform(200));
+        CHECK(Dump(store) == model);
+        if (++checks % 4 == 0) CheckClean(store);
+      }
+      REQUIRE(store.size() == model.size());
+    }
+    CHECK(Dump(store) == model);
+    CheckClean(store);
+    REQUIRE(store.Close().ok());
+    store = MustOpen(path);
+    CHECK(Dump(store) == model);
+    CheckClean(store);
+  }
+
+  TEST_CASE("store: randomized operations match a std::map model") {
+    for (uint64_t seed : {1, 2, 3}) {
+      CAPTURE(seed);
+      RunModelTest(seed, 4000);
+    }
+  }
+
+  TEST_CASE("store: randomized operations match a std::map model (long)" * doctest::test_suite("slow")) {
+    MAPKV_SLOW_TEST_GATE();
+    for (uint64_t seed = 100; seed < 120; ++seed) {
+      CAPTURE(seed);
+      RunModelTest(seed, 20000);
+    }
+  }
+
+  TEST_CASE("store: Compact shrinks the file and keeps everything readable") {
+    TempDir dir;
+    const std::string path = dir.File("s.mkv");
+    Store store = MustOpen(path);
+    Model model;
+    Rng rng(5);
+    for (int round = 0; round < 6; ++round) {
+      for (int i = 0; i < 5000; ++i) {
+        std::string k = Key16(rng.Uniform(8000));
+        std::string v = rng.Bytes(rng.Uniform(400));
         REQUIRE(store.Put(k, v).ok());
         model[k] = v;
       }
+      REQUIRE(store.Flush().ok());
     }
-    CHECK(store.size() == model.size());
-    // Alternate: plain close, and destruction without an explicit Close.
-    if (round % 2 == 0) REQUIRE(store.Close().ok());
-  }
-  Store store = MustOpen(path);
-  CHECK(Dump(store) == model);
-  CheckClean(store);
+    for (int i = 0; i < 8000; i += 2) {
+      if (model.erase(Key16(i))) REQUIRE(store.Erase(Key16(i)).ok());
+    }
+    Stats before;
+    REQUIRE(store.GetStats(&before).ok());
+    REQUIRE(store.Compact().ok());
+    Stats after;
+    REQUIRE(store.GetStats(&after).ok());
+    MESSAGE("Compact: file " << before.file_bytes << " -> " << after.file_bytes << " bytes, live " << after.live_bytes);
+    CHECK(after.file_bytes < before.file_bytes);
+    CHECK(after.file_bytes == FileSize(path));
+    CHECK(after.entries == model.size());
+    CHECK(after.live_bytes == before.live_bytes);
+    CHECK(Dump(store) == model);
+    CheckClean(store);
 
-  // Opening into a handle that is open closes the old store first.
-  Store other = MustOpen(dir.File("other.mkv"));
-  REQUIRE(other.Put("x", "y").ok());
-  REQUIRE(Store::Open(path, {}, &other).ok());
-  CHECK(other.path() == path);
-  CHECK(other.size() == model.size());
-  // A failed open leaves the handle closed.
-  Options no_create;
-  no_create.create_if_missing = false;
-  CHECK(Store::Open(dir.File("missing.mkv"), no_create, &other).code() == Code::kNotFound);
-  CHECK_FALSE(other.is_open());
-  // Moves transfer the handle.
-  Store moved(std::move(store));
-  CHECK(moved.is_open());
-  CHECK(moved.size() == model.size());
-  Store assigned;
-  assigned = std::move(moved);
-  CHECK(assigned.is_open());
-  std::string v;
-  if (!model.empty()) {
-    REQUIRE(assigned.Get(model.begin()->first, &v).ok());
-    CHECK(v == model.begin()->second);
-  }
-}
+    // Compacting again changes nothing visible; writes continue normally.
+    REQUIRE(store.Compact().ok());
+    CHECK(Dump(store) == model);
+    for (int i = 0; i < 1000; ++i) {
+      REQUIRE(store.Put("post" + std::to_string(i), "x").ok());
+      model["post" + std::to_string(i)] = "x";
+    }
+    CheckClean(store);
+    REQUIRE(store.Close().ok());
+    store = MustOpen(path);
+    CHECK(Dump(store) == model);
+    CheckClean(store);
 
-TEST_CASE("store: read-only open refuses writes and never changes the file") {
-  TempDir dir;
-  const std::string path = dir.File("s.mkv");
-  {
-    Store store = MustOpen(path);
-    for (int i = 0; i < 500; ++i) REQUIRE(store.Put(Key16(i), "v" + std::to_string(i)).ok());
+    // Compact of an empty store.
+    Store empty = MustOpen(dir.File("empty.mkv"));
+    REQUIRE(empty.Compact().ok());
+    CHECK(empty.size() == 0);
+    CheckClean(empty);
   }
-  const std::string before = ReadFileBytes(path);
-  {
-    Options ro;
-    ro.read_only = true;
-    Store store = MustOpen(path, ro);
-    CHECK(store.size() == 500);
+
+  TEST_CASE("store: Compact with a second handle open keeps both handles working") {
+    TempDir dir;
+    const std::string path = dir.File("s.mkv");
+    Store a = MustOpen(path);
+    Store b = MustOpen(path);
+    Model model;
+    for (int i = 0; i < 20000; ++i) {
+      std::string k = Key16(i % 5000);
+      std::string v = std::to_string(i) + std::string(static_cast<size_t>(i % 50), '.');
+      REQUIRE(a.Put(k, v).ok());
+      model[k] = v;
+    }
+    REQUIRE(b.Compact().ok());
+    CHECK(Dump(a) == model);
+    CHECK(Dump(b) == model);
+    REQUIRE(a.Put("from-a", "1").ok());
+    REQUIRE(b.Put("from-b", "2").ok());
     std::string v;
-    REQUIRE(store.Get(Key16(7), &v).ok());
-    CHECK(v == "v7");
-    CHECK(Dump(store).size() == 500);
-    CHECK(store.Put("new", "x").code() == Code::kPermissionDenied);
-    CHECK(store.Put(Key16(7), "x").code() == Code::kPermissionDenied);
-    CHECK(store.Erase(Key16(7)).code() == Code::kPermissionDenied);
-    WriteBatch batch;
-    batch.Put("b", "c");
-    CHECK(store.Write(batch).code() == Code::kPermissionDenied);
-    batch.Clear();
-    CHECK(store.Write(batch).code() == Code::kPermissionDenied);
-    CHECK(store.Flush(FlushMode::kSync).code() == Code::kPermissionDenied);
-    CHECK(store.Compact().code() == Code::kPermissionDenied);
-    CHECK(store.Flush(FlushMode::kAsync).ok());
+    REQUIRE(b.Get("from-a", &v).ok());
+    CHECK(v == "1");
+    REQUIRE(a.Get("from-b", &v).ok());
+    CHECK(v == "2");
+    CheckClean(a);
+    REQUIRE(a.Close().ok());
+    REQUIRE(b.Close().ok());
+    Store c = MustOpen(path);
+    CHECK(c.size() == model.size() + 2);
+    CheckClean(c);
+  }
+
+  // Loads n keys, closes (close trims the file), then overwrites every key ten
+  // times with values of varying size: the file must stay within 2.5x.
+  void RunSpaceReuse(uint64_t n) {
+    TempDir dir;
+    const std::string path = dir.File("s.mkv");
+    auto value = [](uint64_t i, int round) {
+      std::string v = std::to_string(i) + "/" + std::to_string(round);
+      v.resize(8 + (i * 7 + static_cast<uint64_t>(round) * 13) % 25, '#');
+      return v;
+    };
+    const auto start = Clock::now();
+    {
+      Store store = MustOpen(path);
+      for (uint64_t i = 0; i < n; ++i) REQUIRE(store.Put(Key16(i), value(i, -1)).ok());
+      REQUIRE(store.Close().ok());
+    }
+    const uint64_t loaded = FileSize(path);
+    Store store = MustOpen(path);
+    for (int round = 0; round < 10; ++round) {
+      for (uint64_t i = 0; i < n; ++i) REQUIRE(store.Put(Key16(i), value(i, round)).ok());
+    }
     Stats st;
     REQUIRE(store.GetStats(&st).ok());
-    CHECK(st.entries == 500);
+    MESSAGE("space reuse, " << n << " keys: after load " << loaded << " bytes, after 10 overwrites " << st.file_bytes
+                            << " bytes (" << static_cast<double>(st.file_bytes) / static_cast<double>(loaded)
+                            << "x) in " << SecondsSince(start) << " s");
+    CHECK(st.file_bytes * 2 <= loaded * 5);
+    CHECK(st.entries == n);
+    std::string v;
+    for (uint64_t i = 0; i < n; i += 97) {
+      REQUIRE(store.Get(Key16(i), &v).ok());
+      CHECK(v == value(i, 9));
+    }
     CheckClean(store);
-    ReadGuard guard;
-    REQUIRE(guard.Lock(store).ok());
-    std::string_view view;
-    REQUIRE(guard.Get(Key16(9), &view).ok());
-    CHECK(view == "v9");
-    guard.Unlock();
-    // A second read-only handle and a writable one alongside.
-    Store ro2 = MustOpen(path, ro);
-    CHECK(ro2.size() == 500);
-    REQUIRE(ro2.Close().ok());
     REQUIRE(store.Close().ok());
+    CHECK(FileSize(path) * 2 <= loaded * 5);
   }
-  CHECK(ReadFileBytes(path) == before);
 
-  Options ro;
-  ro.read_only = true;
-  Store missing;
-  CHECK(Store::Open(dir.File("missing.mkv"), ro, &missing).code() == Code::kNotFound);
-  CHECK_FALSE(std::filesystem::exists(dir.File("missing.mkv")));
-}
-
-TEST_CASE("store: open options create_if_missing error_if_exists and bad arguments") {
-  TempDir dir;
-  const std::string path = dir.File("s.mkv");
-  Store store;
-  Options no_create;
-  no_create.create_if_missing = false;
-  CHECK(Store::Open(path, no_create, &store).code() == Code::kNotFound);
-  CHECK_FALSE(std::filesystem::exists(path));
-  CHECK_FALSE(store.is_open());
-
-  Options exclusive;
-  exclusive.error_if_exists = true;
-  REQUIRE(Store::Open(path, exclusive, &store).ok());  // missing: created
-  REQUIRE(store.Put("a", "1").ok());
-  REQUIRE(store.Close().ok());
-  const std::string bytes = ReadFileBytes(path);
-  CHECK(Store::Open(path, exclusive, &store).code() == Code::kInvalidArgument);
-  CHECK_FALSE(store.is_open());
-  CHECK(ReadFileBytes(path) == bytes);
-
-  REQUIRE(Store::Open(path, no_create, &store).ok());  // exists: opens
-  std::string v;
-  REQUIRE(store.Get("a", &v).ok());
-  CHECK(v == "1");
-  REQUIRE(store.Close().ok());
-  const std::string reopened = ReadFileBytes(path);  // a writable open bumps lock counters
-
-  Options contradictory;
-  contradictory.read_only = true;
-  contradictory.error_if_exists = true;
-  CHECK(Store::Open(path, contradictory, &store).code() == Code::kInvalidArgument);
-  Options negative;
-  negative.lock_timeout = std::chrono::milliseconds(-1);
-  CHECK(Store::Open(path, negative, &store).code() == Code::kInvalidArgument);
-  CHECK(Store::Open("", {}, &store).code() == Code::kInvalidArgument);
-  CHECK(Store::Open(dir.File("no/such/dir/s.mkv"), {}, &store).code() == Code::kNotFound);
-  CHECK(ReadFileBytes(path) == reopened);
-
-  // file_mode applies to a new file (before the umask).
-  Options mode;
-  mode.file_mode = 0640;
-  const mode_t old_mask = ::umask(022);
-  REQUIRE(Store::Open(dir.File("mode.mkv"), mode, &store).ok());
-  ::umask(old_mask);
-  REQUIRE(store.Close().ok());
-  CHECK((std::filesystem::status(dir.File("mode.mkv")).permissions() & std::filesystem::perms::all) ==
-        (std::filesystem::perms::owner_read | std::filesystem::perms::owner_write |
-         std::filesystem::perms::group_read));
-  // No temporary file is left behind by creation.
-  int entries = 0;
-  for (const auto& e : std::filesystem::directory_iterator(dir.path())) {
-    ++entries;
-    CHECK(e.path().filename().string().find("mapkv-new") == std::string::npos);
+  TEST_CASE("store: overwriting every key 10 times keeps the file within 2.5x of the loaded size") {
+    RunSpaceReuse(200000);
   }
-  CHECK(entries == 2);
-}
 
-// Random operations against std::map, with reopen, checkpoints and
-// compaction mixed in.
-void RunModelTest(uint64_t seed, int ops) {
-  TempDir dir;
-  const std::string path = dir.File("s.mkv");
-  Store store = MustOpen(path);
-  Model model;
-  Rng rng(seed);
-  std::vector<std::string> keys;
-  for (int i = 0; i < 400; ++i) {
-    std::string k = rng.Bytes(1 + rng.Uniform(i % 10 == 0 ? 300 : 24));
-    keys.push_back(k);
+  TEST_CASE("store: overwriting every key 10 times keeps the file within 2.5x (1M keys)" *
+            doctest::test_suite("slow")) {
+    MAPKV_SLOW_TEST_GATE();
+    RunSpaceReuse(1000000);
   }
-  auto random_value = [&] {
-    uint64_t r = rng.Uniform(100);
-    size_t n = r < 70 ? rng.Uniform(64) : r < 97 ? rng.Uniform(4000) : rng.Uniform(200000);
-    return rng.Bytes(n);
-  };
-  int checks = 0;
-  for (int op = 0; op < ops; ++op) {
-    CAPTURE(op);
-    const std::string& k = keys[rng.Uniform(keys.size())];
-    const uint64_t r = rng.Uniform(1000);
-    if (r < 400) {
-      std::string v = random_value();
-      REQUIRE(store.Put(k, v).ok());
-      model[k] = v;
-    } else if (r < 550) {
-      Status s = store.Erase(k);
-      CHECK(s.code() == (model.erase(k) ? Code::kOk : Code::kNotFound));
-    } else if (r < 750) {
-      std::string v;
-      Status s = store.Get(k, &v);
-      auto it = model.find(k);
-      if (it == model.end()) {
-        CHECK(s.code() == Code::kNotFound);
-      } else {
-        REQUIRE(s.ok());
-        CHECK(v == it->second);
-      }
-    } else if (r < 800) {
-      bool found = false;
-      REQUIRE(store.Contains(k, &found).ok());
-      CHECK(found == (model.count(k) == 1));
-    } else if (r < 950) {
-      WriteBatch batch;
-      Model next = model;
-      const uint64_t n = 1 + rng.Uniform(20);
-      for (uint64_t i = 0; i < n; ++i) {
-        const std::string& bk = keys[rng.Uniform(keys.size())];
-        if (rng.Uniform(3) == 0) {
-          batch.Erase(bk);
-          next.erase(bk);
-        } else {
-          std::string v = random_value();
-          batch.Put(bk, v);
-          next[bk] = v;
-        }
-      }
-      REQUIRE(store.Write(batch).ok());
-      model = std::move(next);
-    } else if (r < 970) {
-      REQUIRE(store.Flush(rng.Uniform(2) ? FlushMode::kSync : FlushMode::kAsync).ok());
-    } else if (r < 980) {
-      REQUIRE(store.Close().ok());
-      store = MustOpen(path);
-    } else if (r < 985) {
-      REQUIRE(store.Compact().ok());
-    } else {
-      CHECK(Dump(store) == model);
-      if (++checks % 4 == 0) CheckClean(store);
-    }
-    REQUIRE(store.size() == model.size());
-  }
-  CHECK(Dump(store) == model);
-  CheckClean(store);
-  REQUIRE(store.Close().ok());
-  store = MustOpen(path);
-  CHECK(Dump(store) == model);
-  CheckClean(store);
-}
-
-TEST_CASE("store: randomized operations match a std::map model") {
-  for (uint64_t seed : {1, 2, 3}) {
-    CAPTURE(seed);
-    RunModelTest(seed, 4000);
-  }
-}
-
-TEST_CASE("store: randomized operations match a std::map model (long)" * doctest::test_suite("slow")) {
-  MAPKV_SLOW_TEST_GATE();
-  for (uint64_t seed = 100; seed < 120; ++seed) {
-    CAPTURE(seed);
-    RunModelTest(seed, 20000);
-  }
-}
-
-TEST_CASE("store: Compact shrinks the file and keeps everything readable") {
-  TempDir dir;
-  const std::string path = dir.File("s.mkv");
-  Store store = MustOpen(path);
-  Model model;
-  Rng rng(5);
-  for (int round = 0; round < 6; ++round) {
-    for (int i = 0; i < 5000; ++i) {
-      std::string k = Key16(rng.Uniform(8000));
-      std::string v = rng.Bytes(rng.Uniform(400));
-      REQUIRE(store.Put(k, v).ok());
-      model[k] = v;
-    }
-    REQUIRE(store.Flush().ok());
-  }
-  for (int i = 0; i < 8000; i += 2) {
-    if (model.erase(Key16(i))) REQUIRE(store.Erase(Key16(i)).ok());
-  }
-  Stats before;
-  REQUIRE(store.GetStats(&before).ok());
-  REQUIRE(store.Compact().ok());
-  Stats after;
-  REQUIRE(store.GetStats(&after).ok());
-  MESSAGE("Compact: file " << before.file_bytes << " -> " << after.file_bytes << " bytes, live "
-                           << after.live_bytes);
-  CHECK(after.file_bytes < before.file_bytes);
-  CHECK(after.file_bytes == FileSize(path));
-  CHECK(after.entries == model.size());
-  CHECK(after.live_bytes == before.live_bytes);
-  CHECK(Dump(store) == model);
-  CheckClean(store);
-
-  // Compacting again changes nothing visible; writes continue normally.
-  REQUIRE(store.Compact().ok());
-  CHECK(Dump(store) == model);
-  for (int i = 0; i < 1000; ++i) {
-    REQUIRE(store.Put("post" + std::to_string(i), "x").ok());
-    model["post" + std::to_string(i)] = "x";
-  }
-  CheckClean(store);
-  REQUIRE(store.Close().ok());
-  store = MustOpen(path);
-  CHECK(Dump(store) == model);
-  CheckClean(store);
-
-  // Compact of an empty store.
-  Store empty = MustOpen(dir.File("empty.mkv"));
-  REQUIRE(empty.Compact().ok());
-  CHECK(empty.size() == 0);
-  CheckClean(empty);
-}
-
-TEST_CASE("store: Compact with a second handle open keeps both handles working") {
-  TempDir dir;
-  const std::string path = dir.File("s.mkv");
-  Store a = MustOpen(path);
-  Store b = MustOpen(path);
-  Model model;
-  for (int i = 0; i < 20000; ++i) {
-    std::string k = Key16(i % 5000);
-    std::string v = std::to_string(i) + std::string(static_cast<size_t>(i % 50), '.');
-    REQUIRE(a.Put(k, v).ok());
-    model[k] = v;
-  }
-  REQUIRE(b.Compact().ok());
-  CHECK(Dump(a) == model);
-  CHECK(Dump(b) == model);
-  REQUIRE(a.Put("from-a", "1").ok());
-  REQUIRE(b.Put("from-b", "2").ok());
-  std::string v;
-  REQUIRE(b.Get("from-a", &v).ok());
-  CHECK(v == "1");
-  REQUIRE(a.Get("from-b", &v).ok());
-  CHECK(v == "2");
-  CheckClean(a);
-  REQUIRE(a.Close().ok());
-  REQUIRE(b.Close().ok());
-  Store c = MustOpen(path);
-  CHECK(c.size() == model.size() + 2);
-  CheckClean(c);
-}
-
-// Loads n keys, closes (close trims the file), then overwrites every key ten
-// times with values of varying size: the file must stay within 2.5x.
-void RunSpaceReuse(uint64_t n) {
-  TempDir dir;
-  const std::string path = dir.File("s.mkv");
-  auto value = [](uint64_t i, int round) {
-    std::string v = std::to_string(i) + "/" + std::to_string(round);
-    v.resize(8 + (i * 7 + static_cast<uint64_t>(round) * 13) % 25, '#');
-    return v;
-  };
-  const auto start = Clock::now();
-  {
-    Store store = MustOpen(path);
-    for (uint64_t i = 0; i < n; ++i) REQUIRE(store.Put(Key16(i), value(i, -1)).ok());
-    REQUIRE(store.Close().ok());
-  }
-  const uint64_t loaded = FileSize(path);
-  Store store = MustOpen(path);
-  for (int round = 0; round < 10; ++round) {
-    for (uint64_t i = 0; i < n; ++i) REQUIRE(store.Put(Key16(i), value(i, round)).ok());
-  }
-  Stats st;
-  REQUIRE(store.GetStats(&st).ok());
-  MESSAGE("space reuse, " << n << " keys: after load " << loaded << " bytes, after 10 overwrites "
-                          << st.file_bytes << " bytes (" << static_cast<double>(st.file_bytes) / static_cast<double>(loaded)
-                          << "x) in " << SecondsSince(start) << " s");
-  CHECK(st.file_bytes * 2 <= loaded * 5);
-  CHECK(st.entries == n);
-  std::string v;
-  for (uint64_t i = 0; i < n; i += 97) {
-    REQUIRE(store.Get(Key16(i), &v).ok());
-    CHECK(v == value(i, 9));
-  }
-  CheckClean(store);
-  REQUIRE(store.Close().ok());
-  CHECK(FileSize(path) * 2 <= loaded * 5);
-}
-
-TEST_CASE("store: overwriting every key 10 times keeps the file within 2.5x of the loaded size") {
-  RunSpaceReuse(200000);
-}
-
-TEST_CASE("store: overwriting every key 10 times keeps the file within 2.5x (1M keys)" *
-          doctest::test_suite("slow")) {
-  MAPKV_SLOW_TEST_GATE();
-  RunSpaceReuse(1000000);
-}
 
 }  // TEST_SUITE("store")
 

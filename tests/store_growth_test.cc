@@ -89,145 +89,146 @@ void RunGrowth(uint64_t n) {
 }
 
 TEST_SUITE("growth") {
+  TEST_CASE("growth: an empty store grows to 2000000 entries and every key reads back") { RunGrowth(2000000); }
 
-TEST_CASE("growth: an empty store grows to 2000000 entries and every key reads back") {
-  RunGrowth(2000000);
-}
-
-TEST_CASE("growth: an empty store grows to 8000000 entries (long)" * doctest::test_suite("slow")) {
-  MAPKV_SLOW_TEST_GATE();
-  RunGrowth(8000000);
-}
-
-TEST_CASE("growth: large values grow the file many times") {
-  TempDir dir;
-  const std::string path = dir.File("g.mkv");
-  Store store = MustOpen(path);
-  Rng rng(21);
-  Model model;
-  uint64_t grew = 0, last = FileSize(path);
-  for (int i = 0; i < 3000; ++i) {
-    std::string k = "big" + std::to_string(i);
-    std::string v = rng.Bytes(1000 + rng.Uniform(60000));
-    REQUIRE(store.Put(k, v).ok());
-    model[k] = std::move(v);
-    const uint64_t now = FileSize(path);
-    if (now > last) ++grew;
-    last = now;
+  TEST_CASE("growth: an empty store grows to 8000000 entries (long)" * doctest::test_suite("slow")) {
+    MAPKV_SLOW_TEST_GATE();
+    RunGrowth(8000000);
   }
-  CHECK(grew >= 10);
-  CHECK(Dump(store) == model);
-  CheckClean(store);
-  REQUIRE(store.Close().ok());
-  store = MustOpen(path);
-  CHECK(Dump(store) == model);
-  CheckClean(store);
-}
 
-TEST_CASE("growth: other handles follow a file that another handle grows") {
-  TempDir dir;
-  const std::string path = dir.File("g.mkv");
-  Store writer = MustOpen(path);
-  Store reader = MustOpen(path);  // mapped while the file is small
-  Options ro;
-  ro.read_only = true;
-  Store ro_reader = MustOpen(path, ro);
-  const uint64_t n = 300000;
-  // Read while the writer grows the file: every key the writer reports
-  // written is readable through the other handles at once.
-  std::atomic<uint64_t> written{0};
-  std::atomic<bool> stop{false};
-  std::atomic<uint64_t> misses{0}, reads{0};
-  std::thread checker([&] {
-    Rng rng(1);
-    std::string v;
-    while (!stop.load()) {
-      const uint64_t w = written.load();
-      if (w == 0) continue;
-      const uint64_t i = rng.Uniform(w);
-      const Store& h = (i & 1) ? reader : ro_reader;
-      if (!h.Get(Key16(i), &v).ok() || v != SmallValue(i)) misses.fetch_add(1);
-      reads.fetch_add(1);
-    }
-  });
-  for (uint64_t i = 0; i < n; ++i) {
-    REQUIRE(writer.Put(Key16(i), SmallValue(i)).ok());
-    written.store(i + 1);
-  }
-  stop = true;
-  checker.join();
-  CHECK(reads.load() > 1000);
-  CHECK(misses.load() == 0);
-  VerifyAll(reader, n);
-  VerifyAll(ro_reader, n, 3);
-  CHECK(Dump(ro_reader).size() == n);
-  CheckClean(reader);
-  CheckClean(ro_reader);
-}
-
-TEST_CASE("growth: a file-size limit gives NoSpace and leaves the store as it was") {
-  TempDir dir;
-  const std::string path = dir.File("g.mkv");
-  // In a child: RLIMIT_FSIZE is per process. Exit codes name the failed step.
-  std::fflush(nullptr);
-  const pid_t pid = ::fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    ::signal(SIGXFSZ, SIG_DFL);  // a growth past the limit must be refused, not signalled
-    struct rlimit limit {};
-    if (::getrlimit(RLIMIT_FSIZE, &limit) != 0) _exit(2);
-    limit.rlim_cur = 8 << 20;
-    if (::setrlimit(RLIMIT_FSIZE, &limit) != 0) _exit(3);
-    Store store;
-    if (!Store::Open(path, {}, &store).ok()) _exit(4);
+  TEST_CASE("growth: large values grow the file many times") {
+    TempDir dir;
+    const std::string path = dir.File("g.mkv");
+    Store store = MustOpen(path);
+    Rng rng(21);
     Model model;
-    Status s;
-    uint64_t i = 0;
-    for (; i < 100000; ++i) {
-      const std::string v(static_cast<size_t>(1000 + i % 3000), static_cast<char>('a' + i % 26));
-      s = store.Put(Key16(i), v);
-      if (!s.ok()) break;
-      model[Key16(i)] = v;
+    uint64_t grew = 0, last = FileSize(path);
+    for (int i = 0; i < 3000; ++i) {
+      std::string k = "big" + std::to_string(i);
+      std::string v = rng.Bytes(1000 + rng.Uniform(60000));
+      REQUIRE(store.Put(k, v).ok());
+      model[k] = std::move(v);
+      const uint64_t now = FileSize(path);
+      if (now > last) ++grew;
+      last = now;
     }
-    if (s.code() != Code::kNoSpace) _exit(5);
-    std::string v;
-    if (store.Get(Key16(i), &v).code() != Code::kNotFound) _exit(6);  // the refused put left nothing
-    if (store.size() != model.size()) _exit(7);
-    // Small writes that fit still work, and so does a batch that does not fit (refused whole).
-    WriteBatch big;
-    for (int k = 0; k < 50; ++k) big.Put("big" + std::to_string(k), std::string(200000, 'b'));
-    if (store.Write(big).code() != Code::kNoSpace) _exit(8);
-    if (store.Get("big0", &v).code() != Code::kNotFound) _exit(9);
-    if (!store.Erase(Key16(0)).ok()) _exit(10);
-    model.erase(Key16(0));
-    if (!store.Put("small", "fits").ok()) _exit(11);
-    model["small"] = "fits";
-    CheckReport report;
-    if (!store.Check(&report).ok() || !report.ok()) _exit(12);
-    uint64_t same = 0;
-    if (!store.ForEach({}, [&](std::string_view k, std::string_view val) {
-          auto it = model.find(std::string(k));
-          same += it != model.end() && it->second == val;
-          return true;
-        }).ok()) {
-      _exit(13);
-    }
-    if (same != model.size() || store.size() != model.size()) _exit(14);
-    if (!store.Close().ok()) _exit(15);
-    struct stat st {};
-    if (::stat(path.c_str(), &st) != 0 || static_cast<uint64_t>(st.st_size) > (8u << 20)) _exit(16);
-    _exit(0);
+    CHECK(grew >= 10);
+    CHECK(Dump(store) == model);
+    CheckClean(store);
+    REQUIRE(store.Close().ok());
+    store = MustOpen(path);
+    CHECK(Dump(store) == model);
+    CheckClean(store);
   }
-  const int rc = WaitChild(pid);
-  CHECK_MESSAGE(rc == 0, "the child failed at step " << rc << (rc == 128 + SIGXFSZ ? " (SIGXFSZ: the limit was crossed)" : ""));
-  // And the parent, without the limit, finds a sound store.
-  Store store = MustOpen(path);
-  CHECK(store.size() > 1000);
-  std::string v;
-  REQUIRE(store.Get("small", &v).ok());
-  CHECK(v == "fits");
-  CheckClean(store);
-}
+
+  TEST_CASE("growth: other handles follow a file that another handle grows") {
+    TempDir dir;
+    const std::string path = dir.File("g.mkv");
+    Store writer = MustOpen(path);
+    Store reader = MustOpen(path);  // mapped while the file is small
+    Options ro;
+    ro.read_only = true;
+    Store ro_reader = MustOpen(path, ro);
+    const uint64_t n = 300000;
+    // Read while the writer grows the file: every key the writer reports
+    // written is readable through the other handles at once.
+    std::atomic<uint64_t> written{0};
+    std::atomic<bool> stop{false};
+    std::atomic<uint64_t> misses{0}, reads{0};
+    std::thread checker([&] {
+      Rng rng(1);
+      std::string v;
+      while (!stop.load()) {
+        const uint64_t w = written.load();
+        if (w == 0) continue;
+        const uint64_t i = rng.Uniform(w);
+        const Store& h = (i & 1) ? reader : ro_reader;
+        if (!h.Get(Key16(i), &v).ok() || v != SmallValue(i)) misses.fetch_add(1);
+        reads.fetch_add(1);
+      }
+    });
+    for (uint64_t i = 0; i < n; ++i) {
+      REQUIRE(writer.Put(Key16(i), SmallValue(i)).ok());
+      written.store(i + 1);
+    }
+    stop = true;
+    checker.join();
+    CHECK(reads.load() > 1000);
+    CHECK(misses.load() == 0);
+    VerifyAll(reader, n);
+    VerifyAll(ro_reader, n, 3);
+    CHECK(Dump(ro_reader).size() == n);
+    CheckClean(reader);
+    CheckClean(ro_reader);
+  }
+
+  TEST_CASE("growth: a file-size limit gives NoSpace and leaves the store as it was") {
+    TempDir dir;
+    const std::string path = dir.File("g.mkv");
+    // In a child: RLIMIT_FSIZE is per process. Exit codes name the failed step.
+    std::fflush(nullptr);
+    const pid_t pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+      ::signal(SIGXFSZ, SIG_DFL);  // a growth past the limit must be refused, not signalled
+      struct rlimit limit {};
+      if (::getrlimit(RLIMIT_FSIZE, &limit) != 0) _exit(2);
+      limit.rlim_cur = 8 << 20;
+      if (::setrlimit(RLIMIT_FSIZE, &limit) != 0) _exit(3);
+      Store store;
+      if (!Store::Open(path, {}, &store).ok()) _exit(4);
+      Model model;
+      Status s;
+      uint64_t i = 0;
+      for (; i < 100000; ++i) {
+        const std::string v(static_cast<size_t>(1000 + i % 3000), static_cast<char>('a' + i % 26));
+        s = store.Put(Key16(i), v);
+        if (!s.ok()) break;
+        model[Key16(i)] = v;
+      }
+      if (s.code() != Code::kNoSpace) _exit(5);
+      std::string v;
+      if (store.Get(Key16(i), &v).code() != Code::kNotFound) _exit(6);  // the refused put left nothing
+      if (store.size() != model.size()) _exit(7);
+      // Small writes that fit still work, and so does a batch that does not fit (refused whole).
+      WriteBatch big;
+      for (int k = 0; k < 50; ++k) big.Put("big" + std::to_string(k), std::string(200000, 'b'));
+      if (store.Write(big).code() != Code::kNoSpace) _exit(8);
+      if (store.Get("big0", &v).code() != Code::kNotFound) _exit(9);
+      if (!store.Erase(Key16(0)).ok()) _exit(10);
+      model.erase(Key16(0));
+      if (!store.Put("small", "fits").ok()) _exit(11);
+      model["small"] = "fits";
+      CheckReport report;
+      if (!store.Check(&report).ok() || !report.ok()) _exit(12);
+      uint64_t same = 0;
+      if (!store
+               .ForEach({},
+                        [&](std::string_view k, std::string_view val) {
+                          auto it = model.find(std::string(k));
+                          same += it != model.end() && it->second == val;
+                          return true;
+                        })
+               .ok()) {
+        _exit(13);
+      }
+      if (same != model.size() || store.size() != model.size()) _exit(14);
+      if (!store.Close().ok()) _exit(15);
+      struct stat st {};
+      if (::stat(path.c_str(), &st) != 0 || static_cast<uint64_t>(st.st_size) > (8u << 20)) _exit(16);
+      _exit(0);
+    }
+    const int rc = WaitChild(pid);
+    CHECK_MESSAGE(
+        rc == 0, "the child failed at step " << rc << (rc == 128 + SIGXFSZ ? " (SIGXFSZ: the limit was crossed)" : ""));
+    // And the parent, without the limit, finds a sound store.
+    Store store = MustOpen(path);
+    CHECK(store.size() > 1000);
+    std::string v;
+    REQUIRE(store.Get("small", &v).ok());
+    CHECK(v == "fits");
+    CheckClean(store);
+  }
 
 }  // TEST_SUITE("growth")
 

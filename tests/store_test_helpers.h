@@ -29,12 +29,12 @@ inline bool LongRunsEnabled() {
 
 // First statement of every "slow" test case: without MAPKV_LONG=1 it says
 // loudly that the case is skipped, and returns.
-#define MAPKV_SLOW_TEST_GATE()                                                                    \
-  do {                                                                                            \
-    if (!::mapkv::test::LongRunsEnabled()) {                                                      \
-      MESSAGE("SKIPPED: slow variant, runs only with MAPKV_LONG=1 (MAPKV_LONG is not set)");      \
-      return;                                                                                     \
-    }                                                                                             \
+#define MAPKV_SLOW_TEST_GATE()                                                               \
+  do {                                                                                       \
+    if (!::mapkv::test::LongRunsEnabled()) {                                                 \
+      MESSAGE("SKIPPED: slow variant, runs only with MAPKV_LONG=1 (MAPKV_LONG is not set)"); \
+      return;                                                                                \
+    }                                                                                        \
   } while (0)
 
 inline Store MustOpen(const std::string& path, const Options& options = {}) {

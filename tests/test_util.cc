@@ -45,8 +45,7 @@ TempDir::~TempDir() {
   std::error_code ec;
   std::filesystem::remove_all(path_, ec);
   if (ec) {
-    std::fprintf(stderr, "TempDir: cannot remove %s: %s\n", path_.c_str(),
-                 ec.message().c_str());
+    std::fprintf(stderr, "TempDir: cannot remove %s: %s\n", path_.c_str(), ec.message().c_str());
   }
 }
 

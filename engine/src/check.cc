@@ -89,7 +89,8 @@ Status StoreImpl::Check(CheckReport* report) const {
     return Status::Ok();
   }
   const uint8_t* base = maps_->Current()->base;
-  const uint64_t pm_bytes = ((uint64_t{1} << meta->table_shift) / kSlotsPerPage * 4 + kGranule - 1) / kGranule * kGranule;
+  const uint64_t pm_bytes =
+      ((uint64_t{1} << meta->table_shift) / kSlotsPerPage * 4 + kGranule - 1) / kGranule * kGranule;
   if (XXH3_64bits(base + meta->snapshot_offset, pm_bytes) != meta->snapshot_checksum) {
     problem("meta page generation " + std::to_string(meta->generation) + ": page map snapshot checksum mismatch");
   }
@@ -104,7 +105,8 @@ Status StoreImpl::Check(CheckReport* report) const {
   std::vector<uint64_t> claimed((granules + 63) / 64, 0);
   auto claim = [&](uint64_t off, uint64_t bytes, const std::string& what) {
     if (off % kGranule != 0 || off > fs || bytes > fs - off) {
-      problem(what + " at offset " + std::to_string(off) + " (" + std::to_string(bytes) + " bytes) is outside the file");
+      problem(what + " at offset " + std::to_string(off) + " (" + std::to_string(bytes) +
+              " bytes) is outside the file");
       return;
     }
     const AllocWord* m = heap_->map();

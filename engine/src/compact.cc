@@ -95,7 +95,8 @@ Status StoreImpl::CompactTail() {
       for (size_t j = first; j < std::min(movers.size(), first + kMovesPerWrite) && !done; ++j) {
         RecordRef rec;
         if (!table_->Reader().Record(movers[j].first, &rec)) {
-          return Status(Code::kCorruption, path_ + ": slot " + std::to_string(movers[j].second) + " points out of the file");
+          return Status(Code::kCorruption,
+                        path_ + ": slot " + std::to_string(movers[j].second) + " points out of the file");
         }
         uint64_t g;
         Status st = heap_->Allocate(rec.granules(), 1, &g);

@@ -50,13 +50,13 @@ inline constexpr uint64_t kMetaMagic = 0x31306D564B50414Dull;
 inline constexpr uint64_t kControlMagic = 0x313063564B50414Dull;
 
 // ---- geometry ---------------------------------------------------------------
-inline constexpr uint64_t kPageSize = 4096;      // unit of copy-on-write and of torn writes
-inline constexpr uint64_t kGranule = 16;         // allocation unit; records are 16-aligned
+inline constexpr uint64_t kPageSize = 4096;  // unit of copy-on-write and of torn writes
+inline constexpr uint64_t kGranule = 16;     // allocation unit; records are 16-aligned
 inline constexpr uint32_t kGranuleShift = 4;
 inline constexpr uint64_t kMetaOffset[2] = {0, 4096};
 inline constexpr uint64_t kControlOffset = 8192;
 inline constexpr uint64_t kUndoOffset = 12288;
-inline constexpr uint64_t kHeapOffset = 65536;   // first byte the allocator manages
+inline constexpr uint64_t kHeapOffset = 65536;  // first byte the allocator manages
 inline constexpr uint64_t kUndoEntrySize = 16;
 inline constexpr uint64_t kUndoCapacity = (kHeapOffset - kUndoOffset) / kUndoEntrySize;  // 3328
 
@@ -67,10 +67,10 @@ inline constexpr uint64_t kGranulesPerPage = kPageSize / kGranule;
 inline constexpr uint32_t kSlotBytes = 8;
 inline constexpr uint64_t kSlotsPerPage = kPageSize / kSlotBytes;  // 512
 inline constexpr uint32_t kSlotsPerPageShift = 9;
-inline constexpr uint32_t kOffsetBits = 38;  // granule index: records start below 4 TiB
+inline constexpr uint32_t kOffsetBits = 38;             // granule index: records start below 4 TiB
 inline constexpr uint32_t kTagBits = 64 - kOffsetBits;  // 26: home slot known up to 2^26 slots
 inline constexpr uint64_t kOffsetMask = (uint64_t{1} << kOffsetBits) - 1;
-inline constexpr uint32_t kMinTableShift = 9;   // one page
+inline constexpr uint32_t kMinTableShift = 9;  // one page
 inline constexpr uint32_t kMaxTableShift = 40;
 // Grow when entries would exceed 7/8 of the slots. Robin Hood keeps probe
 // sequences short at this load (mean ~2.5 slots for a hit), and a higher load
@@ -123,16 +123,16 @@ inline constexpr uint64_t kGranulesPerAllocWord = 64;
 // Written only by a checkpoint, to slot generation % 2, after everything it
 // references is on stable storage. Its checksum covers bytes [0, checksum).
 struct MetaPage {
-  uint64_t magic;           // kMetaMagic
-  uint16_t major;           // kMajor
-  uint16_t minor;           // kMinor
-  uint32_t page_size;       // kPageSize
-  uint32_t granule;         // kGranule
-  uint32_t flags;           // kMetaLittleEndian
-  uint64_t generation;      // 1 at creation, +1 per checkpoint
-  uint64_t hash_seed;       // seed of XXH3 for keys, random per store
+  uint64_t magic;       // kMetaMagic
+  uint16_t major;       // kMajor
+  uint16_t minor;       // kMinor
+  uint32_t page_size;   // kPageSize
+  uint32_t granule;     // kGranule
+  uint32_t flags;       // kMetaLittleEndian
+  uint64_t generation;  // 1 at creation, +1 per checkpoint
+  uint64_t hash_seed;   // seed of XXH3 for keys, random per store
   // Table at this checkpoint.
-  uint32_t table_shift;     // log2(slots)
+  uint32_t table_shift;  // log2(slots)
   uint32_t reserved0;
   uint64_t entries;
   uint64_t snapshot_offset;    // frozen copy of the page map (u32 page numbers)
@@ -140,18 +140,18 @@ struct MetaPage {
   uint64_t pagemap_offset;     // the live page map extent (rewritten from the snapshot on recovery)
   // Allocation map at this checkpoint.
   uint64_t alloc_offset;
-  uint64_t alloc_words;        // AllocWord triples
-  uint64_t alloc_checksum;     // XXH3_64 of the map with pending granules released
-  uint64_t heap_end;           // high-water mark of allocation
-  uint64_t live_bytes;         // bytes of live records
+  uint64_t alloc_words;     // AllocWord triples
+  uint64_t alloc_checksum;  // XXH3_64 of the map with pending granules released
+  uint64_t heap_end;        // high-water mark of allocation
+  uint64_t live_bytes;      // bytes of live records
   uint64_t change_seq;
-  uint64_t ring_offset;        // change ring extent (issue: watch)
-  uint64_t ring_capacity;      // entries
+  uint64_t ring_offset;              // change ring extent (issue: watch)
+  uint64_t ring_capacity;            // entries
   uint64_t snapshot_slot_offset[2];  // the two snapshot extents (alternating by generation)
   uint64_t snapshot_slot_bytes[2];
-  uint8_t boot_id[16];         // boot in which this checkpoint was written
-  uint64_t reserved[32];       // zero in v1; room for minor versions
-  uint64_t checksum;           // XXH3_64 of the bytes before this field
+  uint8_t boot_id[16];    // boot in which this checkpoint was written
+  uint64_t reserved[32];  // zero in v1; room for minor versions
+  uint64_t checksum;      // XXH3_64 of the bytes before this field
 };
 static_assert(sizeof(MetaPage) <= kPageSize, "meta page fits one page");
 static_assert(offsetof(MetaPage, checksum) % 8 == 0, "checksum aligned");
@@ -165,42 +165,42 @@ inline constexpr uint32_t kMetaLittleEndian = 1;
 // Line 0 is what every reader loads; writers change it twice per write.
 struct alignas(64) ControlPage {
   // -- cache line 0: the read path
-  std::atomic<uint64_t> seq;          // seqlock: odd while a writer changes reader-visible state
-  std::atomic<uint64_t> file_size;    // bytes reserved; a mapping must cover it before use
-  std::atomic<uint64_t> table_shift;  // log2(slots)
+  std::atomic<uint64_t> seq;             // seqlock: odd while a writer changes reader-visible state
+  std::atomic<uint64_t> file_size;       // bytes reserved; a mapping must cover it before use
+  std::atomic<uint64_t> table_shift;     // log2(slots)
   std::atomic<uint64_t> pagemap_offset;  // live page map: u32 physical page per logical page
   std::atomic<uint64_t> entries;
-  std::atomic<uint64_t> change_seq;   // advanced by every committed change
+  std::atomic<uint64_t> change_seq;      // advanced by every committed change
   std::atomic<uint64_t> reserved_line0;  // 0 in v1
-  std::atomic<uint32_t> seq_waiters;  // readers waiting for seq to turn even (futex)
-  std::atomic<uint32_t> seq_wake;     // futex word bumped when a writer ends and seq_waiters > 0
+  std::atomic<uint32_t> seq_waiters;     // readers waiting for seq to turn even (futex)
+  std::atomic<uint32_t> seq_wake;        // futex word bumped when a writer ends and seq_waiters > 0
   // -- cache line 1: lock coordination and change notification
   alignas(64) std::atomic<uint32_t> lock_requests;  // doorbell: a waiter bumps it and wakes
-  std::atomic<uint32_t> lock_released;  // the holder bumps it and wakes on release
-  std::atomic<uint64_t> writer_pid;     // pid of the process holding the write lock (0: none)
-  std::atomic<uint32_t> lock_waiters;   // processes waiting for the file lock (wake on release)
-  std::atomic<uint32_t> writers_waiting;  // writers waiting: new readers hold back (no starvation)
+  std::atomic<uint32_t> lock_released;              // the holder bumps it and wakes on release
+  std::atomic<uint64_t> writer_pid;                 // pid of the process holding the write lock (0: none)
+  std::atomic<uint32_t> lock_waiters;               // processes waiting for the file lock (wake on release)
+  std::atomic<uint32_t> writers_waiting;            // writers waiting: new readers hold back (no starvation)
   std::atomic<uint32_t> change_waiters;
-  std::atomic<uint32_t> change_futex;   // low 32 bits of change_seq, for WaitForChange
+  std::atomic<uint32_t> change_futex;  // low 32 bits of change_seq, for WaitForChange
   // -- cache line 2+: writer state (read and written under the write lock)
-  alignas(64) uint64_t magic;           // kControlMagic
+  alignas(64) uint64_t magic;  // kControlMagic
   uint64_t hash_seed;
-  uint8_t boot_id[16];                  // boot that wrote this page
-  uint64_t generation;                  // generation of the checkpoint this state follows
-  uint64_t dirty;                       // 1: changed since that checkpoint
-  uint64_t release_pending;             // generation of a checkpoint whose release is running
-  uint64_t heap_end;                    // high-water mark of allocation
-  uint64_t alloc_offset;                // allocation map extent
+  uint8_t boot_id[16];       // boot that wrote this page
+  uint64_t generation;       // generation of the checkpoint this state follows
+  uint64_t dirty;            // 1: changed since that checkpoint
+  uint64_t release_pending;  // generation of a checkpoint whose release is running
+  uint64_t heap_end;         // high-water mark of allocation
+  uint64_t alloc_offset;     // allocation map extent
   uint64_t alloc_words;
-  uint64_t alloc_cursor;                // next-fit cursor (granule)
+  uint64_t alloc_cursor;  // next-fit cursor (granule)
   uint64_t live_bytes;
-  uint64_t pending_bytes;               // bytes waiting for a checkpoint to become free
-  uint64_t pagemap_bytes;               // bytes of the live page map extent
+  uint64_t pending_bytes;  // bytes waiting for a checkpoint to become free
+  uint64_t pagemap_bytes;  // bytes of the live page map extent
   uint64_t snapshot_slot_offset[2];
   uint64_t snapshot_slot_bytes[2];
   uint64_t ring_offset;
   uint64_t ring_capacity;
-  std::atomic<uint64_t> undo_count;     // entries of the running write; 0: none in progress
+  std::atomic<uint64_t> undo_count;  // entries of the running write; 0: none in progress
   uint64_t reserved[24];
 };
 static_assert(sizeof(ControlPage) <= kPageSize, "control page fits one page");
@@ -215,11 +215,11 @@ static_assert(sizeof(std::atomic<uint64_t>) == 8, "atomic u64 has the size of u6
 // made free after the commit (so a rolled-back write finds every byte it
 // freed intact), space the checkpoint references at the next checkpoint.
 enum class UndoKind : uint64_t {
-  kWord = 0,       // restore the u64 at file offset `target` to `value`
-  kAllocated = 1,  // granules [target, target+value) were allocated: make them free
-  kFreed = 2,      // granules [target, target+value) were freed: clear their freed bits
-  kFreedPages = 3, // the `value` pages listed by the page map at `target` were freed:
-                   // clear their freed bits
+  kWord = 0,        // restore the u64 at file offset `target` to `value`
+  kAllocated = 1,   // granules [target, target+value) were allocated: make them free
+  kFreed = 2,       // granules [target, target+value) were freed: clear their freed bits
+  kFreedPages = 3,  // the `value` pages listed by the page map at `target` were freed:
+                    // clear their freed bits
 };
 struct UndoEntry {
   uint64_t kind_target;  // kind << 56 | target

@@ -39,8 +39,8 @@ Status MapSet::Cover(uint64_t bytes) {
   }
   auto view = std::make_unique<View>(View{mapping->data(), mapping->length()});
   if (view->length < bytes) {
-    return Status(Code::kIoError, file_->path() + ": mapping covers " + std::to_string(view->length) +
-                                      " bytes, " + std::to_string(bytes) + " needed");
+    return Status(Code::kIoError, file_->path() + ": mapping covers " + std::to_string(view->length) + " bytes, " +
+                                      std::to_string(bytes) + " needed");
   }
   current_.store(view.get(), std::memory_order_release);
   mappings_.push_back(std::move(mapping));
@@ -59,9 +59,8 @@ Status MapSet::Flush(uint64_t offset, uint64_t length, bool sync) {
 Status Heap::Log(UndoKind kind, uint64_t target, uint64_t value) {
   uint64_t n = ctl_->undo_count.load(std::memory_order_relaxed);
   if (n >= kUndoCapacity) {
-    return Status(Code::kNotSupported,
-                  file_->path() + ": one write changes more than " + std::to_string(kUndoCapacity) +
-                      " structures; split it");
+    return Status(Code::kNotSupported, file_->path() + ": one write changes more than " +
+                                           std::to_string(kUndoCapacity) + " structures; split it");
   }
   UndoEntry* e = At<UndoEntry>(kUndoOffset) + n;
   e->kind_target = (static_cast<uint64_t>(kind) << kUndoKindShift) | target;
@@ -90,8 +89,7 @@ Status Heap::Begin() {
   // are plain stores.
   // (alloc_offset/alloc_words are logged where the map moves, so that undo
   // entries before the move are taken back on the old map, after it.)
-  const uint64_t* words[] = {&ctl_->heap_end, &ctl_->live_bytes, &ctl_->pending_bytes,
-                             &ctl_->pagemap_bytes};
+  const uint64_t* words[] = {&ctl_->heap_end, &ctl_->live_bytes, &ctl_->pending_bytes, &ctl_->pagemap_bytes};
   for (const uint64_t* w : words) {
     Status s = Log(UndoKind::kWord, OffsetOf(w), *w);
     if (!s.ok()) return s;
@@ -223,8 +221,7 @@ Status Heap::Grow(uint64_t need_end) {
   const uint64_t covered = ctl_->alloc_words * kGranulesPerAllocWord * kGranule;
   uint64_t new_size = file_size;
   if (need_end > file_size) {
-    new_size = RoundUp(std::max(need_end, file_size + std::clamp(file_size / 8, kMinGrowth, kMaxGrowth)),
-                       64 * 1024);
+    new_size = RoundUp(std::max(need_end, file_size + std::clamp(file_size / 8, kMinGrowth, kMaxGrowth)), 64 * 1024);
   }
   // The map must cover the whole file; when it would not, a larger map goes
   // right after the request, in the new tail.
@@ -381,12 +378,10 @@ Status Heap::MoveMap() {
 
 uint64_t Heap::HighestUsedEnd() const {
   const AllocWord* m = map();
-  const uint64_t words = std::min<uint64_t>(ctl_->alloc_words,
-                                            RoundUp(ctl_->file_size.load(), 1024) / 1024);
+  const uint64_t words = std::min<uint64_t>(ctl_->alloc_words, RoundUp(ctl_->file_size.load(), 1024) / 1024);
   for (uint64_t w = words; w > 0; --w) {
     if (m[w - 1].used != 0) {
-      return ((w - 1) * kGranulesPerAllocWord + 64 - static_cast<uint64_t>(std::countl_zero(m[w - 1].used))) *
-             kGranule;
+      return ((w - 1) * kGranulesPerAllocWord + 64 - static_cast<uint64_t>(std::countl_zero(m[w - 1].used))) * kGranule;
     }
   }
   return kHeapOffset;

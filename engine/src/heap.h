@@ -83,9 +83,7 @@ class Heap {
   Status SetWord(uint64_t offset, uint64_t value);
   Status SetWord(const uint64_t* p, uint64_t value) { return SetWord(OffsetOf(p), value); }
   Status SetWord(const std::atomic<uint64_t>* p, uint64_t value) { return SetWord(OffsetOf(p), value); }
-  uint64_t OffsetOf(const void* p) const {
-    return static_cast<uint64_t>(static_cast<const uint8_t*>(p) - base());
-  }
+  uint64_t OffsetOf(const void* p) const { return static_cast<uint64_t>(static_cast<const uint8_t*>(p) - base()); }
   // Starts a write: records the control-page counters once, so the write may
   // change them freely afterwards.
   Status Begin();

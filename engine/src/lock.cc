@@ -9,7 +9,7 @@ namespace mapkv::internal {
 
 namespace {
 using Clock = std::chrono::steady_clock;
-constexpr auto kRecheck = std::chrono::milliseconds(5);     // a dead holder never wakes us
+constexpr auto kRecheck = std::chrono::milliseconds(5);  // a dead holder never wakes us
 constexpr auto kReaderHoldBack = std::chrono::milliseconds(50);
 constexpr auto kStickyIdle = std::chrono::milliseconds(1);
 }  // namespace

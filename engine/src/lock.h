@@ -43,8 +43,8 @@
 
 namespace mapkv::internal {
 
-inline constexpr uint64_t kRwLockByte = 0;      // writer / reader lock
-inline constexpr uint64_t kPresenceByte = 1;    // held shared by every open handle
+inline constexpr uint64_t kRwLockByte = 0;    // writer / reader lock
+inline constexpr uint64_t kPresenceByte = 1;  // held shared by every open handle
 
 // A reader-writer lock for the threads of one process that lets a waiting
 // writer in before newly arriving readers.
@@ -109,7 +109,7 @@ class LockManager {
   RwLock rw_;
   std::mutex file_mu_;  // guards shared_holders_, sticky_ and the keeper state
   int shared_holders_ = 0;
-  bool sticky_ = false;  // the file lock is held exclusively with no write running
+  bool sticky_ = false;              // the file lock is held exclusively with no write running
   std::atomic<uint64_t> writes_{0};  // sticky writes so far; unchanged over kStickyIdle = idle
   const uint64_t pid_ = ProcessId();
   std::condition_variable keeper_cv_;

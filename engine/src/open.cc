@@ -97,8 +97,8 @@ Status StoreImpl::Open(std::string_view path_view, const Options& options, std::
   if (s.ok() && options.error_if_exists) return Status(Code::kInvalidArgument, path + ": already exists");
   if (s.IsNotFound() && options.create_if_missing && !options.read_only) {
     s = CreateNew(path, options);
-    if (!s.ok() && !(s.code() == Code::kInvalidArgument && !options.error_if_exists &&
-                     s.message() == path + ": already exists")) {
+    if (!s.ok() &&
+        !(s.code() == Code::kInvalidArgument && !options.error_if_exists && s.message() == path + ": already exists")) {
       return s;
     }
     s = File::Open(path, spec, &file);
@@ -119,8 +119,8 @@ Status StoreImpl::Open(std::string_view path_view, const Options& options, std::
 }
 
 Status StoreImpl::CreateNew(const std::string& path, const Options& options) {
-  const std::string tmp = path + ".mapkv-new." + std::to_string(ProcessId()) + "." +
-                          std::to_string(RandomSeed() & 0xffffff);
+  const std::string tmp =
+      path + ".mapkv-new." + std::to_string(ProcessId()) + "." + std::to_string(RandomSeed() & 0xffffff);
   FileSpec spec;
   spec.create = true;
   spec.exclusive = true;
@@ -211,30 +211,32 @@ Status StoreImpl::ChooseMeta(const MetaPage** chosen) const {
     *chosen = best;
     return Status::Ok();
   }
-  if (newer > 0) return Status(Code::kVersionTooNew, path_ + ": " + (problems[0].find("newer") != std::string::npos ? problems[0] : problems[1]));
-  if (bad_magic == 2) return Status(Code::kCorruption, path_ + ": not a mapkv store (no meta page has the mapkv magic)");
-  return Status(Code::kCorruption, path_ + ": both meta pages are damaged (slot 0: " + problems[0] +
-                                       "; slot 1: " + problems[1] + ")");
+  if (newer > 0)
+    return Status(Code::kVersionTooNew,
+                  path_ + ": " + (problems[0].find("newer") != std::string::npos ? problems[0] : problems[1]));
+  if (bad_magic == 2)
+    return Status(Code::kCorruption, path_ + ": not a mapkv store (no meta page has the mapkv magic)");
+  return Status(Code::kCorruption,
+                path_ + ": both meta pages are damaged (slot 0: " + problems[0] + "; slot 1: " + problems[1] + ")");
 }
 
 Status StoreImpl::ValidateControl() const {
   uint64_t file_size = 0;
   Status s = file_->Size(&file_size);
   if (!s.ok()) return s;
-  auto bad = [&](const std::string& what) {
-    return Status(Code::kCorruption, path_ + ": control page: " + what);
-  };
+  auto bad = [&](const std::string& what) { return Status(Code::kCorruption, path_ + ": control page: " + what); };
   auto in_file = [&](uint64_t off, uint64_t len) {
     return off >= kHeapOffset && off <= file_size && len <= file_size - off;
   };
   const uint64_t fs = ctl_->file_size.load();
   if (fs > file_size) {
-    return bad("the file is " + std::to_string(file_size) + " bytes but the store had grown to " +
-               std::to_string(fs) + " (truncated by another program?)");
+    return bad("the file is " + std::to_string(file_size) + " bytes but the store had grown to " + std::to_string(fs) +
+               " (truncated by another program?)");
   }
   const uint64_t shift = ctl_->table_shift.load();
   if (shift < kMinTableShift || shift > kMaxTableShift) return bad("bad table size");
-  if (!in_file(ctl_->pagemap_offset.load(), PagemapBytes(static_cast<uint32_t>(shift)))) return bad("page map out of file");
+  if (!in_file(ctl_->pagemap_offset.load(), PagemapBytes(static_cast<uint32_t>(shift))))
+    return bad("page map out of file");
   if (ctl_->alloc_words == 0 || ctl_->alloc_words > (uint64_t{1} << 40) ||
       !in_file(ctl_->alloc_offset, ctl_->alloc_words * sizeof(AllocWord)) ||
       ctl_->alloc_words * kGranulesPerAllocWord * kGranule < fs) {
@@ -251,11 +253,18 @@ Status StoreImpl::ValidateControl() const {
     uint64_t target = log[i].kind_target & ((uint64_t{1} << kUndoKindShift) - 1);
     bool ok = false;
     switch (static_cast<UndoKind>(kind)) {
-      case UndoKind::kWord: ok = target % 8 == 0 && target + 8 <= fs; break;
+      case UndoKind::kWord:
+        ok = target % 8 == 0 && target + 8 <= fs;
+        break;
       case UndoKind::kAllocated:
-      case UndoKind::kFreed: ok = target <= granules && log[i].value <= granules - target; break;
-      case UndoKind::kFreedPages: ok = in_file(target, log[i].value * 4); break;
-      default: ok = false;
+      case UndoKind::kFreed:
+        ok = target <= granules && log[i].value <= granules - target;
+        break;
+      case UndoKind::kFreedPages:
+        ok = in_file(target, log[i].value * 4);
+        break;
+      default:
+        ok = false;
     }
     if (!ok) return bad("undo entry " + std::to_string(i) + " out of range");
   }
@@ -282,8 +291,9 @@ Status StoreImpl::Attach() {
                                          " bytes; a store has at least " + std::to_string(kHeapOffset) + ")");
   }
   if (file_->OnNetworkFileSystem()) {
-    return Status(Code::kNotSupported, path_ + ": on a network file system, where shared mappings and "
-                                               "file locks are not coherent; mapkv refuses it");
+    return Status(Code::kNotSupported, path_ +
+                                           ": on a network file system, where shared mappings and "
+                                           "file locks are not coherent; mapkv refuses it");
   }
   maps_ = std::make_unique<MapSet>(file_.get(), !read_only_);
   s = maps_->Cover(size);
@@ -307,9 +317,8 @@ Status StoreImpl::Attach() {
   const bool newest_damaged = ctl_->magic == kControlMagic && ctl_->hash_seed == meta.hash_seed &&
                               ctl_->release_pending == 0 && ctl_->generation > meta.generation;
   if (!same_boot && newest_damaged) {
-    return Status(Code::kCorruption, path_ + ": the newest meta page (generation " +
-                                         std::to_string(ctl_->generation) + ", slot " +
-                                         std::to_string(ctl_->generation % 2) +
+    return Status(Code::kCorruption, path_ + ": the newest meta page (generation " + std::to_string(ctl_->generation) +
+                                         ", slot " + std::to_string(ctl_->generation % 2) +
                                          ") is damaged, and the machine restarted since; the older one cannot "
                                          "be trusted (dump what is readable with a newer mapkv, or restore a copy)");
   }
@@ -318,14 +327,14 @@ Status StoreImpl::Attach() {
       // Usable as it is only when nothing changed since the checkpoint.
       bool clean = ctl_->magic == kControlMagic && ctl_->hash_seed == meta.hash_seed && ctl_->dirty == 0 &&
                    ctl_->generation == meta.generation && ValidateControl().ok() &&
-                   ctl_->pagemap_offset.load() == meta.pagemap_offset &&
-                   ctl_->table_shift.load() == meta.table_shift && ctl_->undo_count.load() == 0 &&
+                   ctl_->pagemap_offset.load() == meta.pagemap_offset && ctl_->table_shift.load() == meta.table_shift &&
+                   ctl_->undo_count.load() == 0 &&
                    std::memcmp(maps_->Current()->base + meta.pagemap_offset,
-                               maps_->Current()->base + meta.snapshot_offset,
-                               PagemapBytes(meta.table_shift)) == 0;
+                               maps_->Current()->base + meta.snapshot_offset, PagemapBytes(meta.table_shift)) == 0;
       if (!clean) {
-        return Status(Code::kBusy, path_ + ": the machine restarted before the store's last changes were "
-                                           "checkpointed; open it once writable to recover it");
+        return Status(Code::kBusy, path_ +
+                                       ": the machine restarted before the store's last changes were "
+                                       "checkpointed; open it once writable to recover it");
       }
     } else {
       s = RecoverFromCheckpoint(meta);
@@ -338,8 +347,9 @@ Status StoreImpl::Attach() {
                              ctl_->release_pending != 0 || meta.generation > ctl_->generation;
     if (interrupted) {
       if (read_only_) {
-        return Status(Code::kBusy, path_ + ": a writer was killed in the middle of a write; open the store "
-                                           "once writable to recover it");
+        return Status(Code::kBusy, path_ +
+                                       ": a writer was killed in the middle of a write; open the store "
+                                       "once writable to recover it");
       }
       s = RecoverKilledWriter();
       if (!s.ok()) return s;
@@ -494,8 +504,7 @@ Status StoreImpl::TrimIfAlone() {
   }
   const MetaPage* meta = nullptr;
   if (s.ok()) s = ChooseMeta(&meta);
-  const uint64_t target =
-      s.ok() ? RoundUp(std::max(heap_->HighestUsedEnd(), meta->heap_end), 64 * 1024) : 0;
+  const uint64_t target = s.ok() ? RoundUp(std::max(heap_->HighestUsedEnd(), meta->heap_end), 64 * 1024) : 0;
   if (s.ok() && target < ctl_->file_size.load() && ctl_->undo_count.load() == 0) {
     // Alone: no other handle maps the file, so shortening it cannot fault anyone.
     // The control page first: killed between the two steps, the file is longer

@@ -4,9 +4,8 @@
 #include <thread>
 #include <vector>
 
-#include "store_impl.h"
-
 #include "racy.h"
+#include "store_impl.h"
 
 namespace mapkv {
 
@@ -202,8 +201,9 @@ Status StoreImpl::ChecksumError(const RecordRef& rec) const {
 
 Status StoreImpl::CheckUsable() const {
   if (fork_generation_ != ForkGeneration()) {
-    return Status(Code::kUnsafeUse, path_ + ": store handle used in a child process after fork(); open the "
-                                            "store again in the child");
+    return Status(Code::kUnsafeUse, path_ +
+                                        ": store handle used in a child process after fork(); open the "
+                                        "store again in the child");
   }
   return Status::Ok();
 }
@@ -294,8 +294,9 @@ Status StoreImpl::LockRead() const {
     // Under the read lock no writer is running: its state is a dead writer's.
     locks_->UnlockRead();
     if (read_only_) {
-      return Status(Code::kBusy, path_ + ": a writer was killed in the middle of a write; open the store "
-                                         "once writable to recover it");
+      return Status(Code::kBusy, path_ +
+                                     ": a writer was killed in the middle of a write; open the store "
+                                     "once writable to recover it");
     }
     auto* self = const_cast<StoreImpl*>(this);
     s = self->BeginWrite();
@@ -351,8 +352,9 @@ Status StoreImpl::BeginWrite() {
   Status s = CheckWritable();
   if (!s.ok()) return s;
   if (std::find(t_walking.begin(), t_walking.end(), this) != t_walking.end()) {
-    return Status(Code::kUnsafeUse, path_ + ": write from inside a ForEach callback on the same handle "
-                                            "(it would wait for the walk's own read lock)");
+    return Status(Code::kUnsafeUse, path_ +
+                                        ": write from inside a ForEach callback on the same handle "
+                                        "(it would wait for the walk's own read lock)");
   }
   s = locks_->LockWrite();
   if (!s.ok()) return s;
@@ -460,26 +462,27 @@ Status StoreImpl::Write(const WriteBatch& batch) {
   for (const WriteBatch::Op& op : batch.ops_) {
     std::string_view key(batch.data_.data() + op.offset, op.key_size);
     Status s = CheckKey(path_, key);
-    if (s.ok() && !op.erase) s = CheckValue(path_, std::string_view(batch.data_.data() + op.offset + op.key_size, op.value_size));
+    if (s.ok() && !op.erase)
+      s = CheckValue(path_, std::string_view(batch.data_.data() + op.offset + op.key_size, op.value_size));
     if (!s.ok()) return s;
   }
   if (batch.ops_.empty()) return CheckWritable();
   Status s = BeginWrite();
   if (!s.ok()) return s;
   s = RunWrite([&] {
-        for (const WriteBatch::Op& op : batch.ops_) {
-          std::string_view key(batch.data_.data() + op.offset, op.key_size);
-          Status st;
-          if (op.erase) {
-            bool found;
-            st = ApplyErase(key, &found);
-          } else {
-            st = ApplyPut(key, std::string_view(batch.data_.data() + op.offset + op.key_size, op.value_size));
-          }
-          if (!st.ok()) return st;
-        }
-        return Status::Ok();
-      });
+    for (const WriteBatch::Op& op : batch.ops_) {
+      std::string_view key(batch.data_.data() + op.offset, op.key_size);
+      Status st;
+      if (op.erase) {
+        bool found;
+        st = ApplyErase(key, &found);
+      } else {
+        st = ApplyPut(key, std::string_view(batch.data_.data() + op.offset + op.key_size, op.value_size));
+      }
+      if (!st.ok()) return st;
+    }
+    return Status::Ok();
+  });
   EndWrite();
   return s;
 }

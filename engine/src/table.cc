@@ -13,9 +13,7 @@ namespace mapkv::internal {
 
 using namespace format;  // NOLINT
 
-uint64_t HashKey(std::string_view key, uint64_t seed) {
-  return XXH3_64bits_withSeed(key.data(), key.size(), seed);
-}
+uint64_t HashKey(std::string_view key, uint64_t seed) { return XXH3_64bits_withSeed(key.data(), key.size(), seed); }
 
 uint32_t RecordChecksum(const RecordHeader& h, const uint8_t* key_and_value) {
   uint64_t n = uint64_t{h.key_size_m1} + 1 + h.value_size;
@@ -58,7 +56,7 @@ MAPKV_OPTIMISTIC bool TableReader::Home(uint64_t slot, uint64_t* home) const {
 }
 
 MAPKV_OPTIMISTIC TableReader::Result TableReader::Find(std::string_view key, uint64_t hash, uint64_t* index,
-                                      RecordRef* rec) const {
+                                                       RecordRef* rec) const {
   const uint64_t m = mask();
   const uint64_t tag = HashTag(hash);
   const uint64_t home = hash >> (64 - shift);
@@ -126,12 +124,12 @@ Status TableWriter::SetSlot(uint64_t i, uint64_t value) {
 
 Status TableWriter::Relocate(uint64_t index, uint64_t granule) {
   uint64_t slot;
-  if (!Reader().LoadSlot(index, &slot)) return Status(Code::kCorruption, heap_->file()->path() + ": table page out of file");
+  if (!Reader().LoadSlot(index, &slot))
+    return Status(Code::kCorruption, heap_->file()->path() + ": table page out of file");
   return SetSlot(index, (slot & ~kOffsetMask) | granule);
 }
 
-Status TableWriter::Upsert(std::string_view key, uint64_t hash, uint64_t granule, RecordRef* old_rec,
-                           bool* replaced) {
+Status TableWriter::Upsert(std::string_view key, uint64_t hash, uint64_t granule, RecordRef* old_rec, bool* replaced) {
   ControlPage* ctl = heap_->ctl();
   TableReader r = Reader();
   uint64_t idx;

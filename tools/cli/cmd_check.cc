@@ -1,6 +1,5 @@
 // cmd_check.cc: `mapkv check FILE`.
 #include <CLI/CLI.hpp>
-
 #include <memory>
 
 #include "commands.h"
@@ -37,8 +36,9 @@ int RunCheck(const CheckOptions& o) {
 Command SetupCheck(CLI::App& app) {
   auto o = std::make_shared<CheckOptions>();
   CLI::App* sub = app.add_subcommand(
-      "check", "Verify every structure and checksum. Prints \"ok\" and exits 0, or prints each problem on its own "
-               "line (standard output) and exits 3.");
+      "check",
+      "Verify every structure and checksum. Prints \"ok\" and exits 0, or prints each problem on its own "
+      "line (standard output) and exits 3.");
   sub->add_option("FILE", o->file, "Store file")->required();
   return {sub, [o] { return RunCheck(*o); }};
 }

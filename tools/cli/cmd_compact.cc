@@ -1,7 +1,7 @@
 // cmd_compact.cc: `mapkv compact FILE`.
-#include <CLI/CLI.hpp>
 #include <sys/stat.h>
 
+#include <CLI/CLI.hpp>
 #include <memory>
 
 #include "commands.h"
@@ -40,9 +40,10 @@ int RunCompact(const CompactOptions& o) {
 
 Command SetupCompact(CLI::App& app) {
   auto o = std::make_shared<CompactOptions>();
-  CLI::App* sub = app.add_subcommand(
-      "compact", "Rewrite the store with only its live data, reclaiming space; prints the file size in bytes "
-                 "before and after.");
+  CLI::App* sub =
+      app.add_subcommand("compact",
+                         "Rewrite the store with only its live data, reclaiming space; prints the file size in bytes "
+                         "before and after.");
   sub->add_option("FILE", o->file, "Store file")->required();
   return {sub, [o] { return RunCompact(*o); }};
 }

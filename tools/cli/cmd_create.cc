@@ -1,6 +1,5 @@
 // cmd_create.cc: `mapkv create FILE [--capacity N]`.
 #include <CLI/CLI.hpp>
-
 #include <memory>
 
 #include "commands.h"

@@ -1,6 +1,5 @@
 // cmd_del.cc: `mapkv del FILE KEY`.
 #include <CLI/CLI.hpp>
-
 #include <memory>
 
 #include "commands.h"

@@ -1,6 +1,5 @@
 // cmd_dump.cc: `mapkv dump FILE [-o OUT]`.
 #include <CLI/CLI.hpp>
-
 #include <algorithm>
 #include <cerrno>
 #include <memory>
@@ -50,10 +49,8 @@ int RunDump(const DumpOptions& o) {
     pairs.reserve(stats.entries);
   }
   s = store.ForEach("", [&](std::string_view key, std::string_view value) {
-    pairs.push_back({{BigEndian8(key, 0), BigEndian8(key, 8)},
-                     arena.size(),
-                     value.size(),
-                     static_cast<uint32_t>(key.size())});
+    pairs.push_back(
+        {{BigEndian8(key, 0), BigEndian8(key, 8)}, arena.size(), value.size(), static_cast<uint32_t>(key.size())});
     arena.append(key);
     arena.append(value);
     return true;

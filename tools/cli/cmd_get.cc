@@ -1,7 +1,7 @@
 // cmd_get.cc: `mapkv get FILE KEY`.
-#include <CLI/CLI.hpp>
 #include <unistd.h>
 
+#include <CLI/CLI.hpp>
 #include <memory>
 
 #include "commands.h"
@@ -39,8 +39,9 @@ int RunGet(const GetOptions& o) {
 Command SetupGet(CLI::App& app) {
   auto o = std::make_shared<GetOptions>();
   CLI::App* sub = app.add_subcommand(
-      "get", "Write the value of KEY to standard output, byte for byte; a newline is added only when standard "
-             "output is a terminal. Exit 1 when KEY does not exist.");
+      "get",
+      "Write the value of KEY to standard output, byte for byte; a newline is added only when standard "
+      "output is a terminal. Exit 1 when KEY does not exist.");
   sub->add_option("FILE", o->file, "Store file")->required();
   sub->add_option("KEY", o->key, "Key; put `--` before a key that starts with '-'")->required();
   return {sub, [o] { return RunGet(*o); }};

@@ -1,6 +1,5 @@
 // cmd_keys.cc: `mapkv keys FILE [--prefix P] [--limit N]`.
 #include <CLI/CLI.hpp>
-
 #include <algorithm>
 #include <memory>
 #include <vector>

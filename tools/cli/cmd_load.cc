@@ -1,9 +1,9 @@
 // cmd_load.cc: `mapkv load FILE [INPUT]`.
-#include <CLI/CLI.hpp>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
@@ -195,9 +195,7 @@ class Loader {
   uint64_t loaded_ = 0;
 };
 
-bool IsBlank(std::string_view line) {
-  return line.find_first_not_of(" \t\r") == std::string_view::npos;
-}
+bool IsBlank(std::string_view line) { return line.find_first_not_of(" \t\r") == std::string_view::npos; }
 
 int RunLoad(const LoadOptions& o) {
   const bool from_stdin = o.input.empty() || o.input == "-";
@@ -267,8 +265,7 @@ int RunLoad(const LoadOptions& o) {
     if (reader.error() != 0) {
       s = loader.Flush();
       progress.Finish();
-      PrintError(input_name, "read failed after line " + std::to_string(line_no) + ": " +
-                                 ErrnoText(reader.error()));
+      PrintError(input_name, "read failed after line " + std::to_string(line_no) + ": " + ErrnoText(reader.error()));
       rc = kExitStore;
     } else {
       s = loader.Flush();

@@ -1,7 +1,7 @@
 // cmd_put.cc: `mapkv put FILE KEY [VALUE]`.
-#include <CLI/CLI.hpp>
 #include <unistd.h>
 
+#include <CLI/CLI.hpp>
 #include <cerrno>
 #include <memory>
 
@@ -54,9 +54,10 @@ int RunPut(PutOptions& o) {
 
 Command SetupPut(CLI::App& app) {
   auto o = std::make_shared<PutOptions>();
-  CLI::App* sub = app.add_subcommand(
-      "put", "Insert or replace KEY. Without VALUE the value is read from standard input, byte for byte "
-             "(binary-safe). Creates FILE if missing.");
+  CLI::App* sub =
+      app.add_subcommand("put",
+                         "Insert or replace KEY. Without VALUE the value is read from standard input, byte for byte "
+                         "(binary-safe). Creates FILE if missing.");
   sub->add_option("FILE", o->file, "Store file")->required();
   sub->add_option("KEY", o->key, "Key (1 byte to 64 KiB); put `--` before a key that starts with '-'")->required();
   o->value_option = sub->add_option("VALUE", o->value, "Value (default: standard input)");

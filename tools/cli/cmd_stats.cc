@@ -1,6 +1,5 @@
 // cmd_stats.cc: `mapkv stats FILE [--json]`.
 #include <CLI/CLI.hpp>
-
 #include <cmath>
 #include <memory>
 
@@ -67,7 +66,8 @@ std::string Human(const std::string& file, const Stats& st) {
   row("mean probe", Real(st.mean_probe, "%.3f"));
   const uint64_t reclaimable = st.garbage_bytes + st.free_bytes;
   if (st.file_bytes > 0 && reclaimable * 2 > st.file_bytes) {
-    out += "hint: " + Percent(reclaimable, st.file_bytes) + " of the file is garbage or free; `mapkv compact` reclaims it\n";
+    out += "hint: " + Percent(reclaimable, st.file_bytes) +
+           " of the file is garbage or free; `mapkv compact` reclaims it\n";
   }
   return out;
 }
@@ -120,8 +120,9 @@ int RunStats(const StatsOptions& o) {
 Command SetupStats(CLI::App& app) {
   auto o = std::make_shared<StatsOptions>();
   CLI::App* sub = app.add_subcommand(
-      "stats", "Show the store's figures: format version, entries, slots, load factor, file/heap/live/garbage/"
-               "free/table bytes, change sequence, checkpoint generation and probe lengths.");
+      "stats",
+      "Show the store's figures: format version, entries, slots, load factor, file/heap/live/garbage/"
+      "free/table bytes, change sequence, checkpoint generation and probe lengths.");
   sub->add_option("FILE", o->file, "Store file")->required();
   sub->add_flag("--json", o->json, "One JSON object (field names as in mapkv::Stats, plus \"path\")");
   return {sub, [o] { return RunStats(*o); }};

@@ -27,9 +27,12 @@ inline constexpr int kExitStore = 3;     // no such file, not a store, corrupt, 
 // failed open is always kExitStore (see FailOpen), whatever its code.
 constexpr int ExitCodeFor(Code code) {
   switch (code) {
-    case Code::kOk: return kExitOk;
-    case Code::kNotFound: return kExitNotFound;
-    case Code::kInvalidArgument: return kExitUsage;  // empty or oversized key/value
+    case Code::kOk:
+      return kExitOk;
+    case Code::kNotFound:
+      return kExitNotFound;
+    case Code::kInvalidArgument:
+      return kExitUsage;  // empty or oversized key/value
     case Code::kCorruption:
     case Code::kVersionTooNew:
     case Code::kIoError:
@@ -42,7 +45,8 @@ constexpr int ExitCodeFor(Code code) {
     case Code::kAborted:
     case Code::kNotSupported:
     case Code::kUnsafeUse:
-    case Code::kRescan: return kExitStore;
+    case Code::kRescan:
+      return kExitStore;
   }
   return kExitStore;
 }

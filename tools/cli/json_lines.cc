@@ -33,8 +33,7 @@ void AppendJsonLine(std::string* out, std::string_view key, std::string_view val
 JsonLineParser::JsonLineParser() : parser_(std::make_unique<simdjson::dom::parser>()) {}
 JsonLineParser::~JsonLineParser() = default;
 
-bool JsonLineParser::Parse(std::string_view line, std::string_view* key, std::string_view* value,
-                           std::string* error) {
+bool JsonLineParser::Parse(std::string_view line, std::string_view* key, std::string_view* value, std::string* error) {
   simdjson::dom::element doc;
   if (auto err = parser_->parse(line.data(), line.size(), /*realloc_if_needed=*/false).get(doc)) {
     *error = std::string("not valid JSON: ") + simdjson::error_message(err);
@@ -106,8 +105,7 @@ bool JsonLineParser::Parse(std::string_view line, std::string_view* key, std::st
     return false;
   }
   if (value->size() > kMaxValueSize) {
-    *error = "the value has " + std::to_string(value->size()) + " bytes, more than " +
-             std::to_string(kMaxValueSize);
+    *error = "the value has " + std::to_string(value->size()) + " bytes, more than " + std::to_string(kMaxValueSize);
     return false;
   }
   return true;

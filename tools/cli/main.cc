@@ -2,7 +2,6 @@
 // cmd_<name>.cc), maps CLI11's parse errors to exit code 2 and keeps every
 // exception inside.
 #include <CLI/CLI.hpp>
-
 #include <exception>
 #include <new>
 #include <vector>
@@ -24,8 +23,8 @@ int Main(int argc, char** argv) {
       "Exit codes: 0 success; 1 key not found (get, del); 2 usage error (bad arguments, malformed load input);\n"
       "3 store error (no such file, not a store, corrupt, newer version, I/O error, permission, disk full).\n"
       "Run `mapkv COMMAND --help` for a command's arguments.");
-  std::vector<Command> commands = {SetupCreate(app), SetupPut(app),  SetupGet(app),   SetupDel(app),
-                                   SetupKeys(app),   SetupDump(app), SetupLoad(app),  SetupStats(app),
+  std::vector<Command> commands = {SetupCreate(app), SetupPut(app),    SetupGet(app),  SetupDel(app),
+                                   SetupKeys(app),   SetupDump(app),   SetupLoad(app), SetupStats(app),
                                    SetupCheck(app),  SetupCompact(app)};
   try {
     app.parse(argc, argv);

@@ -75,8 +75,7 @@ class [[nodiscard]] Status {
 // Thrown by OrThrow for callers who want exceptions.
 class Error : public std::runtime_error {
  public:
-  explicit Error(Status status)
-      : std::runtime_error(status.ToString()), status_(std::move(status)) {}
+  explicit Error(Status status) : std::runtime_error(status.ToString()), status_(std::move(status)) {}
   const Status& status() const { return status_; }
 
  private:

@@ -47,25 +47,25 @@ class StoreImpl;
 }  // namespace internal
 
 // Limits of format v1.
-inline constexpr size_t kMaxKeySize = 64 * 1024;           // bytes, at least 1
+inline constexpr size_t kMaxKeySize = 64 * 1024;             // bytes, at least 1
 inline constexpr size_t kMaxValueSize = 1024 * 1024 * 1024;  // bytes, 0 allowed
 
 struct Stats {
   uint32_t format_major = 0;
   uint32_t format_minor = 0;
-  uint64_t entries = 0;       // live key/value pairs
-  uint64_t slots = 0;         // hash table capacity
-  double load_factor = 0;     // entries / slots
-  uint64_t file_bytes = 0;    // length of the file
-  uint64_t heap_bytes = 0;    // bytes of the file in use (allocated) by any structure
-  uint64_t live_bytes = 0;    // bytes of live records (headers, keys, values)
-  uint64_t garbage_bytes = 0; // bytes freed but not yet reusable (waiting for a checkpoint)
-  uint64_t free_bytes = 0;    // bytes free for reuse inside the file
-  uint64_t table_bytes = 0;   // bytes of the hash table
-  uint64_t change_seq = 0;    // the change sequence number
+  uint64_t entries = 0;                // live key/value pairs
+  uint64_t slots = 0;                  // hash table capacity
+  double load_factor = 0;              // entries / slots
+  uint64_t file_bytes = 0;             // length of the file
+  uint64_t heap_bytes = 0;             // bytes of the file in use (allocated) by any structure
+  uint64_t live_bytes = 0;             // bytes of live records (headers, keys, values)
+  uint64_t garbage_bytes = 0;          // bytes freed but not yet reusable (waiting for a checkpoint)
+  uint64_t free_bytes = 0;             // bytes free for reuse inside the file
+  uint64_t table_bytes = 0;            // bytes of the hash table
+  uint64_t change_seq = 0;             // the change sequence number
   uint64_t checkpoint_generation = 0;  // generation of the newest durable meta page
-  uint64_t max_probe = 0;     // longest probe sequence in the table
-  double mean_probe = 0;      // mean probe length of present keys
+  uint64_t max_probe = 0;              // longest probe sequence in the table
+  double mean_probe = 0;               // mean probe length of present keys
 };
 
 // What Check found. `problems` is empty when the store is sound.

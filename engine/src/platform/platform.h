@@ -56,7 +56,7 @@ struct FileSpec {
   bool create = false;     // create when missing
   bool exclusive = false;  // with create: fail when it exists (kInvalidArgument)
   bool read_only = false;
-  uint32_t mode = 0600;    // permission bits for a new file
+  uint32_t mode = 0600;  // permission bits for a new file
 };
 
 class File {
@@ -69,8 +69,7 @@ class File {
 
   // Opens a named shared-memory object (no file behind it; it does not
   // survive a reboot). `name` is the part after "shm:".
-  static Status OpenShared(const std::string& name, const FileSpec& spec,
-                           std::unique_ptr<File>* out);
+  static Status OpenShared(const std::string& name, const FileSpec& spec, std::unique_ptr<File>* out);
 
   // Removes a named shared-memory object. kNotFound when it does not exist.
   static Status RemoveShared(const std::string& name);

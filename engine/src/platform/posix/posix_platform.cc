@@ -48,8 +48,7 @@
 namespace mapkv::internal {
 namespace {
 
-static_assert(sizeof(std::atomic<uint32_t>) == sizeof(uint32_t),
-              "futex words must be plain 32-bit words");
+static_assert(sizeof(std::atomic<uint32_t>) == sizeof(uint32_t), "futex words must be plain 32-bit words");
 static_assert(std::atomic<uint32_t>::is_always_lock_free,
               "futex words must be lock free to be shared between processes");
 
@@ -94,10 +93,8 @@ Code CodeForErrno(int err) {
 }
 
 // "<path>: <syscall>(<detail>): <strerror>".
-Status ErrnoStatus(const std::string& path, const char* syscall, const std::string& detail,
-                   int err) {
-  return Status(CodeForErrno(err),
-                path + ": " + syscall + "(" + detail + "): " + ErrorText(err));
+Status ErrnoStatus(const std::string& path, const char* syscall, const std::string& detail, int err) {
+  return Status(CodeForErrno(err), path + ": " + syscall + "(" + detail + "): " + ErrorText(err));
 }
 
 std::string Bytes(uint64_t n) { return std::to_string(n) + " bytes"; }
@@ -111,18 +108,16 @@ Status InvalidArgument(const std::string& path, const std::string& what) {
 }
 
 Status ReadOnlyHandle(const std::string& path, const char* operation) {
-  return Status(Code::kPermissionDenied,
-                path + ": " + operation + " on a handle opened read-only");
+  return Status(Code::kPermissionDenied, path + ": " + operation + " on a handle opened read-only");
 }
 
 // Refuses sizes the kernel would answer with SIGXFSZ (RLIMIT_FSIZE) or that
 // do not fit off_t.
 Status CheckFileSizeLimit(const std::string& path, uint64_t size) {
   if (size > kMaxOffset) {
-    return Status(Code::kNoSpace, path + ": size " + std::to_string(size) +
-                                      " exceeds the largest file offset");
+    return Status(Code::kNoSpace, path + ": size " + std::to_string(size) + " exceeds the largest file offset");
   }
-  struct rlimit limit{};
+  struct rlimit limit {};
   if (getrlimit(RLIMIT_FSIZE, &limit) != 0) {
     return ErrnoStatus(path, "getrlimit", "RLIMIT_FSIZE", errno);
   }
@@ -198,9 +193,8 @@ class PosixMapping final : public Mapping {
 
   Status Flush(uint64_t offset, uint64_t length, bool sync) override {
     if (offset > length_) {
-      return InvalidArgument(path_, "flush past the end of the mapping (" +
-                                        Range(offset, length) + ", mapping length " +
-                                        std::to_string(length_) + ")");
+      return InvalidArgument(path_, "flush past the end of the mapping (" + Range(offset, length) +
+                                        ", mapping length " + std::to_string(length_) + ")");
     }
     length = std::min(length, length_ - offset);
     const uint64_t start = offset & ~(PageSize() - 1);
@@ -271,7 +265,7 @@ class PosixFile final : public File {
   bool read_only() const override { return read_only_; }
 
   Status Size(uint64_t* size) override {
-    struct stat st{};
+    struct stat st {};
     if (::fstat(fd_.get(), &st) != 0) return ErrnoStatus(path_, "fstat", "", errno);
     *size = static_cast<uint64_t>(st.st_size);
     return Status::Ok();
@@ -299,8 +293,7 @@ class PosixFile final : public File {
     uint64_t after = current;
     if (Size(&after).ok() && after != current) {
       if (::ftruncate(fd_.get(), old_size) != 0) {
-        status = Status(status.code(), status.message() + " (and restoring the length: " +
-                                           ErrorText(errno) + ")");
+        status = Status(status.code(), status.message() + " (and restoring the length: " + ErrorText(errno) + ")");
       }
     }
     return status;
@@ -328,8 +321,7 @@ class PosixFile final : public File {
     const int prot = writable ? PROT_READ | PROT_WRITE : PROT_READ;
     void* addr = ::mmap(nullptr, static_cast<size_t>(length), prot, MAP_SHARED, fd_.get(), 0);
     if (addr == MAP_FAILED) {
-      return ErrnoStatus(path_, "mmap",
-                         Bytes(length) + (writable ? ", read-write" : ", read-only"), errno);
+      return ErrnoStatus(path_, "mmap", Bytes(length) + (writable ? ", read-write" : ", read-only"), errno);
     }
     // A mapping holds its open file description, and with it the OFD locks:
     // inherited by a forked child, it would keep a dead parent's locks alive.
@@ -373,7 +365,7 @@ class PosixFile final : public File {
   }
 
   bool OnNetworkFileSystem() override {
-    struct statfs sfs{};
+    struct statfs sfs {};
     if (::fstatfs(fd_.get(), &sfs) != 0) return false;  // cannot tell; assume local
     const auto type = static_cast<uint64_t>(static_cast<uint32_t>(sfs.f_type));
     for (uint64_t magic : kNetworkFsMagics) {
@@ -383,7 +375,7 @@ class PosixFile final : public File {
   }
 
   Status Identity(std::array<uint64_t, 2>* id) override {
-    struct stat st{};
+    struct stat st {};
     if (::fstat(fd_.get(), &st) != 0) return ErrnoStatus(path_, "fstat", "", errno);
     *id = {static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino)};
     return Status::Ok();
@@ -391,7 +383,7 @@ class PosixFile final : public File {
 
  private:
   static struct flock MakeFlock(uint64_t offset, uint64_t length, short type) {
-    struct flock fl{};
+    struct flock fl {};
     fl.l_type = type;
     fl.l_whence = SEEK_SET;
     fl.l_start = static_cast<off_t>(offset);
@@ -407,15 +399,12 @@ class PosixFile final : public File {
     return CheckRange(path_, offset, length);
   }
 
-  Status LockError(const char* command, uint64_t offset, uint64_t length, LockMode mode,
-                   int err) const {
-    const std::string detail = std::string(command) +
-                               (mode == LockMode::kExclusive ? " F_WRLCK, " : " F_RDLCK, ") +
-                               Range(offset, length);
+  Status LockError(const char* command, uint64_t offset, uint64_t length, LockMode mode, int err) const {
+    const std::string detail =
+        std::string(command) + (mode == LockMode::kExclusive ? " F_WRLCK, " : " F_RDLCK, ") + Range(offset, length);
     if (err == EBADF) {
       // The descriptor's access mode does not allow this lock type.
-      return Status(Code::kPermissionDenied,
-                    path_ + ": fcntl(" + detail + "): descriptor not open for this lock mode");
+      return Status(Code::kPermissionDenied, path_ + ": fcntl(" + detail + "): descriptor not open for this lock mode");
     }
     return ErrnoStatus(path_, "fcntl", detail, err);
   }
@@ -427,7 +416,7 @@ class PosixFile final : public File {
 
 // Wraps a freshly opened descriptor after checking it names a regular file.
 Status Adopt(UniqueFd fd, std::string path, bool read_only, std::unique_ptr<File>* out) {
-  struct stat st{};
+  struct stat st {};
   if (::fstat(fd.get(), &st) != 0) return ErrnoStatus(path, "fstat", "", errno);
   if (S_ISDIR(st.st_mode)) return InvalidArgument(path, "is a directory");
   if (!S_ISREG(st.st_mode)) return InvalidArgument(path, "is not a regular file");
@@ -453,8 +442,7 @@ Status CheckShmName(const std::string& name) {
   if (name.empty() || name.size() > 200 || name.find('/') != std::string::npos ||
       name.find('\0') != std::string::npos) {
     return Status(Code::kInvalidArgument,
-                  "shm:" + name +
-                      ": bad shared-memory name (must be 1 to 200 characters, without '/')");
+                  "shm:" + name + ": bad shared-memory name (must be 1 to 200 characters, without '/')");
   }
   return Status::Ok();
 }
@@ -496,8 +484,8 @@ std::optional<std::array<uint8_t, 16>> ReadKernelBootId() {
 // Fallback: the boot time in whole seconds (wall clock minus time since
 // boot), tagged so it cannot collide with a kernel UUID by accident.
 std::array<uint8_t, 16> BootTimeId() {
-  struct timespec real{};
-  struct timespec boot{};
+  struct timespec real {};
+  struct timespec boot {};
   ::clock_gettime(CLOCK_REALTIME, &real);
   ::clock_gettime(CLOCK_BOOTTIME, &boot);
   const int64_t real_ns = int64_t{real.tv_sec} * 1000000000 + real.tv_nsec;
@@ -557,12 +545,10 @@ Status File::Open(const std::string& path, const FileSpec& spec, std::unique_ptr
   return Adopt(std::move(fd), path, spec.read_only, out);
 }
 
-Status File::OpenShared(const std::string& name, const FileSpec& spec,
-                        std::unique_ptr<File>* out) {
+Status File::OpenShared(const std::string& name, const FileSpec& spec, std::unique_ptr<File>* out) {
   if (Status s = CheckShmName(name); !s.ok()) return s;
   const std::string path = "shm:" + name;
-  UniqueFd fd(::shm_open(ShmObjectName(name).c_str(), OpenFlags(spec),
-                         static_cast<mode_t>(spec.mode)));
+  UniqueFd fd(::shm_open(ShmObjectName(name).c_str(), OpenFlags(spec), static_cast<mode_t>(spec.mode)));
   if (!fd.valid()) {
     const int err = errno;
     if (err == EEXIST && spec.create && spec.exclusive) {
@@ -604,7 +590,7 @@ Status RemoveFile(const std::string& path) {
 }
 
 Status FileIdentity(const std::string& path, std::array<uint64_t, 2>* id) {
-  struct stat st{};
+  struct stat st {};
   if (::stat(path.c_str(), &st) != 0) return ErrnoStatus(path, "stat", "", errno);
   *id = {static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino)};
   return Status::Ok();
@@ -614,20 +600,18 @@ Status FileIdentity(const std::string& path, std::array<uint64_t, 2>* id) {
 
 bool WaitWord(std::atomic<uint32_t>* word, uint32_t expected, std::chrono::microseconds timeout) {
   const int64_t us = std::max<int64_t>(timeout.count(), 0);
-  struct timespec ts{};
+  struct timespec ts {};
   ts.tv_sec = static_cast<time_t>(us / 1000000);
   ts.tv_nsec = static_cast<long>(us % 1000000 * 1000);
   // Not FUTEX_PRIVATE_FLAG: waiters and wakers may be in different processes.
-  const long rc = ::syscall(SYS_futex, reinterpret_cast<uint32_t*>(word), FUTEX_WAIT, expected,
-                            &ts, nullptr, 0);
+  const long rc = ::syscall(SYS_futex, reinterpret_cast<uint32_t*>(word), FUTEX_WAIT, expected, &ts, nullptr, 0);
   // 0: woken (or spurious). EAGAIN: the word differs from `expected`.
   // EINTR: a signal; the caller re-checks like any early return.
   return !(rc != 0 && errno == ETIMEDOUT);
 }
 
 void WakeWord(std::atomic<uint32_t>* word) {
-  ::syscall(SYS_futex, reinterpret_cast<uint32_t*>(word), FUTEX_WAKE, INT_MAX, nullptr, nullptr,
-            0);
+  ::syscall(SYS_futex, reinterpret_cast<uint32_t*>(word), FUTEX_WAKE, INT_MAX, nullptr, nullptr, 0);
 }
 
 // ---- Boot id, process ------------------------------------------------------
