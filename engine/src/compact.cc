@@ -31,6 +31,31 @@ namespace {
 constexpr uint64_t kMovesPerWrite = 256;
 }
 
+// Copies the record of slot `index` to a newly allocated place and re-points
+// the slot, inside the running write. With `only_lower`, a place no lower than
+// the record is given back and *moved is false.
+Status StoreImpl::MoveRecord(uint64_t index, bool only_lower, bool* moved) {
+  *moved = false;
+  TableReader r = table_->Reader();
+  uint64_t slot;
+  RecordRef rec;
+  if (!r.LoadSlot(index, &slot)) return Status(Code::kCorruption, path_ + ": table page out of file");
+  if (slot == 0) return Status::Ok();
+  if (!r.Record(SlotGranule(slot), &rec)) {
+    return Status(Code::kCorruption, path_ + ": slot " + std::to_string(index) + " points out of the file");
+  }
+  const uint64_t n = rec.granules();
+  uint64_t g;
+  Status s = heap_->Allocate(n, 1, &g);
+  if (!s.ok()) return s;
+  if (only_lower && g >= rec.granule) return heap_->Free(g, n);
+  std::memcpy(heap_->base() + g * kGranule, heap_->base() + rec.granule * kGranule, n * kGranule);
+  s = table_->Relocate(index, g);
+  if (s.ok()) s = heap_->Free(rec.granule, n);
+  *moved = s.ok();
+  return s;
+}
+
 Status StoreImpl::MoveEverything() {
   Status s = RunWrite([&] { return heap_->MoveMap(); });
   if (s.ok()) {
@@ -44,21 +69,8 @@ Status StoreImpl::MoveEverything() {
     s = RunWrite([&] {
       SeqBegin();
       for (uint64_t i = first; i < std::min(slots, first + kMovesPerWrite); ++i) {
-        TableReader r = table_->Reader();
-        uint64_t slot;
-        RecordRef rec;
-        if (!r.LoadSlot(i, &slot)) return Status(Code::kCorruption, path_ + ": table page out of file");
-        if (slot == 0) continue;
-        if (!r.Record(SlotGranule(slot), &rec)) {
-          return Status(Code::kCorruption, path_ + ": slot " + std::to_string(i) + " points out of the file");
-        }
-        const uint64_t n = rec.granules();
-        uint64_t g;
-        Status st = heap_->Allocate(n, 1, &g);
-        if (!st.ok()) return st;
-        std::memcpy(heap_->base() + g * kGranule, heap_->base() + rec.granule * kGranule, n * kGranule);
-        st = table_->Relocate(i, g);
-        if (st.ok()) st = heap_->Free(rec.granule, n);
+        bool moved;
+        Status st = MoveRecord(i, /*only_lower=*/false, &moved);
         if (!st.ok()) return st;
       }
       return Status::Ok();
@@ -93,22 +105,10 @@ Status StoreImpl::CompactTail() {
     s = RunWrite([&] {
       SeqBegin();
       for (size_t j = first; j < std::min(movers.size(), first + kMovesPerWrite) && !done; ++j) {
-        RecordRef rec;
-        if (!table_->Reader().Record(movers[j].first, &rec)) {
-          return Status(Code::kCorruption,
-                        path_ + ": slot " + std::to_string(movers[j].second) + " points out of the file");
-        }
-        uint64_t g;
-        Status st = heap_->Allocate(rec.granules(), 1, &g);
+        bool moved;
+        Status st = MoveRecord(movers[j].second, /*only_lower=*/true, &moved);
         if (!st.ok()) return st;
-        if (g >= rec.granule) {  // no lower hole fits: stop here
-          done = true;
-          return heap_->Free(g, rec.granules());
-        }
-        std::memcpy(heap_->base() + g * kGranule, heap_->base() + rec.granule * kGranule, rec.granules() * kGranule);
-        st = table_->Relocate(movers[j].second, g);
-        if (st.ok()) st = heap_->Free(rec.granule, rec.granules());
-        if (!st.ok()) return st;
+        done = !moved;  // no lower hole fits this one: the rest are lower still
       }
       return Status::Ok();
     });

@@ -78,6 +78,7 @@ class StoreImpl {
 
   // compact.cc
   Status MoveEverything();
+  Status MoveRecord(uint64_t index, bool only_lower, bool* moved);
   // Moves the highest records into holes below them, when the holes add up
   // (before the file is cut at the last close).
   Status CompactTail();
