@@ -177,11 +177,11 @@ struct alignas(64) ControlPage {
   std::atomic<uint32_t> seq_waiters;     // readers waiting for seq to turn even (futex)
   std::atomic<uint32_t> seq_wake;        // futex word bumped when a writer ends and seq_waiters > 0
   // -- cache line 1: lock coordination and change notification
-  alignas(64) std::atomic<uint32_t> lock_requests;  // doorbell: a waiter bumps it and wakes
-  std::atomic<uint32_t> lock_released;              // the holder bumps it and wakes on release
-  std::atomic<uint64_t> writer_pid;                 // pid of the process holding the write lock (0: none)
-  std::atomic<uint32_t> lock_waiters;               // processes waiting for the file lock (wake on release)
-  std::atomic<uint32_t> writers_waiting;            // writers waiting: new readers hold back (no starvation)
+  alignas(64) std::atomic<uint32_t> reserved_line1;  // 0 in v1
+  std::atomic<uint32_t> lock_released;               // the holder bumps it and wakes on release
+  std::atomic<uint64_t> writer_pid;                  // pid of the process holding the write lock (0: none)
+  std::atomic<uint32_t> lock_waiters;                // processes waiting for the file lock (wake on release)
+  std::atomic<uint32_t> writers_waiting;             // writers waiting: new readers hold back (no starvation)
   std::atomic<uint32_t> change_waiters;
   std::atomic<uint32_t> change_futex;  // low 32 bits of change_seq, for WaitForChange
   // -- cache line 2+: writer state (read and written under the write lock)

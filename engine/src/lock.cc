@@ -222,20 +222,6 @@ Status LockManager::LockRead() {
   return Status::Ok();
 }
 
-bool LockManager::TryLockRead() {
-  if (!rw_.TryLockShared()) return false;
-  std::lock_guard<std::mutex> lock(file_mu_);
-  if (shared_holders_ == 0 && !sticky_) {
-    bool acquired = false;
-    if (!file_->TryLock(kRwLockByte, 1, LockMode::kShared, &acquired).ok() || !acquired) {
-      rw_.UnlockShared();
-      return false;
-    }
-  }
-  ++shared_holders_;
-  return true;
-}
-
 void LockManager::UnlockRead() {
   {
     std::lock_guard<std::mutex> lock(file_mu_);

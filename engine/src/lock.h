@@ -84,8 +84,6 @@ class LockManager {
   void UnlockWrite(bool may_stick = true);
   Status LockRead();
   void UnlockRead();
-  // Takes the read lock only if that needs no waiting at all.
-  bool TryLockRead();
 
   // Takes the presence lock (shared) for the handle's lifetime, waiting while
   // a closing handle holds it exclusively.

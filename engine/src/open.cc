@@ -409,7 +409,7 @@ Status StoreImpl::RecoverFromCheckpoint(const MetaPage& meta) {
   ctl_->entries.store(meta.entries);
   ctl_->change_seq.store(meta.change_seq);
   ctl_->reserved_line0.store(0);
-  ctl_->lock_requests.store(0);
+  ctl_->reserved_line1.store(0);
   ctl_->writer_pid.store(0);
   ctl_->lock_waiters.store(0);
   ctl_->writers_waiting.store(0);
