@@ -203,7 +203,8 @@ struct alignas(64) ControlPage {
   uint64_t ring_offset;
   uint64_t ring_capacity;
   std::atomic<uint64_t> undo_count;  // entries of the running write; 0: none in progress
-  uint64_t reserved[24];
+  uint64_t undo_chain;               // first UndoChunk of the running write past the fixed log (0: none)
+  uint64_t reserved[23];
 };
 static_assert(sizeof(ControlPage) <= kPageSize, "control page fits one page");
 static_assert(std::atomic<uint64_t>::is_always_lock_free, "shared atomics must be lock-free");
@@ -229,6 +230,19 @@ struct UndoEntry {
 };
 static_assert(sizeof(UndoEntry) == kUndoEntrySize, "undo entry size");
 inline constexpr uint32_t kUndoKindShift = 56;
+
+// A write that outgrows the fixed log (a large batch) continues it in chunks
+// allocated from the heap like any other extent: entry i of the write lives
+// in the fixed log when i < kUndoCapacity, else in the chain that starts at
+// ControlPage::undo_chain, each chunk holding `capacity` entries after its
+// header. A chunk is linked before the first entry that lands in it is
+// counted, so recovery can always walk to every counted entry. Chunks are
+// freed when their write commits or rolls back.
+struct UndoChunk {
+  uint64_t next;      // file offset of the next chunk, 0 at the end of the chain
+  uint64_t capacity;  // entries that follow this header
+};
+static_assert(sizeof(UndoChunk) == kUndoEntrySize, "a chunk header takes the place of one entry");
 
 }  // namespace mapkv::internal::format
 

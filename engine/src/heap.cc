@@ -56,13 +56,85 @@ Status MapSet::Flush(uint64_t offset, uint64_t length, bool sync) {
 
 // ---------------------------------------------------------------- undo log
 
+namespace {
+// Entries kept free for linking the next chunk: its allocation may grow the
+// file and move the allocation map, about eight entries.
+constexpr uint64_t kChunkReserve = 64;
+constexpr uint64_t kFirstChunkEntries = (256u << 10) / kUndoEntrySize - 1;  // 256 KiB
+constexpr uint64_t kMaxChunkEntries = (64u << 20) / kUndoEntrySize - 1;     // 64 MiB
+
+UndoKind KindOf(const UndoEntry& e) { return static_cast<UndoKind>(e.kind_target >> kUndoKindShift); }
+uint64_t TargetOf(const UndoEntry& e) { return e.kind_target & ((uint64_t{1} << kUndoKindShift) - 1); }
+}  // namespace
+
+void Heap::ResetWriteState() {
+  fresh_frees_.clear();
+  write_pages_.clear();
+  log_capacity_ = kUndoCapacity;
+  tail_chunk_ = 0;
+  tail_first_ = 0;
+  next_chunk_entries_ = kFirstChunkEntries;
+  extending_ = false;
+}
+
+void Heap::NoteWriteLocal(uint64_t first_page, uint64_t pages) {
+  for (uint64_t p = 0; p < pages; ++p) write_pages_.insert(first_page + p);
+}
+
+UndoEntry* Heap::AppendSlot(uint64_t i) {
+  if (i < kUndoCapacity) return At<UndoEntry>(kUndoOffset) + i;
+  return At<UndoEntry>(tail_chunk_ + sizeof(UndoChunk)) + (i - tail_first_);
+}
+
+Status Heap::ExtendLog() {
+  extending_ = true;
+  const uint64_t entries = next_chunk_entries_;
+  const uint64_t granules = (entries + 1) * kUndoEntrySize / kGranule;
+  uint64_t g = 0;
+  Status s = Allocate(granules, kGranulesPerPage, &g);
+  if (s.ok()) {
+    auto* chunk = At<UndoChunk>(g * kGranule);
+    chunk->next = 0;
+    chunk->capacity = entries;
+    // Linked before any entry in it is counted; the chunk is this write's own
+    // space, so its link needs no undo, but the chain's head does.
+    if (tail_chunk_ == 0) {
+      s = SetWord(&ctl_->undo_chain, g * kGranule);
+    } else {
+      At<UndoChunk>(tail_chunk_)->next = g * kGranule;
+    }
+  }
+  if (s.ok()) {
+    tail_chunk_ = g * kGranule;
+    tail_first_ = log_capacity_;
+    log_capacity_ += entries;
+    next_chunk_entries_ = std::min(kMaxChunkEntries, next_chunk_entries_ * 2 + 1);
+  }
+  extending_ = false;
+  return s;
+}
+
 Status Heap::Log(UndoKind kind, uint64_t target, uint64_t value) {
   uint64_t n = ctl_->undo_count.load(std::memory_order_relaxed);
-  if (n >= kUndoCapacity) {
-    return Status(Code::kNotSupported, file_->path() + ": one write changes more than " +
-                                           std::to_string(kUndoCapacity) + " structures; split it");
+  if (!extending_ && n + kChunkReserve >= log_capacity_) {
+    Status s = ExtendLog();
+    if (!s.ok() && n >= log_capacity_) return s;  // else the reserve still has room
+    n = ctl_->undo_count.load(std::memory_order_relaxed);
   }
-  UndoEntry* e = At<UndoEntry>(kUndoOffset) + n;
+  if (n >= log_capacity_) {
+    return Status(Code::kNoSpace, file_->path() + ": the undo log of this write could not grow");
+  }
+  // Consecutive allocations (records written one after another) share one entry.
+  if (kind == UndoKind::kAllocated && n > 0) {
+    UndoEntry* prev = AppendSlot(n - 1);
+    if (KindOf(*prev) == UndoKind::kAllocated && TargetOf(*prev) + prev->value == target) {
+      std::atomic_signal_fence(std::memory_order_seq_cst);
+      std::atomic_ref<uint64_t>(prev->value).store(prev->value + value, std::memory_order_release);
+      std::atomic_signal_fence(std::memory_order_seq_cst);
+      return Status::Ok();
+    }
+  }
+  UndoEntry* e = AppendSlot(n);
   e->kind_target = (static_cast<uint64_t>(kind) << kUndoKindShift) | target;
   e->value = value;
   // The entry must be in place before the count that exposes it, and the
@@ -84,7 +156,8 @@ Status Heap::SetWord(uint64_t offset, uint64_t value) {
 }
 
 Status Heap::Begin() {
-  fresh_frees_.clear();
+  if (ctl_->undo_chain != 0) DropChain();
+  ResetWriteState();
   // The counters a write may touch, logged once: later changes in this write
   // are plain stores.
   // (alloc_offset/alloc_words are logged where the map moves, so that undo
@@ -108,15 +181,49 @@ void Heap::Commit() {
   ctl_->undo_count.store(0, std::memory_order_release);
   std::atomic_signal_fence(std::memory_order_seq_cst);
   // Killed from here on, these extents stay fresh+freed and the next
-  // checkpoint (or recovery) releases them.
+  // checkpoint (or recovery) releases them; the chain is dropped by the next
+  // writer.
   for (auto [g, n] : fresh_frees_) MarkRange(g, n, false, false, false);
-  fresh_frees_.clear();
+  if (ctl_->undo_chain != 0) DropChain();
+  ResetWriteState();
+}
+
+void Heap::DropChain() {
+  // The chunks were allocated by the committed write: fresh, so free at once.
+  // Idempotent, so a writer killed halfway leaves work the next one redoes.
+  const uint64_t file_size = ctl_->file_size.load(std::memory_order_relaxed);
+  uint64_t off = ctl_->undo_chain;
+  for (uint64_t hops = 0; off != 0 && hops < file_size / kPageSize; ++hops) {
+    const auto* chunk = At<UndoChunk>(off);
+    const uint64_t next = chunk->next;
+    MarkRange(off / kGranule, (chunk->capacity + 1) * kUndoEntrySize / kGranule, false, false, false);
+    off = next;
+  }
+  ctl_->undo_chain = 0;
+}
+
+bool Heap::LogExtents(uint64_t count, std::vector<std::pair<uint64_t, uint64_t>>* extents) const {
+  extents->clear();
+  const uint64_t file_size = ctl_->file_size.load(std::memory_order_relaxed);
+  extents->emplace_back(kUndoOffset, std::min(count, kUndoCapacity));
+  uint64_t left = count - extents->back().second;
+  uint64_t off = ctl_->undo_chain;
+  while (left > 0) {
+    if (off < kHeapOffset || off % kGranule != 0 || off > file_size - sizeof(UndoChunk)) return false;
+    const auto* chunk = At<UndoChunk>(off);
+    const uint64_t cap = chunk->capacity;
+    if (cap == 0 || cap > (file_size - off) / kUndoEntrySize - 1) return false;
+    const uint64_t take = std::min(left, cap);
+    extents->emplace_back(off + sizeof(UndoChunk), take);
+    left -= take;
+    off = chunk->next;
+  }
+  return true;
 }
 
 void Heap::ApplyUndo(const UndoEntry& e) {
-  auto kind = static_cast<UndoKind>(e.kind_target >> kUndoKindShift);
-  uint64_t target = e.kind_target & ((uint64_t{1} << kUndoKindShift) - 1);
-  switch (kind) {
+  const uint64_t target = TargetOf(e);
+  switch (KindOf(e)) {
     case UndoKind::kWord:
       std::atomic_ref<uint64_t>(*At<uint64_t>(target)).store(e.value, std::memory_order_relaxed);
       break;
@@ -135,11 +242,78 @@ void Heap::ApplyUndo(const UndoEntry& e) {
 }
 
 void Heap::Rollback() {
-  uint64_t n = ctl_->undo_count.load(std::memory_order_acquire);
-  const UndoEntry* log = At<UndoEntry>(kUndoOffset);
-  for (uint64_t i = n; i > 0; --i) ApplyUndo(log[i - 1]);
+  const uint64_t n = ctl_->undo_count.load(std::memory_order_acquire);
+  std::vector<std::pair<uint64_t, uint64_t>> extents;
+  // The extents are taken before any entry is applied: undoing the chain's
+  // head pointer or a chunk's allocation changes no entry, but the walk
+  // must not depend on them. A chain that does not hold n entries was
+  // refused by ValidateLog before recovery; a running write built its own.
+  if (LogExtents(n, &extents)) {
+    for (auto it = extents.rbegin(); it != extents.rend(); ++it) {
+      const UndoEntry* log = At<UndoEntry>(it->first);
+      for (uint64_t i = it->second; i > 0; --i) ApplyUndo(log[i - 1]);
+    }
+  }
+  ctl_->undo_chain = 0;
   ctl_->undo_count.store(0, std::memory_order_release);
-  fresh_frees_.clear();
+  ResetWriteState();
+}
+
+Status Heap::ValidateLog() const {
+  const uint64_t count = ctl_->undo_count.load();
+  const uint64_t fs = ctl_->file_size.load();
+  auto bad = [&](const std::string& what) {
+    return Status(Code::kCorruption, file_->path() + ": control page: undo log: " + what);
+  };
+  std::vector<std::pair<uint64_t, uint64_t>> extents;
+  if (!LogExtents(count, &extents)) {
+    return bad(std::to_string(count) + " entries, but the chain of chunks at offset " +
+               std::to_string(ctl_->undo_chain) + " leaves the file or holds fewer");
+  }
+  // A committed write's leftover chain (count 0) is freed by DropChain: it
+  // must lie in the file too.
+  if (count == 0 && ctl_->undo_chain != 0) {
+    std::vector<std::pair<uint64_t, uint64_t>> chain;
+    uint64_t off = ctl_->undo_chain;
+    for (uint64_t hops = 0; off != 0; ++hops) {
+      if (hops > fs / kPageSize || off < kHeapOffset || off % kGranule != 0 || off > fs - sizeof(UndoChunk))
+        return bad("leftover chain of chunks leaves the file");
+      const auto* chunk = At<UndoChunk>(off);
+      if (chunk->capacity == 0 || chunk->capacity > (fs - off) / kUndoEntrySize - 1)
+        return bad("leftover chunk at offset " + std::to_string(off) + " has a bad capacity");
+      off = chunk->next;
+    }
+  }
+  const uint64_t granules = ctl_->alloc_words * kGranulesPerAllocWord;
+  uint64_t index = 0;
+  for (auto [off, n] : extents) {
+    const UndoEntry* log = At<UndoEntry>(off);
+    for (uint64_t i = 0; i < n; ++i, ++index) {
+      const uint64_t target = TargetOf(log[i]);
+      const uint64_t value = log[i].value;
+      bool ok = false;
+      switch (KindOf(log[i])) {
+        case UndoKind::kWord:
+          ok = target % 8 == 0 && target + 8 <= fs;
+          break;
+        case UndoKind::kAllocated:
+        case UndoKind::kFreed:
+          ok = target <= granules && value <= granules - target;
+          break;
+        case UndoKind::kFreedPages:
+          ok = target >= kHeapOffset && target <= fs && value <= (fs - target) / 4;
+          if (ok) {
+            const uint32_t* pm = At<uint32_t>(target);
+            for (uint64_t p = 0; p < value && ok; ++p) ok = (uint64_t{pm[p]} + 1) * kGranulesPerPage <= granules;
+          }
+          break;
+        default:
+          ok = false;
+      }
+      if (!ok) return bad("entry " + std::to_string(index) + " out of range");
+    }
+  }
+  return Status::Ok();
 }
 
 // ---------------------------------------------------------------- allocator

@@ -12,7 +12,11 @@
 // recorded in the undo log in the file, so that a process killed in the middle
 // of a write leaves enough behind for the next writer to take it back.
 // Records and new pages are written into space that was free, so they need no
-// undo. The commit of a write is the single store undo_count = 0.
+// undo. The commit of a write is the single store undo_count = 0. The log has
+// a fixed part in front of the heap and, for large writes, a chain of chunks
+// in the heap (format.h, UndoChunk), so a write has no size limit but the
+// disk's. Past bulk() entries a write stops logging slots one by one: the
+// table copies each page once and changes the copy freely.
 //
 // Allocator. Next-fit over the allocation map (format.h, AllocWord): first
 // from the cursor to the end of the file, then from the start of the heap,
@@ -28,6 +32,8 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <unordered_set>
+#include <utility>
 #include <vector>
 
 #include "format.h"
@@ -91,9 +97,22 @@ class Heap {
   // space it freed reusable.
   void Commit();
   // Applies the undo log in reverse and clears it. Used on a failed write and
-  // by recovery after a killed writer.
+  // by recovery after a killed writer (whose log ValidateLog accepted).
   void Rollback();
   uint64_t undo_count() const { return ctl_->undo_count.load(std::memory_order_relaxed); }
+  // Checks that the log's entries, the fixed part and the chain of chunks,
+  // lie inside the file and the allocation map; names the first bad one.
+  Status ValidateLog() const;
+  // Frees the chunks of a committed write whose writer died before freeing
+  // them (undo_count == 0, undo_chain != 0).
+  void DropChain();
+  // A write past this many undo entries is large: the table copies each page
+  // it changes once (page-level undo) instead of logging every slot.
+  bool bulk() const { return undo_count() > format::kUndoCapacity / 2; }
+  // Table pages allocated by the running write: their changes need no undo
+  // (a rollback frees the whole page).
+  void NoteWriteLocal(uint64_t first_page, uint64_t pages);
+  bool IsWriteLocal(uint64_t page) const { return !write_pages_.empty() && write_pages_.contains(page); }
 
   // ---- allocator ----
   // Allocates `granules` granules, aligned to `align` granules (a power of
@@ -128,6 +147,15 @@ class Heap {
 
  private:
   Status Log(format::UndoKind kind, uint64_t target, uint64_t value);
+  // Links one more chunk to the log (its own allocation is logged in the
+  // entries kept in reserve for it).
+  Status ExtendLog();
+  // Entry i of the running write, i < the capacity linked so far.
+  format::UndoEntry* AppendSlot(uint64_t i);
+  // The log as (offset, entries) extents, in order; false when the chain
+  // leaves the file or does not hold `count` entries.
+  bool LogExtents(uint64_t count, std::vector<std::pair<uint64_t, uint64_t>>* extents) const;
+  void ResetWriteState();
   void ApplyUndo(const format::UndoEntry& e);
   void MarkRange(uint64_t granule, uint64_t n, bool used, bool fresh, bool freed);
   void SetFreed(uint64_t granule, uint64_t n, bool freed);
@@ -140,6 +168,13 @@ class Heap {
   format::ControlPage* const ctl_;
   // Fresh extents freed by the running write, made free by Commit.
   std::vector<std::pair<uint64_t, uint64_t>> fresh_frees_;
+  std::unordered_set<uint64_t> write_pages_;
+  // The running write's log: entries linked so far, and its last chunk.
+  uint64_t log_capacity_ = format::kUndoCapacity;
+  uint64_t tail_chunk_ = 0;  // file offset of the last chunk (0: none)
+  uint64_t tail_first_ = 0;  // index of that chunk's first entry
+  uint64_t next_chunk_entries_ = 0;
+  bool extending_ = false;
   bool append_only_ = false;
 };
 

@@ -243,32 +243,9 @@ Status StoreImpl::ValidateControl() const {
     return bad("allocation map out of file");
   }
   if (ctl_->heap_end > fs) return bad("heap end out of file");
-  if (ctl_->undo_count.load() > kUndoCapacity) return bad("undo log count out of range");
   if (ctl_->entries.load() >= (uint64_t{1} << shift)) return bad("more entries than slots");
   // Every undo entry must stay inside the file and the allocation map.
-  const auto* log = reinterpret_cast<const UndoEntry*>(maps_->Current()->base + kUndoOffset);
-  const uint64_t granules = ctl_->alloc_words * kGranulesPerAllocWord;
-  for (uint64_t i = 0; i < ctl_->undo_count.load(); ++i) {
-    uint64_t kind = log[i].kind_target >> kUndoKindShift;
-    uint64_t target = log[i].kind_target & ((uint64_t{1} << kUndoKindShift) - 1);
-    bool ok = false;
-    switch (static_cast<UndoKind>(kind)) {
-      case UndoKind::kWord:
-        ok = target % 8 == 0 && target + 8 <= fs;
-        break;
-      case UndoKind::kAllocated:
-      case UndoKind::kFreed:
-        ok = target <= granules && log[i].value <= granules - target;
-        break;
-      case UndoKind::kFreedPages:
-        ok = in_file(target, log[i].value * 4);
-        break;
-      default:
-        ok = false;
-    }
-    if (!ok) return bad("undo entry " + std::to_string(i) + " out of range");
-  }
-  return Status::Ok();
+  return heap_->ValidateLog();
 }
 
 Status StoreImpl::Attach() {
@@ -373,6 +350,8 @@ Status StoreImpl::Attach() {
 
 Status StoreImpl::RecoverKilledWriter() {
   // Called with the write lock held; the writer that held it before is dead.
+  // It may have died after its commit, before freeing its log's chunks.
+  if (ctl_->undo_count.load() == 0 && ctl_->undo_chain != 0) heap_->DropChain();
   heap_->Rollback();
   const MetaPage* meta = nullptr;
   Status s = ChooseMeta(&meta);

@@ -1,6 +1,8 @@
 // store.cc: the public API over StoreImpl: argument checks, optimistic reads,
 // writes and batches. See store_impl.h for the read and write protocols.
 #include <algorithm>
+#include <cstring>
+#include <optional>
 #include <thread>
 #include <vector>
 
@@ -84,7 +86,28 @@ Status Store::Contains(std::string_view key, bool* found) const {
 
 Status Store::Put(std::string_view key, std::string_view value) { return impl_ ? impl_->Put(key, value) : Closed(); }
 Status Store::Erase(std::string_view key) { return impl_ ? impl_->Erase(key) : Closed(); }
-Status Store::Write(const WriteBatch& batch) { return impl_ ? impl_->Write(batch) : Closed(); }
+Status Store::Write(const WriteBatch& batch, const WriteOptions& options) {
+  return impl_ ? impl_->Write(batch, options) : Closed();
+}
+Status Store::CompareAndSwap(std::string_view key, std::optional<std::string_view> expected,
+                             std::optional<std::string_view> desired, std::optional<std::string>* actual) {
+  return impl_ ? impl_->CompareAndSwap(key, expected, desired, actual) : Closed();
+}
+Status Store::Increment(std::string_view key, int64_t delta, int64_t* new_value) {
+  return impl_ ? impl_->Increment(key, delta, new_value) : Closed();
+}
+Status Store::Update(std::string_view key, const UpdateFn& fn) { return impl_ ? impl_->Update(key, fn) : Closed(); }
+Status Store::MultiGet(std::span<const std::string_view> keys,
+                       std::vector<std::optional<std::string>>* values) const {
+  return impl_ ? impl_->MultiGet(keys, values) : Closed();
+}
+
+Status Store::CheckTypedSize(std::string_view key, size_t actual, size_t expected, bool array) const {
+  if (array ? actual % expected == 0 : actual == expected) return Status::Ok();
+  return Status(Code::kWrongType, path() + ": the value of key " + internal::DescribeKey(key) + " is " +
+                                      std::to_string(actual) + " bytes, expected " +
+                                      (array ? "a multiple of " : "") + std::to_string(expected));
+}
 uint64_t Store::size() const { return impl_ ? impl_->size() : 0; }
 Status Store::Flush(FlushMode mode) { return impl_ ? impl_->Flush(mode) : Closed(); }
 Status Store::GetStats(Stats* stats) const { return impl_ ? impl_->GetStats(stats) : Closed(); }
@@ -134,6 +157,24 @@ Status ReadGuard::ForEach(std::string_view prefix,
 namespace internal {
 
 using namespace format;  // NOLINT
+
+std::string DescribeKey(std::string_view key) {
+  constexpr size_t kShown = 64;
+  std::string out = "\"";
+  for (size_t i = 0; i < key.size() && i < kShown; ++i) {
+    const auto c = static_cast<unsigned char>(key[i]);
+    if (c >= 0x20 && c < 0x7f && c != '"' && c != '\\') {
+      out += static_cast<char>(c);
+    } else {
+      static constexpr char kHex[] = "0123456789abcdef";
+      out += "\\x";
+      out += kHex[c >> 4];
+      out += kHex[c & 15];
+    }
+  }
+  out += key.size() > kShown ? "\"... (" + std::to_string(key.size()) + " bytes)" : "\"";
+  return out;
+}
 
 namespace {
 
@@ -458,7 +499,7 @@ Status StoreImpl::Erase(std::string_view key) {
   return s;
 }
 
-Status StoreImpl::Write(const WriteBatch& batch) {
+Status StoreImpl::Write(const WriteBatch& batch, const WriteOptions& options) {
   for (const WriteBatch::Op& op : batch.ops_) {
     std::string_view key(batch.data_.data() + op.offset, op.key_size);
     Status s = CheckKey(path_, key);
@@ -466,24 +507,194 @@ Status StoreImpl::Write(const WriteBatch& batch) {
       s = CheckValue(path_, std::string_view(batch.data_.data() + op.offset + op.key_size, op.value_size));
     if (!s.ok()) return s;
   }
-  if (batch.ops_.empty()) return CheckWritable();
+  if (batch.ops_.empty() && !options.sync) return CheckWritable();
   Status s = BeginWrite();
   if (!s.ok()) return s;
-  s = RunWrite([&] {
-    for (const WriteBatch::Op& op : batch.ops_) {
-      std::string_view key(batch.data_.data() + op.offset, op.key_size);
-      Status st;
-      if (op.erase) {
-        bool found;
-        st = ApplyErase(key, &found);
-      } else {
-        st = ApplyPut(key, std::string_view(batch.data_.data() + op.offset + op.key_size, op.value_size));
+  if (!batch.ops_.empty()) {
+    s = RunWrite([&] {
+      for (const WriteBatch::Op& op : batch.ops_) {
+        std::string_view key(batch.data_.data() + op.offset, op.key_size);
+        Status st;
+        if (op.erase) {
+          bool found;
+          st = ApplyErase(key, &found);
+        } else {
+          st = ApplyPut(key, std::string_view(batch.data_.data() + op.offset + op.key_size, op.value_size));
+        }
+        if (!st.ok()) return st;
       }
-      if (!st.ok()) return st;
+      return Status::Ok();
+    });
+  }
+  if (s.ok() && options.sync) {
+    s = Checkpoint();
+    if (!s.ok()) {
+      s = Status(s.code(), s.message() + " (the batch was applied, but is not yet safe from a power cut)");
+    }
+  }
+  EndWrite();
+  return s;
+}
+
+Status StoreImpl::ReadModifyWrite(std::string_view key, const Decide& decide) {
+  Status s = CheckKey(path_, key);
+  if (s.ok()) s = BeginWrite();
+  if (!s.ok()) return s;
+  struct Ender {
+    StoreImpl* self;
+    ~Ender() { self->EndWrite(); }
+  } ender{this};
+  // Under the write lock nothing changes the table: plain reads are exact.
+  std::optional<std::string_view> current;
+  uint64_t index;
+  RecordRef rec;
+  switch (table_->Reader().Find(key, HashKey(key, seed_), &index, &rec)) {
+    case TableReader::Result::kFound:
+      if (options_.verify_checksums && !rec.Intact()) return ChecksumError(rec);
+      current = std::string_view(reinterpret_cast<const char*>(rec.value()), rec.value_size);
+      break;
+    case TableReader::Result::kAbsent:
+      break;
+    case TableReader::Result::kBad:
+      return Status(Code::kCorruption, path_ + ": hash table probe left the file");
+  }
+  Store::UpdateAction action = Store::UpdateAction::kKeep;
+  std::string next;
+  {
+    WalkScope in_callback(this);  // a write to this handle from decide would deadlock
+    s = decide(current, &action, &next);
+  }
+  if (!s.ok() || action == Store::UpdateAction::kKeep) return s;
+  if (action == Store::UpdateAction::kPut) {
+    s = CheckValue(path_, next);
+    if (!s.ok()) return s;
+    return RunWrite([&] { return ApplyPut(key, next); });
+  }
+  if (!current) return Status::Ok();  // erase of an absent key: nothing to do
+  bool found = false;
+  return RunWrite([&] { return ApplyErase(key, &found); });
+}
+
+Status StoreImpl::CompareAndSwap(std::string_view key, std::optional<std::string_view> expected,
+                                 std::optional<std::string_view> desired, std::optional<std::string>* actual) {
+  if (desired) {
+    Status s = CheckValue(path_, *desired);
+    if (!s.ok()) return s;
+  }
+  return ReadModifyWrite(key, [&](std::optional<std::string_view> current, Store::UpdateAction* action,
+                                  std::string* next) {
+    if (current.has_value() != expected.has_value() || (current && *current != *expected)) {
+      if (actual != nullptr) *actual = current ? std::optional<std::string>(std::string(*current)) : std::nullopt;
+      return Status(Code::kAborted, path_ + ": compare-and-swap of key " + DescribeKey(key) + ": the value " +
+                                        (current ? "differs from the one expected" : "is absent") +
+                                        "; nothing changed");
+    }
+    if (desired) {
+      *action = Store::UpdateAction::kPut;
+      next->assign(*desired);
+    } else {
+      *action = Store::UpdateAction::kErase;
     }
     return Status::Ok();
   });
-  EndWrite();
+}
+
+Status StoreImpl::Increment(std::string_view key, int64_t delta, int64_t* new_value) {
+  return ReadModifyWrite(key, [&](std::optional<std::string_view> current, Store::UpdateAction* action,
+                                  std::string* next) {
+    int64_t value = 0;
+    if (current) {
+      if (current->size() != sizeof value) {
+        return Status(Code::kWrongType, path_ + ": the value of key " + DescribeKey(key) + " is " +
+                                            std::to_string(current->size()) +
+                                            " bytes, not an 8-byte counter; nothing changed");
+      }
+      std::memcpy(&value, current->data(), sizeof value);  // little-endian in the file and the host
+    }
+    int64_t sum;
+    if (__builtin_add_overflow(value, delta, &sum)) {
+      return Status(Code::kOutOfRange, path_ + ": incrementing key " + DescribeKey(key) + " (" +
+                                           std::to_string(value) + ") by " + std::to_string(delta) +
+                                           " overflows a signed 64-bit counter; nothing changed");
+    }
+    next->assign(reinterpret_cast<const char*>(&sum), sizeof sum);
+    *action = Store::UpdateAction::kPut;
+    if (new_value != nullptr) *new_value = sum;
+    return Status::Ok();
+  });
+}
+
+Status StoreImpl::Update(std::string_view key, const Store::UpdateFn& fn) {
+  return ReadModifyWrite(key, [&](std::optional<std::string_view> current, Store::UpdateAction* action,
+                                  std::string* next) {
+    *action = fn(current, next);
+    return Status::Ok();
+  });
+}
+
+MAPKV_OPTIMISTIC Status StoreImpl::MultiGet(std::span<const std::string_view> keys,
+                                            std::vector<std::optional<std::string>>* values) const {
+  Status s = CheckUsable();
+  for (size_t i = 0; s.ok() && i < keys.size(); ++i) s = CheckKey(path_, keys[i]);
+  if (!s.ok()) return s;
+  values->assign(keys.size(), std::nullopt);
+  std::vector<uint64_t> hashes(keys.size());
+  for (size_t i = 0; i < keys.size(); ++i) hashes[i] = HashKey(keys[i], seed_);
+  for (int attempt = 0; attempt < kOptimisticAttempts; ++attempt) {
+    const uint64_t s1 = ctl_->seq.load(std::memory_order_acquire);
+    if (s1 & 1) {
+      Backoff(attempt);
+      continue;
+    }
+    const uint64_t fs = ctl_->file_size.load(std::memory_order_acquire);
+    const View* v = maps_->Current();
+    if (v->length < fs) {
+      s = maps_->Cover(fs);
+      if (!s.ok()) return s;
+      v = maps_->Current();
+    }
+    TableReader r{v->base, fs, static_cast<uint32_t>(ctl_->table_shift.load(std::memory_order_relaxed)),
+                  ctl_->pagemap_offset.load(std::memory_order_relaxed), seed_};
+    if (r.shift < kMinTableShift || r.shift > kMaxTableShift) continue;
+    bool bad = false;
+    const RecordRef* damaged = nullptr;
+    RecordRef rec;
+    for (size_t i = 0; i < keys.size() && !bad && damaged == nullptr; ++i) {
+      uint64_t index;
+      switch (r.Find(keys[i], hashes[i], &index, &rec)) {
+        case TableReader::Result::kFound:
+          if (!(*values)[i]) (*values)[i].emplace();
+          CopyRacy(&*(*values)[i], rec.value(), rec.value_size);
+          if (options_.verify_checksums && !rec.Intact()) damaged = &rec;
+          break;
+        case TableReader::Result::kAbsent:
+          (*values)[i].reset();
+          break;
+        case TableReader::Result::kBad:
+          bad = true;
+          break;
+      }
+    }
+    SeqlockReadFence();
+    if (ctl_->seq.load(std::memory_order_relaxed) != s1) continue;
+    if (bad) return Status(Code::kCorruption, path_ + ": hash table probe left the file");
+    if (damaged != nullptr) return ChecksumError(*damaged);
+    return Status::Ok();
+  }
+  // A long write, or a dead writer: read under the lock.
+  s = LockRead();
+  if (!s.ok()) return s;
+  for (size_t i = 0; s.ok() && i < keys.size(); ++i) {
+    std::string_view view;
+    s = GuardedGet(keys[i], &view);
+    if (s.ok()) {
+      (*values)[i].emplace(view);
+    } else if (s.IsNotFound()) {
+      (*values)[i].reset();
+      s = Status::Ok();
+    }
+  }
+  UnlockRead();
   return s;
 }
 

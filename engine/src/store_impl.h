@@ -21,8 +21,12 @@
 #ifndef MAPKV_STORE_IMPL_H_
 #define MAPKV_STORE_IMPL_H_
 
+#include <functional>
 #include <memory>
+#include <optional>
+#include <span>
 #include <string>
+#include <vector>
 #include <string_view>
 
 #include "format.h"
@@ -33,6 +37,10 @@
 #include "table.h"
 
 namespace mapkv::internal {
+
+// `key` quoted for a message: printable ASCII as is, other bytes as \xNN,
+// at most 64 bytes shown.
+std::string DescribeKey(std::string_view key);
 
 class StoreImpl {
  public:
@@ -45,7 +53,12 @@ class StoreImpl {
   Status Get(std::string_view key, std::string* value, bool* found) const;
   Status Put(std::string_view key, std::string_view value);
   Status Erase(std::string_view key);
-  Status Write(const WriteBatch& batch);
+  Status Write(const WriteBatch& batch, const WriteOptions& options);
+  Status CompareAndSwap(std::string_view key, std::optional<std::string_view> expected,
+                        std::optional<std::string_view> desired, std::optional<std::string>* actual);
+  Status Increment(std::string_view key, int64_t delta, int64_t* new_value);
+  Status Update(std::string_view key, const Store::UpdateFn& fn);
+  Status MultiGet(std::span<const std::string_view> keys, std::vector<std::optional<std::string>>* values) const;
   // 0 in a forked child, where the mapping is not inherited.
   uint64_t size() const {
     return fork_generation_ == ForkGeneration() ? ctl_->entries.load(std::memory_order_relaxed) : 0;
@@ -98,6 +111,12 @@ class StoreImpl {
   Status WriteRecord(std::string_view key, std::string_view value, uint64_t* granule);
   Status ApplyPut(std::string_view key, std::string_view value);
   Status ApplyErase(std::string_view key, bool* found);
+  // Under the write lock: looks `key` up, lets `decide` choose from its
+  // current value what to do (with `decide` unable to write to this handle),
+  // and applies that as one write.
+  using Decide = std::function<Status(std::optional<std::string_view> current, Store::UpdateAction* action,
+                                      std::string* next)>;
+  Status ReadModifyWrite(std::string_view key, const Decide& decide);
   // Runs `body` as one atomic write (undo scope, seqlock, commit/rollback).
   template <typename Body>
   Status RunWrite(Body&& body);

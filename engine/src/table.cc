@@ -89,12 +89,15 @@ TableReader TableWriter::Reader() const {
                      ctl->pagemap_offset.load(std::memory_order_relaxed), ctl->hash_seed};
 }
 
-Status TableWriter::WritableSlot(uint64_t i, uint64_t** slot) {
+Status TableWriter::WritableSlot(uint64_t i, uint64_t** slot, bool* local) {
   ControlPage* ctl = heap_->ctl();
   const uint64_t pm_off = ctl->pagemap_offset.load(std::memory_order_relaxed) + (i >> kSlotsPerPageShift) * 4;
   uint32_t phys = *heap_->At<uint32_t>(pm_off);
-  if (heap_->IsCheckpointed(uint64_t{phys} * kGranulesPerPage)) {
-    // Copy-on-write: the checkpoint keeps the old page until the next one.
+  *local = heap_->IsWriteLocal(phys);
+  // Copy-on-write: a page the checkpoint holds is kept until the next one;
+  // in a large write every page is copied once, so that its slots need no
+  // undo entries (the copy is freed by a rollback).
+  if (!*local && (heap_->IsCheckpointed(uint64_t{phys} * kGranulesPerPage) || heap_->bulk())) {
     uint64_t g;
     Status s = heap_->Allocate(kGranulesPerPage, kGranulesPerPage, &g);
     if (!s.ok()) return s;
@@ -110,6 +113,8 @@ Status TableWriter::WritableSlot(uint64_t i, uint64_t** slot) {
     s = heap_->Free(uint64_t{phys} * kGranulesPerPage, kGranulesPerPage);
     if (!s.ok()) return s;
     phys = static_cast<uint32_t>(g / kGranulesPerPage);
+    heap_->NoteWriteLocal(phys, 1);
+    *local = true;
   }
   *slot = heap_->At<uint64_t>(uint64_t{phys} * kPageSize + (i & (kSlotsPerPage - 1)) * 8);
   return Status::Ok();
@@ -117,8 +122,13 @@ Status TableWriter::WritableSlot(uint64_t i, uint64_t** slot) {
 
 Status TableWriter::SetSlot(uint64_t i, uint64_t value) {
   uint64_t* p;
-  Status s = WritableSlot(i, &p);
+  bool local;
+  Status s = WritableSlot(i, &p, &local);
   if (!s.ok()) return s;
+  if (local) {
+    std::atomic_ref<uint64_t>(*p).store(value, std::memory_order_relaxed);
+    return Status::Ok();
+  }
   return heap_->SetWord(p, value);
 }
 
@@ -226,6 +236,7 @@ Status TableWriter::CreateTable(uint32_t shift, uint64_t* table_granule, uint64_
   s = heap_->Allocate(pages * kGranulesPerPage, kGranulesPerPage, &tg);
   if (!s.ok()) return s;
   std::memset(heap_->base() + tg * kGranule, 0, pages * kPageSize);
+  heap_->NoteWriteLocal(tg / kGranulesPerPage, pages);
   uint32_t* pm = heap_->At<uint32_t>(pg * kGranule);
   for (uint64_t p = 0; p < pages; ++p) pm[p] = static_cast<uint32_t>(tg / kGranulesPerPage + p);
   *table_granule = tg;

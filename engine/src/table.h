@@ -17,7 +17,8 @@
 // The writer (TableWriter) runs under the write lock and records every change
 // in the undo log (heap.h). A page the last checkpoint references is copied
 // before its first change (copy-on-write), so the checkpoint stays intact on
-// disk.
+// disk. A page the running write allocated (a copy, or a new table after a
+// resize) is changed with no undo: a rollback frees it whole.
 #ifndef MAPKV_TABLE_H_
 #define MAPKV_TABLE_H_
 
@@ -108,9 +109,10 @@ class TableWriter {
   Status CreateTable(uint32_t shift, uint64_t* table_granule, uint64_t* pagemap);
 
  private:
-  // Makes slot i writable (copying its page when the checkpoint holds it)
-  // and returns its address.
-  Status WritableSlot(uint64_t i, uint64_t** slot);
+  // Makes slot i writable (copying its page when the checkpoint holds it,
+  // or in a bulk write) and returns its address; *local: the page belongs to
+  // the running write, so the slot's change needs no undo.
+  Status WritableSlot(uint64_t i, uint64_t** slot, bool* local);
   Status SetSlot(uint64_t i, uint64_t value);
 
   Heap* const heap_;

@@ -54,6 +54,15 @@ struct Options {
   bool checkpoint_on_close = true;
 };
 
+// Per call: how Store::Write commits a batch.
+struct WriteOptions {
+  // Checkpoint the store before Write returns (as Flush(kSync) right after
+  // the batch), so the batch survives a power cut. Costs one msync of the
+  // changed pages and two fdatasyncs. Default: false (the batch survives a
+  // killed process at once, a power cut after the next checkpoint).
+  bool sync = false;
+};
+
 // How far Store::Flush pushes the data.
 enum class FlushMode : uint8_t {
   // Schedules write-back of dirty pages and returns (msync MS_ASYNC /

@@ -31,10 +31,14 @@
 #define MAPKV_STORE_H_
 
 #include <cstdint>
+#include <cstring>
 #include <functional>
 #include <memory>
+#include <optional>
+#include <span>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <vector>
 
 #include "mapkv/options.h"
@@ -80,6 +84,12 @@ class WriteBatch {
  public:
   void Put(std::string_view key, std::string_view value);
   void Erase(std::string_view key);
+  // A trivially copyable value, stored as its bytes (see Store::PutValue).
+  template <typename T>
+    requires std::is_trivially_copyable_v<T>
+  void PutValue(std::string_view key, const T& value) {
+    Put(key, std::string_view(reinterpret_cast<const char*>(&value), sizeof(T)));
+  }
   void Clear();
   size_t Count() const { return ops_.size(); }
   size_t ByteSize() const { return bytes_; }
@@ -140,13 +150,87 @@ class Store {
   // Removes `key`. Returns kNotFound when it was absent, else as Put.
   Status Erase(std::string_view key);
 
-  // Applies every operation of `batch` in order, all or nothing: a reader sees
-  // the state before the batch or after it, and a process killed during
-  // Write leaves the store as before or with the whole batch. Returns as Put,
-  // and kNotSupported (nothing applied) when the batch changes more than one
-  // write's undo log holds (3328 entries: a batch of a few hundred puts fits;
-  // split larger ones).
-  Status Write(const WriteBatch& batch);
+  // Applies every operation of `batch` in order, all or nothing: a reader
+  // (Get, MultiGet, ForEach, a ReadGuard) sees the state before the batch or
+  // after it, and a process killed during Write leaves the store as before
+  // or with the whole batch. Any size up to what the disk holds (a batch of
+  // 1 GiB is tested); a batch the disk cannot hold fails with kNoSpace and
+  // changes nothing. With options.sync the batch is also checkpointed before
+  // Write returns, so it survives a power cut (as Write then Flush(kSync),
+  // without letting another write in between). Returns as Put.
+  Status Write(const WriteBatch& batch, const WriteOptions& options = {});
+
+  // ---- read-modify-write: each runs under the write lock, so no other
+  // ---- thread or process can change the key between the read and the write.
+
+  // Replaces the value of `key` with `desired` (erases it when desired is
+  // nullopt) only when its current value is `expected` (absent when
+  // nullopt). Returns kOk when it did; kAborted when the current value
+  // differed (then *actual, when given, receives it: nullopt for absent);
+  // else as Put.
+  Status CompareAndSwap(std::string_view key, std::optional<std::string_view> expected,
+                        std::optional<std::string_view> desired, std::optional<std::string>* actual = nullptr);
+
+  // Adds `delta` to the 64-bit signed counter at `key` (8 bytes,
+  // little-endian; an absent key counts as 0) and stores *new_value when
+  // given. Returns kWrongType (naming the key and the value's size) when the
+  // value is not 8 bytes, kOutOfRange when the sum overflows; both change
+  // nothing. Else as Put.
+  Status Increment(std::string_view key, int64_t delta, int64_t* new_value = nullptr);
+
+  // What an Update function decides.
+  enum class UpdateAction : uint8_t { kKeep, kPut, kErase };
+  // Calls fn(current, &next) with the current value (nullopt when absent;
+  // the view is valid only during the call) under the write lock, then
+  // stores `next` (kPut), erases the key (kErase) or changes nothing
+  // (kKeep). fn must not use the store (a write from inside it returns
+  // kUnsafeUse); it runs while every other writer waits, so keep it short.
+  // An exception thrown by fn leaves the store unchanged and propagates.
+  using UpdateFn = std::function<UpdateAction(std::optional<std::string_view> current, std::string* next)>;
+  Status Update(std::string_view key, const UpdateFn& fn);
+
+  // Reads several keys from one state (no write lands between two of them).
+  // (*values)[i] is the value of keys[i], nullopt when absent.
+  Status MultiGet(std::span<const std::string_view> keys, std::vector<std::optional<std::string>>* values) const;
+
+  // ---- typed values: trivially copyable types stored as their bytes.
+  // Numbers are little-endian in the file (mapkv runs only on little-endian
+  // hosts, so a store file moves between machines as it is). A struct is
+  // stored with its in-memory layout, padding included: give it fixed-width
+  // members and no pointers. A stored value of another size gives kWrongType
+  // naming the key, the expected and the actual size.
+  template <typename T>
+    requires std::is_trivially_copyable_v<T>
+  Status PutValue(std::string_view key, const T& value) {
+    return Put(key, std::string_view(reinterpret_cast<const char*>(&value), sizeof(T)));
+  }
+  template <typename T>
+    requires std::is_trivially_copyable_v<T>
+  Status GetValue(std::string_view key, T* value) const {
+    std::string bytes;
+    Status s = Get(key, &bytes);
+    if (s.ok()) s = CheckTypedSize(key, bytes.size(), sizeof(T), false);
+    if (s.ok()) std::memcpy(value, bytes.data(), sizeof(T));
+    return s;
+  }
+  template <typename T>
+    requires std::is_trivially_copyable_v<T>
+  Status PutArray(std::string_view key, std::span<const T> values) {
+    return Put(key, std::string_view(reinterpret_cast<const char*>(values.data()), values.size_bytes()));
+  }
+  // The stored size must be a multiple of sizeof(T).
+  template <typename T>
+    requires std::is_trivially_copyable_v<T>
+  Status GetArray(std::string_view key, std::vector<T>* values) const {
+    std::string bytes;
+    Status s = Get(key, &bytes);
+    if (s.ok()) s = CheckTypedSize(key, bytes.size(), sizeof(T), true);
+    if (s.ok()) {
+      values->resize(bytes.size() / sizeof(T));
+      if (!bytes.empty()) std::memcpy(values->data(), bytes.data(), bytes.size());
+    }
+    return s;
+  }
 
   // Number of live entries (0 for a closed handle, or one used after fork).
   uint64_t size() const;
@@ -178,6 +262,8 @@ class Store {
 
  private:
   friend class ReadGuard;
+  // kWrongType unless `actual` is `expected` (or, with `array`, a multiple).
+  Status CheckTypedSize(std::string_view key, size_t actual, size_t expected, bool array) const;
   std::unique_ptr<internal::StoreImpl> impl_;
 };
 
