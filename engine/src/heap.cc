@@ -72,7 +72,7 @@ void Heap::ResetWriteState() {
   write_pages_.clear();
   log_capacity_ = kUndoCapacity;
   tail_chunk_ = 0;
-  tail_first_ = 0;
+  tail_ = prev_ = LogSegment{kUndoOffset, 0};
   next_chunk_entries_ = kFirstChunkEntries;
   extending_ = false;
 }
@@ -82,8 +82,10 @@ void Heap::NoteWriteLocal(uint64_t first_page, uint64_t pages) {
 }
 
 UndoEntry* Heap::AppendSlot(uint64_t i) {
-  if (i < kUndoCapacity) return At<UndoEntry>(kUndoOffset) + i;
-  return At<UndoEntry>(tail_chunk_ + sizeof(UndoChunk)) + (i - tail_first_);
+  // Right after a chunk is linked, the last entries of the one before it (the
+  // reserve) are still being filled; never anything older.
+  const LogSegment& seg = i >= tail_.first ? tail_ : prev_;
+  return At<UndoEntry>(seg.entries) + (i - seg.first);
 }
 
 Status Heap::ExtendLog() {
@@ -106,7 +108,8 @@ Status Heap::ExtendLog() {
   }
   if (s.ok()) {
     tail_chunk_ = g * kGranule;
-    tail_first_ = log_capacity_;
+    prev_ = tail_;
+    tail_ = LogSegment{g * kGranule + sizeof(UndoChunk), log_capacity_};
     log_capacity_ += entries;
     next_chunk_entries_ = std::min(kMaxChunkEntries, next_chunk_entries_ * 2 + 1);
   }
@@ -116,7 +119,10 @@ Status Heap::ExtendLog() {
 
 Status Heap::Log(UndoKind kind, uint64_t target, uint64_t value) {
   uint64_t n = ctl_->undo_count.load(std::memory_order_relaxed);
-  if (!extending_ && n + kChunkReserve >= log_capacity_) {
+  // Never from inside an allocation: the allocation map may be half moved
+  // (Grow), and the chunk's own allocation would land in the middle of that.
+  // The reserve covers what one allocation logs.
+  if (!extending_ && allocating_ == 0 && n + kChunkReserve >= log_capacity_) {
     Status s = ExtendLog();
     if (!s.ok() && n >= log_capacity_) return s;  // else the reserve still has room
     n = ctl_->undo_count.load(std::memory_order_relaxed);
@@ -280,7 +286,8 @@ Status Heap::ValidateLog() const {
         return bad("leftover chain of chunks leaves the file");
       const auto* chunk = At<UndoChunk>(off);
       if (chunk->capacity == 0 || chunk->capacity > (fs - off) / kUndoEntrySize - 1)
-        return bad("leftover chunk at offset " + std::to_string(off) + " has a bad capacity");
+        return bad("leftover chunk at offset " + std::to_string(off) + " has a bad capacity (" +
+                   std::to_string(chunk->capacity) + " entries in a file of " + std::to_string(fs) + " bytes)");
       off = chunk->next;
     }
   }
@@ -457,6 +464,7 @@ Status Heap::Grow(uint64_t need_end) {
 }
 
 Status Heap::Allocate(uint64_t n, uint64_t align, uint64_t* out) {
+  AllocationScope scope(this);
   const uint64_t heap_start = kHeapOffset / kGranule;
   uint64_t file_granules = ctl_->file_size.load(std::memory_order_relaxed) / kGranule;
   uint64_t cursor = std::clamp<uint64_t>(ctl_->alloc_cursor, heap_start, file_granules);
@@ -536,6 +544,7 @@ void Heap::ReleaseAll() {
 }
 
 Status Heap::MoveMap() {
+  AllocationScope scope(this);  // no log chunk between the copy and the switch
   const uint64_t old_off = ctl_->alloc_offset;
   const uint64_t bytes = RoundUp(ctl_->alloc_words * sizeof(AllocWord), kPageSize);
   uint64_t g = 0;

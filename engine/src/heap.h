@@ -146,6 +146,15 @@ class Heap {
   format::AllocWord* map() const { return At<format::AllocWord>(ctl_->alloc_offset); }
 
  private:
+  // Marks a stretch in which the allocation map may be inconsistent (an
+  // allocation, a move of the map): the log links no new chunk inside it.
+  struct AllocationScope {
+    explicit AllocationScope(Heap* h) : heap(h) { ++heap->allocating_; }
+    ~AllocationScope() { --heap->allocating_; }
+    AllocationScope(const AllocationScope&) = delete;
+    AllocationScope& operator=(const AllocationScope&) = delete;
+    Heap* heap;
+  };
   Status Log(format::UndoKind kind, uint64_t target, uint64_t value);
   // Links one more chunk to the log (its own allocation is logged in the
   // entries kept in reserve for it).
@@ -172,9 +181,15 @@ class Heap {
   // The running write's log: entries linked so far, and its last chunk.
   uint64_t log_capacity_ = format::kUndoCapacity;
   uint64_t tail_chunk_ = 0;  // file offset of the last chunk (0: none)
-  uint64_t tail_first_ = 0;  // index of that chunk's first entry
+  struct LogSegment {
+    uint64_t entries;  // file offset of the segment's first entry
+    uint64_t first;    // its index in the write's log
+  };
+  LogSegment tail_{format::kUndoOffset, 0};  // the last chunk (or the fixed log)
+  LogSegment prev_{format::kUndoOffset, 0};  // the one before it
   uint64_t next_chunk_entries_ = 0;
   bool extending_ = false;
+  int allocating_ = 0;  // depth of Allocate calls running
   bool append_only_ = false;
 };
 

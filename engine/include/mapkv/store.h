@@ -176,7 +176,7 @@ class Store {
   // given. Returns kWrongType (naming the key and the value's size) when the
   // value is not 8 bytes, kOutOfRange when the sum overflows; both change
   // nothing. Else as Put.
-  Status Increment(std::string_view key, int64_t delta, int64_t* new_value = nullptr);
+  Status Increment(std::string_view key, int64_t delta = 1, int64_t* new_value = nullptr);
 
   // What an Update function decides.
   enum class UpdateAction : uint8_t { kKeep, kPut, kErase };
