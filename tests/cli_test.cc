@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <climits>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -21,7 +22,7 @@
 #include <vector>
 
 #include "mapkv/store.h"
-#include "test_util.h"
+#include "store_test_helpers.h"
 
 #ifndef MAPKV_CLI_PATH
 #error "MAPKV_CLI_PATH (the built mapkv binary) must be defined by the build"
@@ -339,6 +340,52 @@ TEST_SUITE("cli") {
     CHECK(r.code == 3);
     CheckOneLineError(r, missing);
     CHECK_FALSE(FileExists(missing));
+  }
+
+  TEST_CASE("cli: incr counts and get --as prints numbers") {
+    TempDir dir;
+    const std::string f = dir.File("c.mkv");
+    CliResult r = RunCli({"incr", f, "hits"});  // creates the file and the counter
+    CHECK(r.code == 0);
+    CHECK(r.out == "1\n");
+    CHECK(r.err.empty());
+    CHECK(RunCli({"incr", f, "hits", "41"}).out == "42\n");
+    CHECK(RunCli({"incr", f, "hits", "-50"}).out == "-8\n");  // a negative delta needs no `--`
+    r = RunCli({"get", f, "hits", "--as", "i64"});
+    CHECK(r.code == 0);
+    CHECK(r.out == "-8\n");
+    CHECK(RunCli({"get", f, "hits", "--as", "u64"}).out == "18446744073709551608\n");
+    r = RunCli({"get", f, "hits"});  // the raw bytes, little-endian
+    CHECK(r.out == std::string("\xf8\xff\xff\xff\xff\xff\xff\xff", 8));
+    {
+      Store store = MustOpen(f);
+      REQUIRE(store.PutValue("ratio", 0.1).ok());
+      REQUIRE(store.PutValue<int64_t>("max", INT64_MAX).ok());
+    }
+    CHECK(RunCli({"get", f, "ratio", "--as", "f64"}).out == "0.1\n");
+    // Overflow: exit 3, value unchanged.
+    r = RunCli({"incr", f, "max"});
+    CHECK(r.code == 3);
+    CheckOneLineError(r, f);
+    CHECK(r.err.find("overflow") != std::string::npos);
+    CHECK(RunCli({"get", f, "max", "--as", "i64"}).out == "9223372036854775807\n");
+    // A value of the wrong size: exit 3 naming the key and the size, for get --as and incr.
+    REQUIRE(RunCli({"put", f, "name", "alice"}).code == 0);
+    r = RunCli({"get", f, "name", "--as", "u64"});
+    CHECK(r.code == 3);
+    CheckOneLineError(r, f);
+    CHECK(r.err.find("\"name\"") != std::string::npos);
+    CHECK(r.err.find("5 bytes") != std::string::npos);
+    CHECK(r.out.empty());
+    r = RunCli({"incr", f, "name", "2"});
+    CHECK(r.code == 3);
+    CHECK(r.err.find("5 bytes") != std::string::npos);
+    CHECK(RunCli({"get", f, "name"}).out == "alice");
+    // Missing key for get --as: exit 1. Usage errors: exit 2.
+    CHECK(RunCli({"get", f, "nope", "--as", "i64"}).code == 1);
+    CHECK(RunCli({"get", f, "hits", "--as", "u32"}).code == 2);
+    CHECK(RunCli({"incr", f, "hits", "ten"}).code == 2);
+    CHECK(RunCli({"incr", f}).code == 2);
   }
 
   TEST_CASE("cli: put reads binary values from stdin and get returns them byte for byte") {

@@ -134,8 +134,7 @@ class Progress {
   Clock::time_point last_ = start_ - std::chrono::seconds(1);
 };
 
-// Pairs waiting to be written, and how they are written: WriteBatch chunks,
-// split in half when one is too large for the engine's undo log.
+// Pairs waiting to be written, written as WriteBatch chunks of chunk() pairs.
 class Loader {
  public:
   explicit Loader(Store* store) : store_(store) {}
@@ -172,17 +171,6 @@ class Loader {
     batch_.Clear();
     for (size_t i = lo; i < hi; ++i) batch_.Put(Key(pairs_[i]), Value(pairs_[i]));
     Status s = store_->Write(batch_);
-    if (s.code() == Code::kNotSupported) {  // too many changes for one write
-      if (hi - lo == 1) {
-        s = store_->Put(Key(pairs_[lo]), Value(pairs_[lo]));
-      } else {
-        const size_t mid = lo + (hi - lo) / 2;
-        chunk_ = std::max<size_t>(1, std::min(chunk_, mid - lo));
-        s = WriteRange(lo, mid);
-        if (s.ok()) s = WriteRange(mid, hi);
-        return s;
-      }
-    }
     if (s.ok()) loaded_ += hi - lo;
     return s;
   }
@@ -191,7 +179,7 @@ class Loader {
   std::string arena_;
   std::vector<Pair> pairs_;
   WriteBatch batch_;
-  size_t chunk_ = 512;  // pairs per batch; lowered when the engine refuses one
+  size_t chunk_ = 512;  // pairs per batch: bounds the memory held, amortizes the lock
   uint64_t loaded_ = 0;
 };
 

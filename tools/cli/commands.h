@@ -10,6 +10,7 @@ namespace mapkv::cli {
 Command SetupCreate(CLI::App& app);
 Command SetupPut(CLI::App& app);
 Command SetupGet(CLI::App& app);
+Command SetupIncr(CLI::App& app);
 Command SetupDel(CLI::App& app);
 Command SetupKeys(CLI::App& app);
 Command SetupDump(CLI::App& app);

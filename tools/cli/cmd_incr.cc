@@ -1,0 +1,47 @@
+// cmd_incr.cc: `mapkv incr FILE KEY [DELTA]`.
+#include <CLI/CLI.hpp>
+#include <cstdint>
+#include <cstdio>
+#include <memory>
+
+#include "commands.h"
+#include "text.h"
+
+namespace mapkv::cli {
+namespace {
+
+struct IncrOptions {
+  std::string file;
+  std::string key;
+  int64_t delta = 1;
+};
+
+int RunIncr(const IncrOptions& o) {
+  Store store;
+  Status s = OpenWritable(o.file, /*create=*/true, &store);
+  if (!s.ok()) return FailOpen(o.file, s);
+  int64_t now = 0;
+  s = store.Increment(o.key, o.delta, &now);
+  if (!s.ok()) return Fail(o.file, s);
+  s = store.Close();
+  if (!s.ok()) return Fail(o.file, s);
+  std::printf("%lld\n", static_cast<long long>(now));
+  return std::fflush(stdout) == 0 ? kExitOk : kExitStore;
+}
+
+}  // namespace
+
+Command SetupIncr(CLI::App& app) {
+  auto o = std::make_shared<IncrOptions>();
+  CLI::App* sub = app.add_subcommand(
+      "incr",
+      "Add DELTA (default 1, may be negative) to the 64-bit signed counter at KEY (8 bytes, little-endian) and "
+      "print the new value. A missing KEY counts as 0; FILE is created if missing. A value that is not 8 bytes, "
+      "or a sum that overflows, is an error (exit 3) and changes nothing.");
+  sub->add_option("FILE", o->file, "Store file")->required();
+  sub->add_option("KEY", o->key, "Key; put `--` before a key that starts with '-'")->required();
+  sub->add_option("DELTA", o->delta, "Amount to add (default 1)");
+  return {sub, [o] { return RunIncr(*o); }};
+}
+
+}  // namespace mapkv::cli
