@@ -17,7 +17,7 @@
 // Durability: a returned write survives the death of any process (SIGKILL
 // included): it lives in the shared mapping and the OS writes it back. It
 // survives a power cut or OS crash once Flush(FlushMode::kSync) has returned
-// after it. See docs/DURABILITY.md.
+// after it. See docs/DESIGN.md, "Durability levels".
 //
 // Caveats (see docs/DESIGN.md):
 //  - A handle carried into a child by fork() is refused with kUnsafeUse; open
