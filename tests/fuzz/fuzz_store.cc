@@ -77,7 +77,7 @@ Options FuzzOptions(bool read_only) {
   o.create_if_missing = false;
   o.read_only = read_only;
   // A damaged control page may claim a lock holder or waiters; never wait long.
-  o.lock_timeout = std::chrono::milliseconds(200);
+  o.lock_timeout = std::chrono::milliseconds(20);
   return o;
 }
 
