@@ -5,8 +5,9 @@
 //  - after a process dies holding the read lock, the write lock (inside a
 //    write), or while waiting for a lock, another process's write and read
 //    guard proceed within 100 ms of the kill;
-//  - a dead waiter does not slow later read guards (each within 20 ms; a
-//    stale "writer waiting" count would hold every new guard back 50 ms);
+//  - a dead waiter does not slow later read guards (median under 20 ms, each
+//    under 100 ms; a stale "writer waiting" count would hold every new guard
+//    back 50 ms);
 //  - a writer under three processes taking read guards back to back gets the
 //    lock within 200 ms every time (the design: new guards hold back up to
 //    50 ms while a writer waits, and a guard here lasts well under a
@@ -248,17 +249,22 @@ TEST_SUITE("locks") {
       }
       // Nobody waits any more: writes and guards, in this handle and a new one, go at once.
       Store fresh = MustOpen(path, Patient());
-      double worst = 0;
-      for (int i = 0; i < 20; ++i) {
+      std::vector<double> took;
+      for (int i = 0; i < 21; ++i) {
         const auto t0 = Clock::now();
         ReadGuard g;
         REQUIRE(g.Lock(i % 2 ? fresh : store).ok());
         g.Unlock();
         REQUIRE((i % 2 ? store : fresh).Put("after-dead-waiter", std::to_string(i)).ok());
-        worst = std::max(worst, Ms(Clock::now() - t0));
+        took.push_back(Ms(Clock::now() - t0));
       }
-      MESSAGE("round " << round << ": after a waiter died, the slowest read guard plus write took " << worst << " ms");
-      CHECK(worst < 20);
+      std::sort(took.begin(), took.end());
+      MESSAGE("round " << round << ": after a waiter died, a read guard plus a write took " << took[10]
+                       << " ms (median), " << took.back() << " ms (max)");
+      // A stale waiter count makes every guard hold back 50 ms; scheduling
+      // noise on a loaded machine delays only some.
+      CHECK(took[10] < 20);
+      CHECK(took.back() < 100);
       std::string v;
       CHECK(store.Get("waiter", &v).code() == Code::kNotFound);
     }
