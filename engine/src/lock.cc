@@ -178,7 +178,7 @@ void LockManager::KeeperLoop() {
   }
 }
 
-Status LockManager::LockWrite() {
+Status LockManager::LockWrite(bool* fresh) {
   rw_.Lock();
   bool held;
   {
@@ -186,6 +186,7 @@ Status LockManager::LockWrite() {
     held = sticky_;
     sticky_ = false;
   }
+  if (fresh != nullptr) *fresh = !held;
   if (!held) {
     Status s = AcquireFile(LockMode::kExclusive);
     if (!s.ok()) {

@@ -81,7 +81,9 @@ class LockManager {
     ctl_writable_ = writable;
   }
 
-  Status LockWrite();
+  // *fresh (when given) is set when the file lock had to be taken from the
+  // OS, rather than kept from the previous write (sticky).
+  Status LockWrite(bool* fresh = nullptr);
   // `may_stick`: keep the file lock for the next write (see above); false for
   // one-off writes such as open's recovery and close.
   void UnlockWrite(bool may_stick = true);
