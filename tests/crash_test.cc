@@ -37,12 +37,16 @@ namespace {
 
 // ---- the deterministic operation sequence ---------------------------------
 
-enum class Mode { kPlain, kGrowth, kCompact };
+// kBatch: large batches (50 to 200 operations) over a growing key space, so
+// kills land inside long batches and inside the table rebuilds they cause.
+enum class Mode { kPlain, kGrowth, kCompact, kBatch };
 
 Mode ParseMode(const std::string& s) {
-  return s == "growth" ? Mode::kGrowth : s == "compact" ? Mode::kCompact : Mode::kPlain;
+  return s == "growth" ? Mode::kGrowth : s == "compact" ? Mode::kCompact : s == "batch" ? Mode::kBatch : Mode::kPlain;
 }
-const char* ModeName(Mode m) { return m == Mode::kGrowth ? "growth" : m == Mode::kCompact ? "compact" : "plain"; }
+const char* ModeName(Mode m) {
+  return m == Mode::kGrowth ? "growth" : m == Mode::kCompact ? "compact" : m == Mode::kBatch ? "batch" : "plain";
+}
 
 struct Op {
   enum Kind { kPut, kErase, kBatch, kFlushSync, kFlushAsync, kCompact } kind = kPut;
@@ -66,6 +70,16 @@ class OpGen {
       op.kind = Op::kFlushSync;
     } else if (r < 5) {
       op.kind = Op::kFlushAsync;
+    } else if (mode_ == Mode::kBatch && r < 60) {
+      op.kind = Op::kBatch;
+      const uint64_t n = 50 + rng_.Uniform(151);
+      for (uint64_t k = 0; k < n; ++k) {
+        if (rng_.Uniform(5) == 0) {
+          op.changes.emplace_back(Key(), std::nullopt);
+        } else {
+          op.changes.emplace_back(Key(), Value(i, k));
+        }
+      }
     } else if (r < 20) {
       op.kind = Op::kErase;
       op.changes.emplace_back(Key(), std::nullopt);
@@ -88,7 +102,10 @@ class OpGen {
 
  private:
   std::string Key() {
-    const uint64_t space = mode_ == Mode::kGrowth ? 3000 : mode_ == Mode::kCompact ? 400 : 600;
+    const uint64_t space = mode_ == Mode::kGrowth    ? 3000
+                           : mode_ == Mode::kCompact ? 400
+                           : mode_ == Mode::kBatch   ? 600 + 40 * index_
+                                                     : 600;
     return "key" + std::to_string(rng_.Uniform(space));
   }
   std::string Value(uint64_t i, uint64_t sub) {
@@ -310,7 +327,7 @@ void RunKills(Mode mode, int runs, uint64_t seed0) {
   Model base;
   KillStats stats;
   for (int run = 0; run < runs; ++run) {
-    if (mode == Mode::kGrowth && run % 4 == 0) {
+    if ((mode == Mode::kGrowth || mode == Mode::kBatch) && run % 4 == 0) {
       // Start over from an empty file now and then, so runs grow the file
       // (and the table, and the allocation map) from the smallest size.
       std::remove(path.c_str());
@@ -340,6 +357,15 @@ TEST_SUITE("crash") {
     RunKills(Mode::kGrowth, 60, 2);
   }
   TEST_CASE("crash: a writer killed during Compact loses nothing acknowledged") { RunKills(Mode::kCompact, 60, 3); }
+
+  TEST_CASE("crash: a writer killed inside batches of up to 200 operations loses nothing acknowledged") {
+    RunKills(Mode::kBatch, 60, 4);
+  }
+
+  TEST_CASE("crash: a writer killed inside large batches (long)" * doctest::test_suite("slow")) {
+    MAPKV_SLOW_TEST_GATE();
+    RunKills(Mode::kBatch, 300, 14);
+  }
 
   TEST_CASE("crash: a writer killed at random moments (long)" * doctest::test_suite("slow")) {
     MAPKV_SLOW_TEST_GATE();

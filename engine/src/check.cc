@@ -38,6 +38,8 @@ Status StoreImpl::GetStats(Stats* st) const {
   const MetaPage* meta = nullptr;
   s = ChooseMeta(&meta);
   if (!s.ok()) return s;
+  s = ValidateControl();  // the allocation map is read below: it must lie inside the file
+  if (!s.ok()) return s;
   st->format_major = meta->major;
   st->format_minor = meta->minor;
   st->checkpoint_generation = meta->generation;

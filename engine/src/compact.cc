@@ -49,6 +49,11 @@ Status StoreImpl::MoveRecord(uint64_t index, bool only_lower, bool* moved) {
   Status s = heap_->Allocate(n, 1, &g);
   if (!s.ok()) return s;
   if (only_lower && g >= rec.granule) return heap_->Free(g, n);
+  if (g < rec.granule + n && rec.granule < g + n) {
+    // Only a damaged allocation map hands out space a live record occupies.
+    return Status(Code::kCorruption, path_ + ": record at offset " + std::to_string(rec.granule * kGranule) +
+                                         " is marked free in the allocation map");
+  }
   std::memcpy(heap_->base() + g * kGranule, heap_->base() + rec.granule * kGranule, n * kGranule);
   s = table_->Relocate(index, g);
   if (s.ok()) s = heap_->Free(rec.granule, n);

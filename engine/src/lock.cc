@@ -67,7 +67,9 @@ Status LockManager::AcquireFile(LockMode mode) {
   if (!s.ok() || acquired) return s;
 
   const auto deadline = Clock::now() + timeout_;
-  const bool counters = ctl_ != nullptr && ctl_writable_;
+  // Counted only while holding the waiter byte, so a waiter that dies is
+  // known to be gone (RepairWaiterCounts).
+  const bool counters = ctl_ != nullptr && ctl_writable_ && file_->Lock(kWaiterByte, 1, LockMode::kShared).ok();
   if (counters) {
     ctl_->lock_waiters.fetch_add(1, std::memory_order_acq_rel);
     if (mode == LockMode::kExclusive) ctl_->writers_waiting.fetch_add(1, std::memory_order_acq_rel);
@@ -92,8 +94,25 @@ Status LockManager::AcquireFile(LockMode mode) {
   if (counters) {
     if (mode == LockMode::kExclusive) ctl_->writers_waiting.fetch_sub(1, std::memory_order_acq_rel);
     ctl_->lock_waiters.fetch_sub(1, std::memory_order_acq_rel);
+    file_->Unlock(kWaiterByte, 1).IgnoreError();
   }
   return s;
+}
+
+void LockManager::RepairWaiterCounts() {
+  if (ctl_ == nullptr || !ctl_writable_) return;
+  if (ctl_->lock_waiters.load(std::memory_order_acquire) == 0 &&
+      ctl_->writers_waiting.load(std::memory_order_acquire) == 0) {
+    return;
+  }
+  // A live counted waiter holds the waiter byte shared from before it counts
+  // itself until after it uncounts itself, so while we hold it exclusively
+  // the counts can only be those of processes that died waiting.
+  bool alone = false;
+  if (!file_->TryLock(kWaiterByte, 1, LockMode::kExclusive, &alone).ok() || !alone) return;
+  ctl_->writers_waiting.store(0, std::memory_order_release);
+  ctl_->lock_waiters.store(0, std::memory_order_release);
+  file_->Unlock(kWaiterByte, 1).IgnoreError();
 }
 
 void LockManager::ReleaseFile() {
@@ -159,7 +178,7 @@ void LockManager::KeeperLoop() {
   }
 }
 
-Status LockManager::LockWrite() {
+Status LockManager::LockWrite(bool* fresh) {
   rw_.Lock();
   bool held;
   {
@@ -167,12 +186,14 @@ Status LockManager::LockWrite() {
     held = sticky_;
     sticky_ = false;
   }
+  if (fresh != nullptr) *fresh = !held;
   if (!held) {
     Status s = AcquireFile(LockMode::kExclusive);
     if (!s.ok()) {
       rw_.Unlock();
       return s;
     }
+    RepairWaiterCounts();
   }
   if (ctl_ != nullptr && ctl_writable_) ctl_->writer_pid.store(pid_, std::memory_order_relaxed);
   return Status::Ok();
@@ -206,6 +227,7 @@ Status LockManager::LockRead() {
   if (shared_holders_ == 0 && !sticky_) {
     // Let a waiting writer of another process go first, for a bounded time.
     if (ctl_ != nullptr) {
+      RepairWaiterCounts();
       const auto until = Clock::now() + kReaderHoldBack;
       while (ctl_->writers_waiting.load(std::memory_order_acquire) > 0 && Clock::now() < until) {
         uint32_t seen = ctl_->lock_released.load(std::memory_order_acquire);

@@ -45,6 +45,9 @@ namespace mapkv::internal {
 
 inline constexpr uint64_t kRwLockByte = 0;    // writer / reader lock
 inline constexpr uint64_t kPresenceByte = 1;  // held shared by every open handle
+// Held shared by every process counted in ctl->lock_waiters while it waits;
+// whoever can take it exclusively knows that no counted waiter is alive.
+inline constexpr uint64_t kWaiterByte = 2;
 
 // A reader-writer lock for the threads of one process that lets a waiting
 // writer in before newly arriving readers.
@@ -78,7 +81,9 @@ class LockManager {
     ctl_writable_ = writable;
   }
 
-  Status LockWrite();
+  // *fresh (when given) is set when the file lock had to be taken from the
+  // OS, rather than kept from the previous write (sticky).
+  Status LockWrite(bool* fresh = nullptr);
   // `may_stick`: keep the file lock for the next write (see above); false for
   // one-off writes such as open's recovery and close.
   void UnlockWrite(bool may_stick = true);
@@ -95,6 +100,8 @@ class LockManager {
 
  private:
   Status AcquireFile(LockMode mode);
+  // Zeroes the waiter counts when every process they count has died waiting.
+  void RepairWaiterCounts();
   void ReleaseFile();
   void KeeperLoop();
   void StopKeeper();

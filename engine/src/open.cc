@@ -63,6 +63,9 @@ std::string MetaProblem(const MetaPage& m, uint64_t file_size, bool* newer_versi
   };
   const uint64_t pm = PagemapBytes(m.table_shift);
   if (!in_file(m.snapshot_offset, pm) || !in_file(m.pagemap_offset, pm)) return "page map out of file";
+  if (m.snapshot_offset % kGranule != 0 || m.pagemap_offset % kGranule != 0 || m.alloc_offset % kGranule != 0) {
+    return "misaligned offset";
+  }
   if (m.alloc_words == 0 || m.alloc_words > (uint64_t{1} << 40) ||
       !in_file(m.alloc_offset, m.alloc_words * sizeof(AllocWord))) {
     return "allocation map out of file";
@@ -237,6 +240,9 @@ Status StoreImpl::ValidateControl() const {
   if (shift < kMinTableShift || shift > kMaxTableShift) return bad("bad table size");
   if (!in_file(ctl_->pagemap_offset.load(), PagemapBytes(static_cast<uint32_t>(shift))))
     return bad("page map out of file");
+  if (ctl_->pagemap_offset.load() % kGranule != 0 || ctl_->alloc_offset % kGranule != 0) {
+    return bad("misaligned page map or allocation map");
+  }
   if (ctl_->alloc_words == 0 || ctl_->alloc_words > (uint64_t{1} << 40) ||
       !in_file(ctl_->alloc_offset, ctl_->alloc_words * sizeof(AllocWord)) ||
       ctl_->alloc_words * kGranulesPerAllocWord * kGranule < fs) {
@@ -470,7 +476,8 @@ Status StoreImpl::TrimIfAlone() {
   if (read_only_ || !locks_->TryBecomeAlone()) return Status::Ok();
   Status s = locks_->LockWrite();
   if (!s.ok()) return s;
-  s = CompactTail();
+  s = ValidateControl();  // a file cut by another program: touch nothing past its end
+  if (s.ok()) s = CompactTail();
   if (s.ok() && options_.checkpoint_on_close) {
     s = Checkpoint();  // also frees what CompactTail moved away from
     const uint64_t top = heap_->HighestUsedEnd();

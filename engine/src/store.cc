@@ -397,8 +397,25 @@ Status StoreImpl::BeginWrite() {
                                         ": write from inside a ForEach callback on the same handle "
                                         "(it would wait for the walk's own read lock)");
   }
-  s = locks_->LockWrite();
+  bool fresh = false;
+  s = locks_->LockWrite(&fresh);
   if (!s.ok()) return s;
+  if (fresh) {
+    // Another program may have cut the file while nobody held the lock; the
+    // write would fault on the missing pages. (One fstat, only when the lock
+    // came from the OS: a sticky holder pays nothing. See docs/DESIGN.md.)
+    uint64_t size = 0;
+    s = file_->Size(&size);
+    if (s.ok() && size < ctl_->file_size.load()) {
+      s = Status(Code::kCorruption, path_ + ": the file is " + std::to_string(size) +
+                                        " bytes but the store had grown to " + std::to_string(ctl_->file_size.load()) +
+                                        " (truncated by another program?)");
+    }
+    if (!s.ok()) {
+      locks_->UnlockWrite(false);
+      return s;
+    }
+  }
   s = EnsureMapped();
   // A checkpoint killed after its meta page was written but before it set
   // release_pending leaves only the meta page behind: its generation is

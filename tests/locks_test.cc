@@ -1,0 +1,310 @@
+// locks_test.cc: lock holders and waiters that die, and a writer under a
+// continuous stream of readers.
+//
+// Bounds asserted (on a loaded 2-core machine):
+//  - after a process dies holding the read lock, the write lock (inside a
+//    write), or while waiting for a lock, another process's write and read
+//    guard proceed within 100 ms of the kill;
+//  - a dead waiter does not slow later read guards (median under 20 ms, each
+//    under 100 ms; a stale "writer waiting" count would hold every new guard
+//    back 50 ms);
+//  - a writer under three processes taking read guards back to back gets the
+//    lock within 200 ms every time (the design: new guards hold back up to
+//    50 ms while a writer waits, and a guard here lasts well under a
+//    millisecond; measured here: median under 0.1 ms, max 10 to 70 ms with
+//    other builds loading the machine).
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "format.h"
+#include "store_test_helpers.h"
+
+namespace mapkv::test {
+namespace {
+
+using internal::format::ControlPage;
+using internal::format::kControlOffset;
+
+bool Exists(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0;
+}
+
+void Touch(const std::string& path) { WriteFileBytes(path, "x"); }
+
+// Waits up to 20 s for `path` to exist.
+bool WaitForFile(const std::string& path) {
+  const auto deadline = Clock::now() + std::chrono::seconds(20);
+  while (!Exists(path)) {
+    if (Clock::now() > deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return true;
+}
+
+// The control page of `path`, mapped shared (the live values other processes see).
+class ControlView {
+ public:
+  explicit ControlView(const std::string& path) {
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    REQUIRE(fd >= 0);
+    mem_ = ::mmap(nullptr, kControlOffset + 4096, PROT_READ, MAP_SHARED, fd, 0);
+    ::close(fd);
+    REQUIRE(mem_ != MAP_FAILED);
+  }
+  ~ControlView() { ::munmap(mem_, kControlOffset + 4096); }
+  const ControlPage* operator->() const {
+    return reinterpret_cast<const ControlPage*>(static_cast<const uint8_t*>(mem_) + kControlOffset);
+  }
+
+ private:
+  void* mem_ = nullptr;
+};
+
+Options Patient() {
+  Options o;
+  o.lock_timeout = std::chrono::milliseconds(30000);
+  return o;
+}
+
+// ---- children ---------------------------------------------------------------
+
+// args: path, marker. Holds a read guard, says so, and sleeps until killed.
+int GuardHolderChild(const std::vector<std::string>& args) {
+  Store s;
+  if (!Store::Open(args[0], Patient(), &s).ok()) return 3;
+  ReadGuard guard;
+  if (!guard.Lock(s).ok()) return 4;
+  Touch(args[1]);
+  ::sleep(60);
+  return 5;
+}
+
+// args: path, marker, go file. Opens, says so, waits for the go file, then
+// writes (waiting for the lock the parent holds) and sleeps until killed.
+int WaiterChild(const std::vector<std::string>& args) {
+  Store s;
+  if (!Store::Open(args[0], Patient(), &s).ok()) return 3;
+  Touch(args[1]);
+  if (!WaitForFile(args[2])) return 4;
+  if (!s.Put("waiter", "wrote").ok()) return 5;
+  ::sleep(60);
+  return 6;
+}
+
+// args: path, marker. Writes large batches without end.
+int BusyWriterChild(const std::vector<std::string>& args) {
+  Store s;
+  if (!Store::Open(args[0], Patient(), &s).ok()) return 3;
+  Touch(args[1]);
+  for (uint64_t round = 0;; ++round) {
+    WriteBatch b;
+    for (int i = 0; i < 180; ++i) {
+      b.Put("busy" + std::to_string(i), std::string(static_cast<size_t>(500 + (round + i) % 700), 'b'));
+    }
+    if (!s.Write(b).ok()) return 4;
+  }
+}
+
+// args: path, marker, stop file, result file. Takes read guards back to back
+// (each walks the store) until the stop file appears; writes the count.
+int GuardStreamChild(const std::vector<std::string>& args) {
+  Store s;
+  if (!Store::Open(args[0], Patient(), &s).ok()) return 3;
+  Touch(args[1]);
+  uint64_t guards = 0, bytes = 0;
+  while (!Exists(args[2])) {
+    for (int k = 0; k < 20; ++k) {
+      ReadGuard g;
+      if (!g.Lock(s).ok()) return 4;
+      if (!g.ForEach("r", [&](std::string_view, std::string_view v) { return (bytes += v.size()) != 0; }).ok()) {
+        return 5;
+      }
+      ++guards;
+    }
+  }
+  WriteFileBytes(args[3], std::to_string(guards));
+  return bytes > 0 ? 0 : 6;
+}
+
+[[maybe_unused]] const bool kRegistered =
+    RegisterChild("locks.guard", GuardHolderChild) && RegisterChild("locks.waiter", WaiterChild) &&
+    RegisterChild("locks.busy", BusyWriterChild) && RegisterChild("locks.stream", GuardStreamChild);
+
+double Ms(Clock::duration d) { return std::chrono::duration<double, std::milli>(d).count(); }
+
+// Kills `pid`, then times a write and a read guard through `store`.
+void KillThenProceed(int pid, Store& store, const std::string& what) {
+  const auto killed_at = Clock::now();
+  ::kill(pid, SIGKILL);
+  Status put = store.Put("after-" + what, "1");
+  const double put_ms = Ms(Clock::now() - killed_at);
+  ReadGuard g;
+  const auto guard_at = Clock::now();
+  Status locked = g.Lock(store);
+  const double guard_ms = Ms(Clock::now() - guard_at);
+  g.Unlock();
+  CHECK(WaitChild(pid) == 128 + SIGKILL);
+  REQUIRE_MESSAGE(put.ok(), what << ": " << put.ToString());
+  REQUIRE_MESSAGE(locked.ok(), what << ": " << locked.ToString());
+  MESSAGE(what << ": the write finished " << put_ms << " ms after the kill; then a read guard took " << guard_ms
+               << " ms");
+  CHECK(put_ms < 100);
+  CHECK(guard_ms < 100);
+}
+
+TEST_SUITE("locks") {
+  TEST_CASE("locks: a process killed holding a read guard blocks nobody") {
+    TempDir dir;
+    const std::string path = dir.File("s.mkv");
+    Store store = MustOpen(path, Patient());
+    REQUIRE(store.Put("k", "v").ok());
+    Options quick;
+    quick.lock_timeout = std::chrono::milliseconds(50);
+    Store other = MustOpen(path, quick);
+    const int pid = SpawnChild("locks.guard", {path, dir.File("ready")});
+    REQUIRE(pid > 0);
+    REQUIRE(WaitForFile(dir.File("ready")));
+    // The guard really blocks writers while its holder lives.
+    CHECK(other.Put("blocked", "1").code() == Code::kBusy);
+    KillThenProceed(pid, store, "dead read guard holder");
+  }
+
+  TEST_CASE("locks: a process killed inside a write blocks nobody and its write is undone") {
+    TempDir dir;
+    const std::string path = dir.File("s.mkv");
+    Store store = MustOpen(path, Patient());
+    REQUIRE(store.Put("k", "v").ok());
+    ControlView ctl(path);
+    int caught = 0;
+    for (int attempt = 0; attempt < 20 && caught < 3; ++attempt) {
+      std::remove(dir.File("ready").c_str());
+      const int pid = SpawnChild("locks.busy", {path, dir.File("ready")});
+      REQUIRE(pid > 0);
+      REQUIRE(WaitForFile(dir.File("ready")));
+      // Stop it until it is stopped inside a write (undo entries present).
+      bool inside = false;
+      for (int tries = 0; tries < 200 && !inside; ++tries) {
+        std::this_thread::sleep_for(std::chrono::microseconds(300 + tries * 37 % 900));
+        ::kill(pid, SIGSTOP);
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        inside = ctl->undo_count.load() > 0 && ctl->writer_pid.load() == static_cast<uint64_t>(pid);
+        if (!inside) ::kill(pid, SIGCONT);
+      }
+      if (!inside) {
+        ::kill(pid, SIGKILL);
+        WaitChild(pid);
+        continue;
+      }
+      ++caught;
+      KillThenProceed(pid, store, "killed inside a write (attempt " + std::to_string(attempt) + ")");
+      // The half-done batch was rolled back: every busy value is whole and from one round.
+      const Model busy = Dump(store, "busy");
+      std::set<size_t> sizes;
+      for (int i = 0; i < 180; ++i) {
+        auto it = busy.find("busy" + std::to_string(i));
+        if (it != busy.end()) sizes.insert((it->second.size() - 500 - static_cast<size_t>(i) + 700) % 700);
+      }
+      CHECK_MESSAGE(sizes.size() <= 1, "values from more than one batch survived the kill");
+      CheckClean(store);
+    }
+    CHECK_MESSAGE(caught >= 1, "never caught the writer inside a write");
+  }
+
+  TEST_CASE("locks: a process killed while waiting for the lock slows nobody") {
+    TempDir dir;
+    const std::string path = dir.File("s.mkv");
+    Store store = MustOpen(path, Patient());
+    REQUIRE(store.Put("k", "v").ok());
+    ControlView ctl(path);
+    for (int round = 0; round < 3; ++round) {
+      std::remove(dir.File("ready").c_str());
+      std::remove(dir.File("go").c_str());
+      const int pid = SpawnChild("locks.waiter", {path, dir.File("ready"), dir.File("go")});
+      REQUIRE(pid > 0);
+      REQUIRE(WaitForFile(dir.File("ready")));
+      {
+        ReadGuard held;  // the waiter's write waits for this
+        REQUIRE(held.Lock(store).ok());
+        Touch(dir.File("go"));
+        const auto deadline = Clock::now() + std::chrono::seconds(10);
+        while (ctl->writers_waiting.load() == 0 && Clock::now() < deadline) {
+          std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        }
+        REQUIRE_MESSAGE(ctl->writers_waiting.load() > 0, "the waiter never started waiting");
+        ::kill(pid, SIGKILL);
+        CHECK(WaitChild(pid) == 128 + SIGKILL);
+      }
+      // Nobody waits any more: writes and guards, in this handle and a new one, go at once.
+      Store fresh = MustOpen(path, Patient());
+      std::vector<double> took;
+      for (int i = 0; i < 21; ++i) {
+        const auto t0 = Clock::now();
+        ReadGuard g;
+        REQUIRE(g.Lock(i % 2 ? fresh : store).ok());
+        g.Unlock();
+        REQUIRE((i % 2 ? store : fresh).Put("after-dead-waiter", std::to_string(i)).ok());
+        took.push_back(Ms(Clock::now() - t0));
+      }
+      std::sort(took.begin(), took.end());
+      MESSAGE("round " << round << ": after a waiter died, a read guard plus a write took " << took[10]
+                       << " ms (median), " << took.back() << " ms (max)");
+      // A stale waiter count makes every guard hold back 50 ms; scheduling
+      // noise on a loaded machine delays only some.
+      CHECK(took[10] < 20);
+      CHECK(took.back() < 100);
+      std::string v;
+      CHECK(store.Get("waiter", &v).code() == Code::kNotFound);
+    }
+  }
+
+  TEST_CASE("locks: a writer under a continuous stream of read guards gets the lock within 200 ms") {
+    TempDir dir;
+    const std::string path = dir.File("s.mkv");
+    Store store = MustOpen(path, Patient());
+    for (int i = 0; i < 200; ++i) REQUIRE(store.Put("r" + std::to_string(i), std::string(300, 'r')).ok());
+    constexpr int kReaders = 3;
+    std::vector<int> pids;
+    for (int r = 0; r < kReaders; ++r) {
+      const std::string n = std::to_string(r);
+      pids.push_back(
+          SpawnChild("locks.stream", {path, dir.File("ready" + n), dir.File("stop"), dir.File("count" + n)}));
+      REQUIRE(pids.back() > 0);
+    }
+    for (int r = 0; r < kReaders; ++r) REQUIRE(WaitForFile(dir.File("ready" + std::to_string(r))));
+    std::vector<double> waits;
+    for (int i = 0; i < 300; ++i) {
+      const auto t0 = Clock::now();
+      REQUIRE(store.Put("w" + std::to_string(i % 10), std::to_string(i)).ok());
+      waits.push_back(Ms(Clock::now() - t0));
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));  // the sticky lock goes back to the readers
+    }
+    Touch(dir.File("stop"));
+    uint64_t guards = 0;
+    for (int r = 0; r < kReaders; ++r) {
+      CHECK(WaitChild(pids[r]) == 0);
+      guards += std::stoull(ReadFileBytes(dir.File("count" + std::to_string(r))));
+    }
+    std::sort(waits.begin(), waits.end());
+    MESSAGE("writer under " << kReaders << " processes taking read guards (" << guards
+                            << " guards in all): 300 writes, median " << waits[150] << " ms, p99 " << waits[297]
+                            << " ms, max " << waits.back() << " ms");
+    CHECK(guards > 300);  // the readers really ran alongside
+    CHECK(waits.back() < 200);
+  }
+}
+
+}  // namespace
+}  // namespace mapkv::test
