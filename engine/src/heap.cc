@@ -69,7 +69,7 @@ uint64_t TargetOf(const UndoEntry& e) { return e.kind_target & ((uint64_t{1} << 
 
 void Heap::ResetWriteState() {
   fresh_frees_.clear();
-  write_pages_.clear();
+  if (!write_pages_.empty()) write_pages_.clear();  // clear() touches every bucket
   log_capacity_ = kUndoCapacity;
   tail_chunk_ = 0;
   tail_ = prev_ = LogSegment{kUndoOffset, 0};
@@ -152,6 +152,14 @@ Status Heap::Log(UndoKind kind, uint64_t target, uint64_t value) {
   return Status::Ok();
 }
 
+Status Heap::SaveRange(uint64_t begin, uint64_t end) {
+  for (uint64_t w = begin & ~uint64_t{7}; w < end; w += 8) {
+    Status s = Log(UndoKind::kWord, w, *At<uint64_t>(w));
+    if (!s.ok()) return s;
+  }
+  return Status::Ok();
+}
+
 Status Heap::SetWord(uint64_t offset, uint64_t value) {
   uint64_t* p = At<uint64_t>(offset);
   if (*p == value) return Status::Ok();
@@ -161,9 +169,10 @@ Status Heap::SetWord(uint64_t offset, uint64_t value) {
   return Status::Ok();
 }
 
-Status Heap::Begin() {
+Status Heap::Begin(WriteScope scope) {
   if (ctl_->undo_chain != 0) DropChain();
   ResetWriteState();
+  if (scope == WriteScope::kInPlace) return Log(UndoKind::kWord, OffsetOf(&ctl_->change_seq), ctl_->change_seq.load());
   // The counters a write may touch, logged once: later changes in this write
   // are plain stores.
   // (alloc_offset/alloc_words are logged where the map moves, so that undo

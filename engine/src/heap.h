@@ -91,8 +91,13 @@ class Heap {
   Status SetWord(const std::atomic<uint64_t>* p, uint64_t value) { return SetWord(OffsetOf(p), value); }
   uint64_t OffsetOf(const void* p) const { return static_cast<uint64_t>(static_cast<const uint8_t*>(p) - base()); }
   // Starts a write: records the control-page counters once, so the write may
-  // change them freely afterwards.
-  Status Begin();
+  // change them freely afterwards. kInPlace: a write that changes no
+  // structure, only bytes it saves with SaveRange, and change_seq.
+  enum class WriteScope : uint8_t { kFull, kInPlace };
+  Status Begin(WriteScope scope = WriteScope::kFull);
+  // Records the current bytes of [begin, end) (as the 8-byte words that
+  // cover it), so that the write may change them in place.
+  Status SaveRange(uint64_t begin, uint64_t end);
   // Marks the running write committed (undo_count = 0), then makes the fresh
   // space it freed reusable.
   void Commit();

@@ -483,6 +483,33 @@ Status StoreImpl::ApplyPut(std::string_view key, std::string_view value) {
   return Status::Ok();
 }
 
+bool StoreImpl::CanOverwriteInPlace(const Heap& heap, const RecordRef& rec, std::string_view value) {
+  // Small values only: each 8 bytes costs an undo entry, and a new record is
+  // cheaper past a few words.
+  constexpr uint64_t kMaxInPlace = 64;
+  return value.size() == rec.value_size && value.size() <= kMaxInPlace && !heap.IsCheckpointed(rec.granule);
+}
+
+Status StoreImpl::OverwriteInPlace(const RecordRef& rec, std::string_view value) {
+  // The last checkpoint does not reference this record, so a power cut cannot
+  // need its old bytes; a killed writer's undo log restores them (the
+  // checksum's word and the value's words).
+  const uint64_t off = rec.granule * kGranule;
+  const uint64_t value_off = off + kRecordHeaderSize + rec.key_size;
+  Status s = heap_->SaveRange(off + offsetof(RecordHeader, checksum), off + kRecordHeaderSize);
+  if (s.ok() && !value.empty()) s = heap_->SaveRange(value_off, value_off + value.size());
+  if (!s.ok()) return s;
+  SeqBegin();
+  uint8_t* p = heap_->base() + off;
+  std::memcpy(p + (value_off - off), value.data(), value.size());
+  RecordHeader h;
+  std::memcpy(&h, p, sizeof h);
+  h.checksum = RecordChecksum(h, p + kRecordHeaderSize);
+  std::memcpy(p + offsetof(RecordHeader, checksum), &h.checksum, sizeof h.checksum);
+  ctl_->change_seq.store(ctl_->change_seq.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  return Status::Ok();
+}
+
 Status StoreImpl::ApplyErase(std::string_view key, bool* found) {
   SeqBegin();
   RecordRef old;
@@ -585,6 +612,9 @@ Status StoreImpl::ReadModifyWrite(std::string_view key, const Decide& decide) {
   if (action == Store::UpdateAction::kPut) {
     s = CheckValue(path_, next);
     if (!s.ok()) return s;
+    if (current && CanOverwriteInPlace(*heap_, rec, next)) {
+      return RunWrite([&] { return OverwriteInPlace(rec, next); }, Heap::WriteScope::kInPlace);
+    }
     return RunWrite([&] { return ApplyPut(key, next); });
   }
   if (!current) return Status::Ok();  // erase of an absent key: nothing to do

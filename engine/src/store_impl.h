@@ -119,7 +119,11 @@ class StoreImpl {
   Status ReadModifyWrite(std::string_view key, const Decide& decide);
   // Runs `body` as one atomic write (undo scope, seqlock, commit/rollback).
   template <typename Body>
-  Status RunWrite(Body&& body);
+  Status RunWrite(Body&& body, Heap::WriteScope scope = Heap::WriteScope::kFull);
+  // Replaces the value of `rec` by `value` (of the same size) in place: only
+  // for a record the last checkpoint does not reference, and small values.
+  static bool CanOverwriteInPlace(const Heap& heap, const RecordRef& rec, std::string_view value);
+  Status OverwriteInPlace(const RecordRef& rec, std::string_view value);
   TableReader ReaderSnapshot() const;
 
   const std::string path_;
@@ -136,8 +140,8 @@ class StoreImpl {
 };
 
 template <typename Body>
-Status StoreImpl::RunWrite(Body&& body) {
-  Status s = heap_->Begin();
+Status StoreImpl::RunWrite(Body&& body, Heap::WriteScope scope) {
+  Status s = heap_->Begin(scope);
   if (s.ok()) s = body();
   if (s.ok()) {
     ctl_->dirty = 1;
