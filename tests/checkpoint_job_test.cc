@@ -64,7 +64,8 @@ TEST_SUITE("crash") {
 
     // Kill delays up to 1/50 of an uninterrupted run: 50 kills leave the job
     // unfinished, on average about halfway.
-    const auto max_delay_us = static_cast<uint64_t>(std::max(2000.0, reference_seconds * 1e6 / 50));
+    auto max_delay_us = static_cast<uint64_t>(std::max(2000.0, reference_seconds * 1e6 / 50));
+    int stalled = 0;
     Rng rng(20261126);
     const std::string state = dir.File("job.mkv");
     const std::string output = dir.File("job.out");
@@ -88,7 +89,14 @@ TEST_SUITE("crash") {
       ++streak;
       const uint64_t offset = CommittedOffset(state);
       CHECK(offset >= last_offset);
-      if (offset > last_offset) ++progressed;
+      if (offset > last_offset) {
+        ++progressed;
+        stalled = 0;
+      } else if (++stalled == 3) {
+        // A loaded machine spends the delay starting the job: allow it longer.
+        max_delay_us = max_delay_us * 3 / 2;
+        stalled = 0;
+      }
       last_offset = offset;
     }
     REQUIRE(Wait(StartJob({"run", input, state, output, "--every", every})) == 0);

@@ -7,7 +7,7 @@
 // the structures claim: every claimed granule is allocated, no two structures
 // overlap, and nothing is allocated that no structure claims (a leak), except
 // space waiting for a checkpoint.
-#include <xxhash.h>
+#include "hash.h"
 
 #include <algorithm>
 #include <bit>

@@ -15,7 +15,7 @@
 //      the step, so a writer killed in it is finished by the next one).
 // Killed or cut before 3 completes, the previous meta page still describes a
 // complete state on disk.
-#include <xxhash.h>
+#include "hash.h"
 
 #include <cstddef>
 #include <cstring>

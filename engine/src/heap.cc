@@ -1,7 +1,7 @@
 // heap.cc: mappings, undo log and allocator. See heap.h for the design.
 #include "heap.h"
 
-#include <xxhash.h>
+#include "hash.h"
 
 #include <algorithm>
 #include <bit>
@@ -57,9 +57,6 @@ Status MapSet::Flush(uint64_t offset, uint64_t length, bool sync) {
 // ---------------------------------------------------------------- undo log
 
 namespace {
-// Entries kept free for linking the next chunk: its allocation may grow the
-// file and move the allocation map, about eight entries.
-constexpr uint64_t kChunkReserve = 64;
 constexpr uint64_t kFirstChunkEntries = (256u << 10) / kUndoEntrySize - 1;  // 256 KiB
 constexpr uint64_t kMaxChunkEntries = (64u << 20) / kUndoEntrySize - 1;     // 64 MiB
 
@@ -79,13 +76,6 @@ void Heap::ResetWriteState() {
 
 void Heap::NoteWriteLocal(uint64_t first_page, uint64_t pages) {
   for (uint64_t p = 0; p < pages; ++p) write_pages_.insert(first_page + p);
-}
-
-UndoEntry* Heap::AppendSlot(uint64_t i) {
-  // Right after a chunk is linked, the last entries of the one before it (the
-  // reserve) are still being filled; never anything older.
-  const LogSegment& seg = i >= tail_.first ? tail_ : prev_;
-  return At<UndoEntry>(seg.entries) + (i - seg.first);
 }
 
 Status Heap::ExtendLog() {
@@ -117,7 +107,7 @@ Status Heap::ExtendLog() {
   return s;
 }
 
-Status Heap::Log(UndoKind kind, uint64_t target, uint64_t value) {
+Status Heap::LogSlow(UndoKind kind, uint64_t target, uint64_t value) {
   uint64_t n = ctl_->undo_count.load(std::memory_order_relaxed);
   // Never from inside an allocation: the allocation map may be half moved
   // (Grow), and the chunk's own allocation would land in the middle of that.

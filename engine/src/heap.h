@@ -160,12 +160,37 @@ class Heap {
     AllocationScope& operator=(const AllocationScope&) = delete;
     Heap* heap;
   };
-  Status Log(format::UndoKind kind, uint64_t target, uint64_t value);
+  // Appends an undo entry. The common case (room in the log, no merge) is
+  // inline: a small write logs a handful of entries and little else.
+  Status Log(format::UndoKind kind, uint64_t target, uint64_t value) {
+    const uint64_t n = ctl_->undo_count.load(std::memory_order_relaxed);
+    if (kind == format::UndoKind::kAllocated || n + kChunkReserve >= log_capacity_) {
+      return LogSlow(kind, target, value);
+    }
+    format::UndoEntry* e = AppendSlot(n);
+    e->kind_target = (static_cast<uint64_t>(kind) << format::kUndoKindShift) | target;
+    e->value = value;
+    // The entry before the count that exposes it, the count before the change
+    // it protects (see LogSlow).
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+    ctl_->undo_count.store(n + 1, std::memory_order_release);
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+    return Status::Ok();
+  }
+  Status LogSlow(format::UndoKind kind, uint64_t target, uint64_t value);
+  // Entries kept free for linking the next chunk: its allocation may grow the
+  // file and move the allocation map, about eight entries.
+  static constexpr uint64_t kChunkReserve = 64;
   // Links one more chunk to the log (its own allocation is logged in the
   // entries kept in reserve for it).
   Status ExtendLog();
-  // Entry i of the running write, i < the capacity linked so far.
-  format::UndoEntry* AppendSlot(uint64_t i);
+  // Entry i of the running write, i < the capacity linked so far. Right
+  // after a chunk is linked, the last entries of the one before it (the
+  // reserve) are still being filled; never anything older.
+  format::UndoEntry* AppendSlot(uint64_t i) {
+    const LogSegment& seg = i >= tail_.first ? tail_ : prev_;
+    return At<format::UndoEntry>(seg.entries) + (i - seg.first);
+  }
   // The log as (offset, entries) extents, in order; false when the chain
   // leaves the file or does not hold `count` entries.
   bool LogExtents(uint64_t count, std::vector<std::pair<uint64_t, uint64_t>>* extents) const;

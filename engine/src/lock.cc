@@ -17,35 +17,51 @@ constexpr auto kStickyIdle = std::chrono::milliseconds(1);
 // ---------------------------------------------------------------- RwLock
 
 void RwLock::Lock() {
-  std::unique_lock<std::mutex> lock(mu_);
-  ++writers_waiting_;
-  cv_.wait(lock, [&] { return !writer_ && readers_ == 0; });
-  --writers_waiting_;
-  writer_ = true;
+  uint32_t s = 0;
+  if (state_.compare_exchange_strong(s, kWriter, std::memory_order_acquire)) return;
+  // Counted as waiting, new readers hold back (writer preference).
+  state_.fetch_add(kWaitOne, std::memory_order_relaxed);
+  s = state_.load(std::memory_order_relaxed);
+  for (;;) {
+    if ((s & kWriter) == 0 && (s & kReaderMask) == 0) {
+      if (state_.compare_exchange_weak(s, (s - kWaitOne) | kWriter, std::memory_order_acquire)) return;
+      continue;
+    }
+    state_.wait(s, std::memory_order_relaxed);
+    s = state_.load(std::memory_order_relaxed);
+  }
 }
 
 void RwLock::Unlock() {
-  std::lock_guard<std::mutex> lock(mu_);
-  writer_ = false;
-  cv_.notify_all();
+  state_.fetch_and(~kWriter, std::memory_order_release);
+  // Waiting readers are not counted: wake whoever waits (libstdc++ makes no
+  // system call when nobody does).
+  state_.notify_all();
 }
 
 void RwLock::LockShared() {
-  std::unique_lock<std::mutex> lock(mu_);
-  cv_.wait(lock, [&] { return !writer_ && writers_waiting_ == 0; });
-  ++readers_;
+  uint32_t s = state_.load(std::memory_order_relaxed);
+  for (;;) {
+    if ((s & (kWriter | kWaitMask)) == 0) {
+      if (state_.compare_exchange_weak(s, s + 1, std::memory_order_acquire)) return;
+      continue;
+    }
+    state_.wait(s, std::memory_order_relaxed);
+    s = state_.load(std::memory_order_relaxed);
+  }
 }
 
 bool RwLock::TryLockShared() {
-  std::lock_guard<std::mutex> lock(mu_);
-  if (writer_ || writers_waiting_ > 0) return false;
-  ++readers_;
-  return true;
+  uint32_t s = state_.load(std::memory_order_relaxed);
+  while ((s & (kWriter | kWaitMask)) == 0) {
+    if (state_.compare_exchange_weak(s, s + 1, std::memory_order_acquire)) return true;
+  }
+  return false;
 }
 
 void RwLock::UnlockShared() {
-  std::lock_guard<std::mutex> lock(mu_);
-  if (--readers_ == 0) cv_.notify_all();
+  const uint32_t before = state_.fetch_sub(1, std::memory_order_release);
+  if ((before & kReaderMask) == 1 && (before & kWaitMask) != 0) state_.notify_all();
 }
 
 // ---------------------------------------------------------------- LockManager
@@ -153,7 +169,12 @@ void LockManager::KeeperLoop() {
   std::unique_lock<std::mutex> lock(file_mu_);
   while (!keeper_stop_) {
     if (!sticky_) {
-      keeper_cv_.wait(lock, [&] { return sticky_ || keeper_stop_; });
+      // UnlockWrite stores sticky_ and then reads keeper_idle_ (both seq_cst);
+      // here idle is stored before the predicate reads sticky_, so either it
+      // sees sticky_ set or the writer sees idle and notifies under file_mu_.
+      keeper_idle_.store(true);
+      keeper_cv_.wait(lock, [&] { return sticky_.load() || keeper_stop_.load(); });
+      keeper_idle_.store(false);
       continue;
     }
     const uint64_t writes = writes_.load(std::memory_order_relaxed);
@@ -180,12 +201,7 @@ void LockManager::KeeperLoop() {
 
 Status LockManager::LockWrite(bool* fresh) {
   rw_.Lock();
-  bool held;
-  {
-    std::lock_guard<std::mutex> lock(file_mu_);
-    held = sticky_;
-    sticky_ = false;
-  }
+  const bool held = sticky_.exchange(false);  // rw_ is held exclusively: nobody else changes it
   if (fresh != nullptr) *fresh = !held;
   if (!held) {
     Status s = AcquireFile(LockMode::kExclusive);
@@ -208,16 +224,20 @@ void LockManager::UnlockWrite(bool may_stick) {
     rw_.Unlock();
     return;
   }
-  {
+  // One writer at a time (rw_): a plain increment, which the keeper only reads.
+  writes_.store(writes_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  sticky_.store(true);
+  if (!keeper_started_.load(std::memory_order_acquire)) {
     std::lock_guard<std::mutex> lock(file_mu_);
-    sticky_ = true;
-    writes_.fetch_add(1, std::memory_order_relaxed);
     if (!keeper_.joinable()) {
       keeper_fork_generation_ = ForkGeneration();
       keeper_ = std::thread([this] { KeeperLoop(); });
     }
+    keeper_started_.store(true, std::memory_order_release);
+  } else if (keeper_idle_.load()) {
+    std::lock_guard<std::mutex> lock(file_mu_);
+    keeper_cv_.notify_one();
   }
-  keeper_cv_.notify_one();
   rw_.Unlock();
 }
 

@@ -60,11 +60,15 @@ class RwLock {
   void UnlockShared();
 
  private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  int readers_ = 0;
-  bool writer_ = false;
-  int writers_waiting_ = 0;
+  // One word, so an uncontended lock or unlock is one atomic operation:
+  // kWriter | waiting writers << kWaitShift | readers. Waiters block in
+  // std::atomic::wait (a futex), which is woken only when someone waits.
+  static constexpr uint32_t kWriter = 1u << 31;
+  static constexpr uint32_t kWaitShift = 16;
+  static constexpr uint32_t kWaitOne = 1u << kWaitShift;
+  static constexpr uint32_t kWaitMask = 0x7fffu << kWaitShift;
+  static constexpr uint32_t kReaderMask = 0xffffu;
+  std::atomic<uint32_t> state_{0};
 };
 
 class LockManager {
@@ -112,14 +116,19 @@ class LockManager {
   format::ControlPage* ctl_ = nullptr;
   bool ctl_writable_ = false;
   RwLock rw_;
-  std::mutex file_mu_;  // guards shared_holders_, sticky_ and the keeper state
+  std::mutex file_mu_;  // guards shared_holders_ and the keeper's sleep on keeper_cv_
   int shared_holders_ = 0;
-  bool sticky_ = false;              // the file lock is held exclusively with no write running
+  // The file lock is held exclusively with no write running. Changed only
+  // with rw_ held exclusively (a write, or the keeper releasing it), so
+  // holders of rw_ read it without file_mu_.
+  std::atomic<bool> sticky_{false};
+  std::atomic<bool> keeper_idle_{false};     // the keeper sleeps on keeper_cv_ (the lock is not sticky)
+  std::atomic<bool> keeper_started_{false};
   std::atomic<uint64_t> writes_{0};  // sticky writes so far; unchanged over kStickyIdle = idle
   const uint64_t pid_ = ProcessId();
   std::condition_variable keeper_cv_;
   std::thread keeper_;
-  bool keeper_stop_ = false;
+  std::atomic<bool> keeper_stop_{false};
   uint64_t keeper_fork_generation_ = 0;
 };
 

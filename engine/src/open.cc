@@ -16,7 +16,7 @@
 //    map snapshot is copied back, and its allocation map is used when its
 //    checksum still matches, else rebuilt from the table.
 // A read-only open never writes; when the file needs recovery it says so.
-#include <xxhash.h>
+#include "hash.h"
 
 #include <algorithm>
 #include <cstddef>

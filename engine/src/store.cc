@@ -416,6 +416,9 @@ Status StoreImpl::BeginWrite() {
       return s;
     }
   }
+  // Kept from this handle's own last write (sticky): nobody else wrote since,
+  // so there is nothing to map or recover.
+  if (!fresh) return Status::Ok();
   s = EnsureMapped();
   // A checkpoint killed after its meta page was written but before it set
   // release_pending leaves only the meta page behind: its generation is
@@ -580,7 +583,8 @@ Status StoreImpl::Write(const WriteBatch& batch, const WriteOptions& options) {
   return s;
 }
 
-Status StoreImpl::ReadModifyWrite(std::string_view key, const Decide& decide) {
+template <typename Decide>
+Status StoreImpl::ReadModifyWrite(std::string_view key, Decide&& decide) {
   Status s = CheckKey(path_, key);
   if (s.ok()) s = BeginWrite();
   if (!s.ok()) return s;

@@ -114,9 +114,10 @@ class StoreImpl {
   // Under the write lock: looks `key` up, lets `decide` choose from its
   // current value what to do (with `decide` unable to write to this handle),
   // and applies that as one write.
-  using Decide = std::function<Status(std::optional<std::string_view> current, Store::UpdateAction* action,
-                                      std::string* next)>;
-  Status ReadModifyWrite(std::string_view key, const Decide& decide);
+  // Decide: Status(std::optional<std::string_view> current, Store::UpdateAction* action, std::string* next).
+  // Defined in store.cc, its only user.
+  template <typename Decide>
+  Status ReadModifyWrite(std::string_view key, Decide&& decide);
   // Runs `body` as one atomic write (undo scope, seqlock, commit/rollback).
   template <typename Body>
   Status RunWrite(Body&& body, Heap::WriteScope scope = Heap::WriteScope::kFull);

@@ -1,7 +1,7 @@
 // table.cc: Robin Hood hash table over the page map. See table.h.
 #include "table.h"
 
-#include <xxhash.h>
+#include "hash.h"
 
 #include <cstring>
 #include <string>
