@@ -631,7 +631,7 @@ TEST_SUITE("crash") {
     RunPowerCuts(2, 150, 102);
   }
   TEST_CASE("crash: power cut after a synchronous batch keeps the whole batch (large batches)") {
-    RunPowerCuts(4, 100, 104);
+    RunPowerCuts(4, 60, 104);
   }
   TEST_CASE("crash: power cut after a checkpoint keeps the checkpointed data (after Compact)") {
     RunPowerCuts(3, 150, 103);
