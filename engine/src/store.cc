@@ -487,9 +487,9 @@ Status StoreImpl::ApplyPut(std::string_view key, std::string_view value) {
 }
 
 bool StoreImpl::CanOverwriteInPlace(const Heap& heap, const RecordRef& rec, std::string_view value) {
-  // Small values only: each 8 bytes costs an undo entry, and a new record is
-  // cheaper past a few words.
-  constexpr uint64_t kMaxInPlace = 64;
+  // Small values only: each 8 bytes costs an undo entry, and past a few
+  // hundred bytes a new record costs less than logging the old one.
+  constexpr uint64_t kMaxInPlace = 256;
   return value.size() == rec.value_size && value.size() <= kMaxInPlace && !heap.IsCheckpointed(rec.granule);
 }
 
@@ -530,7 +530,16 @@ Status StoreImpl::Put(std::string_view key, std::string_view value) {
   if (s.ok()) s = CheckValue(path_, value);
   if (s.ok()) s = BeginWrite();
   if (!s.ok()) return s;
-  s = RunWrite([&] { return ApplyPut(key, value); });
+  // A value of the same size over a record of this checkpoint epoch is
+  // rewritten where it is: no allocation, no table change, no space to free.
+  uint64_t index;
+  RecordRef rec;
+  if (table_->Reader().Find(key, HashKey(key, seed_), &index, &rec) == TableReader::Result::kFound &&
+      CanOverwriteInPlace(*heap_, rec, value)) {
+    s = RunWrite([&] { return OverwriteInPlace(rec, value); }, Heap::WriteScope::kInPlace);
+  } else {
+    s = RunWrite([&] { return ApplyPut(key, value); });
+  }
   EndWrite();
   return s;
 }
