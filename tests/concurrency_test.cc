@@ -1,10 +1,12 @@
 // concurrency_test.cc: many threads on one handle, several handles in one
 // process, several processes on one file, and a handle carried into a fork
 // child.
+#ifndef _WIN32
 #include <signal.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#endif
 
 #include <atomic>
 #include <chrono>
@@ -364,6 +366,7 @@ TEST_SUITE("concurrency") {
     RunProcesses(100000);
   }
 
+#ifndef _WIN32  // fork(2) (listed in tests/CMakeLists.txt)
   TEST_CASE("concurrency: a handle used in a fork child returns UnsafeUse") {
 #if defined(MAPKV_TSAN)
     // The child opens a fresh handle, which starts a thread; ThreadSanitizer
@@ -431,6 +434,8 @@ TEST_SUITE("concurrency") {
     CHECK(v == "1");
     CheckClean(other);
   }
+
+#endif
 
 }  // TEST_SUITE("concurrency")
 

@@ -34,6 +34,9 @@
 
 namespace mapkv::internal {
 
+// A store path with this prefix names a shared-memory store (Store::Open).
+inline constexpr std::string_view kSharedPrefix = "shm:";
+
 class StoreImpl {
  public:
   static Status Open(std::string_view path, const Options& options, std::unique_ptr<StoreImpl>* out);
@@ -67,6 +70,10 @@ class StoreImpl {
 
   // open.cc
   static Status CreateNew(const std::string& path, const Options& options);
+  // Opens a named shared-memory store ("shm:NAME"), initializing it in
+  // place when it is new (empty).
+  static Status OpenShared(const std::string& path, const Options& options, std::unique_ptr<StoreImpl>* out);
+  Status InitializeIfEmpty();
   Status Attach();
   Status ChooseMeta(const format::MetaPage** meta) const;
   Status ValidateControl() const;
