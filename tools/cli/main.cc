@@ -2,6 +2,10 @@
 // cmd_<name>.cc), maps CLI11's parse errors to exit code 2 and keeps every
 // exception inside.
 #include <CLI/CLI.hpp>
+#ifdef _WIN32
+#include <fcntl.h>
+#include <io.h>
+#endif
 #include <exception>
 #include <new>
 #include <vector>
@@ -55,6 +59,11 @@ int Main(int argc, char** argv) {
 }  // namespace mapkv::cli
 
 int main(int argc, char** argv) {
+#ifdef _WIN32
+  // Keys and values are bytes: no CRLF translation on standard streams.
+  _setmode(_fileno(stdin), _O_BINARY);
+  _setmode(_fileno(stdout), _O_BINARY);
+#endif
   try {
     return mapkv::cli::Main(argc, argv);
   } catch (const std::bad_alloc&) {
