@@ -15,10 +15,11 @@
 //  - Windows refuses to shorten a file while any view of it exists
 //    (ERROR_USER_MAPPED_FILE), and the engine shortens the file (close,
 //    compaction) while its own views are still mapped. Truncate() then
-//    remembers the length and applies it when the handle is destroyed, after
-//    the engine has unmapped everything. If another process mapped the file
-//    meanwhile the shortening fails again and the file stays longer than the
-//    store says, which the format allows.
+//    remembers the length, reports it as the size from then on (a later
+//    Reserve uses the bytes still there first), and applies it when the
+//    handle is destroyed, after the engine has unmapped everything. If
+//    another process mapped the file meanwhile the shortening fails again
+//    and the file stays longer than the store says, which the format allows.
 //  - Locks: LockFileEx on byte ranges of the handle, released when the
 //    handle is closed or its process dies. LockFileEx cannot convert a held
 //    lock to the other mode, so a conversion is an unlock and a new lock.
@@ -400,11 +401,14 @@ class Win32File final : public File {
   const std::string& path() const override { return path_; }
   bool read_only() const override { return read_only_; }
 
+  // The store's length: the file's, or a shorter one set by a Truncate
+  // that could not shorten the file yet (see the notes above).
   Status Size(uint64_t* size) override {
-    LARGE_INTEGER n{};
-    if (!::GetFileSizeEx(h_.get(), &n)) return Win32Status(path_, "GetFileSizeEx", "", ::GetLastError());
-    *size = static_cast<uint64_t>(n.QuadPart);
-    return Status::Ok();
+    if (pending_truncate_ != kNoTruncate) {
+      *size = pending_truncate_;
+      return Status::Ok();
+    }
+    return RealSize(size);
   }
 
   Status Reserve(uint64_t size) override {
@@ -412,6 +416,17 @@ class Win32File final : public File {
     uint64_t current = 0;
     if (Status s = Size(&current); !s.ok()) return s;
     if (size <= current) return Status::Ok();
+    if (pending_truncate_ != kNoTruncate) {
+      // The file is still longer than the store: use what is there first.
+      uint64_t real = 0;
+      if (Status s = RealSize(&real); !s.ok()) return s;
+      if (size <= real) {
+        pending_truncate_ = size;
+        return Status::Ok();
+      }
+      pending_truncate_ = kNoTruncate;
+      current = real;
+    }
     if (size > static_cast<uint64_t>(std::numeric_limits<LONGLONG>::max())) {
       return Status(Code::kNoSpace, path_ + ": size " + std::to_string(size) + " exceeds the largest file offset");
     }
@@ -444,7 +459,7 @@ class Win32File final : public File {
     }
     const DWORD err = ::GetLastError();
     if (err == ERROR_USER_MAPPED_FILE) {
-      pending_truncate_ = size;  // applied once the views are gone
+      pending_truncate_ = size;  // the store's length from now on; the file's once the views are gone
       return Status::Ok();
     }
     return Win32Status(path_, "SetFileInformationByHandle", "FileEndOfFileInfo, " + Bytes(size), err);
@@ -461,7 +476,7 @@ class Win32File final : public File {
     if (length == 0) return InvalidArgument(path_, "bad mapping length 0");
     uint64_t size = 0;
     if (Status s = Size(&size); !s.ok()) return s;
-    // Windows cannot map past the end of a file: map what exists.
+    // Windows cannot map past the end of a file: map what exists (of the store).
     const uint64_t span = std::min(length, size);
     if (span == 0) return InvalidArgument(path_, "cannot map an empty file");
     if (span > std::numeric_limits<SIZE_T>::max()) return InvalidArgument(path_, "mapping too large");
@@ -519,6 +534,13 @@ class Win32File final : public File {
 
  private:
   static constexpr uint64_t kNoTruncate = ~uint64_t{0};
+
+  Status RealSize(uint64_t* size) {
+    LARGE_INTEGER n{};
+    if (!::GetFileSizeEx(h_.get(), &n)) return Win32Status(path_, "GetFileSizeEx", "", ::GetLastError());
+    *size = static_cast<uint64_t>(n.QuadPart);
+    return Status::Ok();
+  }
 
   Status SetLength(uint64_t size) {
     FILE_END_OF_FILE_INFO eof{};
