@@ -275,6 +275,10 @@ TEST_SUITE("platform") {
     CHECK(bigger->length() == (128 << 10));
     bigger->data()[(128 << 10) - 1] = 0x5a;
     CHECK(std::memcmp(bigger->data() + 5000, "hello", 5) == 0);  // both views show the same pages
+    bigger->data()[100] = 42;
+    CHECK(map->data()[100] == 42);  // at once, without a flush
+    map->data()[200] = 43;
+    CHECK(bigger->data()[200] == 43);
     CHECK(bigger->Flush(0, 128 << 10, /*sync=*/true).ok());
     CHECK(map->Flush((1 << 20) + 1, 1, false).code() == Code::kInvalidArgument);
 
