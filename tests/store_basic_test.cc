@@ -805,7 +805,12 @@ TEST_SUITE("store") {
     REQUIRE(store.GetStats(&after).ok());
     MESSAGE("Compact: file " << before.file_bytes << " -> " << after.file_bytes << " bytes, live " << after.live_bytes);
     CHECK(after.file_bytes < before.file_bytes);
+#ifndef _WIN32
     CHECK(after.file_bytes == FileSize(path));
+#else
+    // Windows shortens a file only once no view maps it: at the last close.
+    CHECK(after.file_bytes <= FileSize(path));
+#endif
     CHECK(after.entries == model.size());
     CHECK(after.live_bytes == before.live_bytes);
     CHECK(Dump(store) == model);
