@@ -225,6 +225,10 @@ CliResult RunCli(const std::vector<std::string>& args, const std::string& input 
 }
 #endif
 
+#ifndef _WIN32
+int ThisProcessId() { return static_cast<int>(::getpid()); }
+#endif
+
 size_t CountLines(const std::string& s) { return static_cast<size_t>(std::count(s.begin(), s.end(), '\n')); }
 
 // An error as the CLI must report it: exactly one line on standard error
@@ -873,6 +877,28 @@ TEST_SUITE("cli") {
     CHECK(r.err.find(f) != std::string::npos);
     CHECK(ReadFileBytes(f) == bytes);  // check did not repair or touch it
   }
+
+#ifndef _WIN32  // on Windows a named store ends with its last process: one CLI call each
+  TEST_CASE("cli: shm:NAME works wherever FILE does and rm-shm removes it") {
+    const std::string name = "shm:mapkv-cli-test-" + std::to_string(ThisProcessId());
+    RunCli({"rm-shm", name});  // left over by an earlier failed run, if any
+    REQUIRE(RunCli({"create", name}).code == 0);
+    CHECK(RunCli({"put", name, "k", "in memory"}).code == 0);
+    CHECK(RunCli({"get", name, "k"}).out == "in memory");
+    CHECK(RunCli({"keys", name}).out == "k\n");
+    CHECK(RunCli({"check", name}).out == "ok\n");
+    CliResult r = RunCli({"create", name});
+    CHECK(r.code == 3);  // exists
+    CheckOneLineError(r, name);
+    CHECK(RunCli({"rm-shm", name}).code == 0);
+    r = RunCli({"get", name, "k"});
+    CHECK(r.code == 3);
+    CheckOneLineError(r, name);
+    r = RunCli({"rm-shm", name});
+    CHECK(r.code == 3);
+    CheckOneLineError(r, name);
+  }
+#endif
 
   TEST_CASE("cli: compact prints the size before and after and keeps the data") {
     TempDir dir;
