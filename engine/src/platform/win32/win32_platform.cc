@@ -320,9 +320,8 @@ class RangeLocks {
       return Win32Status(*path_, "UnlockFileEx", "gate, " + Range(gate, length), ::GetLastError());
     }
     OVERLAPPED ov = At(gate);
-    // Shared handles (read-only) may take only shared locks on some systems;
-    // the gate is exclusive, so it needs a handle opened for writing. A
-    // read-only handle never takes exclusive locks and so never converts.
+    // Only writable handles get here: a read-only one is refused exclusive
+    // locks (TryLock) and so never converts either.
     if (::LockFileEx(h_, LOCKFILE_EXCLUSIVE_LOCK, 0, static_cast<DWORD>(length), static_cast<DWORD>(length >> 32),
                      &ov)) {
       return Status::Ok();
