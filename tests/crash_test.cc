@@ -9,13 +9,15 @@
 // replays the sequence up to the last acknowledged operation: the store must
 // hold exactly that state, or that state plus the one operation after it
 // (acknowledged by the store but killed before it reached the log).
+#include <sys/stat.h>
+#include <sys/types.h>
+#ifndef _WIN32
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/mman.h>
-#include <sys/stat.h>
-#include <sys/types.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#endif
 
 #include <algorithm>
 #include <chrono>
@@ -141,16 +143,35 @@ void ApplyToModel(const Op& op, Model* model) {
 constexpr uint64_t kReadyMarker = ~uint64_t{0};
 constexpr uint64_t kMaxOps = 200000;
 
-bool LogIndex(int fd, uint64_t value) {
+#ifdef _WIN32
+// Unbuffered: each index reaches the OS (which keeps it past a
+// TerminateProcess) before the next operation starts.
+using LogHandle = std::FILE*;
+LogHandle OpenLog(const std::string& path) {
+  std::FILE* f = std::fopen(path.c_str(), "wb");
+  if (f != nullptr) std::setvbuf(f, nullptr, _IONBF, 0);
+  return f;
+}
+bool LogOk(LogHandle f) { return f != nullptr; }
+bool LogIndex(LogHandle f, uint64_t value) { return std::fwrite(&value, sizeof value, 1, f) == 1; }
+#else
+using LogHandle = int;
+LogHandle OpenLog(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0600);
+  return fd < 0 ? -1 : fd;
+}
+bool LogOk(LogHandle fd) { return fd >= 0; }
+bool LogIndex(LogHandle fd, uint64_t value) {
   return ::write(fd, &value, sizeof value) == static_cast<ssize_t>(sizeof value);
 }
+#endif
 
 // args: store path, log path, seed, mode. Exit 0 after kMaxOps operations;
 // any failure exits with a code naming the step.
 int CrashWriterChild(const std::vector<std::string>& args) {
   if (args.size() != 4) return 2;
-  const int log = ::open(args[1].c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0600);
-  if (log < 0) return 3;
+  const LogHandle log = OpenLog(args[1]);
+  if (!LogOk(log)) return 3;
   Store store;
   Status s = Store::Open(args[0], {}, &store);
   if (!s.ok()) {
@@ -250,12 +271,12 @@ void KillOnce(const std::string& path, const std::string& log_path, uint64_t see
     }
   }
   std::this_thread::sleep_for(std::chrono::microseconds(rng.Uniform(50001)));
-  ::kill(pid, SIGKILL);
+  KillChild(pid);
   const int rc = WaitChild(pid);
   ++stats->runs;
   struct stat after {};
   if (::stat(path.c_str(), &after) == 0 && static_cast<uint64_t>(after.st_size) > size_before) ++stats->grew;
-  if (rc == 128 + SIGKILL) {
+  if (rc == kKilledExitCode) {
     ++stats->killed;
   } else {
     REQUIRE_MESSAGE(rc == 0, "the writer failed on its own with exit code " << rc);
@@ -642,6 +663,7 @@ TEST_SUITE("crash") {
   // of the store goes on writing; then the power fails. The newest meta page
   // is the dead checkpoint's, so nothing it references may have been reused
   // or changed in place by the later writes.
+#ifndef _WIN32  // tampers with the file through mmap(2) (listed in tests/CMakeLists.txt)
   TEST_CASE("crash: writes after a checkpoint that died past its meta page keep that checkpoint intact") {
     TempDir dir;
     const std::string path = dir.File("s.mkv");
@@ -731,6 +753,8 @@ TEST_SUITE("crash") {
     }
     REQUIRE(a.Close().ok());
   }
+
+#endif
 
   // A cut while a checkpoint writes its meta page: everything the new meta
   // page references is on disk already (the checkpoint synced it first), and

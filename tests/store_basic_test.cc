@@ -2,10 +2,13 @@
 // batches, iteration, read guards, flush, stats, Check, open options,
 // read-only handles, a randomized comparison against std::map, Compact, and
 // the space-reuse target.
+#ifndef _WIN32
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#endif
 
 #include <algorithm>
 #include <chrono>
@@ -21,6 +24,7 @@
 namespace mapkv::test {
 namespace {
 
+#ifndef _WIN32
 // Waits for a forked child for at most `seconds`; kills it when it takes
 // longer and returns -2 (a deadlock). Otherwise as WaitChild.
 int WaitChildWithTimeout(pid_t pid, int seconds) {
@@ -39,6 +43,8 @@ int WaitChildWithTimeout(pid_t pid, int seconds) {
   WaitChild(pid);
   return -2;
 }
+
+#endif
 
 std::string AllBytes() {
   std::string s;
@@ -366,6 +372,7 @@ TEST_SUITE("store") {
     CHECK_FALSE(guard.locked());
   }
 
+#ifndef _WIN32  // runs in a fork(2) child (listed in tests/CMakeLists.txt)
   TEST_CASE("store: a write from inside ForEach returns UnsafeUse instead of deadlocking") {
     TempDir dir;
     {
@@ -394,6 +401,8 @@ TEST_SUITE("store") {
     CHECK_MESSAGE(rc != -2, "the child deadlocked writing from inside ForEach");
     CHECK(rc == 0);
   }
+
+#endif
 
   TEST_CASE("store: Flush async and sync") {
     TempDir dir;
@@ -644,6 +653,7 @@ TEST_SUITE("store") {
     CHECK(Store::Open(dir.File("no/such/dir/s.mkv"), {}, &store).code() == Code::kNotFound);
     CHECK(ReadFileBytes(path) == reopened);
 
+#ifndef _WIN32
     // file_mode applies to a new file (before the umask).
     Options mode;
     mode.file_mode = 0640;
@@ -654,6 +664,11 @@ TEST_SUITE("store") {
     CHECK((std::filesystem::status(dir.File("mode.mkv")).permissions() & std::filesystem::perms::all) ==
           (std::filesystem::perms::owner_read | std::filesystem::perms::owner_write |
            std::filesystem::perms::group_read));
+#else
+    // Windows has no permission bits (file_mode is ignored); a file is made all the same.
+    REQUIRE(Store::Open(dir.File("mode.mkv"), {}, &store).ok());
+    REQUIRE(store.Close().ok());
+#endif
     // No temporary file is left behind by creation.
     int entries = 0;
     for (const auto& e : std::filesystem::directory_iterator(dir.path())) {
@@ -785,7 +800,12 @@ TEST_SUITE("store") {
     REQUIRE(store.GetStats(&after).ok());
     MESSAGE("Compact: file " << before.file_bytes << " -> " << after.file_bytes << " bytes, live " << after.live_bytes);
     CHECK(after.file_bytes < before.file_bytes);
+#ifndef _WIN32
     CHECK(after.file_bytes == FileSize(path));
+#else
+    // Windows shortens a file only once no view maps it: at the last close.
+    CHECK(after.file_bytes <= FileSize(path));
+#endif
     CHECK(after.entries == model.size());
     CHECK(after.live_bytes == before.live_bytes);
     CHECK(Dump(store) == model);

@@ -3,12 +3,11 @@
 #ifndef MAPKV_TESTS_STORE_TEST_HELPERS_H_
 #define MAPKV_TESTS_STORE_TEST_HELPERS_H_
 
-#include <sys/stat.h>
-
 #include <array>
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
+#include <filesystem>
 #include <map>
 #include <string>
 #include <string_view>
@@ -74,9 +73,10 @@ inline void CheckClean(const Store& store) {
 }
 
 inline uint64_t FileSize(const std::string& path) {
-  struct stat st {};
-  REQUIRE(::stat(path.c_str(), &st) == 0);
-  return static_cast<uint64_t>(st.st_size);
+  std::error_code ec;
+  const uintmax_t size = std::filesystem::file_size(path, ec);
+  REQUIRE_MESSAGE(!ec, path << ": " << ec.message());
+  return static_cast<uint64_t>(size);
 }
 
 // A fixed-width key of `i` (16 bytes).

@@ -1,9 +1,17 @@
 // test_util.cc: implementation of the shared test helpers (see test_util.h).
 #include "test_util.h"
 
+#ifdef _WIN32
+#ifndef NOMINMAX
+#define NOMINMAX
+#endif
+#include <windows.h>
+#else
+#include <signal.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#endif
 
 #include <cerrno>
 #include <cstdio>
@@ -13,6 +21,8 @@
 #include <fstream>
 #include <iterator>
 #include <map>
+#include <mutex>
+#include <random>
 #include <sstream>
 #include <stdexcept>
 #include <utility>
@@ -30,6 +40,21 @@ constexpr const char kChildFlag[] = "--mapkv-child";
 }  // namespace
 
 TempDir::TempDir() {
+#ifdef _WIN32
+  // No mkdtemp: a random name under the temporary directory, created
+  // exclusively (create_directory fails on an existing one).
+  std::random_device rd;
+  const std::filesystem::path base = std::filesystem::temp_directory_path();
+  for (int attempt = 0; attempt < 100; ++attempt) {
+    const std::filesystem::path dir = base / ("mapkv-test." + std::to_string(rd()));
+    std::error_code ec;
+    if (std::filesystem::create_directory(dir, ec)) {
+      path_ = dir.generic_string();
+      return;
+    }
+  }
+  throw std::runtime_error("TempDir: cannot create a directory under " + base.string());
+#else
   const char* base = std::getenv("TMPDIR");
   std::string templ = (base != nullptr && *base != '\0') ? base : "/tmp";
   templ += "/mapkv-test.XXXXXX";
@@ -39,6 +64,7 @@ TempDir::TempDir() {
     throw std::runtime_error("mkdtemp(" + templ + "): " + std::strerror(errno));
   }
   path_ = buf.data();
+#endif
 }
 
 TempDir::~TempDir() {
@@ -71,6 +97,105 @@ bool RegisterChild(const std::string& name, ChildMain fn) {
   if (!inserted) std::fprintf(stderr, "RegisterChild: duplicate child name '%s'\n", name.c_str());
   return inserted;
 }
+
+#ifdef _WIN32
+
+namespace {
+
+// Child processes by pid, for WaitChild and KillChild.
+std::mutex g_children_mu;
+std::map<int, HANDLE>& Children() {
+  static std::map<int, HANDLE> children;
+  return children;
+}
+
+HANDLE ChildHandle(int pid) {
+  std::lock_guard<std::mutex> lock(g_children_mu);
+  const auto it = Children().find(pid);
+  return it == Children().end() ? nullptr : it->second;
+}
+
+// One argument quoted for CommandLineToArgvW (the C runtime's rules).
+std::wstring QuoteArg(const std::wstring& arg) {
+  if (!arg.empty() && arg.find_first_of(L" \t\n\v\"") == std::wstring::npos) return arg;
+  std::wstring out = L"\"";
+  size_t backslashes = 0;
+  for (wchar_t c : arg) {
+    if (c == L'\\') {
+      ++backslashes;
+    } else if (c == L'"') {
+      out.append(backslashes * 2 + 1, L'\\');
+      out.push_back(c);
+      backslashes = 0;
+    } else {
+      out.append(backslashes, L'\\');
+      out.push_back(c);
+      backslashes = 0;
+    }
+  }
+  out.append(backslashes * 2, L'\\');
+  out.push_back(L'"');
+  return out;
+}
+
+std::wstring WidenArg(const std::string& s) {
+  if (s.empty()) return std::wstring();
+  const int n = ::MultiByteToWideChar(CP_UTF8, 0, s.data(), static_cast<int>(s.size()), nullptr, 0);
+  std::wstring out(static_cast<size_t>(n), L'\0');
+  ::MultiByteToWideChar(CP_UTF8, 0, s.data(), static_cast<int>(s.size()), out.data(), n);
+  return out;
+}
+
+}  // namespace
+
+int SpawnChild(const std::string& name, const std::vector<std::string>& args) {
+  wchar_t self[32768];
+  const DWORD n = ::GetModuleFileNameW(nullptr, self, 32768);
+  if (n == 0 || n >= 32768) {
+    std::fprintf(stderr, "SpawnChild(%s): GetModuleFileNameW failed (error %lu)\n", name.c_str(), ::GetLastError());
+    return -1;
+  }
+  std::wstring cmd = QuoteArg(self) + L" " + QuoteArg(WidenArg(kChildFlag)) + L" " + QuoteArg(WidenArg(name));
+  for (const std::string& a : args) cmd += L" " + QuoteArg(WidenArg(a));
+  STARTUPINFOW si{};
+  si.cb = sizeof(si);
+  PROCESS_INFORMATION pi{};
+  std::fflush(nullptr);
+  if (!::CreateProcessW(self, cmd.data(), nullptr, nullptr, FALSE, 0, nullptr, nullptr, &si, &pi)) {
+    std::fprintf(stderr, "SpawnChild(%s): CreateProcessW failed (error %lu)\n", name.c_str(), ::GetLastError());
+    return -1;
+  }
+  ::CloseHandle(pi.hThread);
+  std::lock_guard<std::mutex> lock(g_children_mu);
+  Children()[static_cast<int>(pi.dwProcessId)] = pi.hProcess;
+  return static_cast<int>(pi.dwProcessId);
+}
+
+int WaitChild(int pid) {
+  HANDLE h = ChildHandle(pid);
+  if (h == nullptr) {
+    std::fprintf(stderr, "WaitChild(%d): not a child of this process\n", pid);
+    return -1;
+  }
+  DWORD code = 0;
+  if (::WaitForSingleObject(h, INFINITE) != WAIT_OBJECT_0 || !::GetExitCodeProcess(h, &code)) {
+    std::fprintf(stderr, "WaitChild(%d): wait failed (error %lu)\n", pid, ::GetLastError());
+    code = static_cast<DWORD>(-1);
+  }
+  std::lock_guard<std::mutex> lock(g_children_mu);
+  Children().erase(pid);
+  ::CloseHandle(h);
+  return static_cast<int>(code);
+}
+
+void KillChild(int pid) {
+  HANDLE h = ChildHandle(pid);
+  if (h == nullptr || !::TerminateProcess(h, kKilledExitCode)) {
+    std::fprintf(stderr, "KillChild(%d): TerminateProcess failed (error %lu)\n", pid, ::GetLastError());
+  }
+}
+
+#else
 
 int SpawnChild(const std::string& name, const std::vector<std::string>& args) {
   // Build argv before fork: the child only calls async-signal-safe functions.
@@ -105,6 +230,14 @@ int WaitChild(int pid) {
   if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
   return -1;
 }
+
+void KillChild(int pid) {
+  if (::kill(static_cast<pid_t>(pid), SIGKILL) != 0) {
+    std::fprintf(stderr, "KillChild(%d): kill: %s\n", pid, std::strerror(errno));
+  }
+}
+
+#endif
 
 bool MaybeRunChild(int argc, char** argv, int* exit_code) {
   if (argc < 2 || std::strcmp(argv[1], kChildFlag) != 0) return false;

@@ -45,12 +45,17 @@ void WriteFileBytes(const std::string& path, const std::string& bytes);
 
 // Cross-process tests: a child is this same binary started with
 // `--mapkv-child NAME ARGS...`; NAME selects a function registered with
-// RegisterChild. RunChild starts it and returns its pid; WaitChild returns
-// its exit code (or 128+signal).
+// RegisterChild. SpawnChild starts it (fork+exec on POSIX, CreateProcess on
+// Windows) and returns its pid; WaitChild returns its exit code (or
+// 128+signal). KillChild kills it at once, leaving it no chance to clean up
+// (SIGKILL; TerminateProcess with exit code kKilledExitCode on Windows), so
+// WaitChild then returns kKilledExitCode on both systems.
 using ChildMain = std::function<int(const std::vector<std::string>& args)>;
+inline constexpr int kKilledExitCode = 128 + 9;  // 128 + SIGKILL
 bool RegisterChild(const std::string& name, ChildMain fn);
 int SpawnChild(const std::string& name, const std::vector<std::string>& args);
 int WaitChild(int pid);
+void KillChild(int pid);
 bool MaybeRunChild(int argc, char** argv, int* exit_code);
 
 // Deterministic pseudo-random generator for tests (splitmix64).

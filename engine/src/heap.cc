@@ -48,6 +48,18 @@ Status MapSet::Cover(uint64_t bytes) {
   return Status::Ok();
 }
 
+uint64_t MapSet::OffsetOf(const void* p) {
+  const auto* q = static_cast<const uint8_t*>(p);
+  const View* cur = current_.load(std::memory_order_acquire);
+  if (q >= cur->base && q < cur->base + cur->length) return static_cast<uint64_t>(q - cur->base);
+  std::lock_guard<std::mutex> lock(mu_);
+  for (auto it = views_.rbegin(); it != views_.rend(); ++it) {
+    const View& v = **it;
+    if (q >= v.base && q < v.base + v.length) return static_cast<uint64_t>(q - v.base);
+  }
+  return static_cast<uint64_t>(q - cur->base);  // in no mapping: a caller's bug; as before
+}
+
 Status MapSet::Flush(uint64_t offset, uint64_t length, bool sync) {
   std::lock_guard<std::mutex> lock(mu_);
   if (mappings_.empty()) return Status::Ok();

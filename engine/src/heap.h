@@ -58,6 +58,11 @@ class MapSet {
 
   // Maps the file so that at least `bytes` are covered.
   Status Cover(uint64_t bytes);
+  // The file offset of `p`, a pointer into any of the mappings. Pointers
+  // taken once and kept (the control page) lie in an older mapping than the
+  // newest once the file has been mapped again, so `p - Current()->base` is
+  // not the offset then.
+  uint64_t OffsetOf(const void* p);
   // Writes back a byte range through the newest mapping (see Mapping::Flush).
   Status Flush(uint64_t offset, uint64_t length, bool sync);
 
@@ -89,7 +94,7 @@ class Heap {
   Status SetWord(uint64_t offset, uint64_t value);
   Status SetWord(const uint64_t* p, uint64_t value) { return SetWord(OffsetOf(p), value); }
   Status SetWord(const std::atomic<uint64_t>* p, uint64_t value) { return SetWord(OffsetOf(p), value); }
-  uint64_t OffsetOf(const void* p) const { return static_cast<uint64_t>(static_cast<const uint8_t*>(p) - base()); }
+  uint64_t OffsetOf(const void* p) const { return maps_->OffsetOf(p); }
   // Starts a write: records the control-page counters once, so the write may
   // change them freely afterwards. kInPlace: a write that changes no
   // structure, only bytes it saves with SaveRange, and change_seq.

@@ -16,6 +16,11 @@
 //    map snapshot is copied back, and its allocation map is used when its
 //    checksum still matches, else rebuilt from the table.
 // A read-only open never writes; when the file needs recovery it says so.
+//
+// A named shared-memory store ("shm:NAME") has no directory to publish a
+// finished file into, so it is built in place: the first writable opener
+// finds it empty and initializes it while holding the write lock, which
+// every other opener (Attach) takes before it reads anything.
 #include "hash.h"
 
 #include <algorithm>
@@ -92,6 +97,7 @@ Status StoreImpl::Open(std::string_view path_view, const Options& options, std::
     return Status(Code::kInvalidArgument, path + ": read_only and error_if_exists contradict each other");
   }
   if (options.lock_timeout.count() < 0) return Status(Code::kInvalidArgument, path + ": negative lock_timeout");
+  if (path.compare(0, kSharedPrefix.size(), kSharedPrefix) == 0) return OpenShared(path, options, out);
   FileSpec spec;
   spec.read_only = options.read_only;
   spec.mode = options.file_mode;
@@ -119,6 +125,57 @@ Status StoreImpl::Open(std::string_view path_view, const Options& options, std::
   }
   *out = std::move(impl);
   return Status::Ok();
+}
+
+Status StoreImpl::OpenShared(const std::string& path, const Options& options, std::unique_ptr<StoreImpl>* out) {
+  const std::string name = path.substr(kSharedPrefix.size());
+  FileSpec spec;
+  spec.read_only = options.read_only;
+  spec.mode = options.file_mode;
+  spec.create = options.create_if_missing && !options.read_only;
+  spec.exclusive = options.error_if_exists;
+  std::unique_ptr<File> file;
+  Status s = File::OpenShared(name, spec, &file);
+  if (s.IsNotFound()) {
+    return Status(Code::kNotFound, path + ": no such shared-memory store" +
+                                       (options.create_if_missing ? "" : " (and create_if_missing is off)"));
+  }
+  if (!s.ok()) return s;
+  std::unique_ptr<StoreImpl> impl(new StoreImpl(path, options));
+  impl->file_ = std::move(file);
+  if (!options.read_only) s = impl->InitializeIfEmpty();
+  if (s.ok()) s = impl->Attach();
+  if (!s.ok()) {
+    impl->ctl_ = nullptr;  // as in Open: a failed open changes nothing more
+    return s;
+  }
+  *out = std::move(impl);
+  return Status::Ok();
+}
+
+Status StoreImpl::InitializeIfEmpty() {
+  uint64_t size = 0;
+  Status s = file_->Size(&size);
+  if (!s.ok() || size != 0) return s;
+  // Empty: new. Initialize under the write lock, checking again under it
+  // (another process may have been first).
+  LockManager init_lock(file_.get(), options_.lock_timeout);
+  s = init_lock.LockWrite();
+  if (!s.ok()) return s;
+  s = file_->Size(&size);
+  if (s.ok() && size == 0) {
+    s = InitializeNew(options_.initial_capacity);
+    if (s.ok()) s = file_->Sync();
+    // Attach maps and validates the store again, as any opener does.
+    table_.reset();
+    heap_.reset();
+    maps_.reset();
+    ctl_ = nullptr;
+    // A half-built store must not be taken for a damaged one: back to empty.
+    if (!s.ok()) file_->Truncate(0).IgnoreError();
+  }
+  init_lock.UnlockWrite(false);
+  return s;
 }
 
 Status StoreImpl::CreateNew(const std::string& path, const Options& options) {

@@ -59,6 +59,14 @@ Status Store::Open(std::string_view path, const Options& options, Store* store) 
   return s;
 }
 
+Status Store::RemoveShared(std::string_view name) {
+  std::string_view bare = name;
+  if (bare.substr(0, internal::kSharedPrefix.size()) == internal::kSharedPrefix) {
+    bare.remove_prefix(internal::kSharedPrefix.size());
+  }
+  return internal::File::RemoveShared(std::string(bare));
+}
+
 Status Store::Close() {
   if (!impl_) return Status::Ok();
   Status s = impl_->Close();

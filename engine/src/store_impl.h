@@ -38,6 +38,9 @@
 
 namespace mapkv::internal {
 
+// A store path with this prefix names a shared-memory store (Store::Open).
+inline constexpr std::string_view kSharedPrefix = "shm:";
+
 // `key` quoted for a message: printable ASCII as is, other bytes as \xNN,
 // at most 64 bytes shown.
 std::string DescribeKey(std::string_view key);
@@ -80,6 +83,10 @@ class StoreImpl {
 
   // open.cc
   static Status CreateNew(const std::string& path, const Options& options);
+  // Opens a named shared-memory store ("shm:NAME"), initializing it in
+  // place when it is new (empty).
+  static Status OpenShared(const std::string& path, const Options& options, std::unique_ptr<StoreImpl>* out);
+  Status InitializeIfEmpty();
   Status Attach();
   Status ChooseMeta(const format::MetaPage** meta) const;
   Status ValidateControl() const;

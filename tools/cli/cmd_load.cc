@@ -3,6 +3,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#ifndef O_CLOEXEC
+#define O_CLOEXEC 0  // Windows: handles are not inherited unless asked
+#endif
+#ifndef O_BINARY
+#define O_BINARY 0  // POSIX: no text mode
+#endif
+
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <cerrno>
@@ -190,7 +197,7 @@ int RunLoad(const LoadOptions& o) {
   const std::string input_name = from_stdin ? "<stdin>" : o.input;
   int fd = STDIN_FILENO;
   if (!from_stdin) {
-    fd = ::open(o.input.c_str(), O_RDONLY | O_CLOEXEC);
+    fd = ::open(o.input.c_str(), O_RDONLY | O_BINARY | O_CLOEXEC);
     if (fd < 0) {
       PrintError(o.input, "cannot open: " + ErrnoText(errno));
       return kExitStore;

@@ -1,14 +1,10 @@
 // json_lines.cc: see json_lines.h.
 #include "json_lines.h"
 
-#include <simdjson.h>
-
 #include "mapkv/store.h"
 #include "text.h"
 
 namespace mapkv::cli {
-
-static_assert(kJsonLinePadding == simdjson::SIMDJSON_PADDING, "kJsonLinePadding must match simdjson");
 
 void AppendJsonLine(std::string* out, std::string_view key, std::string_view value) {
   if (IsValidUtf8(key)) {
@@ -30,36 +26,28 @@ void AppendJsonLine(std::string* out, std::string_view key, std::string_view val
   out->append("}\n");
 }
 
-JsonLineParser::JsonLineParser() : parser_(std::make_unique<simdjson::dom::parser>()) {}
+JsonLineParser::JsonLineParser() = default;
 JsonLineParser::~JsonLineParser() = default;
 
 bool JsonLineParser::Parse(std::string_view line, std::string_view* key, std::string_view* value, std::string* error) {
-  simdjson::dom::element doc;
-  if (auto err = parser_->parse(line.data(), line.size(), /*realloc_if_needed=*/false).get(doc)) {
-    *error = std::string("not valid JSON: ") + simdjson::error_message(err);
-    return false;
-  }
-  simdjson::dom::object obj;
-  if (doc.get_object().get(obj)) {
-    *error = "not a JSON object";
-    return false;
-  }
+  if (!parser_.Parse(line, &fields_, error)) return false;
   // Which of the fields were seen: key, key_base64, value, value_base64.
   bool seen[4] = {false, false, false, false};
   static constexpr std::string_view kNames[4] = {"key", "key_base64", "value", "value_base64"};
   std::string_view text[4];
-  for (auto field : obj) {
+  for (const JsonField& field : fields_) {
     int i = 0;
-    while (i < 4 && field.key != kNames[i]) ++i;
+    while (i < 4 && field.name != kNames[i]) ++i;
     if (i == 4) {
-      *error = "unknown field \"" + Escaped(field.key) + "\"";
+      *error = "unknown field \"" + Escaped(field.name) + "\"";
       return false;
     }
     if (seen[i]) {
       *error = "field \"" + std::string(kNames[i]) + "\" given twice";
       return false;
     }
-    if (field.value.get_string().get(text[i])) {
+    text[i] = field.text;
+    if (!field.is_string) {
       *error = "field \"" + std::string(kNames[i]) + "\" is not a string";
       return false;
     }

@@ -2,7 +2,8 @@
 //
 // One pair per line: {"key": "...", "value": "..."}, each as a JSON string
 // when it is valid UTF-8, else as "key_base64" / "value_base64" holding its
-// standard base64. Writing is by hand (text.h); reading uses simdjson.
+// standard base64. Writing is by hand (text.h); reading goes through
+// JsonFields (json_fields.h: simdjson, or nlohmann-json on Windows).
 #ifndef MAPKV_TOOLS_CLI_JSON_LINES_H_
 #define MAPKV_TOOLS_CLI_JSON_LINES_H_
 
@@ -10,10 +11,9 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <vector>
 
-namespace simdjson::dom {
-class parser;
-}  // namespace simdjson::dom
+#include "json_fields.h"
 
 namespace mapkv::cli {
 
@@ -40,7 +40,8 @@ class JsonLineParser {
   bool Parse(std::string_view line, std::string_view* key, std::string_view* value, std::string* error);
 
  private:
-  std::unique_ptr<simdjson::dom::parser> parser_;
+  JsonFields parser_;
+  std::vector<JsonField> fields_;
   std::string key_bytes_;    // decoded key_base64
   std::string value_bytes_;  // decoded value_base64
 };

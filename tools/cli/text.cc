@@ -1,7 +1,9 @@
 // text.cc: see text.h.
 #include "text.h"
 
+#ifdef MAPKV_CLI_SIMDJSON
 #include <simdjson.h>
+#endif
 
 #include <array>
 #include <cstdint>
@@ -48,7 +50,19 @@ void AppendHexByte(std::string* out, uint8_t c) {
 
 }  // namespace
 
+#ifdef MAPKV_CLI_SIMDJSON
 bool IsValidUtf8(std::string_view s) { return simdjson::validate_utf8(s.data(), s.size()); }
+#else
+// Without simdjson (the Windows build): byte by byte.
+bool IsValidUtf8(std::string_view s) {
+  for (size_t i = 0; i < s.size();) {
+    const size_t n = Utf8SequenceLength(s, i);
+    if (n == 0) return false;
+    i += n;
+  }
+  return true;
+}
+#endif
 
 // True when one of the 8 bytes of `w` is '"', '\\' or below 0x20 (exact).
 inline bool WordNeedsJsonEscape(uint64_t w) {

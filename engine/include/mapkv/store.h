@@ -118,7 +118,21 @@ class Store {
   // kInvalidArgument (bad options, error_if_exists, a directory), kCorruption
   // (not a store, damaged header), kVersionTooNew, kPermissionDenied,
   // kIoError, kNoSpace, kBusy.
+  //
+  // A path "shm:NAME" names a shared-memory store instead of a file: shared
+  // by every process that opens the same name, with no file behind it (POSIX
+  // shared memory, shm_open, on Linux; a paging-file-backed section
+  // "Local\mapkv-NAME" on Windows). It does not survive a reboot; on Windows
+  // it also disappears when the last process that has it open closes it.
+  // Same API, same format, same locking as a file store.
   static Status Open(std::string_view path, const Options& options, Store* store);
+
+  // Removes the named shared-memory store "shm:NAME" (or just NAME). On
+  // Linux, handles still open keep working and the name is free at once; on
+  // Windows the store lives while a process has it open, so this fails with
+  // kBusy then (it only removes the store's lock file otherwise). kNotFound
+  // when there is no such store.
+  static Status RemoveShared(std::string_view name);
 
   Store();
   ~Store();  // Close()s, ignoring its status
