@@ -134,6 +134,7 @@ Status StoreImpl::Check(CheckReport* report) const {
       claim(ctl_->snapshot_slot_offset[i], ctl_->snapshot_slot_bytes[i], "page map snapshot " + std::to_string(i));
     }
   }
+  if (ctl_->ring_capacity != 0) claim(ctl_->ring_offset, ctl_->ring_capacity * kChangeEntrySize, "change ring");
   TableReader r = ReaderSnapshot();
   const uint32_t* pm = reinterpret_cast<const uint32_t*>(base + r.pagemap);
   for (uint64_t p = 0; p < r.slots() / kSlotsPerPage; ++p) {

@@ -172,18 +172,22 @@ struct alignas(64) ControlPage {
   std::atomic<uint64_t> table_shift;     // log2(slots)
   std::atomic<uint64_t> pagemap_offset;  // live page map: u32 physical page per logical page
   std::atomic<uint64_t> entries;
-  std::atomic<uint64_t> change_seq;      // advanced by every committed change
-  std::atomic<uint64_t> reserved_line0;  // 0 in v1
-  std::atomic<uint32_t> seq_waiters;     // readers waiting for seq to turn even (futex)
-  std::atomic<uint32_t> seq_wake;        // futex word bumped when a writer ends and seq_waiters > 0
+  std::atomic<uint64_t> change_seq;  // advanced by every change, inside its write (undo-logged)
+  // change_seq as of the last committed write: what watchers read. Stored
+  // after the commit while `seq` is still odd, so a writer killed between
+  // its commit and this store is finished by recovery (which sets it from
+  // change_seq); readers never see a change that is later rolled back.
+  std::atomic<uint64_t> change_published;
+  std::atomic<uint32_t> seq_waiters;  // readers waiting for seq to turn even (futex)
+  std::atomic<uint32_t> seq_wake;     // futex word bumped when a writer ends and seq_waiters > 0
   // -- cache line 1: lock coordination and change notification
   alignas(64) std::atomic<uint32_t> reserved_line1;  // 0 in v1
   std::atomic<uint32_t> lock_released;               // the holder bumps it and wakes on release
   std::atomic<uint64_t> writer_pid;                  // pid of the process holding the write lock (0: none)
   std::atomic<uint32_t> lock_waiters;                // processes waiting for the file lock (wake on release)
   std::atomic<uint32_t> writers_waiting;             // writers waiting: new readers hold back (no starvation)
-  std::atomic<uint32_t> change_waiters;
-  std::atomic<uint32_t> change_futex;  // low 32 bits of change_seq, for WaitForChange
+  std::atomic<uint32_t> change_waiters;              // processes in WaitForChange (each holds kChangeWaiterByte shared)
+  std::atomic<uint32_t> change_futex;  // bumped and woken by a writer that publishes while change_waiters > 0
   // -- cache line 2+: writer state (read and written under the write lock)
   alignas(64) uint64_t magic;  // kControlMagic
   uint64_t hash_seed;
@@ -200,11 +204,15 @@ struct alignas(64) ControlPage {
   uint64_t pagemap_bytes;  // bytes of the live page map extent
   uint64_t snapshot_slot_offset[2];
   uint64_t snapshot_slot_bytes[2];
-  uint64_t ring_offset;
-  uint64_t ring_capacity;
+  uint64_t ring_offset;              // change ring extent (0: none yet)
+  uint64_t ring_capacity;            // ChangeEntry slots
   std::atomic<uint64_t> undo_count;  // entries of the running write; 0: none in progress
   uint64_t undo_chain;               // first UndoChunk of the running write past the fixed log (0: none)
-  uint64_t reserved[23];
+  // Changes with a sequence number <= ring_floor are not in the ring (made
+  // before it existed, or before a recovery from a checkpoint): a watcher
+  // behind it must rescan.
+  uint64_t ring_floor;
+  uint64_t reserved[22];
 };
 static_assert(sizeof(ControlPage) <= kPageSize, "control page fits one page");
 static_assert(std::atomic<uint64_t>::is_always_lock_free, "shared atomics must be lock-free");
@@ -243,6 +251,39 @@ struct UndoChunk {
   uint64_t capacity;  // entries that follow this header
 };
 static_assert(sizeof(UndoChunk) == kUndoEntrySize, "a chunk header takes the place of one entry");
+
+// ---- change ring (watch) -------------------------------------------------------
+// A bounded ring of the newest changes, in one heap extent of ring_capacity
+// entries of 64 bytes (page-aligned; capacity a multiple of 64, so the extent
+// is whole pages). The change with sequence number s lives in slot
+// (s - 1) % ring_capacity, so the ring needs no head of its own: the control
+// page's change_seq is its head, restored with it by a rollback.
+//
+// A write fills the entries of its changes in slots past the committed head,
+// overwriting the oldest entries, with no undo: a rolled-back write leaves
+// its entries past the restored head (never read: readers stop at
+// change_published) and the oldest entries it overwrote are lost, which a
+// reader sees as a sequence mismatch and reports as "rescan". Each entry is
+// its own seqlock: `seq` is 0 while its writer fills it and is stored last,
+// so a reader copies the entry, re-reads `seq`, and keeps the copy only when
+// both reads give the sequence number it wanted.
+inline constexpr uint64_t kChangeKeyBytes = 40;  // a longer key keeps its first 40 bytes and its hash
+inline constexpr uint8_t kChangePut = 1;
+inline constexpr uint8_t kChangeErase = 2;
+inline constexpr uint8_t kChangeKeyTruncated = 1;                // flags bit: key_size > kChangeKeyBytes
+inline constexpr uint64_t kRingCapacityUnit = 64;                // capacity granularity (64 entries = one page)
+inline constexpr uint64_t kMaxRingCapacity = uint64_t{1} << 24;  // 1 GiB of ring
+struct ChangeEntry {
+  uint64_t seq;                  // sequence number of this change; 0 while being written
+  uint64_t key_hash;             // XXH3_64(key, seed = hash_seed), as the table hashes it
+  uint32_t key_size;             // bytes of the whole key
+  uint8_t op;                    // kChangePut or kChangeErase
+  uint8_t flags;                 // kChangeKeyTruncated
+  uint16_t reserved;             // 0
+  uint8_t key[kChangeKeyBytes];  // the key, or its first 40 bytes; zero-padded
+};
+static_assert(sizeof(ChangeEntry) == 64, "a change entry is one cache line");
+inline constexpr uint64_t kChangeEntrySize = sizeof(ChangeEntry);
 
 }  // namespace mapkv::internal::format
 

@@ -48,6 +48,9 @@ inline constexpr uint64_t kPresenceByte = 1;  // held shared by every open handl
 // Held shared by every process counted in ctl->lock_waiters while it waits;
 // whoever can take it exclusively knows that no counted waiter is alive.
 inline constexpr uint64_t kWaiterByte = 2;
+// Held shared by every process counted in ctl->change_waiters (WaitForChange,
+// watch.cc) while it is counted, for the same repair.
+inline constexpr uint64_t kChangeWaiterByte = 3;
 
 // A reader-writer lock for the threads of one process that lets a waiting
 // writer in before newly arriving readers.

@@ -80,6 +80,11 @@ std::string MetaProblem(const MetaPage& m, uint64_t file_size, bool* newer_versi
     return "heap end out of file";
   }
   if (m.entries >= (uint64_t{1} << m.table_shift)) return "more entries than slots";
+  if (m.ring_capacity != 0 &&
+      (m.ring_capacity > kMaxRingCapacity || m.ring_capacity % kRingCapacityUnit != 0 ||
+       m.ring_offset % kPageSize != 0 || !in_file(m.ring_offset, m.ring_capacity * kChangeEntrySize))) {
+    return "change ring out of file";
+  }
   return "";
 }
 
@@ -97,6 +102,11 @@ Status StoreImpl::Open(std::string_view path_view, const Options& options, std::
     return Status(Code::kInvalidArgument, path + ": read_only and error_if_exists contradict each other");
   }
   if (options.lock_timeout.count() < 0) return Status(Code::kInvalidArgument, path + ": negative lock_timeout");
+  if (options.change_ring_capacity > kMaxRingCapacity) {
+    return Status(Code::kInvalidArgument, path + ": change_ring_capacity " +
+                                              std::to_string(options.change_ring_capacity) + " is over the limit of " +
+                                              std::to_string(kMaxRingCapacity) + " entries");
+  }
   if (path.compare(0, kSharedPrefix.size(), kSharedPrefix) == 0) return OpenShared(path, options, out);
   FileSpec spec;
   spec.read_only = options.read_only;
@@ -307,6 +317,12 @@ Status StoreImpl::ValidateControl() const {
   }
   if (ctl_->heap_end > fs) return bad("heap end out of file");
   if (ctl_->entries.load() >= (uint64_t{1} << shift)) return bad("more entries than slots");
+  const uint64_t ring_cap = ctl_->ring_capacity;
+  if (ring_cap != 0 &&
+      (ring_cap > kMaxRingCapacity || ring_cap % kRingCapacityUnit != 0 || ctl_->ring_offset % kPageSize != 0 ||
+       !in_file(ctl_->ring_offset, ring_cap * kChangeEntrySize))) {
+    return bad("change ring out of file");
+  }
   // Every undo entry must stay inside the file and the allocation map.
   return heap_->ValidateLog();
 }
@@ -394,6 +410,12 @@ Status StoreImpl::Attach() {
       s = RecoverKilledWriter();
       if (!s.ok()) return s;
     }
+    if (!read_only_ && ctl_->change_published.load() != ctl_->change_seq.load()) {
+      // Last written by an engine that did not publish changes (or by none
+      // since the ring fields were zero): what it changed is in no ring.
+      ctl_->ring_floor = ctl_->change_seq.load();
+      ctl_->change_published.store(ctl_->change_seq.load());
+    }
     if (newest_damaged && !read_only_) {
       // The live state is intact in this boot: a checkpoint now writes a good
       // newest meta page again (into the other slot).
@@ -426,6 +448,16 @@ Status StoreImpl::RecoverKilledWriter() {
     ctl_->dirty = 0;
     ctl_->release_pending = 0;
   }
+  // A writer killed after its commit, before it published its changes
+  // (the seqlock was still odd): publish them now. After a rollback the two
+  // are equal already.
+  if (ctl_->change_published.load() != ctl_->change_seq.load()) {
+    ctl_->change_published.store(ctl_->change_seq.load(), std::memory_order_seq_cst);
+    if (ctl_->change_waiters.load() > 0) {
+      ctl_->change_futex.fetch_add(1);
+      WakeWord(&ctl_->change_futex);
+    }
+  }
   uint64_t seq = ctl_->seq.load();
   if (seq & 1) ctl_->seq.store(seq + 1, std::memory_order_release);
   return Status::Ok();
@@ -450,7 +482,8 @@ Status StoreImpl::RecoverFromCheckpoint(const MetaPage& meta) {
   ctl_->pagemap_offset.store(meta.pagemap_offset);
   ctl_->entries.store(meta.entries);
   ctl_->change_seq.store(meta.change_seq);
-  ctl_->reserved_line0.store(0);
+  ctl_->change_published.store(meta.change_seq);
+  ctl_->change_waiters.store(0);  // no process of an earlier boot waits
   ctl_->reserved_line1.store(0);
   ctl_->writer_pid.store(0);
   ctl_->lock_waiters.store(0);
@@ -470,6 +503,10 @@ Status StoreImpl::RecoverFromCheckpoint(const MetaPage& meta) {
   }
   ctl_->ring_offset = meta.ring_offset;
   ctl_->ring_capacity = meta.ring_capacity;
+  // Ring entries after the checkpoint may be lost or torn, and sequence
+  // numbers after it are handed out again: nothing before this point is
+  // served (a watcher that kept a sequence number across the reboot rescans).
+  ctl_->ring_floor = meta.change_seq;
   std::memcpy(base + meta.pagemap_offset, base + meta.snapshot_offset, ctl_->pagemap_bytes);
   if (heap_->ReleasedMapChecksum() == meta.alloc_checksum) {
     heap_->ReleaseAll();
@@ -507,7 +544,7 @@ Status StoreImpl::RebuildAllocMap() {
       mark(ctl_->snapshot_slot_offset[i], ctl_->snapshot_slot_bytes[i], "page map snapshot");
     }
   }
-  if (ctl_->ring_capacity != 0) mark(ctl_->ring_offset, ctl_->ring_capacity * 64, "change ring");
+  if (ctl_->ring_capacity != 0) mark(ctl_->ring_offset, ctl_->ring_capacity * kChangeEntrySize, "change ring");
   if (!bad.ok()) return bad;
   TableReader r = ReaderSnapshot();
   const uint32_t* pm = heap_->At<uint32_t>(r.pagemap);

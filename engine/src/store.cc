@@ -121,6 +121,14 @@ Status Store::Flush(FlushMode mode) { return impl_ ? impl_->Flush(mode) : Closed
 Status Store::GetStats(Stats* stats) const { return impl_ ? impl_->GetStats(stats) : Closed(); }
 Status Store::Check(CheckReport* report) const { return impl_ ? impl_->Check(report) : Closed(); }
 Status Store::Compact() { return impl_ ? impl_->Compact() : Closed(); }
+uint64_t Store::ChangeSeq() const { return impl_ ? impl_->ChangeSeq() : 0; }
+Status Store::WaitForChange(uint64_t since, std::chrono::milliseconds timeout, uint64_t* seq) const {
+  return impl_ ? impl_->WaitForChange(since, timeout, seq) : Closed();
+}
+Status Store::ChangesSince(uint64_t since, const ChangeFilter& filter, std::vector<Change>* out, uint64_t* next) const {
+  return impl_ ? impl_->ChangesSince(since, filter, out, next) : Closed();
+}
+uint64_t Store::KeyHash(std::string_view key) const { return impl_ ? impl_->KeyHash(key) : 0; }
 
 Status Store::ForEach(std::string_view prefix,
                       const std::function<bool(std::string_view, std::string_view)>& fn) const {
@@ -482,7 +490,8 @@ Status StoreImpl::ApplyPut(std::string_view key, std::string_view value) {
   SeqBegin();
   RecordRef old;
   bool replaced = false;
-  s = table_->Upsert(key, HashKey(key, seed_), g, &old, &replaced);
+  const uint64_t hash = HashKey(key, seed_);
+  s = table_->Upsert(key, hash, g, &old, &replaced);
   if (!s.ok()) return s;
   if (replaced) {
     s = heap_->Free(old.granule, old.granules());
@@ -490,8 +499,7 @@ Status StoreImpl::ApplyPut(std::string_view key, std::string_view value) {
     ctl_->live_bytes -= old.granules() * kGranule;
   }
   ctl_->live_bytes += RecordGranules(key.size(), value.size()) * kGranule;
-  ctl_->change_seq.store(ctl_->change_seq.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
-  return Status::Ok();
+  return RecordChange(kChangePut, key, hash);
 }
 
 bool StoreImpl::CanOverwriteInPlace(const Heap& heap, const RecordRef& rec, std::string_view value) {
@@ -517,20 +525,20 @@ Status StoreImpl::OverwriteInPlace(const RecordRef& rec, std::string_view value)
   std::memcpy(&h, p, sizeof h);
   h.checksum = RecordChecksum(h, p + kRecordHeaderSize);
   std::memcpy(p + offsetof(RecordHeader, checksum), &h.checksum, sizeof h.checksum);
-  ctl_->change_seq.store(ctl_->change_seq.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
-  return Status::Ok();
+  const std::string_view key(reinterpret_cast<const char*>(rec.key()), rec.key_size);
+  return RecordChange(kChangePut, key, HashKey(key, seed_), /*may_allocate=*/false);
 }
 
 Status StoreImpl::ApplyErase(std::string_view key, bool* found) {
   SeqBegin();
   RecordRef old;
-  Status s = table_->Erase(key, HashKey(key, seed_), found, &old);
+  const uint64_t hash = HashKey(key, seed_);
+  Status s = table_->Erase(key, hash, found, &old);
   if (!s.ok() || !*found) return s;
   s = heap_->Free(old.granule, old.granules());
   if (!s.ok()) return s;
   ctl_->live_bytes -= old.granules() * kGranule;
-  ctl_->change_seq.store(ctl_->change_seq.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
-  return Status::Ok();
+  return RecordChange(kChangeErase, key, hash);
 }
 
 Status StoreImpl::Put(std::string_view key, std::string_view value) {
@@ -633,7 +641,7 @@ Status StoreImpl::ReadModifyWrite(std::string_view key, Decide&& decide) {
   if (action == Store::UpdateAction::kPut) {
     s = CheckValue(path_, next);
     if (!s.ok()) return s;
-    if (current && CanOverwriteInPlace(*heap_, rec, next)) {
+    if (current && RingReady() && CanOverwriteInPlace(*heap_, rec, next)) {
       return RunWrite([&] { return OverwriteInPlace(rec, next); }, Heap::WriteScope::kInPlace);
     }
     return RunWrite([&] { return ApplyPut(key, next); });

@@ -6,6 +6,8 @@
 //   checkpoint.cc  synchronous flush: the meta page and its copy-on-write epoch
 //   check.cc       Check and GetStats
 //   compact.cc     Compact
+//   watch.cc       the change ring, publishing changes, waking and waiting
+//                  watchers (ChangeSeq, WaitForChange, ChangesSince)
 //
 // Reads are optimistic: a reader loads the control page's seqlock word, reads
 // the table and record without any lock, and accepts what it read only when
@@ -21,6 +23,7 @@
 #ifndef MAPKV_STORE_IMPL_H_
 #define MAPKV_STORE_IMPL_H_
 
+#include <chrono>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -71,6 +74,12 @@ class StoreImpl {
   Status Check(CheckReport* report) const;
   Status Compact();
 
+  // watch.cc
+  uint64_t ChangeSeq() const;
+  Status WaitForChange(uint64_t since, std::chrono::milliseconds timeout, uint64_t* seq) const;
+  Status ChangesSince(uint64_t since, const ChangeFilter& filter, std::vector<Change>* out, uint64_t* next) const;
+  uint64_t KeyHash(std::string_view key) const;
+
   // Read guard support: the caller holds the read lock.
   Status LockRead() const;
   void UnlockRead() const;
@@ -105,6 +114,19 @@ class StoreImpl {
 
   // checkpoint.cc
   Status Checkpoint();
+
+  // watch.cc, inside a write: counts one change (change_seq + 1) and writes
+  // its entry into the change ring, allocating the ring first when the
+  // store has none yet and `may_allocate` (not in an in-place write scope).
+  Status RecordChange(uint8_t op, std::string_view key, uint64_t hash, bool may_allocate = true);
+  // True when an in-place write can record its change (the ring exists, or
+  // this handle keeps none).
+  bool RingReady() const { return ctl_->ring_capacity != 0 || options_.change_ring_capacity == 0; }
+  // After a commit (seq still odd): makes the write's changes visible to
+  // watchers (change_published = change_seq).
+  void PublishChanges();
+  // After SeqEnd: wakes sleeping watchers when one is counted.
+  void WakeWatchers();
 
   // store.cc
   Status CheckUsable() const;
@@ -145,6 +167,8 @@ class StoreImpl {
   format::ControlPage* ctl_ = nullptr;
   std::unique_ptr<Heap> heap_;
   std::unique_ptr<TableWriter> table_;
+  bool wake_pending_ = false;   // PublishChanges advanced change_published; WakeWatchers to run
+  uint64_t watcher_wakes_ = 0;  // wakes issued by this handle (under the write lock): paces the repair
 };
 
 template <typename Body>
@@ -154,10 +178,12 @@ Status StoreImpl::RunWrite(Body&& body, Heap::WriteScope scope) {
   if (s.ok()) {
     ctl_->dirty = 1;
     heap_->Commit();
+    PublishChanges();
   } else {
     heap_->Rollback();
   }
   SeqEnd();
+  WakeWatchers();
   return s;
 }
 

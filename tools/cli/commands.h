@@ -19,6 +19,7 @@ Command SetupStats(CLI::App& app);
 Command SetupCheck(CLI::App& app);
 Command SetupCompact(CLI::App& app);
 Command SetupRmShm(CLI::App& app);
+Command SetupWatch(CLI::App& app);
 
 }  // namespace mapkv::cli
 

@@ -33,12 +33,14 @@ int Main(int argc, char** argv) {
   app.footer(
       "Exit codes: 0 success; 1 key not found (get, del); 2 usage error (bad arguments, malformed load input);\n"
       "3 store error (no such file, not a store, corrupt, newer version, I/O error, permission, disk full,\n"
-      "  a value of the wrong size for `get --as` or `incr`).\n"
+      "  a value of the wrong size for `get --as` or `incr`; watch: fell behind the change ring).\n"
+      "watch: 1 when its --timeout passes before --count changes.\n"
       "FILE may also be shm:NAME, a named shared-memory store (no file; see `mapkv rm-shm`).\n"
       "Run `mapkv COMMAND --help` for a command's arguments.");
-  std::vector<Command> commands = {SetupCreate(app), SetupPut(app),   SetupGet(app),     SetupIncr(app),
-                                   SetupDel(app),    SetupKeys(app),  SetupDump(app),    SetupLoad(app),
-                                   SetupStats(app),  SetupCheck(app), SetupCompact(app), SetupRmShm(app)};
+  std::vector<Command> commands = {SetupCreate(app), SetupPut(app),     SetupGet(app),   SetupIncr(app),
+                                   SetupDel(app),    SetupKeys(app),    SetupDump(app),  SetupLoad(app),
+                                   SetupStats(app),  SetupCheck(app),   SetupCompact(app), SetupRmShm(app),
+                                   SetupWatch(app)};
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

@@ -52,6 +52,14 @@ struct Options {
   // and a later power cut cannot take back what this process wrote.
   // Default: true. Turn off for short-lived handles that must close fast.
   bool checkpoint_on_close = true;
+
+  // When the store gets its change ring: at the first write by an engine
+  // that keeps one (a new store's first put). Entries of the ring of recent
+  // changes that Store::ChangesSince reads (64 bytes each, rounded up to a
+  // multiple of 64 entries; at most 2^24). A watcher that falls more than
+  // this many changes behind gets kRescan. 0 keeps no ring (ChangeSeq and
+  // WaitForChange still work). Default: 16384 (1 MiB of file).
+  uint64_t change_ring_capacity = 16384;
 };
 
 // Per call: how Store::Write commits a batch.

@@ -30,6 +30,7 @@
 #ifndef MAPKV_STORE_H_
 #define MAPKV_STORE_H_
 
+#include <chrono>
 #include <cstdint>
 #include <cstring>
 #include <functional>
@@ -105,6 +106,37 @@ class WriteBatch {
   std::vector<Op> ops_;
   std::string data_;
   size_t bytes_ = 0;
+};
+
+// ---- watch: what Store::ChangesSince reports.
+enum class ChangeOp : uint8_t { kPut = 1, kErase = 2 };
+
+// Keys longer than this are kept in the change ring as their first
+// kChangeKeyBytes bytes, their size and their hash.
+inline constexpr size_t kChangeKeyBytes = 40;
+
+struct Change {
+  uint64_t seq = 0;  // the change sequence number after this change
+  ChangeOp op = ChangeOp::kPut;
+  // The key; when key_truncated, only its first kChangeKeyBytes bytes (the
+  // key was key_size bytes long, and key_hash tells it from others).
+  std::string key;
+  bool key_truncated = false;
+  uint32_t key_size = 0;
+  uint64_t key_hash = 0;  // the store's hash of the whole key (Store::KeyHash)
+};
+
+// Which changes ChangesSince returns: all, those of one key, or those of the
+// keys starting with a prefix. A prefix longer than kChangeKeyBytes also
+// matches a long key whose stored first bytes match it (never misses one,
+// may report a long key that differs further on: key_truncated says so).
+struct ChangeFilter {
+  enum class Kind : uint8_t { kAll, kKey, kPrefix };
+  Kind kind = Kind::kAll;
+  std::string text;
+  static ChangeFilter All() { return {}; }
+  static ChangeFilter Key(std::string_view key) { return {Kind::kKey, std::string(key)}; }
+  static ChangeFilter Prefix(std::string_view prefix) { return {Kind::kPrefix, std::string(prefix)}; }
 };
 
 class ReadGuard;
@@ -273,6 +305,36 @@ class Store {
   // readers keep reading, a kill leaves a valid store. Needs free disk space
   // for one more copy of the live data meanwhile. See docs/DESIGN.md.
   Status Compact();
+
+  // ---- watch: cross-process change notification (docs/DESIGN.md, "Watch").
+
+  // The change sequence number: advanced by one for every put and erase of
+  // every committed write (a batch of n operations advances it by n, all at
+  // once), in every process; persistent (checkpointed with the data). One
+  // load from the mapping: no lock, no system call. 0 for a closed handle.
+  uint64_t ChangeSeq() const;
+
+  // Blocks until ChangeSeq() differs from `since` (normally: has passed it),
+  // or `timeout` passes. Returns kOk with *seq (when given) set to the new
+  // sequence number, or kTimedOut (with *seq the unchanged one). Sleeps on a
+  // futex word of the shared mapping: no polling, no CPU while idle; a
+  // writer wakes sleepers only when one is counted, so a put with nobody
+  // waiting makes no system call. Needs a writable handle (the waiter counts
+  // itself in the file's control page): kNotSupported on a read-only one.
+  Status WaitForChange(uint64_t since, std::chrono::milliseconds timeout, uint64_t* seq = nullptr) const;
+
+  // Appends to *out (cleared first) the changes with a sequence number in
+  // (since, *next] that `filter` accepts, oldest first, where *next is the
+  // sequence number the ring was read up to (pass it as `since` next time).
+  // No lock. Returns kRescan when some change after `since` is no longer in
+  // the ring (the watcher fell more than Options::change_ring_capacity
+  // changes behind, or history was lost to a recovery): read the store
+  // afresh and go on from ChangeSeq(). kNotSupported when the store keeps
+  // no ring (created with change_ring_capacity = 0).
+  Status ChangesSince(uint64_t since, const ChangeFilter& filter, std::vector<Change>* out, uint64_t* next) const;
+
+  // The store's 64-bit hash of `key` (the Change::key_hash of its changes).
+  uint64_t KeyHash(std::string_view key) const;
 
  private:
   friend class ReadGuard;

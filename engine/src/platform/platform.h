@@ -126,6 +126,17 @@ Status FileIdentity(const std::string& path, std::array<uint64_t, 2>* id);
 // Works across processes when `word` lies in a shared mapping. May return
 // early (spuriously); callers re-check. Returns true when woken or changed,
 // false on timeout.
+//
+// Cross-process wake-up is required, not an optimisation: the lock waiters
+// (lock.cc) re-check every few milliseconds anyway, but WaitForChange
+// (watch.cc) sleeps for its whole timeout on ControlPage::change_futex and
+// relies on a writer in another process reaching it through WakeWord. A
+// backend whose native address wait is process-local (WaitOnAddress on
+// Windows) must implement both calls with a named kernel object derived
+// from the file and the word's offset (an event or semaphore), with the
+// same contract: WaitWord returns at once when *word != expected, a
+// WakeWord after a store to *word wakes every sleeper, spurious returns are
+// allowed.
 bool WaitWord(std::atomic<uint32_t>* word, uint32_t expected, std::chrono::microseconds timeout);
 // Wakes every waiter on `word`.
 void WakeWord(std::atomic<uint32_t>* word);

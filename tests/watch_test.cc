@@ -1,0 +1,545 @@
+// watch_test.cc: change notification (engine/src/watch.cc): the change
+// sequence, the change ring and its filters, waits and wake-ups across
+// processes, killed watchers and writers, growth, persistence and recovery.
+//
+// Bounds asserted (2-core machine shared with builds): an idle watcher waiting
+// 1 s uses under 10 ms of CPU; woken watchers return within 5 s of the put
+// (they return in microseconds; the bound only catches a lost wake-up, which
+// would leave them asleep until their 20 s timeout).
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "format.h"
+#include "platform/platform.h"
+#include "store_test_helpers.h"
+
+namespace mapkv::test {
+namespace {
+
+using namespace std::chrono_literals;
+
+#if defined(__SANITIZE_THREAD__)
+constexpr int kManyWatchers = 20;  // ThreadSanitizer processes take ~100 MiB each
+#else
+constexpr int kManyWatchers = 100;
+#endif
+
+bool Exists(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0;
+}
+
+bool WaitUntil(const std::function<bool()>& done, std::chrono::milliseconds limit = 20s) {
+  const auto deadline = Clock::now() + limit;
+  while (!done()) {
+    if (Clock::now() > deadline) return false;
+    std::this_thread::sleep_for(1ms);
+  }
+  return true;
+}
+
+// The control page of `path`, mapped shared: the live counts other processes see.
+class ControlView {
+ public:
+  explicit ControlView(const std::string& path) {
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    REQUIRE(fd >= 0);
+    mem_ = ::mmap(nullptr, internal::format::kControlOffset + 4096, PROT_READ, MAP_SHARED, fd, 0);
+    ::close(fd);
+    REQUIRE(mem_ != MAP_FAILED);
+  }
+  ~ControlView() { ::munmap(mem_, internal::format::kControlOffset + 4096); }
+  ControlView(const ControlView&) = delete;
+  ControlView& operator=(const ControlView&) = delete;
+  const internal::format::ControlPage* operator->() const {
+    return reinterpret_cast<const internal::format::ControlPage*>(static_cast<const uint8_t*>(mem_) +
+                                                                  internal::format::kControlOffset);
+  }
+
+ private:
+  void* mem_ = nullptr;
+};
+
+Options Ring(uint64_t capacity) {
+  Options o;
+  o.change_ring_capacity = capacity;
+  o.lock_timeout = 30s;
+  return o;
+}
+
+std::string Msg(uint64_t i) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "msg/%06llu", static_cast<unsigned long long>(i));
+  return buf;
+}
+
+// ---- children ---------------------------------------------------------------
+
+// args: path, n, ready file. Waits for the ready file, then puts Msg(1..n).
+int ProducerChild(const std::vector<std::string>& args) {
+  Store s;
+  if (!Store::Open(args[0], Ring(0), &s).ok()) return 3;  // the ring exists already: the option is not used
+  const uint64_t n = std::stoull(args[1]);
+  if (!WaitUntil([&] { return Exists(args[2]); })) return 4;
+  for (uint64_t i = 1; i <= n; ++i) {
+    if (!s.Put(Msg(i), std::to_string(i)).ok()) return 5;
+  }
+  return 0;
+}
+
+// args: path, since, timeout ms, result file. Waits for a change after
+// `since`; writes "<status code> <seq> <cpu us> <wall us>".
+int WaiterChild(const std::vector<std::string>& args) {
+  Store s;
+  if (!Store::Open(args[0], Ring(1024), &s).ok()) return 3;
+  struct rusage before {
+  }, after{};
+  ::getrusage(RUSAGE_SELF, &before);
+  const auto t0 = Clock::now();
+  uint64_t seq = 0;
+  Status st = s.WaitForChange(std::stoull(args[1]), std::chrono::milliseconds(std::stoll(args[2])), &seq);
+  const auto wall = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - t0).count();
+  ::getrusage(RUSAGE_SELF, &after);
+  auto us = [](const timeval& tv) { return int64_t{tv.tv_sec} * 1000000 + tv.tv_usec; };
+  const int64_t cpu = us(after.ru_utime) - us(before.ru_utime) + us(after.ru_stime) - us(before.ru_stime);
+  WriteFileBytes(args[3], std::to_string(static_cast<int>(st.code())) + " " + std::to_string(seq) + " " +
+                              std::to_string(cpu) + " " + std::to_string(wall));
+  return 0;
+}
+
+// args: path, bytes. Puts values of 64 KiB until the file has grown past `bytes`.
+int GrowerChild(const std::vector<std::string>& args) {
+  Store s;
+  if (!Store::Open(args[0], Ring(1024), &s).ok()) return 3;
+  const uint64_t target = std::stoull(args[1]);
+  auto size = [&] {  // not FileSize: its REQUIRE needs a running test
+    struct stat st {};
+    return ::stat(args[0].c_str(), &st) == 0 ? static_cast<uint64_t>(st.st_size) : 0;
+  };
+  for (uint64_t i = 0; size() < target; ++i) {
+    if (!s.Put("grow/" + std::to_string(i), std::string(64 * 1024, static_cast<char>('a' + i % 26))).ok()) return 4;
+  }
+  return 0;
+}
+
+// args: path, n. One batch of n puts of "dead/..." keys, without end (killed in it).
+int BatchChild(const std::vector<std::string>& args) {
+  Store s;
+  if (!Store::Open(args[0], Ring(1 << 17), &s).ok()) return 3;
+  for (;;) {
+    WriteBatch b;
+    for (uint64_t i = 0; i < std::stoull(args[1]); ++i) b.Put("dead/" + std::to_string(i), "v");
+    if (!s.Write(b).ok()) return 4;
+  }
+}
+
+const bool registered = RegisterChild("watch.producer", ProducerChild) && RegisterChild("watch.waiter", WaiterChild) &&
+                        RegisterChild("watch.grower", GrowerChild) && RegisterChild("watch.batch", BatchChild);
+
+struct WaitResult {
+  int code = -1;
+  uint64_t seq = 0;
+  int64_t cpu_us = -1;
+  int64_t wall_us = -1;
+};
+
+WaitResult ReadResult(const std::string& path) {
+  WaitResult r;
+  const std::string text = ReadFileBytes(path);
+  std::sscanf(text.c_str(), "%d %llu %lld %lld", &r.code, reinterpret_cast<unsigned long long*>(&r.seq),
+              reinterpret_cast<long long*>(&r.cpu_us), reinterpret_cast<long long*>(&r.wall_us));
+  return r;
+}
+
+// Reads all changes after `since` (which must all be in the ring).
+std::vector<Change> All(const Store& s, uint64_t since, const ChangeFilter& f = {}) {
+  std::vector<Change> out;
+  uint64_t next = 0;
+  Status st = s.ChangesSince(since, f, &out, &next);
+  REQUIRE_MESSAGE(st.ok(), st.ToString());
+  CHECK(next == s.ChangeSeq());
+  return out;
+}
+
+// ---- single process -----------------------------------------------------------
+
+TEST_CASE("watch: ChangeSeq counts every put and erase, a batch at once, and persists across reopen") {
+  REQUIRE(registered);
+  TempDir dir;
+  const std::string path = dir.File("s.mkv");
+  {
+    Store s = MustOpen(path);
+    CHECK(s.ChangeSeq() == 0);
+    REQUIRE(s.Put("a", "1").ok());
+    REQUIRE(s.Put("a", "2").ok());
+    CHECK(s.ChangeSeq() == 2);
+    CHECK(s.Erase("a").ok());
+    CHECK(s.Erase("a").code() == Code::kNotFound);  // no change: no sequence number
+    CHECK(s.ChangeSeq() == 3);
+    WriteBatch b;
+    for (int i = 0; i < 10; ++i) b.Put("b" + std::to_string(i), "v");
+    b.Erase("b0");
+    REQUIRE(s.Write(b).ok());
+    CHECK(s.ChangeSeq() == 14);
+    int64_t v = 0;
+    REQUIRE(s.Increment("n", 5, &v).ok());  // a new record
+    REQUIRE(s.Increment("n", 5, &v).ok());  // in place
+    CHECK(s.ChangeSeq() == 16);
+    const std::vector<Change> ch = All(s, 14);
+    REQUIRE(ch.size() == 2);
+    CHECK(ch[1].key == "n");
+    CHECK(ch[1].seq == 16);
+    Stats st;
+    REQUIRE(s.GetStats(&st).ok());
+    CHECK(st.change_seq == 16);
+  }
+  Store s = MustOpen(path);
+  CHECK(s.ChangeSeq() == 16);
+  // The ring persists too: the batch's changes are still readable.
+  const std::vector<Change> ch = All(s, 3);
+  REQUIRE(ch.size() == 13);
+  CHECK(ch[0].seq == 4);
+  CHECK(ch[0].key == "b0");
+  CHECK(ch[10].op == ChangeOp::kErase);
+  CHECK(ch[10].key == "b0");
+  CheckClean(s);  // Check knows the ring extent (no leak, no overlap)
+}
+
+TEST_CASE("watch: ChangesSince filters by key and prefix, keeps long keys as start and hash, and says rescan") {
+  TempDir dir;
+  const std::string path = dir.File("s.mkv");
+  Store s = MustOpen(path, Ring(100));  // rounded up to 128 entries
+  const std::string long_a = "long/" + std::string(60, 'a');
+  const std::string long_b = "long/" + std::string(60, 'a') + "b";  // same first 40 bytes
+  REQUIRE(s.Put("cfg", "1").ok());
+  REQUIRE(s.Put("cfg2", "1").ok());
+  REQUIRE(s.Put("user/1", "x").ok());
+  REQUIRE(s.Put(long_a, "x").ok());
+  REQUIRE(s.Put(long_b, "x").ok());
+  REQUIRE(s.Erase("cfg").ok());
+  REQUIRE(s.Put(std::string("\xff\x00k", 3), "bin").ok());
+
+  std::vector<Change> ch = All(s, 0, ChangeFilter::Key("cfg"));
+  REQUIRE(ch.size() == 2);
+  CHECK(ch[0].seq == 1);
+  CHECK(ch[0].op == ChangeOp::kPut);
+  CHECK(ch[1].seq == 6);
+  CHECK(ch[1].op == ChangeOp::kErase);
+  CHECK(All(s, 1, ChangeFilter::Key("cfg")).size() == 1);  // only after `since`
+  CHECK(All(s, 0, ChangeFilter::Prefix("cfg")).size() == 3);
+  CHECK(All(s, 0, ChangeFilter::Prefix("user/")).size() == 1);
+  CHECK(All(s, 0, ChangeFilter::Key(std::string("\xff\x00k", 3))).size() == 1);
+
+  // A long key: its first 40 bytes, size and hash; the exact-key filter tells
+  // the two long keys apart by size and hash.
+  ch = All(s, 0, ChangeFilter::Key(long_b));
+  REQUIRE(ch.size() == 1);
+  CHECK(ch[0].seq == 5);
+  CHECK(ch[0].key_truncated);
+  CHECK(ch[0].key == long_b.substr(0, kChangeKeyBytes));
+  CHECK(ch[0].key_size == long_b.size());
+  CHECK(ch[0].key_hash == s.KeyHash(long_b));
+  CHECK(All(s, 0, ChangeFilter::Key(long_a)).size() == 1);
+  CHECK(All(s, 0, ChangeFilter::Prefix("long/")).size() == 2);
+  // A prefix longer than what is kept matches both (conservative, flagged).
+  ch = All(s, 0, ChangeFilter::Prefix(long_a));
+  CHECK(ch.size() == 2);
+  CHECK(All(s, 0, ChangeFilter::Prefix("cfg2")).size() == 1);
+
+  // Past the ring's 128 entries, the oldest changes are gone: rescan.
+  for (int i = 0; i < 200; ++i) REQUIRE(s.Put("fill", std::to_string(i)).ok());
+  std::vector<Change> out;
+  uint64_t next = 0;
+  Status st = s.ChangesSince(0, {}, &out, &next);
+  CHECK(st.code() == Code::kRescan);
+  CHECK(st.message().find("no longer in the change ring") != std::string::npos);
+  CHECK(out.empty());
+  const uint64_t head = s.ChangeSeq();
+  CHECK(s.ChangesSince(head - 128, {}, &out, &next).ok());
+  CHECK(out.size() == 128);
+  CHECK(s.ChangesSince(head - 129, {}, &out, &next).code() == Code::kRescan);
+  CHECK(s.ChangesSince(head + 5, {}, &out, &next).code() == Code::kRescan);  // ahead of the store
+
+  // A store without a ring still counts and wakes, but cannot list.
+  Store none = MustOpen(dir.File("none.mkv"), Ring(0));
+  REQUIRE(none.Put("k", "v").ok());
+  CHECK(none.ChangeSeq() == 1);
+  CHECK(none.ChangesSince(0, {}, &out, &next).code() == Code::kNotSupported);
+}
+
+TEST_CASE("watch: WaitForChange times out, returns at once when behind, and needs a writable handle") {
+  TempDir dir;
+  const std::string path = dir.File("s.mkv");
+  Store s = MustOpen(path);
+  REQUIRE(s.Put("k", "v").ok());
+  uint64_t seq = 99;
+  const auto t0 = Clock::now();
+  Status st = s.WaitForChange(1, 200ms, &seq);
+  const double waited = SecondsSince(t0);
+  CHECK(st.code() == Code::kTimedOut);
+  CHECK(seq == 1);
+  CHECK(waited >= 0.19);
+  CHECK(waited < 5);
+  CHECK(s.WaitForChange(0, 10s, &seq).ok());  // already past: no wait
+  CHECK(seq == 1);
+  CHECK(s.WaitForChange(1, 0ms).code() == Code::kTimedOut);
+  CHECK(s.WaitForChange(1, -1ms).code() == Code::kInvalidArgument);
+  // A thread of the same process wakes it.
+  std::thread writer([&] {
+    std::this_thread::sleep_for(50ms);
+    CHECK(s.Put("k", "w").ok());
+  });
+  CHECK(s.WaitForChange(1, 20s, &seq).ok());
+  CHECK(seq == 2);
+  writer.join();
+  Options ro;
+  ro.read_only = true;
+  Store r = MustOpen(path, ro);
+  CHECK(r.ChangeSeq() == 2);
+  st = r.WaitForChange(2, 10ms);
+  CHECK(st.code() == Code::kNotSupported);
+  CHECK(st.message().find("read-only") != std::string::npos);
+  std::vector<Change> out;
+  uint64_t next = 0;
+  CHECK(r.ChangesSince(0, {}, &out, &next).ok());  // reading the ring needs no write access
+  CHECK(out.size() == 2);
+}
+
+TEST_CASE("watch: after a simulated reboot the sequence is the checkpoint's and older history says rescan") {
+  TempDir dir;
+  const std::string path = dir.File("s.mkv");
+  {
+    Options o;
+    o.checkpoint_on_close = false;
+    Store s = MustOpen(path, o);
+    for (int i = 0; i < 5; ++i) REQUIRE(s.Put("k" + std::to_string(i), "v").ok());
+    REQUIRE(s.Flush(FlushMode::kSync).ok());
+    for (int i = 5; i < 9; ++i) REQUIRE(s.Put("k" + std::to_string(i), "v").ok());
+    CHECK(s.ChangeSeq() == 9);
+  }
+  internal::SetBootIdForTesting({1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16});
+  {
+    Store s = MustOpen(path);
+    CHECK(s.ChangeSeq() == 5);  // the 4 puts after the checkpoint were lost with the "power"
+    std::vector<Change> out;
+    uint64_t next = 0;
+    CHECK(s.ChangesSince(2, {}, &out, &next).code() == Code::kRescan);
+    CHECK(s.ChangesSince(7, {}, &out, &next).code() == Code::kRescan);
+    CHECK(s.ChangesSince(5, {}, &out, &next).ok());
+    REQUIRE(s.Put("after", "v").ok());
+    const std::vector<Change> ch = All(s, 5);
+    REQUIRE(ch.size() == 1);
+    CHECK(ch[0].seq == 6);
+    CHECK(ch[0].key == "after");
+  }
+  internal::ResetBootIdForTesting();
+}
+
+// ---- processes ----------------------------------------------------------------
+
+TEST_CASE("concurrency: watch producer and consumer processes, 100,000 puts, every sequence in order") {
+  TempDir dir;
+  const std::string path = dir.File("s.mkv");
+  constexpr uint64_t kN = 100000;
+  Store s = MustOpen(path, Ring(1 << 17));
+  REQUIRE(s.Put("start", "").ok());
+  const uint64_t start = s.ChangeSeq();
+  const int pid = SpawnChild("watch.producer", {path, std::to_string(kN), dir.File("go")});
+  REQUIRE(pid > 0);
+  WriteFileBytes(dir.File("go"), "x");
+  uint64_t since = start, expect = start + 1, wakes = 0, timeouts = 0;
+  bool in_order = true;
+  std::vector<Change> out;
+  while (since < start + kN && timeouts < 30) {
+    uint64_t next = 0;
+    Status st = s.ChangesSince(since, {}, &out, &next);
+    REQUIRE_MESSAGE(st.ok(), st.ToString());
+    for (const Change& c : out) {
+      if (c.seq != expect || c.key != Msg(expect - start) || c.op != ChangeOp::kPut) {
+        in_order = false;
+        break;
+      }
+      ++expect;
+    }
+    if (!in_order) break;
+    since = next;
+    if (since < start + kN) {
+      st = s.WaitForChange(since, 1s);
+      timeouts += st.code() == Code::kTimedOut;
+      ++wakes;
+    }
+  }
+  CHECK(WaitChild(pid) == 0);
+  CHECK(in_order);
+  CHECK(expect == start + kN + 1);
+  MESSAGE("consumer read 100,000 changes in " << wakes << " wake-ups");
+
+  // A ring too small for a consumer that falls behind: a clear rescan.
+  const std::string small = dir.File("small.mkv");
+  Store t = MustOpen(small, Ring(64));
+  REQUIRE(t.Put("start", "").ok());
+  const uint64_t t0 = t.ChangeSeq();
+  const int pid2 = SpawnChild("watch.producer", {small, "1000", dir.File("go")});
+  CHECK(WaitChild(pid2) == 0);
+  uint64_t next = 0;
+  Status st = t.ChangesSince(t0, {}, &out, &next);
+  CHECK(st.code() == Code::kRescan);
+  CHECK(st.message().find("1000 changes since, the ring holds 64") != std::string::npos);
+  CHECK(next == t0 + 1000);
+}
+
+TEST_CASE("concurrency: watch an idle watcher waiting 1 s uses under 10 ms of CPU") {
+  TempDir dir;
+  const std::string path = dir.File("s.mkv");
+  Store s = MustOpen(path);
+  REQUIRE(s.Put("k", "v").ok());
+  const int pid = SpawnChild("watch.waiter", {path, "1", "1000", dir.File("r")});
+  REQUIRE(pid > 0);
+  REQUIRE(WaitChild(pid) == 0);
+  const WaitResult r = ReadResult(dir.File("r"));
+  CHECK(r.code == static_cast<int>(Code::kTimedOut));
+  CHECK(r.wall_us >= 990000);
+  CHECK(r.cpu_us >= 0);
+  CHECK(r.cpu_us < 10000);
+  MESSAGE("idle watcher: " << r.cpu_us << " us of CPU in " << r.wall_us << " us");
+}
+
+TEST_CASE("concurrency: watch a killed waiting watcher costs writers nothing and other watchers are still woken") {
+  TempDir dir;
+  const std::string path = dir.File("s.mkv");
+  Store s = MustOpen(path);
+  REQUIRE(s.Put("k", "v").ok());
+  ControlView ctl(path);
+  const int victim = SpawnChild("watch.waiter", {path, "1", "60000", dir.File("victim")});
+  const int other = SpawnChild("watch.waiter", {path, "1", "20000", dir.File("other")});
+  REQUIRE(victim > 0);
+  REQUIRE(other > 0);
+  REQUIRE(WaitUntil([&] { return ctl->change_waiters.load() == 2; }));  // both counted, asleep
+  ::kill(victim, SIGKILL);
+  CHECK(WaitChild(victim) == 128 + SIGKILL);
+  const auto t0 = Clock::now();
+  REQUIRE(s.Put("k", "w").ok());
+  CHECK(WaitChild(other) == 0);
+  const double woke = SecondsSince(t0);
+  const WaitResult r = ReadResult(dir.File("other"));
+  CHECK(r.code == 0);
+  CHECK(r.seq == 2);
+  CHECK(woke < 5);
+  // Writers go on; the dead watcher's count is repaired within a few dozen writes.
+  const auto t1 = Clock::now();
+  for (int i = 0; i < 200; ++i) REQUIRE(s.Put("k", std::to_string(i)).ok());
+  CHECK(SecondsSince(t1) < 5);
+  CHECK(s.ChangeSeq() == 202);
+  CHECK(ctl->change_waiters.load() == 0);  // the dead watcher's count, repaired
+  // A new watcher after that is woken as usual.
+  const int late = SpawnChild("watch.waiter", {path, "202", "20000", dir.File("late")});
+  REQUIRE(WaitUntil([&] { return ctl->change_waiters.load() == 1; }));
+  REQUIRE(s.Put("k", "late").ok());
+  CHECK(WaitChild(late) == 0);
+  CHECK(ReadResult(dir.File("late")).seq == 203);
+}
+
+TEST_CASE("concurrency: watch many watcher processes on one store are all woken by one put") {
+  TempDir dir;
+  const std::string path = dir.File("s.mkv");
+  Store s = MustOpen(path);
+  REQUIRE(s.Put("k", "v").ok());
+  std::vector<int> pids;
+  for (int i = 0; i < kManyWatchers; ++i) {
+    const int pid = SpawnChild("watch.waiter", {path, "1", "20000", dir.File("w" + std::to_string(i))});
+    REQUIRE(pid > 0);
+    pids.push_back(pid);
+  }
+  // Every watcher counted (asleep, or about to re-check and sleep) before the put.
+  ControlView ctl(path);
+  REQUIRE(WaitUntil([&] { return ctl->change_waiters.load() == static_cast<uint32_t>(kManyWatchers); }, 60s));
+  const auto t0 = Clock::now();
+  REQUIRE(s.Put("k", "go").ok());
+  int woken = 0;
+  for (int i = 0; i < kManyWatchers; ++i) {
+    CHECK(WaitChild(pids[static_cast<size_t>(i)]) == 0);
+    const WaitResult r = ReadResult(dir.File("w" + std::to_string(i)));
+    woken += r.code == 0 && r.seq == 2;
+  }
+  const double all = SecondsSince(t0);
+  CHECK(woken == kManyWatchers);
+  CHECK(all < 10);
+  MESSAGE(woken << " watcher processes woken; all exited " << all * 1000 << " ms after the put");
+}
+
+TEST_CASE("concurrency: watch a store that another process grows") {
+  TempDir dir;
+  const std::string path = dir.File("s.mkv");
+  Store s = MustOpen(path, Ring(1024));
+  REQUIRE(s.Put("start", "").ok());
+  const uint64_t before = FileSize(path);
+  const int pid = SpawnChild("watch.grower", {path, std::to_string(64ull << 20)});
+  REQUIRE(pid > 0);
+  uint64_t since = 1, seen = 0;
+  int status = -1;
+  bool values_ok = true;
+  std::vector<Change> out;
+  for (;;) {
+    Status st = s.WaitForChange(since, 200ms);
+    uint64_t next = 0;
+    st = s.ChangesSince(since, ChangeFilter::Prefix("grow/"), &out, &next);
+    REQUIRE_MESSAGE(st.ok(), st.ToString());
+    for (const Change& c : out) {
+      std::string v;
+      // The value lives past this process's mapping at first: Get maps more.
+      values_ok = values_ok && s.Get(c.key, &v).ok() && v.size() == 64 * 1024;
+      ++seen;
+    }
+    since = next;
+    if (::waitpid(pid, &status, WNOHANG) == pid) break;
+  }
+  CHECK(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 0);
+  uint64_t next = 0;
+  REQUIRE(s.ChangesSince(since, ChangeFilter::Prefix("grow/"), &out, &next).ok());
+  CHECK(values_ok);
+  CHECK(FileSize(path) > before + (60ull << 20));
+  CHECK(seen + out.size() == s.ChangeSeq() - 1);
+}
+
+TEST_CASE("concurrency: watch a writer killed inside a batch leaves no ring record") {
+  TempDir dir;
+  const std::string path = dir.File("s.mkv");
+  Store s = MustOpen(path, Ring(1 << 17));
+  for (int i = 0; i < 100; ++i) REQUIRE(s.Put("before/" + std::to_string(i), "v").ok());
+  const int pid = SpawnChild("watch.batch", {path, "50000"});
+  REQUIRE(pid > 0);
+  // Kill it inside a batch: once its first batch committed, while a later
+  // one has written part of its log (and of its ring entries).
+  ControlView ctl(path);
+  REQUIRE(WaitUntil([&] { return s.ChangeSeq() >= 100 + 50000; }));
+  REQUIRE(WaitUntil([&] { return ctl->undo_count.load() > 1000; }));
+  ::kill(pid, SIGKILL);
+  CHECK(WaitChild(pid) == 128 + SIGKILL);
+  const uint64_t committed = s.ChangeSeq();
+  CHECK((committed - 100) % 50000 == 0);  // whole batches only
+  REQUIRE(s.Put("after", "v").ok());      // recovers the killed writer first
+  CHECK(s.ChangeSeq() == committed + 1);
+  const std::vector<Change> ch = All(s, committed);
+  REQUIRE(ch.size() == 1);
+  CHECK(ch[0].key == "after");
+  // Entries behind the killed batch's slots are intact.
+  const std::vector<Change> first = All(s, 0, ChangeFilter::Prefix("before/"));
+  CHECK(first.size() == 100);
+  CheckClean(s);
+}
+
+}  // namespace
+}  // namespace mapkv::test
