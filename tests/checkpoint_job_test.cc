@@ -100,8 +100,8 @@ TEST_SUITE("crash") {
       last_offset = offset;
     }
     REQUIRE(Wait(StartJob({"run", input, state, output, "--every", every})) == 0);
-    MESSAGE("uninterrupted run " << reference_seconds << " s; 50 kills in a row (" << progressed
-                                 << " after progress, " << restarts << " restarts of the streak); "
+    MESSAGE("uninterrupted run " << reference_seconds << " s; 50 kills in a row (" << progressed << " after progress, "
+                                 << restarts << " restarts of the streak); "
                                  << "offset before the last run " << last_offset);
     CHECK(progressed >= 10);
     const std::string got = ReadFileBytes(output);

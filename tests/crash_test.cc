@@ -819,7 +819,8 @@ TEST_SUITE("crash") {
       BootIdGuard reboot(salt++);
       Store s = MustOpen(path);
       CheckClean(s);
-      CHECK_MESSAGE(Dump(s) == (newest ? after : before), v.what << (newest ? ": expected the new checkpoint" : ": expected the previous checkpoint"));
+      CHECK_MESSAGE(Dump(s) == (newest ? after : before),
+                    v.what << (newest ? ": expected the new checkpoint" : ": expected the previous checkpoint"));
       // And it takes writes again.
       REQUIRE(s.Put("post", "cut").ok());
       REQUIRE(s.Flush(FlushMode::kSync).ok());

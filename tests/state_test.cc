@@ -114,10 +114,12 @@ int BatchPastLimitChild(const std::vector<std::string>& args) {
   Store store;
   if (!Store::Open(args[0], {}, &store).ok()) return 3;
   Model before;
-  if (!store.ForEach("", [&](std::string_view k, std::string_view v) {
-             before.emplace(std::string(k), std::string(v));
-             return true;
-           })
+  if (!store
+           .ForEach("",
+                    [&](std::string_view k, std::string_view v) {
+                      before.emplace(std::string(k), std::string(v));
+                      return true;
+                    })
            .ok())
     return 4;
   Stats st;
@@ -136,10 +138,12 @@ int BatchPastLimitChild(const std::vector<std::string>& args) {
     return 8;
   }
   Model after;
-  if (!store.ForEach("", [&](std::string_view k, std::string_view v) {
-             after.emplace(std::string(k), std::string(v));
-             return true;
-           })
+  if (!store
+           .ForEach("",
+                    [&](std::string_view k, std::string_view v) {
+                      after.emplace(std::string(k), std::string(v));
+                      return true;
+                    })
            .ok())
     return 9;
   if (after != before) return 10;
@@ -176,8 +180,8 @@ int CounterChild(const std::vector<std::string>& args) {
   }
 }
 
-const bool registered = RegisterChild("counter", CounterChild) && RegisterChild("increment", IncrementChild) && RegisterChild("cas", CasChild) &&
-                        RegisterChild("batch-writer", BatchWriterChild) &&
+const bool registered = RegisterChild("counter", CounterChild) && RegisterChild("increment", IncrementChild) &&
+                        RegisterChild("cas", CasChild) && RegisterChild("batch-writer", BatchWriterChild) &&
                         RegisterChild("batch-past-limit", BatchPastLimitChild);
 
 }  // namespace
@@ -260,18 +264,22 @@ TEST_SUITE("state") {
   TEST_CASE("state: Update puts keeps or erases and is refused from inside itself") {
     TempDir dir;
     Store store = MustOpen(dir.File("s.mkv"));
-    REQUIRE(store.Update("list", [](std::optional<std::string_view> cur, std::string* next) {
-                   CHECK_FALSE(cur.has_value());
-                   *next = "a";
-                   return Store::UpdateAction::kPut;
-                 })
+    REQUIRE(store
+                .Update("list",
+                        [](std::optional<std::string_view> cur, std::string* next) {
+                          CHECK_FALSE(cur.has_value());
+                          *next = "a";
+                          return Store::UpdateAction::kPut;
+                        })
                 .ok());
     for (char c : std::string("bcd")) {
-      REQUIRE(store.Update("list", [c](std::optional<std::string_view> cur, std::string* next) {
-                     REQUIRE(cur.has_value());
-                     *next = std::string(*cur) + "," + c;
-                     return Store::UpdateAction::kPut;
-                   })
+      REQUIRE(store
+                  .Update("list",
+                          [c](std::optional<std::string_view> cur, std::string* next) {
+                            REQUIRE(cur.has_value());
+                            *next = std::string(*cur) + "," + c;
+                            return Store::UpdateAction::kPut;
+                          })
                   .ok());
     }
     std::string v;
@@ -280,10 +288,9 @@ TEST_SUITE("state") {
 
     Stats before, after;
     REQUIRE(store.GetStats(&before).ok());
-    REQUIRE(store.Update("list", [](std::optional<std::string_view>, std::string*) {
-                   return Store::UpdateAction::kKeep;
-                 })
-                .ok());
+    REQUIRE(
+        store.Update("list", [](std::optional<std::string_view>, std::string*) { return Store::UpdateAction::kKeep; })
+            .ok());
     REQUIRE(store.GetStats(&after).ok());
     CHECK(after.change_seq == before.change_seq);  // kKeep is not a change
 
@@ -300,23 +307,23 @@ TEST_SUITE("state") {
 
     // Writing to the same handle from inside the function would deadlock.
     Status inner;
-    REQUIRE(store.Update("list", [&](std::optional<std::string_view>, std::string*) {
-                   inner = store.Put("other", "y");
-                   return Store::UpdateAction::kKeep;
-                 })
+    REQUIRE(store
+                .Update("list",
+                        [&](std::optional<std::string_view>, std::string*) {
+                          inner = store.Put("other", "y");
+                          return Store::UpdateAction::kKeep;
+                        })
                 .ok());
     CHECK(inner.code() == Code::kUnsafeUse);
 
-    REQUIRE(store.Update("list", [](std::optional<std::string_view>, std::string*) {
-                   return Store::UpdateAction::kErase;
-                 })
-                .ok());
+    REQUIRE(
+        store.Update("list", [](std::optional<std::string_view>, std::string*) { return Store::UpdateAction::kErase; })
+            .ok());
     CHECK(store.Get("list", &v).IsNotFound());
     // Erase of an absent key through Update is a no-op.
-    REQUIRE(store.Update("list", [](std::optional<std::string_view>, std::string*) {
-                   return Store::UpdateAction::kErase;
-                 })
-                .ok());
+    REQUIRE(
+        store.Update("list", [](std::optional<std::string_view>, std::string*) { return Store::UpdateAction::kErase; })
+            .ok());
     CheckClean(store);
   }
 
@@ -659,13 +666,15 @@ TEST_SUITE("crash") {
       uint64_t version = 0;
       int seen = 0;
       bool same = true;
-      REQUIRE(store.ForEach("g", [&](std::string_view k, std::string_view v) {
-                     const uint64_t ver = std::stoull(std::string(v.substr(1, v.find(':') - 1)));
-                     if (seen++ == 0) version = ver;
-                     same &= ver == version;
-                     same &= v.substr(v.find(':') + 1, k.size() - 1) == k.substr(1);
-                     return true;
-                   })
+      REQUIRE(store
+                  .ForEach("g",
+                           [&](std::string_view k, std::string_view v) {
+                             const uint64_t ver = std::stoull(std::string(v.substr(1, v.find(':') - 1)));
+                             if (seen++ == 0) version = ver;
+                             same &= ver == version;
+                             same &= v.substr(v.find(':') + 1, k.size() - 1) == k.substr(1);
+                             return true;
+                           })
                   .ok());
       CAPTURE(round);
       CAPTURE(acked);

@@ -7,14 +7,13 @@
 // the structures claim: every claimed granule is allocated, no two structures
 // overlap, and nothing is allocated that no structure claims (a leak), except
 // space waiting for a checkpoint.
-#include "hash.h"
-
 #include <algorithm>
 #include <bit>
 #include <cstring>
 #include <string>
 #include <vector>
 
+#include "hash.h"
 #include "store_impl.h"
 
 namespace mapkv::internal {

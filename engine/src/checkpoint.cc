@@ -15,11 +15,10 @@
 //      the step, so a writer killed in it is finished by the next one).
 // Killed or cut before 3 completes, the previous meta page still describes a
 // complete state on disk.
-#include "hash.h"
-
 #include <cstddef>
 #include <cstring>
 
+#include "hash.h"
 #include "store_impl.h"
 
 namespace mapkv::internal {

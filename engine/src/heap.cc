@@ -1,12 +1,12 @@
 // heap.cc: mappings, undo log and allocator. See heap.h for the design.
 #include "heap.h"
 
-#include "hash.h"
-
 #include <algorithm>
 #include <bit>
 #include <cstring>
 #include <string>
+
+#include "hash.h"
 
 namespace mapkv::internal {
 

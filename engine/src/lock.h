@@ -125,7 +125,7 @@ class LockManager {
   // with rw_ held exclusively (a write, or the keeper releasing it), so
   // holders of rw_ read it without file_mu_.
   std::atomic<bool> sticky_{false};
-  std::atomic<bool> keeper_idle_{false};     // the keeper sleeps on keeper_cv_ (the lock is not sticky)
+  std::atomic<bool> keeper_idle_{false};  // the keeper sleeps on keeper_cv_ (the lock is not sticky)
   std::atomic<bool> keeper_started_{false};
   std::atomic<uint64_t> writes_{0};  // sticky writes so far; unchanged over kStickyIdle = idle
   const uint64_t pid_ = ProcessId();

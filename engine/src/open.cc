@@ -21,8 +21,6 @@
 // finished file into, so it is built in place: the first writable opener
 // finds it empty and initializes it while holding the write lock, which
 // every other opener (Attach) takes before it reads anything.
-#include "hash.h"
-
 #include <algorithm>
 #include <cstddef>
 #include <cstring>
@@ -30,6 +28,7 @@
 #include <string>
 #include <vector>
 
+#include "hash.h"
 #include "store_impl.h"
 
 namespace mapkv::internal {

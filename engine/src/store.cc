@@ -105,16 +105,15 @@ Status Store::Increment(std::string_view key, int64_t delta, int64_t* new_value)
   return impl_ ? impl_->Increment(key, delta, new_value) : Closed();
 }
 Status Store::Update(std::string_view key, const UpdateFn& fn) { return impl_ ? impl_->Update(key, fn) : Closed(); }
-Status Store::MultiGet(std::span<const std::string_view> keys,
-                       std::vector<std::optional<std::string>>* values) const {
+Status Store::MultiGet(std::span<const std::string_view> keys, std::vector<std::optional<std::string>>* values) const {
   return impl_ ? impl_->MultiGet(keys, values) : Closed();
 }
 
 Status Store::CheckTypedSize(std::string_view key, size_t actual, size_t expected, bool array) const {
   if (array ? actual % expected == 0 : actual == expected) return Status::Ok();
   return Status(Code::kWrongType, path() + ": the value of key " + internal::DescribeKey(key) + " is " +
-                                      std::to_string(actual) + " bytes, expected " +
-                                      (array ? "a multiple of " : "") + std::to_string(expected));
+                                      std::to_string(actual) + " bytes, expected " + (array ? "a multiple of " : "") +
+                                      std::to_string(expected));
 }
 uint64_t Store::size() const { return impl_ ? impl_->size() : 0; }
 Status Store::Flush(FlushMode mode) { return impl_ ? impl_->Flush(mode) : Closed(); }
@@ -657,55 +656,55 @@ Status StoreImpl::CompareAndSwap(std::string_view key, std::optional<std::string
     Status s = CheckValue(path_, *desired);
     if (!s.ok()) return s;
   }
-  return ReadModifyWrite(key, [&](std::optional<std::string_view> current, Store::UpdateAction* action,
-                                  std::string* next) {
-    if (current.has_value() != expected.has_value() || (current && *current != *expected)) {
-      if (actual != nullptr) *actual = current ? std::optional<std::string>(std::string(*current)) : std::nullopt;
-      return Status(Code::kAborted, path_ + ": compare-and-swap of key " + DescribeKey(key) + ": the value " +
-                                        (current ? "differs from the one expected" : "is absent") +
-                                        "; nothing changed");
-    }
-    if (desired) {
-      *action = Store::UpdateAction::kPut;
-      next->assign(*desired);
-    } else {
-      *action = Store::UpdateAction::kErase;
-    }
-    return Status::Ok();
-  });
+  return ReadModifyWrite(
+      key, [&](std::optional<std::string_view> current, Store::UpdateAction* action, std::string* next) {
+        if (current.has_value() != expected.has_value() || (current && *current != *expected)) {
+          if (actual != nullptr) *actual = current ? std::optional<std::string>(std::string(*current)) : std::nullopt;
+          return Status(Code::kAborted, path_ + ": compare-and-swap of key " + DescribeKey(key) + ": the value " +
+                                            (current ? "differs from the one expected" : "is absent") +
+                                            "; nothing changed");
+        }
+        if (desired) {
+          *action = Store::UpdateAction::kPut;
+          next->assign(*desired);
+        } else {
+          *action = Store::UpdateAction::kErase;
+        }
+        return Status::Ok();
+      });
 }
 
 Status StoreImpl::Increment(std::string_view key, int64_t delta, int64_t* new_value) {
-  return ReadModifyWrite(key, [&](std::optional<std::string_view> current, Store::UpdateAction* action,
-                                  std::string* next) {
-    int64_t value = 0;
-    if (current) {
-      if (current->size() != sizeof value) {
-        return Status(Code::kWrongType, path_ + ": the value of key " + DescribeKey(key) + " is " +
-                                            std::to_string(current->size()) +
-                                            " bytes, not an 8-byte counter; nothing changed");
-      }
-      std::memcpy(&value, current->data(), sizeof value);  // little-endian in the file and the host
-    }
-    int64_t sum;
-    if (__builtin_add_overflow(value, delta, &sum)) {
-      return Status(Code::kOutOfRange, path_ + ": incrementing key " + DescribeKey(key) + " (" +
-                                           std::to_string(value) + ") by " + std::to_string(delta) +
-                                           " overflows a signed 64-bit counter; nothing changed");
-    }
-    next->assign(reinterpret_cast<const char*>(&sum), sizeof sum);
-    *action = Store::UpdateAction::kPut;
-    if (new_value != nullptr) *new_value = sum;
-    return Status::Ok();
-  });
+  return ReadModifyWrite(
+      key, [&](std::optional<std::string_view> current, Store::UpdateAction* action, std::string* next) {
+        int64_t value = 0;
+        if (current) {
+          if (current->size() != sizeof value) {
+            return Status(Code::kWrongType, path_ + ": the value of key " + DescribeKey(key) + " is " +
+                                                std::to_string(current->size()) +
+                                                " bytes, not an 8-byte counter; nothing changed");
+          }
+          std::memcpy(&value, current->data(), sizeof value);  // little-endian in the file and the host
+        }
+        int64_t sum;
+        if (__builtin_add_overflow(value, delta, &sum)) {
+          return Status(Code::kOutOfRange, path_ + ": incrementing key " + DescribeKey(key) + " (" +
+                                               std::to_string(value) + ") by " + std::to_string(delta) +
+                                               " overflows a signed 64-bit counter; nothing changed");
+        }
+        next->assign(reinterpret_cast<const char*>(&sum), sizeof sum);
+        *action = Store::UpdateAction::kPut;
+        if (new_value != nullptr) *new_value = sum;
+        return Status::Ok();
+      });
 }
 
 Status StoreImpl::Update(std::string_view key, const Store::UpdateFn& fn) {
-  return ReadModifyWrite(key, [&](std::optional<std::string_view> current, Store::UpdateAction* action,
-                                  std::string* next) {
-    *action = fn(current, next);
-    return Status::Ok();
-  });
+  return ReadModifyWrite(key,
+                         [&](std::optional<std::string_view> current, Store::UpdateAction* action, std::string* next) {
+                           *action = fn(current, next);
+                           return Status::Ok();
+                         });
 }
 
 MAPKV_OPTIMISTIC Status StoreImpl::MultiGet(std::span<const std::string_view> keys,

@@ -29,8 +29,8 @@
 #include <optional>
 #include <span>
 #include <string>
-#include <vector>
 #include <string_view>
+#include <vector>
 
 #include "format.h"
 #include "heap.h"

@@ -1,11 +1,10 @@
 // table.cc: Robin Hood hash table over the page map. See table.h.
 #include "table.h"
 
-#include "hash.h"
-
 #include <cstring>
 #include <string>
 
+#include "hash.h"
 #include "mapkv/store.h"
 #include "racy.h"
 

@@ -37,10 +37,9 @@ int Main(int argc, char** argv) {
       "watch: 1 when its --timeout passes before --count changes.\n"
       "FILE may also be shm:NAME, a named shared-memory store (no file; see `mapkv rm-shm`).\n"
       "Run `mapkv COMMAND --help` for a command's arguments.");
-  std::vector<Command> commands = {SetupCreate(app), SetupPut(app),     SetupGet(app),   SetupIncr(app),
-                                   SetupDel(app),    SetupKeys(app),    SetupDump(app),  SetupLoad(app),
-                                   SetupStats(app),  SetupCheck(app),   SetupCompact(app), SetupRmShm(app),
-                                   SetupWatch(app)};
+  std::vector<Command> commands = {SetupCreate(app),  SetupPut(app),   SetupGet(app),  SetupIncr(app),  SetupDel(app),
+                                   SetupKeys(app),    SetupDump(app),  SetupLoad(app), SetupStats(app), SetupCheck(app),
+                                   SetupCompact(app), SetupRmShm(app), SetupWatch(app)};
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

@@ -87,7 +87,7 @@ class WriteBatch {
   void Erase(std::string_view key);
   // A trivially copyable value, stored as its bytes (see Store::PutValue).
   template <typename T>
-    requires std::is_trivially_copyable_v<T>
+  requires std::is_trivially_copyable_v<T>
   void PutValue(std::string_view key, const T& value) {
     Put(key, std::string_view(reinterpret_cast<const char*>(&value), sizeof(T)));
   }
@@ -246,13 +246,12 @@ class Store {
   // members and no pointers. A stored value of another size gives kWrongType
   // naming the key, the expected and the actual size.
   template <typename T>
-    requires std::is_trivially_copyable_v<T>
-  Status PutValue(std::string_view key, const T& value) {
+  requires std::is_trivially_copyable_v<T> Status PutValue(std::string_view key, const T& value) {
     return Put(key, std::string_view(reinterpret_cast<const char*>(&value), sizeof(T)));
   }
   template <typename T>
-    requires std::is_trivially_copyable_v<T>
-  Status GetValue(std::string_view key, T* value) const {
+  requires std::is_trivially_copyable_v<T> Status GetValue(std::string_view key, T* value)
+  const {
     std::string bytes;
     Status s = Get(key, &bytes);
     if (s.ok()) s = CheckTypedSize(key, bytes.size(), sizeof(T), false);
@@ -260,14 +259,13 @@ class Store {
     return s;
   }
   template <typename T>
-    requires std::is_trivially_copyable_v<T>
-  Status PutArray(std::string_view key, std::span<const T> values) {
+  requires std::is_trivially_copyable_v<T> Status PutArray(std::string_view key, std::span<const T> values) {
     return Put(key, std::string_view(reinterpret_cast<const char*>(values.data()), values.size_bytes()));
   }
   // The stored size must be a multiple of sizeof(T).
   template <typename T>
-    requires std::is_trivially_copyable_v<T>
-  Status GetArray(std::string_view key, std::vector<T>* values) const {
+  requires std::is_trivially_copyable_v<T> Status GetArray(std::string_view key, std::vector<T>* values)
+  const {
     std::string bytes;
     Status s = Get(key, &bytes);
     if (s.ok()) s = CheckTypedSize(key, bytes.size(), sizeof(T), true);
