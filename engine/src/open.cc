@@ -316,6 +316,18 @@ Status StoreImpl::ValidateControl() const {
   }
   if (ctl_->heap_end > fs) return bad("heap end out of file");
   if (ctl_->entries.load() >= (uint64_t{1} << shift)) return bad("more entries than slots");
+  // A checkpoint copies pagemap_bytes into a snapshot slot: both must agree
+  // with the table and lie in the file (a fuzzed file had 64 GiB here).
+  if (ctl_->pagemap_bytes != PagemapBytes(static_cast<uint32_t>(shift))) {
+    return bad("page map size " + std::to_string(ctl_->pagemap_bytes) + " does not match a table of 2^" +
+               std::to_string(shift) + " slots");
+  }
+  for (int i = 0; i < 2; ++i) {
+    const uint64_t off = ctl_->snapshot_slot_offset[i], bytes = ctl_->snapshot_slot_bytes[i];
+    if (bytes != 0 && (off % kGranule != 0 || !in_file(off, bytes))) {
+      return bad("page-map snapshot slot " + std::to_string(i) + " out of file");
+    }
+  }
   const uint64_t ring_cap = ctl_->ring_capacity;
   if (ring_cap != 0 &&
       (ring_cap > kMaxRingCapacity || ring_cap % kRingCapacityUnit != 0 || ctl_->ring_offset % kPageSize != 0 ||

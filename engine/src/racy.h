@@ -42,6 +42,17 @@ inline void SeqlockWriteBegin(std::atomic<uint64_t>& seq) {
 #endif
 }
 
+// Stores `value` into a per-record sequence word (a record being rewritten)
+// so that it is seen before any later store of this thread.
+inline void SeqlockMarkWriting(std::atomic_ref<uint64_t> word, uint64_t value) {
+#if defined(MAPKV_TSAN)
+  word.exchange(value, std::memory_order_acq_rel);
+#else
+  word.store(value, std::memory_order_relaxed);
+  std::atomic_thread_fence(std::memory_order_release);
+#endif
+}
+
 inline void SeqlockReadFence() {
 #if defined(MAPKV_TSAN)
   std::atomic_signal_fence(std::memory_order_seq_cst);

@@ -93,8 +93,7 @@ Status StoreImpl::RecordChange(uint8_t op, std::string_view key, uint64_t hash, 
   if (cap == 0) return Status::Ok();
   auto* e = heap_->At<ChangeEntry>(ctl_->ring_offset + (seq - 1) % cap * kChangeEntrySize);
   std::atomic_ref<uint64_t> entry_seq(e->seq);
-  entry_seq.store(0, std::memory_order_relaxed);
-  std::atomic_thread_fence(std::memory_order_release);  // the 0 before any byte of the new entry
+  SeqlockMarkWriting(entry_seq, 0);  // the 0 before any byte of the new entry
   e->key_hash = hash;
   e->key_size = static_cast<uint32_t>(key.size());
   e->op = op;
