@@ -29,6 +29,17 @@ int64_t Counter(const Store& store, const std::string& key) {
   return v;
 }
 
+// The last number a child appended to its log of acknowledged operations (0
+// when it wrote none, or was killed before it created the log).
+uint64_t LastLogged(const std::string& log) {
+  const std::string text = ::access(log.c_str(), F_OK) == 0 ? ReadFileBytes(log) : std::string();
+  const size_t end = text.rfind('\n');
+  if (end == std::string::npos) return 0;
+  const size_t begin = end == 0 ? std::string::npos : text.rfind('\n', end - 1);
+  const size_t from = begin == std::string::npos ? 0 : begin + 1;
+  return std::stoull(text.substr(from, end - from));
+}
+
 // ---- children ---------------------------------------------------------------
 
 // args: path, threads, increments per thread. Every thread of the process
@@ -610,14 +621,7 @@ TEST_SUITE("crash") {
       ::usleep(static_cast<useconds_t>(2000 + rng.Uniform(40000)));
       ::kill(pid, SIGKILL);
       WaitChild(pid);
-      int64_t acked = 0;
-      const std::string text = ::access(log.c_str(), F_OK) == 0 ? ReadFileBytes(log) : std::string();
-      const size_t end = text.rfind('\n');
-      if (end != std::string::npos) {
-        const size_t begin = text.rfind('\n', end - 1);
-        const size_t from = begin == std::string::npos ? 0 : begin + 1;
-        acked = std::stoll(text.substr(from, end - from));
-      }
+      const int64_t acked = static_cast<int64_t>(LastLogged(log));
       Options o;
       o.verify_checksums = true;  // a torn in-place change would fail its checksum
       Store store = MustOpen(path, o);
@@ -648,17 +652,7 @@ TEST_SUITE("crash") {
       ::kill(pid, SIGKILL);
       WaitChild(pid);
       ++kills;
-      uint64_t acked = 0;
-      {
-        // (A child killed before it opened the log acknowledged nothing.)
-        std::string text = ::access(log.c_str(), F_OK) == 0 ? ReadFileBytes(log) : std::string();
-        size_t end = text.rfind('\n');
-        if (end != std::string::npos) {
-          size_t begin = text.rfind('\n', end - 1);
-          const size_t from = begin == std::string::npos ? 0 : begin + 1;
-          acked = std::stoull(text.substr(from, end - from));
-        }
-      }
+      const uint64_t acked = LastLogged(log);
       Store store = MustOpen(path);
       CheckClean(store);
       // Every key of the group holds the same version: the newest batch that

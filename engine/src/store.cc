@@ -282,6 +282,19 @@ TableReader StoreImpl::ReaderSnapshot() const {
                      ctl_->pagemap_offset.load(std::memory_order_relaxed), seed_};
 }
 
+MAPKV_OPTIMISTIC Status StoreImpl::OptimisticReader(TableReader* r) const {
+  const uint64_t fs = ctl_->file_size.load(std::memory_order_acquire);
+  const View* v = maps_->Current();
+  if (v->length < fs) {
+    Status s = maps_->Cover(fs);
+    if (!s.ok()) return s;
+    v = maps_->Current();
+  }
+  *r = TableReader{v->base, fs, static_cast<uint32_t>(ctl_->table_shift.load(std::memory_order_relaxed)),
+                   ctl_->pagemap_offset.load(std::memory_order_relaxed), seed_};
+  return Status::Ok();
+}
+
 MAPKV_OPTIMISTIC Status StoreImpl::Get(std::string_view key, std::string* value, bool* found) const {
   Status s = CheckUsable();
   if (s.ok()) s = CheckKey(path_, key);
@@ -293,15 +306,9 @@ MAPKV_OPTIMISTIC Status StoreImpl::Get(std::string_view key, std::string* value,
       Backoff(attempt);
       continue;
     }
-    const uint64_t fs = ctl_->file_size.load(std::memory_order_acquire);
-    const View* v = maps_->Current();
-    if (v->length < fs) {
-      s = maps_->Cover(fs);
-      if (!s.ok()) return s;
-      v = maps_->Current();
-    }
-    TableReader r{v->base, fs, static_cast<uint32_t>(ctl_->table_shift.load(std::memory_order_relaxed)),
-                  ctl_->pagemap_offset.load(std::memory_order_relaxed), seed_};
+    TableReader r;
+    s = OptimisticReader(&r);
+    if (!s.ok()) return s;
     if (r.shift < kMinTableShift || r.shift > kMaxTableShift) continue;  // torn; re-check below
     uint64_t index;
     RecordRef rec;
@@ -721,15 +728,9 @@ MAPKV_OPTIMISTIC Status StoreImpl::MultiGet(std::span<const std::string_view> ke
       Backoff(attempt);
       continue;
     }
-    const uint64_t fs = ctl_->file_size.load(std::memory_order_acquire);
-    const View* v = maps_->Current();
-    if (v->length < fs) {
-      s = maps_->Cover(fs);
-      if (!s.ok()) return s;
-      v = maps_->Current();
-    }
-    TableReader r{v->base, fs, static_cast<uint32_t>(ctl_->table_shift.load(std::memory_order_relaxed)),
-                  ctl_->pagemap_offset.load(std::memory_order_relaxed), seed_};
+    TableReader r;
+    s = OptimisticReader(&r);
+    if (!s.ok()) return s;
     if (r.shift < kMinTableShift || r.shift > kMaxTableShift) continue;
     bool bad = false;
     const RecordRef* damaged = nullptr;

@@ -155,6 +155,10 @@ class StoreImpl {
   static bool CanOverwriteInPlace(const Heap& heap, const RecordRef& rec, std::string_view value);
   Status OverwriteInPlace(const RecordRef& rec, std::string_view value);
   TableReader ReaderSnapshot() const;
+  // Inside an optimistic read (no lock): the table as the control page says
+  // it is now, with the mapping grown to cover the file. The caller checks
+  // the shift and validates the whole read with the seqlock.
+  Status OptimisticReader(TableReader* r) const;
 
   const std::string path_;
   const Options options_;
