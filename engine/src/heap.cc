@@ -276,6 +276,21 @@ void Heap::Rollback() {
   ResetWriteState();
 }
 
+void Heap::RollBackCopy(uint64_t offset, uint8_t* copy, uint64_t size) const {
+  std::vector<std::pair<uint64_t, uint64_t>> extents;
+  if (!LogExtents(ctl_->undo_count.load(std::memory_order_acquire), &extents)) return;
+  for (auto it = extents.rbegin(); it != extents.rend(); ++it) {
+    const UndoEntry* log = At<UndoEntry>(it->first);
+    for (uint64_t i = it->second; i > 0; --i) {
+      const UndoEntry& e = log[i - 1];
+      const uint64_t target = TargetOf(e);
+      if (KindOf(e) == UndoKind::kWord && target >= offset && target - offset <= size - 8) {
+        std::memcpy(copy + (target - offset), &e.value, 8);
+      }
+    }
+  }
+}
+
 Status Heap::ValidateLog() const {
   const uint64_t count = ctl_->undo_count.load();
   const uint64_t fs = ctl_->file_size.load();

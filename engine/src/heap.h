@@ -113,6 +113,10 @@ class Heap {
   // Checks that the log's entries, the fixed part and the chain of chunks,
   // lie inside the file and the allocation map; names the first bad one.
   Status ValidateLog() const;
+  // Applies the log's word entries that fall in [offset, offset + size) to
+  // `copy`, a copy of those bytes, as Rollback would apply them to the file.
+  // Only after ValidateLog accepted the log.
+  void RollBackCopy(uint64_t offset, uint8_t* copy, uint64_t size) const;
   // Frees the chunks of a committed write whose writer died before freeing
   // them (undo_count == 0, undo_chain != 0).
   void DropChain();

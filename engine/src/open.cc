@@ -289,53 +289,68 @@ Status StoreImpl::ChooseMeta(const MetaPage** chosen) const {
                 path_ + ": both meta pages are damaged (slot 0: " + problems[0] + "; slot 1: " + problems[1] + ")");
 }
 
-Status StoreImpl::ValidateControl() const {
-  uint64_t file_size = 0;
-  Status s = file_->Size(&file_size);
-  if (!s.ok()) return s;
-  auto bad = [&](const std::string& what) { return Status(Code::kCorruption, path_ + ": control page: " + what); };
+Status StoreImpl::CheckControlPage(const ControlPage& c, uint64_t file_size, const char* which) const {
+  auto bad = [&](const std::string& what) {
+    return Status(Code::kCorruption, path_ + ": control page" + which + ": " + what);
+  };
   auto in_file = [&](uint64_t off, uint64_t len) {
     return off >= kHeapOffset && off <= file_size && len <= file_size - off;
   };
-  const uint64_t fs = ctl_->file_size.load();
+  const uint64_t fs = c.file_size.load();
   if (fs > file_size) {
     return bad("the file is " + std::to_string(file_size) + " bytes but the store had grown to " + std::to_string(fs) +
                " (truncated by another program?)");
   }
-  const uint64_t shift = ctl_->table_shift.load();
-  if (shift < kMinTableShift || shift > kMaxTableShift) return bad("bad table size");
-  if (!in_file(ctl_->pagemap_offset.load(), PagemapBytes(static_cast<uint32_t>(shift))))
+  const uint64_t shift = c.table_shift.load();
+  if (shift < kMinTableShift || shift > kMaxTableShift) return bad("bad table size (2^" + std::to_string(shift) + ")");
+  if (!in_file(c.pagemap_offset.load(), PagemapBytes(static_cast<uint32_t>(shift))))
     return bad("page map out of file");
-  if (ctl_->pagemap_offset.load() % kGranule != 0 || ctl_->alloc_offset % kGranule != 0) {
+  if (c.pagemap_offset.load() % kGranule != 0 || c.alloc_offset % kGranule != 0) {
     return bad("misaligned page map or allocation map");
   }
-  if (ctl_->alloc_words == 0 || ctl_->alloc_words > (uint64_t{1} << 40) ||
-      !in_file(ctl_->alloc_offset, ctl_->alloc_words * sizeof(AllocWord)) ||
-      ctl_->alloc_words * kGranulesPerAllocWord * kGranule < fs) {
+  if (c.alloc_words == 0 || c.alloc_words > (uint64_t{1} << 40) ||
+      !in_file(c.alloc_offset, c.alloc_words * sizeof(AllocWord)) ||
+      c.alloc_words * kGranulesPerAllocWord * kGranule < fs) {
     return bad("allocation map out of file");
   }
-  if (ctl_->heap_end > fs) return bad("heap end out of file");
-  if (ctl_->entries.load() >= (uint64_t{1} << shift)) return bad("more entries than slots");
+  if (c.heap_end > fs) return bad("heap end out of file");
+  if (c.entries.load() >= (uint64_t{1} << shift)) return bad("more entries than slots");
   // A checkpoint copies pagemap_bytes into a snapshot slot: both must agree
   // with the table and lie in the file (a fuzzed file had 64 GiB here).
-  if (ctl_->pagemap_bytes != PagemapBytes(static_cast<uint32_t>(shift))) {
-    return bad("page map size " + std::to_string(ctl_->pagemap_bytes) + " does not match a table of 2^" +
+  if (c.pagemap_bytes != PagemapBytes(static_cast<uint32_t>(shift))) {
+    return bad("page map size " + std::to_string(c.pagemap_bytes) + " does not match a table of 2^" +
                std::to_string(shift) + " slots");
   }
   for (int i = 0; i < 2; ++i) {
-    const uint64_t off = ctl_->snapshot_slot_offset[i], bytes = ctl_->snapshot_slot_bytes[i];
+    const uint64_t off = c.snapshot_slot_offset[i], bytes = c.snapshot_slot_bytes[i];
     if (bytes != 0 && (off % kGranule != 0 || !in_file(off, bytes))) {
       return bad("page-map snapshot slot " + std::to_string(i) + " out of file");
     }
   }
-  const uint64_t ring_cap = ctl_->ring_capacity;
+  const uint64_t ring_cap = c.ring_capacity;
   if (ring_cap != 0 &&
-      (ring_cap > kMaxRingCapacity || ring_cap % kRingCapacityUnit != 0 || ctl_->ring_offset % kPageSize != 0 ||
-       !in_file(ctl_->ring_offset, ring_cap * kChangeEntrySize))) {
+      (ring_cap > kMaxRingCapacity || ring_cap % kRingCapacityUnit != 0 || c.ring_offset % kPageSize != 0 ||
+       !in_file(c.ring_offset, ring_cap * kChangeEntrySize))) {
     return bad("change ring out of file");
   }
+  return Status::Ok();
+}
+
+Status StoreImpl::ValidateControl() const {
+  uint64_t file_size = 0;
+  Status s = file_->Size(&file_size);
+  if (s.ok()) s = CheckControlPage(*ctl_, file_size, "");
   // Every undo entry must stay inside the file and the allocation map.
-  return heap_->ValidateLog();
+  if (s.ok()) s = heap_->ValidateLog();
+  if (!s.ok() || ctl_->undo_count.load() == 0) return s;
+  // The log of a killed writer restores control-page words too: the page it
+  // would leave must be as sound as this one (a fuzzed log restored a table
+  // of 2^70 slots). Checked on a copy, before recovery changes anything.
+  alignas(ControlPage) unsigned char copy[sizeof(ControlPage)];
+  std::memcpy(copy, static_cast<const void*>(ctl_), sizeof(ControlPage));
+  auto* rolled_back = reinterpret_cast<ControlPage*>(copy);
+  heap_->RollBackCopy(kControlOffset, copy, sizeof(copy));
+  return CheckControlPage(*rolled_back, file_size, " as the killed writer's undo log would leave it");
 }
 
 Status StoreImpl::Attach() {

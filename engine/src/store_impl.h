@@ -98,7 +98,10 @@ class StoreImpl {
   Status InitializeIfEmpty();
   Status Attach();
   Status ChooseMeta(const format::MetaPage** meta) const;
+  // Checks that the control page's offsets and sizes lie in the file and agree,
+  // and that the undo log, and the control page it would restore, do too.
   Status ValidateControl() const;
+  Status CheckControlPage(const format::ControlPage& c, uint64_t file_size, const char* which) const;
   Status RecoverKilledWriter();
   Status RecoverFromCheckpoint(const format::MetaPage& meta);
   Status RebuildAllocMap();
