@@ -578,6 +578,11 @@ Status Heap::MoveMap() {
   if (!s.ok()) return s;
   // The allocation grew the file and moved the map already (to the tail).
   if (ctl_->alloc_offset != old_off) return Free(g, bytes / kGranule);
+  if (g * kGranule < old_off + bytes && old_off < (g * kGranule) + bytes) {
+    // Only a damaged map marks its own pages free.
+    return Status(Code::kCorruption, file_->path() + ": the allocation map at offset " + std::to_string(old_off) +
+                                         " is marked free in itself");
+  }
   // The copy carries the new extent's own allocation, made in the old map.
   std::memcpy(At<AllocWord>(g * kGranule), At<AllocWord>(old_off), ctl_->alloc_words * sizeof(AllocWord));
   s = SetWord(&ctl_->alloc_offset, g * kGranule);
