@@ -102,7 +102,7 @@ int WakerChild(const std::vector<std::string>& args) {
   const auto deadline = Clock::now() + std::chrono::seconds(20);
   while (words[1].load() == 0) {
     if (Clock::now() > deadline) return 5;
-    WakeWord(&words[0]);
+    file->WakeWord(&words[0], 0, 0);  // no change: wakes waiters of the current value
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
   return 0;
@@ -123,8 +123,8 @@ int WakerChild(const std::vector<std::string>& args) {
     if (!file->Map(4096, true, &map).ok()) return 3;
     auto* words = reinterpret_cast<std::atomic<uint32_t>*>(map->data());
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    words[0].store(1);
-    WakeWord(&words[0]);
+    const uint32_t before = words[0].exchange(1);
+    file->WakeWord(&words[0], 0, before);
     return 0;
   });
   // args: the parent's ProcessId(). Exits 0 when this process's differs.
@@ -412,37 +412,46 @@ TEST_SUITE("platform") {
 
   // ---- Wait / wake ----------------------------------------------------------
 
+  // A file of one page, mapped; its first words are the wait words.
+  struct WordFile {
+    TempDir dir;
+    std::unique_ptr<File> file;
+    std::unique_ptr<Mapping> map;
+    WordFile() {
+      file = MustOpen(dir.File("f"), kCreate);
+      REQUIRE(file->Reserve(4096).ok());
+      REQUIRE(file->Map(4096, true, &map).ok());
+    }
+    std::atomic<uint32_t>* words() const { return reinterpret_cast<std::atomic<uint32_t>*>(map->data()); }
+  };
+
   TEST_CASE("WaitWord times out on an unchanged word") {
-    std::atomic<uint32_t> word{7};
+    WordFile f;
+    f.words()[0].store(7);
     const auto start = Clock::now();
-    CHECK_FALSE(WaitWord(&word, 7, std::chrono::milliseconds(200)));
+    CHECK_FALSE(f.file->WaitWord(&f.words()[0], 0, 7, std::chrono::milliseconds(200)));
     const auto elapsed = Clock::now() - start;
     CHECK(elapsed >= std::chrono::milliseconds(150));
     CHECK(elapsed < std::chrono::seconds(5));
   }
 
   TEST_CASE("WaitWord returns at once when the word differs") {
-    std::atomic<uint32_t> word{8};
+    WordFile f;
+    f.words()[0].store(8);
     const auto start = Clock::now();
-    CHECK(WaitWord(&word, 7, std::chrono::seconds(10)));
+    CHECK(f.file->WaitWord(&f.words()[0], 0, 7, std::chrono::seconds(10)));
     CHECK(Clock::now() - start < std::chrono::seconds(5));
   }
 
-#ifndef _WIN32  // a wake without a change does not cross processes on Windows (DESIGN.md)
   TEST_CASE("WakeWord from another process wakes WaitWord") {
-    TempDir dir;
-    std::unique_ptr<File> file = MustOpen(dir.File("f"), kCreate);
-    REQUIRE(file->Reserve(4096).ok());
-    std::unique_ptr<Mapping> map;
-    REQUIRE(file->Map(4096, true, &map).ok());
-    auto* words = reinterpret_cast<std::atomic<uint32_t>*>(map->data());
-
-    const int pid = SpawnChild("platform.waker", {dir.File("f")});
+    WordFile f;
+    auto* words = f.words();
+    const int pid = SpawnChild("platform.waker", {f.dir.File("f")});
     REQUIRE(pid > 0);
     // The child never changes word 0, so only a cross-process wake (not a
     // value change) can end this wait before the 10 s timeout.
     const auto start = Clock::now();
-    const bool woken = WaitWord(&words[0], 0, std::chrono::seconds(10));
+    const bool woken = f.file->WaitWord(&words[0], 0, 0, std::chrono::seconds(10));
     const auto elapsed = Clock::now() - start;
     words[1].store(1);
     CHECK(woken);
@@ -450,30 +459,42 @@ TEST_SUITE("platform") {
     CHECK(WaitChild(pid) == 0);
   }
 
-#else
-  // Windows: a wake alone does not cross processes (WaitOnAddress); a waiter
-  // notices another process's change of the word at its next poll (1 ms).
-  TEST_CASE("Windows: a change of the word by another process ends WaitWord within the poll interval") {
-    TempDir dir;
-    std::unique_ptr<File> file = MustOpen(dir.File("f"), kCreate);
-    REQUIRE(file->Reserve(4096).ok());
-    std::unique_ptr<Mapping> map;
-    REQUIRE(file->Map(4096, true, &map).ok());
-    auto* words = reinterpret_cast<std::atomic<uint32_t>*>(map->data());
-    const int pid = SpawnChild("platform.changer", {dir.File("f")});
+  TEST_CASE("WaitWord ends when another process changes the word and wakes it") {
+    WordFile f;
+    auto* words = f.words();
+    const int pid = SpawnChild("platform.changer", {f.dir.File("f")});
     REQUIRE(pid > 0);
     const auto start = Clock::now();
+    int waits = 0;
     bool woken = false;
     while (words[0].load() == 0 && Clock::now() - start < std::chrono::seconds(10)) {
-      woken = WaitWord(&words[0], 0, std::chrono::seconds(10));
+      woken = f.file->WaitWord(&words[0], 0, 0, std::chrono::seconds(10));
+      ++waits;
     }
     const auto elapsed = Clock::now() - start;
     CHECK(woken);
     CHECK(words[0].load() == 1);
-    CHECK(elapsed < std::chrono::seconds(5));
+    CHECK(elapsed < std::chrono::seconds(5));  // woken, not timed out
+    CHECK(waits < 50);                          // slept, did not poll
     CHECK(WaitChild(pid) == 0);
   }
-#endif
+
+  TEST_CASE("WaitWord: a thread's wake of the same file ends another thread's wait") {
+    WordFile f;
+    auto* words = f.words();
+    std::thread waker([&] {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      const uint32_t before = words[0].fetch_add(1);
+      f.file->WakeWord(&words[0], 0, before);
+    });
+    const auto start = Clock::now();
+    while (words[0].load() == 0 && Clock::now() - start < std::chrono::seconds(10)) {
+      f.file->WaitWord(&words[0], 0, 0, std::chrono::seconds(10));
+    }
+    waker.join();
+    CHECK(words[0].load() == 1);
+    CHECK(Clock::now() - start < std::chrono::seconds(5));
+  }
 
   // ---- Boot id, fork generation ---------------------------------------------
 

@@ -8,6 +8,7 @@
 #include <windows.h>
 #else
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -188,6 +189,13 @@ int WaitChild(int pid) {
   return static_cast<int>(code);
 }
 
+int64_t ProcessCpuMicros() {
+  FILETIME created{}, exited{}, kernel{}, user{};
+  if (!::GetProcessTimes(::GetCurrentProcess(), &created, &exited, &kernel, &user)) return -1;
+  auto us = [](const FILETIME& t) { return static_cast<int64_t>(uint64_t{t.dwHighDateTime} << 32 | t.dwLowDateTime) / 10; };
+  return us(kernel) + us(user);
+}
+
 void KillChild(int pid) {
   HANDLE h = ChildHandle(pid);
   if (h == nullptr || !::TerminateProcess(h, kKilledExitCode)) {
@@ -229,6 +237,13 @@ int WaitChild(int pid) {
   if (WIFEXITED(status)) return WEXITSTATUS(status);
   if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
   return -1;
+}
+
+int64_t ProcessCpuMicros() {
+  struct rusage ru {};
+  if (::getrusage(RUSAGE_SELF, &ru) != 0) return -1;
+  auto us = [](const timeval& tv) { return int64_t{tv.tv_sec} * 1000000 + tv.tv_usec; };
+  return us(ru.ru_utime) + us(ru.ru_stime);
 }
 
 void KillChild(int pid) {

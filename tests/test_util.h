@@ -58,6 +58,10 @@ int WaitChild(int pid);
 void KillChild(int pid);
 bool MaybeRunChild(int argc, char** argv, int* exit_code);
 
+// CPU time (user + system) this process has used so far, in microseconds
+// (getrusage / GetProcessTimes).
+int64_t ProcessCpuMicros();
+
 // Deterministic pseudo-random generator for tests (splitmix64).
 class Rng {
  public:

@@ -6,17 +6,12 @@
 // 1 s uses under 10 ms of CPU; woken watchers return within 5 s of the put
 // (they return in microseconds; the bound only catches a lost wake-up, which
 // would leave them asleep until their 20 s timeout).
-#include <fcntl.h>
-#include <signal.h>
-#include <sys/mman.h>
-#include <sys/resource.h>
-#include <sys/stat.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <atomic>
 #include <chrono>
 #include <cstring>
+#include <filesystem>
+#include <functional>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
@@ -37,8 +32,8 @@ constexpr int kManyWatchers = 100;
 #endif
 
 bool Exists(const std::string& path) {
-  struct stat st {};
-  return ::stat(path.c_str(), &st) == 0;
+  std::error_code ec;
+  return std::filesystem::exists(path, ec);
 }
 
 bool WaitUntil(const std::function<bool()>& done, std::chrono::milliseconds limit = 20s) {
@@ -50,26 +45,21 @@ bool WaitUntil(const std::function<bool()>& done, std::chrono::milliseconds limi
   return true;
 }
 
-// The control page of `path`, mapped shared: the live counts other processes see.
+// The control page of `path`, mapped shared through the platform layer: the
+// live counts other processes see.
 class ControlView {
  public:
   explicit ControlView(const std::string& path) {
-    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    REQUIRE(fd >= 0);
-    mem_ = ::mmap(nullptr, internal::format::kControlOffset + 4096, PROT_READ, MAP_SHARED, fd, 0);
-    ::close(fd);
-    REQUIRE(mem_ != MAP_FAILED);
+    REQUIRE(internal::File::Open(path, internal::FileSpec{.read_only = true}, &file_).ok());
+    REQUIRE(file_->Map(internal::format::kControlOffset + 4096, false, &map_).ok());
   }
-  ~ControlView() { ::munmap(mem_, internal::format::kControlOffset + 4096); }
-  ControlView(const ControlView&) = delete;
-  ControlView& operator=(const ControlView&) = delete;
   const internal::format::ControlPage* operator->() const {
-    return reinterpret_cast<const internal::format::ControlPage*>(static_cast<const uint8_t*>(mem_) +
-                                                                  internal::format::kControlOffset);
+    return reinterpret_cast<const internal::format::ControlPage*>(map_->data() + internal::format::kControlOffset);
   }
 
  private:
-  void* mem_ = nullptr;
+  std::unique_ptr<internal::File> file_;
+  std::unique_ptr<internal::Mapping> map_;
 };
 
 Options Ring(uint64_t capacity) {
@@ -104,33 +94,32 @@ int ProducerChild(const std::vector<std::string>& args) {
 int WaiterChild(const std::vector<std::string>& args) {
   Store s;
   if (!Store::Open(args[0], Ring(1024), &s).ok()) return 3;
-  struct rusage before {
-  }, after{};
-  ::getrusage(RUSAGE_SELF, &before);
+  const int64_t cpu_before = ProcessCpuMicros();
   const auto t0 = Clock::now();
   uint64_t seq = 0;
   Status st = s.WaitForChange(std::stoull(args[1]), std::chrono::milliseconds(std::stoll(args[2])), &seq);
   const auto wall = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - t0).count();
-  ::getrusage(RUSAGE_SELF, &after);
-  auto us = [](const timeval& tv) { return int64_t{tv.tv_sec} * 1000000 + tv.tv_usec; };
-  const int64_t cpu = us(after.ru_utime) - us(before.ru_utime) + us(after.ru_stime) - us(before.ru_stime);
+  const int64_t cpu = ProcessCpuMicros() - cpu_before;
   WriteFileBytes(args[3], std::to_string(static_cast<int>(st.code())) + " " + std::to_string(seq) + " " +
                               std::to_string(cpu) + " " + std::to_string(wall));
   return 0;
 }
 
-// args: path, bytes. Puts values of 64 KiB until the file has grown past `bytes`.
+// args: path, bytes, done file. Puts values of 64 KiB until the file has grown
+// past `bytes`, then creates the done file.
 int GrowerChild(const std::vector<std::string>& args) {
   Store s;
   if (!Store::Open(args[0], Ring(1024), &s).ok()) return 3;
   const uint64_t target = std::stoull(args[1]);
   auto size = [&] {  // not FileSize: its REQUIRE needs a running test
-    struct stat st {};
-    return ::stat(args[0].c_str(), &st) == 0 ? static_cast<uint64_t>(st.st_size) : 0;
+    std::error_code ec;
+    const uint64_t n = std::filesystem::file_size(args[0], ec);
+    return ec ? 0 : n;
   };
   for (uint64_t i = 0; size() < target; ++i) {
     if (!s.Put("grow/" + std::to_string(i), std::string(64 * 1024, static_cast<char>('a' + i % 26))).ok()) return 4;
   }
+  WriteFileBytes(args[2], "done");
   return 0;
 }
 
@@ -427,8 +416,8 @@ TEST_CASE("concurrency: watch a killed waiting watcher costs writers nothing and
   REQUIRE(victim > 0);
   REQUIRE(other > 0);
   REQUIRE(WaitUntil([&] { return ctl->change_waiters.load() == 2; }));  // both counted, asleep
-  ::kill(victim, SIGKILL);
-  CHECK(WaitChild(victim) == 128 + SIGKILL);
+  KillChild(victim);
+  CHECK(WaitChild(victim) == kKilledExitCode);
   const auto t0 = Clock::now();
   REQUIRE(s.Put("k", "w").ok());
   CHECK(WaitChild(other) == 0);
@@ -485,10 +474,11 @@ TEST_CASE("concurrency: watch a store that another process grows") {
   Store s = MustOpen(path, Ring(1024));
   REQUIRE(s.Put("start", "").ok());
   const uint64_t before = FileSize(path);
-  const int pid = SpawnChild("watch.grower", {path, std::to_string(64ull << 20)});
+  const std::string done = dir.File("done");
+  const int pid = SpawnChild("watch.grower", {path, std::to_string(64ull << 20), done});
   REQUIRE(pid > 0);
+  const auto deadline = Clock::now() + 120s;
   uint64_t since = 1, seen = 0;
-  int status = -1;
   bool values_ok = true;
   std::vector<Change> out;
   for (;;) {
@@ -503,10 +493,10 @@ TEST_CASE("concurrency: watch a store that another process grows") {
       ++seen;
     }
     since = next;
-    if (::waitpid(pid, &status, WNOHANG) == pid) break;
+    if (Exists(done) || Clock::now() > deadline) break;
   }
-  CHECK(WIFEXITED(status));
-  CHECK(WEXITSTATUS(status) == 0);
+  CHECK_MESSAGE(Exists(done), "the grower did not finish within 120 s");
+  CHECK(WaitChild(pid) == 0);
   uint64_t next = 0;
   REQUIRE(s.ChangesSince(since, ChangeFilter::Prefix("grow/"), &out, &next).ok());
   CHECK(values_ok);
@@ -526,8 +516,8 @@ TEST_CASE("concurrency: watch a writer killed inside a batch leaves no ring reco
   ControlView ctl(path);
   REQUIRE(WaitUntil([&] { return s.ChangeSeq() >= 100 + 50000; }));
   REQUIRE(WaitUntil([&] { return ctl->undo_count.load() > 1000; }));
-  ::kill(pid, SIGKILL);
-  CHECK(WaitChild(pid) == 128 + SIGKILL);
+  KillChild(pid);
+  CHECK(WaitChild(pid) == kKilledExitCode);
   const uint64_t committed = s.ChangeSeq();
   CHECK((committed - 100) % 50000 == 0);  // whole batches only
   REQUIRE(s.Put("after", "v").ok());      // recovers the killed writer first

@@ -219,6 +219,12 @@ static_assert(std::atomic<uint64_t>::is_always_lock_free, "shared atomics must b
 static_assert(std::atomic<uint32_t>::is_always_lock_free, "shared atomics must be lock-free");
 static_assert(sizeof(std::atomic<uint64_t>) == 8, "atomic u64 has the size of u64");
 
+// File offset of a field of the mapped control page `ctl` (a wait word's
+// offset names its event on Windows).
+inline uint64_t ControlOffsetOf(const ControlPage* ctl, const void* field) {
+  return kControlOffset + static_cast<uint64_t>(static_cast<const uint8_t*>(field) - reinterpret_cast<const uint8_t*>(ctl));
+}
+
 // ---- undo log ---------------------------------------------------------------
 // A write records, before each change, how to take it back. Its commit is
 // undo_count = 0. Recovery after a killed writer applies entries in reverse.

@@ -27,16 +27,16 @@ void RwLock::Lock() {
       if (state_.compare_exchange_weak(s, (s - kWaitOne) | kWriter, std::memory_order_acquire)) return;
       continue;
     }
-    state_.wait(s, std::memory_order_relaxed);
+    WaitInProcess(&state_, s);
     s = state_.load(std::memory_order_relaxed);
   }
 }
 
 void RwLock::Unlock() {
   state_.fetch_and(~kWriter, std::memory_order_release);
-  // Waiting readers are not counted: wake whoever waits (libstdc++ makes no
-  // system call when nobody does).
-  state_.notify_all();
+  // Waiting readers are not counted: wake whoever waits (no system call
+  // when nobody does).
+  WakeInProcess(&state_);
 }
 
 void RwLock::LockShared() {
@@ -46,7 +46,7 @@ void RwLock::LockShared() {
       if (state_.compare_exchange_weak(s, s + 1, std::memory_order_acquire)) return;
       continue;
     }
-    state_.wait(s, std::memory_order_relaxed);
+    WaitInProcess(&state_, s);
     s = state_.load(std::memory_order_relaxed);
   }
 }
@@ -61,7 +61,7 @@ bool RwLock::TryLockShared() {
 
 void RwLock::UnlockShared() {
   const uint32_t before = state_.fetch_sub(1, std::memory_order_release);
-  if ((before & kReaderMask) == 1 && (before & kWaitMask) != 0) state_.notify_all();
+  if ((before & kReaderMask) == 1 && (before & kWaitMask) != 0) WakeInProcess(&state_);
 }
 
 // ---------------------------------------------------------------- LockManager
@@ -87,9 +87,9 @@ Status LockManager::AcquireFile(LockMode mode) {
   // known to be gone (RepairWaiterCounts).
   const bool counters = ctl_ != nullptr && ctl_writable_ && file_->Lock(kWaiterByte, 1, LockMode::kShared).ok();
   if (counters) {
-    ctl_->lock_waiters.fetch_add(1, std::memory_order_acq_rel);
+    const uint32_t before = ctl_->lock_waiters.fetch_add(1, std::memory_order_acq_rel);
     if (mode == LockMode::kExclusive) ctl_->writers_waiting.fetch_add(1, std::memory_order_acq_rel);
-    WakeWord(&ctl_->lock_waiters);  // a sticky holder's keeper sleeps on it
+    Wake(&ctl_->lock_waiters, before);  // a sticky holder's keeper sleeps on it
   }
   while (true) {
     uint32_t seen = ctl_ != nullptr ? ctl_->lock_released.load(std::memory_order_acquire) : 0;
@@ -102,7 +102,7 @@ Status LockManager::AcquireFile(LockMode mode) {
     }
     auto wait = std::min<Clock::duration>(deadline - now, kRecheck);
     if (ctl_ != nullptr) {
-      WaitWord(&ctl_->lock_released, seen, std::chrono::duration_cast<std::chrono::microseconds>(wait));
+      Wait(&ctl_->lock_released, seen, std::chrono::duration_cast<std::chrono::microseconds>(wait));
     } else {
       std::this_thread::sleep_for(std::min<Clock::duration>(wait, std::chrono::milliseconds(1)));
     }
@@ -134,8 +134,8 @@ void LockManager::RepairWaiterCounts() {
 void LockManager::ReleaseFile() {
   file_->Unlock(kRwLockByte, 1).IgnoreError();  // fails only for a closed descriptor
   if (ctl_ != nullptr && ctl_writable_) {
-    ctl_->lock_released.fetch_add(1, std::memory_order_acq_rel);
-    if (ctl_->lock_waiters.load(std::memory_order_acquire) > 0) WakeWord(&ctl_->lock_released);
+    const uint32_t before = ctl_->lock_released.fetch_add(1, std::memory_order_acq_rel);
+    if (ctl_->lock_waiters.load(std::memory_order_acquire) > 0) Wake(&ctl_->lock_released, before);
   }
 }
 
@@ -149,7 +149,7 @@ void LockManager::StopKeeper() {
   keeper_cv_.notify_all();
   if (keeper_.joinable()) {
     if (ForkGeneration() == keeper_fork_generation_) {
-      if (ctl_ != nullptr) WakeWord(&ctl_->lock_waiters);
+      if (ctl_ != nullptr) Wake(&ctl_->lock_waiters, ctl_->lock_waiters.load());  // no change: the current value
       keeper_.join();
     } else {
       keeper_.detach();  // a forked child has the object but not the thread
@@ -181,7 +181,7 @@ void LockManager::KeeperLoop() {
     lock.unlock();
     // Sleeps until a waiter counts itself or the idle time passes.
     if (ctl_->lock_waiters.load(std::memory_order_acquire) == 0) {
-      WaitWord(&ctl_->lock_waiters, 0, std::chrono::duration_cast<std::chrono::microseconds>(kStickyIdle));
+      Wait(&ctl_->lock_waiters, 0, std::chrono::duration_cast<std::chrono::microseconds>(kStickyIdle));
     }
     const bool wanted = ctl_->lock_waiters.load(std::memory_order_acquire) > 0;
     if (!wanted && writes_.load(std::memory_order_relaxed) != writes) {
@@ -251,7 +251,7 @@ Status LockManager::LockRead() {
       const auto until = Clock::now() + kReaderHoldBack;
       while (ctl_->writers_waiting.load(std::memory_order_acquire) > 0 && Clock::now() < until) {
         uint32_t seen = ctl_->lock_released.load(std::memory_order_acquire);
-        WaitWord(&ctl_->lock_released, seen, std::chrono::milliseconds(1));
+        Wait(&ctl_->lock_released, seen, std::chrono::milliseconds(1));
       }
     }
     Status s = AcquireFile(LockMode::kShared);

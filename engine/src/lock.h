@@ -65,7 +65,7 @@ class RwLock {
  private:
   // One word, so an uncontended lock or unlock is one atomic operation:
   // kWriter | waiting writers << kWaitShift | readers. Waiters block in
-  // std::atomic::wait (a futex), which is woken only when someone waits.
+  // WaitInProcess (a private futex, WaitOnAddress on Windows).
   static constexpr uint32_t kWriter = 1u << 31;
   static constexpr uint32_t kWaitShift = 16;
   static constexpr uint32_t kWaitOne = 1u << kWaitShift;
@@ -113,6 +113,11 @@ class LockManager {
   void KeeperLoop();
   void StopKeeper();
   Status BusyError(LockMode mode) const;
+  // File::WaitWord/WakeWord on a word of the control page.
+  void Wait(std::atomic<uint32_t>* word, uint32_t expected, std::chrono::microseconds timeout) {
+    file_->WaitWord(word, format::ControlOffsetOf(ctl_, word), expected, timeout);
+  }
+  void Wake(std::atomic<uint32_t>* word, uint32_t seen) { file_->WakeWord(word, format::ControlOffsetOf(ctl_, word), seen); }
 
   File* const file_;
   const std::chrono::milliseconds timeout_;

@@ -479,10 +479,7 @@ Status StoreImpl::RecoverKilledWriter() {
   // are equal already.
   if (ctl_->change_published.load() != ctl_->change_seq.load()) {
     ctl_->change_published.store(ctl_->change_seq.load(), std::memory_order_seq_cst);
-    if (ctl_->change_waiters.load() > 0) {
-      ctl_->change_futex.fetch_add(1);
-      WakeWord(&ctl_->change_futex);
-    }
+    if (ctl_->change_waiters.load() > 0) BumpChangeWord();
   }
   uint64_t seq = ctl_->seq.load();
   if (seq & 1) ctl_->seq.store(seq + 1, std::memory_order_release);

@@ -130,6 +130,8 @@ class StoreImpl {
   void PublishChanges();
   // After SeqEnd: wakes sleeping watchers when one is counted.
   void WakeWatchers();
+  // Advances change_futex and wakes every watcher sleeping on it.
+  void BumpChangeWord();
 
   // store.cc
   Status CheckUsable() const;

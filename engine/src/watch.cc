@@ -116,12 +116,16 @@ void StoreImpl::PublishChanges() {
   wake_pending_ = true;
 }
 
+void StoreImpl::BumpChangeWord() {
+  const uint32_t before = ctl_->change_futex.fetch_add(1, std::memory_order_seq_cst);
+  file_->WakeWord(&ctl_->change_futex, ControlOffsetOf(ctl_, &ctl_->change_futex), before);
+}
+
 void StoreImpl::WakeWatchers() {
   if (!wake_pending_) return;
   wake_pending_ = false;
   if (ctl_->change_waiters.load(std::memory_order_seq_cst) == 0) return;
-  ctl_->change_futex.fetch_add(1, std::memory_order_seq_cst);
-  WakeWord(&ctl_->change_futex);
+  BumpChangeWord();
   if (++watcher_wakes_ % kRepairEvery != 0) return;
   // Every live counted watcher holds the byte shared from before it counts
   // itself until after it uncounts itself: when we get it exclusively, the
@@ -162,8 +166,8 @@ Status StoreImpl::WaitForChange(uint64_t since, std::chrono::milliseconds timeou
     const auto now = Clock::now();
     if (now >= deadline) break;
     // Spurious returns (a wake meant for another sequence, a signal) loop.
-    WaitWord(&ctl_->change_futex, word,
-             std::chrono::duration_cast<std::chrono::microseconds>(deadline - now) + std::chrono::microseconds(1));
+    file_->WaitWord(&ctl_->change_futex, ControlOffsetOf(ctl_, &ctl_->change_futex), word,
+                    std::chrono::duration_cast<std::chrono::microseconds>(deadline - now) + std::chrono::microseconds(1));
   }
   ctl_->change_waiters.fetch_sub(1, std::memory_order_seq_cst);
   file_->Unlock(kChangeWaiterByte, 1).IgnoreError();

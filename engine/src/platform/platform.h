@@ -13,7 +13,7 @@
 //    descriptor of the file in the process is closed, so opening the same
 //    store twice in one process would silently lose the first handle's locks;
 //  - a wait/wake on a 32-bit word of a shared mapping that works across
-//    processes (futex on Linux);
+//    processes (a futex on Linux, named events on Windows);
 //  - the boot identity, to tell a crash of a process (page cache intact)
 //    from a crash of the machine (page cache lost);
 //  - a fork counter, to refuse handles used in a forked child.
@@ -111,6 +111,28 @@ class File {
   // The file's identity (device and inode), to tell whether `path` still
   // names the file this handle has open (after a compaction renamed over it).
   virtual Status Identity(std::array<uint64_t, 2>* id) = 0;
+
+  // Wait and wake on a 32-bit word of this file's shared mapping, across
+  // processes: `word` is its address in a mapping of this file, `offset` its
+  // offset in the file.
+  //
+  // WaitWord blocks while *word == expected, for at most `timeout`, or until
+  // woken; it returns at once when the word differs. It may return early
+  // (spuriously): callers re-check. True when woken or changed, false on
+  // timeout.
+  //
+  // WakeWord wakes every waiter that went to sleep while the word held
+  // `seen`: after a change, the value before it (what fetch_add returned);
+  // to wake without a change, the current value.
+  //
+  // Linux: a shared futex on the address (offset and seen unused). Windows,
+  // where WaitOnAddress does not cross processes: a named manual-reset event
+  // per (file, offset, seen), created by the waiter before it re-checks the
+  // word and set by the waker, so a change after the waiter's check always
+  // finds the event (see win32_platform.cc).
+  virtual bool WaitWord(std::atomic<uint32_t>* word, uint64_t offset, uint32_t expected,
+                        std::chrono::microseconds timeout) = 0;
+  virtual void WakeWord(std::atomic<uint32_t>* word, uint64_t offset, uint32_t seen) = 0;
 };
 
 // Atomically replaces `to` with `from` (rename(2) / MoveFileEx).
@@ -122,24 +144,15 @@ Status RemoveFile(const std::string& path);
 // Identity of the file now at `path` (kNotFound when none).
 Status FileIdentity(const std::string& path, std::array<uint64_t, 2>* id);
 
-// Blocks while *word == expected, for at most `timeout`, or until woken.
-// Works across processes when `word` lies in a shared mapping. May return
-// early (spuriously); callers re-check. Returns true when woken or changed,
-// false on timeout.
-//
-// Cross-process wake-up is required, not an optimisation: the lock waiters
-// (lock.cc) re-check every few milliseconds anyway, but WaitForChange
-// (watch.cc) sleeps for its whole timeout on ControlPage::change_futex and
-// relies on a writer in another process reaching it through WakeWord. A
-// backend whose native address wait is process-local (WaitOnAddress on
-// Windows) must implement both calls with a named kernel object derived
-// from the file and the word's offset (an event or semaphore), with the
-// same contract: WaitWord returns at once when *word != expected, a
-// WakeWord after a store to *word wakes every sleeper, spurious returns are
-// allowed.
-bool WaitWord(std::atomic<uint32_t>* word, uint32_t expected, std::chrono::microseconds timeout);
-// Wakes every waiter on `word`.
-void WakeWord(std::atomic<uint32_t>* word);
+
+// Blocks the calling thread while *word == expected, until another thread of
+// this process calls WakeInProcess on it; spurious returns are allowed. For
+// words that only this process's threads share (the handle's RwLock). A
+// wake when nobody waits costs no system call. (Not std::atomic::wait:
+// libstdc++ 12 without a native wait (mingw-w64) lost wake-ups, a hang seen
+// under Wine.)
+void WaitInProcess(std::atomic<uint32_t>* word, uint32_t expected);
+void WakeInProcess(std::atomic<uint32_t>* word);
 
 // 16 bytes that change at every boot of the machine.
 std::array<uint8_t, 16> BootId();

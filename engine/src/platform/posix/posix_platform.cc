@@ -253,6 +253,23 @@ void DetachFdsInChild() {
   ::close(null_fd);
 }
 
+// Shared (not FUTEX_PRIVATE_FLAG) futex: waiters and wakers may be in
+// different processes.
+bool FutexWait(std::atomic<uint32_t>* word, uint32_t expected, std::chrono::microseconds timeout) {
+  const int64_t us = std::max<int64_t>(timeout.count(), 0);
+  struct timespec ts {};
+  ts.tv_sec = static_cast<time_t>(us / 1000000);
+  ts.tv_nsec = static_cast<long>(us % 1000000 * 1000);
+  const long rc = ::syscall(SYS_futex, reinterpret_cast<uint32_t*>(word), FUTEX_WAIT, expected, &ts, nullptr, 0);
+  // 0: woken (or spurious). EAGAIN: the word differs from `expected`.
+  // EINTR: a signal; the caller re-checks like any early return.
+  return !(rc != 0 && errno == ETIMEDOUT);
+}
+
+void FutexWakeAll(std::atomic<uint32_t>* word) {
+  ::syscall(SYS_futex, reinterpret_cast<uint32_t*>(word), FUTEX_WAKE, INT_MAX, nullptr, nullptr, 0);
+}
+
 class PosixFile final : public File {
  public:
   PosixFile(UniqueFd fd, std::string path, bool read_only)
@@ -380,6 +397,12 @@ class PosixFile final : public File {
     *id = {static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino)};
     return Status::Ok();
   }
+
+  bool WaitWord(std::atomic<uint32_t>* word, uint64_t /*offset*/, uint32_t expected,
+                std::chrono::microseconds timeout) override {
+    return FutexWait(word, expected, timeout);
+  }
+  void WakeWord(std::atomic<uint32_t>* word, uint64_t /*offset*/, uint32_t /*seen*/) override { FutexWakeAll(word); }
 
  private:
   static struct flock MakeFlock(uint64_t offset, uint64_t length, short type) {
@@ -596,23 +619,12 @@ Status FileIdentity(const std::string& path, std::array<uint64_t, 2>* id) {
   return Status::Ok();
 }
 
-// ---- Futex ----------------------------------------------------------------
+// ---- In-process waits --------------------------------------------------------
 
-bool WaitWord(std::atomic<uint32_t>* word, uint32_t expected, std::chrono::microseconds timeout) {
-  const int64_t us = std::max<int64_t>(timeout.count(), 0);
-  struct timespec ts {};
-  ts.tv_sec = static_cast<time_t>(us / 1000000);
-  ts.tv_nsec = static_cast<long>(us % 1000000 * 1000);
-  // Not FUTEX_PRIVATE_FLAG: waiters and wakers may be in different processes.
-  const long rc = ::syscall(SYS_futex, reinterpret_cast<uint32_t*>(word), FUTEX_WAIT, expected, &ts, nullptr, 0);
-  // 0: woken (or spurious). EAGAIN: the word differs from `expected`.
-  // EINTR: a signal; the caller re-checks like any early return.
-  return !(rc != 0 && errno == ETIMEDOUT);
-}
-
-void WakeWord(std::atomic<uint32_t>* word) {
-  ::syscall(SYS_futex, reinterpret_cast<uint32_t*>(word), FUTEX_WAKE, INT_MAX, nullptr, nullptr, 0);
-}
+// libstdc++ on Linux waits on a private futex and counts its waiters, so a
+// notify with nobody waiting makes no system call.
+void WaitInProcess(std::atomic<uint32_t>* word, uint32_t expected) { word->wait(expected, std::memory_order_relaxed); }
+void WakeInProcess(std::atomic<uint32_t>* word) { word->notify_all(); }
 
 // ---- Boot id, process ------------------------------------------------------
 

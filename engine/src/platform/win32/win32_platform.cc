@@ -29,12 +29,19 @@
 //    offset) and holds it only for the few non-blocking calls that follow.
 //    The handle's held ranges are kept in a table (one mutex per handle), so
 //    re-locking in the same mode is a no-op as with fcntl.
-//  - WaitWord/WakeWord: WaitOnAddress does not reach other processes, and a
-//    named event per word would need the store's identity, which the word's
-//    address does not give. So a waiter sleeps in slices of at most
-//    kPollSlice on WaitOnAddress (woken at once by a waker of its own
-//    process) and re-reads the word after each slice (a waker in another
-//    process is noticed at the next slice). See docs/DESIGN.md for the cost.
+//  - WaitWord/WakeWord: WaitOnAddress does not reach other processes, so a
+//    word is waited on through named manual-reset events, one per (file,
+//    offset, value): "Local\mapkv-wait-<volume>-<file index>-<offset>-<value>"
+//    (for a named shared store "Local\mapkv-wait-shm-NAME-..."). A waiter
+//    creates (or opens) the event for the value it expects, then re-reads
+//    the word, then waits on the event. A waker sets the event of the value
+//    the word held before its change (OpenEventW fails when nobody waits:
+//    nothing to do). A change made after the waiter's re-read therefore
+//    finds its event; one made before it is seen by the re-read. An event
+//    lives while a handle to it is open, so a waiter that finds its event
+//    set by an earlier wake while the word again holds the value resets it
+//    and returns (a spurious return, allowed). No polling: an idle waiter
+//    sleeps in WaitForSingleObject for its whole timeout.
 //  - Named shared stores ("shm:NAME"): a paging-file-backed section
 //    "Local\mapkv-NAME" created with SEC_RESERVE at kSharedMax + header
 //    bytes; the first 64 KiB (one allocation granule) hold the store's
@@ -80,8 +87,6 @@ static_assert(std::atomic<uint64_t>::is_always_lock_free, "the shared length wor
 // Lock ranges must stay below this; the gate of [offset, offset+length) is
 // [kGateBase + offset, kGateBase + offset + length).
 constexpr uint64_t kGateBase = uint64_t{1} << 62;
-// A waiter re-reads its word at least this often (other processes' wakes).
-constexpr DWORD kPollSliceMs = 1;
 // Named shared stores: the header before the store bytes (one allocation
 // granule, so the store's views start at an allowed offset) and the largest
 // store (reserved address space and section size; pages are committed only
@@ -214,6 +219,48 @@ OVERLAPPED At(uint64_t offset) {
   ov.OffsetHigh = static_cast<DWORD>(offset >> 32);
   return ov;
 }
+
+// ---- Wait words ------------------------------------------------------------
+
+// WaitWord/WakeWord of one file or shared store (see the notes above).
+class WordEvents {
+ public:
+  // `prefix` names the store: the events are prefix + "<offset>-<value>".
+  void SetPrefix(std::wstring prefix) { prefix_ = std::move(prefix); }
+
+  bool Wait(std::atomic<uint32_t>* word, uint64_t offset, uint32_t expected, std::chrono::microseconds timeout) {
+    if (word->load(std::memory_order_acquire) != expected) return true;
+    UniqueHandle event(::CreateEventW(nullptr, TRUE, FALSE, Name(offset, expected).c_str()));
+    if (!event.valid()) {
+      // No event (out of handles?): sleep briefly; the caller re-checks.
+      ::Sleep(1);
+      return word->load(std::memory_order_acquire) != expected;
+    }
+    // The event exists before this read: a change after it sets the event.
+    if (word->load(std::memory_order_seq_cst) != expected) return true;
+    const int64_t us = std::max<int64_t>(timeout.count(), 0);
+    const DWORD ms = static_cast<DWORD>(std::min<int64_t>((us + 999) / 1000, INFINITE - 1));
+    if (::WaitForSingleObject(event.get(), ms) != WAIT_OBJECT_0) {
+      return word->load(std::memory_order_acquire) != expected;
+    }
+    // Set by a wake for an earlier time the word held this value, or by a
+    // wake without a change: clear it for the next waiter of this value.
+    if (word->load(std::memory_order_seq_cst) == expected) ::ResetEvent(event.get());
+    return true;
+  }
+
+  void Wake(uint64_t offset, uint32_t seen) {
+    UniqueHandle event(::OpenEventW(EVENT_MODIFY_STATE, FALSE, Name(offset, seen).c_str()));
+    if (event.valid()) ::SetEvent(event.get());
+  }
+
+ private:
+  std::wstring Name(uint64_t offset, uint32_t value) const {
+    return prefix_ + std::to_wstring(offset) + L"-" + std::to_wstring(value);
+  }
+
+  std::wstring prefix_;
+};
 
 // ---- Byte-range locks -----------------------------------------------------
 
@@ -512,6 +559,13 @@ class Win32File final : public File {
 
   Status Identity(std::array<uint64_t, 2>* id) override { return HandleIdentity(h_.get(), path_, id); }
 
+  bool WaitWord(std::atomic<uint32_t>* word, uint64_t offset, uint32_t expected,
+                std::chrono::microseconds timeout) override {
+    return events_.Wait(word, offset, expected, timeout);
+  }
+  void WakeWord(std::atomic<uint32_t>*, uint64_t offset, uint32_t seen) override { events_.Wake(offset, seen); }
+  WordEvents* events() { return &events_; }
+
   static Status HandleIdentity(HANDLE h, const std::string& path, std::array<uint64_t, 2>* id) {
     BY_HANDLE_FILE_INFORMATION info{};
     if (!::GetFileInformationByHandle(h, &info)) {
@@ -554,6 +608,7 @@ class Win32File final : public File {
   const std::string path_;
   const bool read_only_;
   RangeLocks locks_;
+  WordEvents events_;
   uint64_t pending_truncate_ = kNoTruncate;
 };
 
@@ -703,6 +758,13 @@ class Win32SharedFile final : public File {
     return Win32File::HandleIdentity(lock_file_.get(), path_, id);
   }
 
+  bool WaitWord(std::atomic<uint32_t>* word, uint64_t offset, uint32_t expected,
+                std::chrono::microseconds timeout) override {
+    return events_.Wait(word, offset, expected, timeout);
+  }
+  void WakeWord(std::atomic<uint32_t>*, uint64_t offset, uint32_t seen) override { events_.Wake(offset, seen); }
+  WordEvents* events() { return &events_; }
+
  private:
   // Maps `span` store bytes (past the header) and commits them in the view.
   Status CommitView(uint64_t span, bool writable, void** out) {
@@ -725,6 +787,7 @@ class Win32SharedFile final : public File {
   const std::string path_;
   const bool read_only_;
   RangeLocks locks_;
+  WordEvents events_;
 };
 
 // ---- Boot identity --------------------------------------------------------
@@ -775,7 +838,11 @@ std::array<uint8_t, 16> ComputeBootId() {
 Status File::Open(const std::string& path, const FileSpec& spec, std::unique_ptr<File>* out) {
   UniqueHandle h;
   if (Status s = OpenHandle(path, spec, &h); !s.ok()) return s;
-  *out = std::make_unique<Win32File>(std::move(h), path, spec.read_only);
+  auto file = std::make_unique<Win32File>(std::move(h), path, spec.read_only);
+  std::array<uint64_t, 2> id{};
+  if (Status s = file->Identity(&id); !s.ok()) return s;
+  file->events()->SetPrefix(L"Local\\mapkv-wait-" + std::to_wstring(id[0]) + L"-" + std::to_wstring(id[1]) + L"-");
+  *out = std::move(file);
   return Status::Ok();
 }
 
@@ -819,8 +886,10 @@ Status File::OpenShared(const std::string& name, const FileSpec& spec, std::uniq
     ::UnmapViewOfFile(header);
     return s;
   }
-  *out = std::make_unique<Win32SharedFile>(std::move(section), static_cast<SharedHeader*>(header), std::move(lock_file),
-                                           path, spec.read_only);
+  auto file = std::make_unique<Win32SharedFile>(std::move(section), static_cast<SharedHeader*>(header),
+                                                std::move(lock_file), path, spec.read_only);
+  file->events()->SetPrefix(Widen("Local\\mapkv-wait-shm-" + name + "-"));
+  *out = std::move(file);
   return Status::Ok();
 }
 
@@ -875,28 +944,14 @@ Status FileIdentity(const std::string& path, std::array<uint64_t, 2>* id) {
   return Win32File::HandleIdentity(h.get(), path, id);
 }
 
-// ---- Wait words -----------------------------------------------------------
+// ---- In-process waits --------------------------------------------------------
 
-bool WaitWord(std::atomic<uint32_t>* word, uint32_t expected, std::chrono::microseconds timeout) {
-  using Clock = std::chrono::steady_clock;
-  const auto deadline = Clock::now() + std::max(timeout, std::chrono::microseconds(0));
-  // A short spin first: most waits in the engine end within microseconds.
-  for (int i = 0; i < 64; ++i) {
-    if (word->load(std::memory_order_acquire) != expected) return true;
-    std::this_thread::yield();
-  }
-  while (true) {
-    if (word->load(std::memory_order_acquire) != expected) return true;
-    const auto now = Clock::now();
-    if (now >= deadline) return false;
-    const auto left_ms = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now).count() + 1;
-    const DWORD slice = static_cast<DWORD>(std::min<int64_t>(left_ms, kPollSliceMs));
-    // Returns early when a thread of this process wakes the address.
-    if (::WaitOnAddress(reinterpret_cast<volatile void*>(word), &expected, sizeof(expected), slice)) return true;
-  }
+// WaitOnAddress works between the threads of one process; WakeByAddressAll
+// with no waiter stays in user mode.
+void WaitInProcess(std::atomic<uint32_t>* word, uint32_t expected) {
+  ::WaitOnAddress(reinterpret_cast<volatile void*>(word), &expected, sizeof(expected), INFINITE);
 }
-
-void WakeWord(std::atomic<uint32_t>* word) { ::WakeByAddressAll(reinterpret_cast<void*>(word)); }
+void WakeInProcess(std::atomic<uint32_t>* word) { ::WakeByAddressAll(reinterpret_cast<void*>(word)); }
 
 // ---- Boot id, process ------------------------------------------------------
 
