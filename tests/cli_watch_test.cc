@@ -2,19 +2,17 @@
 // binary while a child process writes: JSON lines, filters, key_base64 and
 // long keys, and the exit codes (0 after N changes, 1 on timeout, 2 usage,
 // 3 store error and falling behind the ring).
-#include <fcntl.h>
-#include <poll.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <chrono>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "cli_runner.h"
 #include "format.h"
+#include "platform/platform.h"
 #include "store_test_helpers.h"
 
 #ifndef MAPKV_CLI_PATH
@@ -26,54 +24,11 @@ namespace {
 
 using namespace std::chrono_literals;
 
-struct WatchResult {
-  int code = -1;
-  std::string out;
-  std::string err;
-};
-
 // Runs `mapkv watch` with `args` to its end, collecting both outputs.
-WatchResult RunWatch(const std::vector<std::string>& args) {
-  std::vector<std::string> strings = {MAPKV_CLI_PATH, "watch"};
-  strings.insert(strings.end(), args.begin(), args.end());
-  std::vector<char*> argv;
-  for (std::string& a : strings) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  int out[2], err[2];
-  REQUIRE(::pipe2(out, O_CLOEXEC) == 0);
-  REQUIRE(::pipe2(err, O_CLOEXEC) == 0);
-  const pid_t pid = ::fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    ::dup2(out[1], STDOUT_FILENO);
-    ::dup2(err[1], STDERR_FILENO);
-    ::execv(argv[0], argv.data());
-    _exit(127);
-  }
-  ::close(out[1]);
-  ::close(err[1]);
-  WatchResult r;
-  pollfd fds[2] = {{out[0], POLLIN, 0}, {err[0], POLLIN, 0}};
-  int open_fds = 2;
-  while (open_fds > 0) {
-    REQUIRE(::poll(fds, 2, 30000) > 0);
-    for (int i = 0; i < 2; ++i) {
-      if (fds[i].fd < 0 || fds[i].revents == 0) continue;
-      char buf[4096];
-      const ssize_t n = ::read(fds[i].fd, buf, sizeof buf);
-      if (n <= 0) {
-        ::close(fds[i].fd);
-        fds[i].fd = -1;
-        --open_fds;
-      } else {
-        (i == 0 ? r.out : r.err).append(buf, static_cast<size_t>(n));
-      }
-    }
-  }
-  int status = 0;
-  REQUIRE(::waitpid(pid, &status, 0) == pid);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  return r;
+CliResult RunWatch(const std::vector<std::string>& args) {
+  std::vector<std::string> all = {"watch"};
+  all.insert(all.end(), args.begin(), args.end());
+  return RunCli(all);
 }
 
 std::vector<nlohmann::json> Lines(const std::string& out) {
@@ -83,25 +38,35 @@ std::vector<nlohmann::json> Lines(const std::string& out) {
   return lines;
 }
 
-// args: path, then key/value pairs ("-" as value: erase). Waits until a
+// A key given as "hex:HEX" (command lines are not binary-safe on Windows).
+std::string DecodeKey(const std::string& arg) {
+  if (arg.rfind("hex:", 0) != 0) return arg;
+  std::string out;
+  for (size_t i = 4; i + 1 < arg.size(); i += 2)
+    out.push_back(static_cast<char>(std::stoi(arg.substr(i, 2), nullptr, 16)));
+  return out;
+}
+
+// args: path, then key/value pairs ("-" as value: erase; keys may be "hex:..."). Waits until a
 // watcher is counted in the store's control page, then writes them.
 int CliWriterChild(const std::vector<std::string>& args) {
   Store s;
   if (!Store::Open(args[0], {}, &s).ok()) return 3;
   const auto deadline = Clock::now() + 20s;
   // The watcher opens the store and then sleeps in WaitForChange, counted.
-  const int fd = ::open(args[0].c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return 4;
-  internal::format::ControlPage ctl{};
-  while (true) {
-    if (::pread(fd, &ctl, sizeof ctl, internal::format::kControlOffset) != static_cast<ssize_t>(sizeof ctl)) return 5;
-    if (ctl.change_waiters.load() > 0) break;
+  std::unique_ptr<internal::File> file;
+  std::unique_ptr<internal::Mapping> map;
+  if (!internal::File::Open(args[0], internal::FileSpec{.read_only = true}, &file).ok()) return 4;
+  if (!file->Map(internal::format::kControlOffset + 4096, false, &map).ok()) return 5;
+  const auto* ctl =
+      reinterpret_cast<const internal::format::ControlPage*>(map->data() + internal::format::kControlOffset);
+  while (ctl->change_waiters.load() == 0) {
     if (Clock::now() > deadline) return 6;
     std::this_thread::sleep_for(1ms);
   }
-  ::close(fd);
   for (size_t i = 1; i + 1 < args.size(); i += 2) {
-    Status st = args[i + 1] == "-" ? s.Erase(args[i]) : s.Put(args[i], args[i + 1]);
+    const std::string key = DecodeKey(args[i]);
+    Status st = args[i + 1] == "-" ? s.Erase(key) : s.Put(key, args[i + 1]);
     if (!st.ok()) return 7;
   }
   return 0;
@@ -114,11 +79,11 @@ TEST_CASE("watch: mapkv watch prints one JSON line per change and exits 0 after 
   TempDir dir;
   const std::string path = dir.File("s.mkv");
   { REQUIRE(MustOpen(path).Put("old", "before the watch").ok()); }
-  const std::string bin("\xff\xfe", 2);
   const std::string long_key = "long/" + std::string(50, 'x');
-  const int pid = SpawnChild("watch.cli-writer", {path, "cfg", "1", bin, "b", "cfg", "-", long_key, "v", "other", "v"});
+  const int pid =
+      SpawnChild("watch.cli-writer", {path, "cfg", "1", "hex:fffe", "b", "cfg", "-", long_key, "v", "other", "v"});
   REQUIRE(pid > 0);
-  const WatchResult r = RunWatch({path, "--count", "4", "--timeout", "20"});
+  const CliResult r = RunWatch({path, "--count", "4", "--timeout", "20"});
   CHECK(WaitChild(pid) == 0);
   CHECK(r.code == 0);
   CHECK(r.err.empty());
@@ -139,7 +104,7 @@ TEST_CASE("watch: mapkv watch --key and --prefix filter; --timeout exits 1; usag
   const std::string path = dir.File("s.mkv");
   { REQUIRE(MustOpen(path).Put("start", "").ok()); }
   int pid = SpawnChild("watch.cli-writer", {path, "a/1", "v", "b/1", "v", "config", "v", "a/1", "-"});
-  WatchResult r = RunWatch({path, "--prefix", "a/", "--count", "2", "--timeout", "20"});
+  CliResult r = RunWatch({path, "--prefix", "a/", "--count", "2", "--timeout", "20"});
   CHECK(WaitChild(pid) == 0);
   CHECK(r.code == 0);
   auto lines = Lines(r.out);

@@ -76,7 +76,9 @@ TEST_SUITE("bad_input") {
     constexpr uint64_t kCtl = internal::format::kControlOffset;
     const auto* ctl = reinterpret_cast<const ControlPage*>(image.data() + kCtl);
     REQUIRE(ctl->undo_count.load() == 0);
-    auto field = [&](const void* p) { return kCtl + static_cast<uint64_t>(static_cast<const char*>(p) - (image.data() + kCtl)); };
+    auto field = [&](const void* p) {
+      return kCtl + static_cast<uint64_t>(static_cast<const char*>(p) - (image.data() + kCtl));
+    };
     struct Case {
       const char* what;
       uint64_t target;

@@ -475,7 +475,7 @@ TEST_SUITE("platform") {
     CHECK(woken);
     CHECK(words[0].load() == 1);
     CHECK(elapsed < std::chrono::seconds(5));  // woken, not timed out
-    CHECK(waits < 50);                          // slept, did not poll
+    CHECK(waits < 50);                         // slept, did not poll
     CHECK(WaitChild(pid) == 0);
   }
 

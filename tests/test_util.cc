@@ -192,7 +192,9 @@ int WaitChild(int pid) {
 int64_t ProcessCpuMicros() {
   FILETIME created{}, exited{}, kernel{}, user{};
   if (!::GetProcessTimes(::GetCurrentProcess(), &created, &exited, &kernel, &user)) return -1;
-  auto us = [](const FILETIME& t) { return static_cast<int64_t>(uint64_t{t.dwHighDateTime} << 32 | t.dwLowDateTime) / 10; };
+  auto us = [](const FILETIME& t) {
+    return static_cast<int64_t>(uint64_t{t.dwHighDateTime} << 32 | t.dwLowDateTime) / 10;
+  };
   return us(kernel) + us(user);
 }
 

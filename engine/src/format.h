@@ -222,7 +222,8 @@ static_assert(sizeof(std::atomic<uint64_t>) == 8, "atomic u64 has the size of u6
 // File offset of a field of the mapped control page `ctl` (a wait word's
 // offset names its event on Windows).
 inline uint64_t ControlOffsetOf(const ControlPage* ctl, const void* field) {
-  return kControlOffset + static_cast<uint64_t>(static_cast<const uint8_t*>(field) - reinterpret_cast<const uint8_t*>(ctl));
+  return kControlOffset +
+         static_cast<uint64_t>(static_cast<const uint8_t*>(field) - reinterpret_cast<const uint8_t*>(ctl));
 }
 
 // ---- undo log ---------------------------------------------------------------

@@ -117,7 +117,9 @@ class LockManager {
   void Wait(std::atomic<uint32_t>* word, uint32_t expected, std::chrono::microseconds timeout) {
     file_->WaitWord(word, format::ControlOffsetOf(ctl_, word), expected, timeout);
   }
-  void Wake(std::atomic<uint32_t>* word, uint32_t seen) { file_->WakeWord(word, format::ControlOffsetOf(ctl_, word), seen); }
+  void Wake(std::atomic<uint32_t>* word, uint32_t seen) {
+    file_->WakeWord(word, format::ControlOffsetOf(ctl_, word), seen);
+  }
 
   File* const file_;
   const std::chrono::milliseconds timeout_;

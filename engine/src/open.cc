@@ -303,8 +303,7 @@ Status StoreImpl::CheckControlPage(const ControlPage& c, uint64_t file_size, con
   }
   const uint64_t shift = c.table_shift.load();
   if (shift < kMinTableShift || shift > kMaxTableShift) return bad("bad table size (2^" + std::to_string(shift) + ")");
-  if (!in_file(c.pagemap_offset.load(), PagemapBytes(static_cast<uint32_t>(shift))))
-    return bad("page map out of file");
+  if (!in_file(c.pagemap_offset.load(), PagemapBytes(static_cast<uint32_t>(shift)))) return bad("page map out of file");
   if (c.pagemap_offset.load() % kGranule != 0 || c.alloc_offset % kGranule != 0) {
     return bad("misaligned page map or allocation map");
   }
@@ -328,9 +327,8 @@ Status StoreImpl::CheckControlPage(const ControlPage& c, uint64_t file_size, con
     }
   }
   const uint64_t ring_cap = c.ring_capacity;
-  if (ring_cap != 0 &&
-      (ring_cap > kMaxRingCapacity || ring_cap % kRingCapacityUnit != 0 || c.ring_offset % kPageSize != 0 ||
-       !in_file(c.ring_offset, ring_cap * kChangeEntrySize))) {
+  if (ring_cap != 0 && (ring_cap > kMaxRingCapacity || ring_cap % kRingCapacityUnit != 0 ||
+                        c.ring_offset % kPageSize != 0 || !in_file(c.ring_offset, ring_cap * kChangeEntrySize))) {
     return bad("change ring out of file");
   }
   return Status::Ok();

@@ -166,8 +166,9 @@ Status StoreImpl::WaitForChange(uint64_t since, std::chrono::milliseconds timeou
     const auto now = Clock::now();
     if (now >= deadline) break;
     // Spurious returns (a wake meant for another sequence, a signal) loop.
-    file_->WaitWord(&ctl_->change_futex, ControlOffsetOf(ctl_, &ctl_->change_futex), word,
-                    std::chrono::duration_cast<std::chrono::microseconds>(deadline - now) + std::chrono::microseconds(1));
+    file_->WaitWord(
+        &ctl_->change_futex, ControlOffsetOf(ctl_, &ctl_->change_futex), word,
+        std::chrono::duration_cast<std::chrono::microseconds>(deadline - now) + std::chrono::microseconds(1));
   }
   ctl_->change_waiters.fetch_sub(1, std::memory_order_seq_cst);
   file_->Unlock(kChangeWaiterByte, 1).IgnoreError();

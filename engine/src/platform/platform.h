@@ -144,7 +144,6 @@ Status RemoveFile(const std::string& path);
 // Identity of the file now at `path` (kNotFound when none).
 Status FileIdentity(const std::string& path, std::array<uint64_t, 2>* id);
 
-
 // Blocks the calling thread while *word == expected, until another thread of
 // this process calls WakeInProcess on it; spurious returns are allowed. For
 // words that only this process's threads share (the handle's RwLock). A
