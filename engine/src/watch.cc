@@ -62,6 +62,24 @@ bool Matches(const ChangeFilter& filter, uint64_t want_hash, const ChangeEntry& 
   return false;
 }
 
+// Copies the first min(key.size(), kChangeKeyBytes) bytes of `key` to `dst`,
+// in 8-byte words (the last one overlapping): no string instruction, no call.
+void CopyKeyStart(uint8_t* dst, std::string_view key) {
+  const size_t n = std::min<size_t>(key.size(), kChangeKeyBytes);
+  const char* src = key.data();
+  if (n >= 8) {
+    for (size_t i = 0; i + 8 < n; i += 8) std::memcpy(dst + i, src + i, 8);
+    std::memcpy(dst + n - 8, src + n - 8, 8);  // the last word, overlapping
+    return;
+  }
+  if (n >= 4) {
+    std::memcpy(dst, src, 4);
+    std::memcpy(dst + n - 4, src + n - 4, 4);
+    return;
+  }
+  for (size_t i = 0; i < n; ++i) dst[i] = static_cast<uint8_t>(src[i]);
+}
+
 }  // namespace
 
 uint64_t StoreImpl::KeyHash(std::string_view key) const { return HashKey(key, seed_); }
@@ -91,17 +109,22 @@ Status StoreImpl::RecordChange(uint8_t op, std::string_view key, uint64_t hash, 
   ctl_->change_seq.store(seq, std::memory_order_relaxed);
   const uint64_t cap = ctl_->ring_capacity;
   if (cap == 0) return Status::Ok();
-  auto* e = heap_->At<ChangeEntry>(ctl_->ring_offset + (seq - 1) % cap * kChangeEntrySize);
+  // A power-of-two capacity (the default) spares the put a division.
+  const uint64_t index = (cap & (cap - 1)) == 0 ? (seq - 1) & (cap - 1) : (seq - 1) % cap;
+  ChangeEntry* const ring = heap_->At<ChangeEntry>(ctl_->ring_offset);
+  ChangeEntry* const e = ring + index;
   std::atomic_ref<uint64_t> entry_seq(e->seq);
   SeqlockMarkWriting(entry_seq, 0);  // the 0 before any byte of the new entry
   e->key_hash = hash;
   e->key_size = static_cast<uint32_t>(key.size());
   e->op = op;
-  e->reserved = 0;
-  const uint64_t stored = std::min<uint64_t>(key.size(), kChangeKeyBytes);
   e->flags = key.size() > kChangeKeyBytes ? kChangeKeyTruncated : 0;
-  std::memcpy(e->key, key.data(), stored);
-  std::memset(e->key + stored, 0, kChangeKeyBytes - stored);
+  e->reserved = 0;
+  // Fixed-size zeroing and word copies: a variable-length memcpy/memset
+  // compiled to rep-prefixed string instructions, slow to start for keys
+  // this short.
+  std::memset(e->key, 0, kChangeKeyBytes);
+  CopyKeyStart(e->key, key);
   entry_seq.store(seq, std::memory_order_release);
   return Status::Ok();
 }
