@@ -94,7 +94,14 @@ class Heap {
   Status SetWord(uint64_t offset, uint64_t value);
   Status SetWord(const uint64_t* p, uint64_t value) { return SetWord(OffsetOf(p), value); }
   Status SetWord(const std::atomic<uint64_t>* p, uint64_t value) { return SetWord(OffsetOf(p), value); }
-  uint64_t OffsetOf(const void* p) const { return maps_->OffsetOf(p); }
+  uint64_t OffsetOf(const void* p) const {
+    // Control-page words, logged by every write, without the mapping search
+    // (ctl_ may lie in an older view than the newest, where MapSet takes a mutex).
+    const auto* q = static_cast<const uint8_t*>(p);
+    const auto* c = reinterpret_cast<const uint8_t*>(ctl_);
+    if (q >= c && q < c + sizeof(format::ControlPage)) return format::ControlOffsetOf(ctl_, p);
+    return maps_->OffsetOf(p);
+  }
   // Starts a write: records the control-page counters once, so the write may
   // change them freely afterwards. kInPlace: a write that changes no
   // structure, only bytes it saves with SaveRange, and change_seq.
