@@ -5,23 +5,11 @@
 // read-only commands never change a store's bytes.
 #include <sys/stat.h>
 #include <sys/types.h>
-#ifdef _WIN32
-#ifndef NOMINMAX
-#define NOMINMAX
-#endif
-#include <windows.h>
-
-#include <thread>
-#else
-#include <fcntl.h>
-#include <poll.h>
-#include <signal.h>
-#include <sys/wait.h>
+#ifndef _WIN32
 #include <unistd.h>
 #endif
 
 #include <algorithm>
-#include <cerrno>
 #include <climits>
 #include <cstdlib>
 #include <cstring>
@@ -31,8 +19,8 @@
 #include <string>
 #include <vector>
 
-#include "mapkv/store.h"
 #include "cli_runner.h"
+#include "mapkv/store.h"
 #include "store_test_helpers.h"
 
 #ifndef MAPKV_CLI_PATH
