@@ -53,6 +53,40 @@ std::string AllBytes() {
 }
 
 TEST_SUITE("store") {
+  TEST_CASE("status: one pointer wide, copies and moves keep code and message") {
+    static_assert(sizeof(Status) == sizeof(void*), "Status stays one pointer wide");
+    Status ok;
+    CHECK(ok.ok());
+    CHECK(ok.code() == Code::kOk);
+    CHECK(ok.message().empty());
+    CHECK(ok.ToString() == "OK");
+    CHECK(Status(Code::kOk, "ignored").ok());
+
+    Status err(Code::kCorruption, "f.mkv: bad magic");
+    Status copy = err;
+    CHECK(copy.code() == Code::kCorruption);
+    CHECK(copy.message() == "f.mkv: bad magic");
+    CHECK(&copy.message() != &err.message());  // a copy owns its message
+    Status moved = std::move(copy);
+    CHECK(moved.ToString() == "Corruption: f.mkv: bad magic");
+    CHECK(copy.ok());  // NOLINT(bugprone-use-after-move): a moved-from status is OK
+
+    Status first = Status::Ok();
+    first |= Status(Code::kIoError, "first");
+    first |= Status(Code::kBusy, "second");
+    CHECK(first.code() == Code::kIoError);
+    CHECK(first.message() == "first");
+
+    Status nf = Status::KeyNotFound();
+    Status nf2 = nf;
+    CHECK(nf.IsNotFound());
+    CHECK(nf2.IsNotFound());
+    CHECK(nf2.message() == "key not found");
+    nf2 = err;
+    CHECK(nf2.code() == Code::kCorruption);
+    CHECK(Status::KeyNotFound().message() == "key not found");  // the shared one is unchanged
+  }
+
   TEST_CASE("store: put get erase contains size") {
     TempDir dir;
     Store store = MustOpen(dir.File("s.mkv"));

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <bit>
 #include <cstring>
+#include <iterator>
 #include <string>
 
 #include "hash.h"
@@ -171,6 +172,10 @@ Status Heap::SetWord(uint64_t offset, uint64_t value) {
   return Status::Ok();
 }
 
+format::UndoEntry Heap::WordEntry(const void* word, uint64_t value) const {
+  return {(static_cast<uint64_t>(UndoKind::kWord) << format::kUndoKindShift) | OffsetOf(word), value};
+}
+
 Status Heap::Begin(WriteScope scope) {
   if (ctl_->undo_chain != 0) DropChain();
   ResetWriteState();
@@ -179,15 +184,29 @@ Status Heap::Begin(WriteScope scope) {
   // are plain stores.
   // (alloc_offset/alloc_words are logged where the map moves, so that undo
   // entries before the move are taken back on the old map, after it.)
-  const uint64_t* words[] = {&ctl_->heap_end, &ctl_->live_bytes, &ctl_->pending_bytes, &ctl_->pagemap_bytes};
-  for (const uint64_t* w : words) {
-    Status s = Log(UndoKind::kWord, OffsetOf(w), *w);
-    if (!s.ok()) return s;
+  const format::UndoEntry words[] = {
+      WordEntry(&ctl_->heap_end, ctl_->heap_end),
+      WordEntry(&ctl_->live_bytes, ctl_->live_bytes),
+      WordEntry(&ctl_->pending_bytes, ctl_->pending_bytes),
+      WordEntry(&ctl_->pagemap_bytes, ctl_->pagemap_bytes),
+      WordEntry(&ctl_->entries, ctl_->entries.load(std::memory_order_relaxed)),
+      WordEntry(&ctl_->change_seq, ctl_->change_seq.load(std::memory_order_relaxed)),
+      WordEntry(&ctl_->table_shift, ctl_->table_shift.load(std::memory_order_relaxed)),
+      WordEntry(&ctl_->pagemap_offset, ctl_->pagemap_offset.load(std::memory_order_relaxed)),
+  };
+  constexpr uint64_t kWords = std::size(words);
+  const uint64_t n = ctl_->undo_count.load(std::memory_order_relaxed);
+  if (n + kWords + kChunkReserve < log_capacity_) {
+    // Nothing has changed yet, so the entries may all go in before the one
+    // count that exposes them (Log's rule, for eight entries at once).
+    for (uint64_t k = 0; k < kWords; ++k) *AppendSlot(n + k) = words[k];
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+    ctl_->undo_count.store(n + kWords, std::memory_order_release);
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+    return Status::Ok();
   }
-  const std::atomic<uint64_t>* atomics[] = {&ctl_->entries, &ctl_->change_seq, &ctl_->table_shift,
-                                            &ctl_->pagemap_offset};
-  for (const std::atomic<uint64_t>* w : atomics) {
-    Status s = Log(UndoKind::kWord, OffsetOf(w), w->load(std::memory_order_relaxed));
+  for (const format::UndoEntry& e : words) {
+    Status s = Log(UndoKind::kWord, e.kind_target, e.value);  // kWord is 0: kind_target is the offset
     if (!s.ok()) return s;
   }
   return Status::Ok();

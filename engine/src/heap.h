@@ -194,6 +194,8 @@ class Heap {
     return Status::Ok();
   }
   Status LogSlow(format::UndoKind kind, uint64_t target, uint64_t value);
+  // The entry that restores the control-page word at `word` to `value`.
+  format::UndoEntry WordEntry(const void* word, uint64_t value) const;
   // Entries kept free for linking the next chunk: its allocation may grow the
   // file and move the allocation map, about eight entries.
   static constexpr uint64_t kChunkReserve = 64;

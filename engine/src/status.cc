@@ -41,12 +41,31 @@ std::string_view CodeName(Code code) {
   return "Unknown";
 }
 
+Status::Status(Code code, std::string message)
+    : rep_(code == Code::kOk ? nullptr : new Rep{code, false, std::move(message)}) {}
+
+Status::Rep* Status::Clone(const Rep* rep) { return new Rep{rep->code, false, rep->message}; }
+
+void Status::Delete(Rep* rep) noexcept { delete rep; }
+
+Status Status::KeyNotFound() noexcept {
+  static const Rep kRep{Code::kNotFound, true, "key not found"};
+  Status s;
+  s.rep_ = const_cast<Rep*>(&kRep);
+  return s;
+}
+
+const std::string& Status::message() const noexcept {
+  static const std::string kEmpty;
+  return rep_ == nullptr ? kEmpty : rep_->message;
+}
+
 std::string Status::ToString() const {
   if (ok()) return "OK";
-  std::string s(CodeName(code_));
-  if (!message_.empty()) {
+  std::string s(CodeName(rep_->code));
+  if (!rep_->message.empty()) {
     s += ": ";
-    s += message_;
+    s += rep_->message;
   }
   return s;
 }

@@ -83,7 +83,7 @@ Status Store::Get(std::string_view key, std::string* value) const {
   if (!impl_) return Closed();
   bool found = false;
   Status s = impl_->Get(key, value, &found);
-  if (s.ok() && !found) return Status(Code::kNotFound, impl_->path() + ": key not found");
+  if (s.ok() && !found) return Status::KeyNotFound();
   return s;
 }
 
@@ -195,20 +195,27 @@ namespace {
 
 constexpr int kOptimisticAttempts = 64;
 
-Status CheckKey(const std::string& path, std::string_view key) {
+// The checks run on every call; what builds their messages runs only on a
+// failure, out of line, so the checks inline into the hot paths.
+[[gnu::cold, gnu::noinline]] Status BadKey(const std::string& path, std::string_view key) {
   if (key.empty()) return Status(Code::kInvalidArgument, path + ": empty key (keys are 1 to 65536 bytes)");
-  if (key.size() > kMaxKeySize) {
-    return Status(Code::kInvalidArgument,
-                  path + ": key of " + std::to_string(key.size()) + " bytes (keys are 1 to 65536 bytes)");
-  }
+  return Status(Code::kInvalidArgument,
+                path + ": key of " + std::to_string(key.size()) + " bytes (keys are 1 to 65536 bytes)");
+}
+
+[[gnu::cold, gnu::noinline]] Status BadValue(const std::string& path, std::string_view value) {
+  return Status(Code::kInvalidArgument, path + ": value of " + std::to_string(value.size()) + " bytes (at most 1 GiB)");
+}
+
+inline Status CheckKey(const std::string& path, std::string_view key) {
+  if (key.empty() || key.size() > kMaxKeySize) [[unlikely]]
+    return BadKey(path, key);
   return Status::Ok();
 }
 
-Status CheckValue(const std::string& path, std::string_view value) {
-  if (value.size() > kMaxValueSize) {
-    return Status(Code::kInvalidArgument,
-                  path + ": value of " + std::to_string(value.size()) + " bytes (at most 1 GiB)");
-  }
+inline Status CheckValue(const std::string& path, std::string_view value) {
+  if (value.size() > kMaxValueSize) [[unlikely]]
+    return BadValue(path, value);
   return Status::Ok();
 }
 
@@ -255,13 +262,10 @@ Status StoreImpl::ChecksumError(const RecordRef& rec) const {
                                        ") fails its checksum; `mapkv check` lists every damaged record");
 }
 
-Status StoreImpl::CheckUsable() const {
-  if (fork_generation_ != ForkGeneration()) {
-    return Status(Code::kUnsafeUse, path_ +
-                                        ": store handle used in a child process after fork(); open the "
-                                        "store again in the child");
-  }
-  return Status::Ok();
+Status StoreImpl::ForkedError() const {
+  return Status(Code::kUnsafeUse, path_ +
+                                      ": store handle used in a child process after fork(); open the "
+                                      "store again in the child");
 }
 
 Status StoreImpl::CheckWritable() const {
@@ -383,7 +387,7 @@ Status StoreImpl::GuardedGet(std::string_view key, std::string_view* value) cons
       *value = std::string_view(reinterpret_cast<const char*>(rec.value()), rec.value_size);
       return Status::Ok();
     case TableReader::Result::kAbsent:
-      return Status(Code::kNotFound, path_ + ": key not found");
+      return Status::KeyNotFound();
     case TableReader::Result::kBad:
       break;
   }
@@ -573,7 +577,7 @@ Status StoreImpl::Erase(std::string_view key) {
   bool found = false;
   s = RunWrite([&] { return ApplyErase(key, &found); });
   EndWrite();
-  if (s.ok() && !found) return Status(Code::kNotFound, path_ + ": key not found");
+  if (s.ok() && !found) return Status::KeyNotFound();
   return s;
 }
 

@@ -134,7 +134,12 @@ class StoreImpl {
   void BumpChangeWord();
 
   // store.cc
-  Status CheckUsable() const;
+  Status CheckUsable() const {
+    if (fork_generation_ != ForkGeneration()) [[unlikely]]
+      return ForkedError();
+    return Status::Ok();
+  }
+  [[gnu::cold]] Status ForkedError() const;
   Status ChecksumError(const RecordRef& rec) const;
   Status CheckWritable() const;
   Status BeginWrite();  // write lock + recovery + mapping up to date

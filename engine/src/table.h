@@ -58,6 +58,10 @@ struct TableReader {
   uint32_t shift;
   uint64_t pagemap;
   uint64_t seed;
+  // The writer's reader also prefetches the allocation-map word of a
+  // candidate record, which a put reads next to decide whether the record
+  // may be overwritten in place or freed at once. nullptr: readers.
+  const format::AllocWord* alloc_map = nullptr;
 
   uint64_t slots() const { return uint64_t{1} << shift; }
   uint64_t mask() const { return slots() - 1; }
@@ -71,6 +75,10 @@ struct TableReader {
     if (off < format::kHeapOffset || off + 8 > limit) return nullptr;
     return reinterpret_cast<const uint64_t*>(base + off);
   }
+  // True when the whole page that starts at `first_slot` lies in the file.
+  bool PageFits(const uint64_t* first_slot) const {
+    return static_cast<uint64_t>(reinterpret_cast<const uint8_t*>(first_slot) - base) + format::kPageSize <= limit;
+  }
   MAPKV_OPTIMISTIC bool LoadSlot(uint64_t i, uint64_t* slot) const {
     const uint64_t* p = SlotPtr(i);
     if (p == nullptr) return false;
@@ -82,6 +90,10 @@ struct TableReader {
   // Home slot of the entry in `slot`; may read its record (tables past 2^26
   // slots). False when the record is out of bounds.
   bool Home(uint64_t slot, uint64_t* home) const;
+
+  // Starts loading what a lookup reads after a tag matches: the rest of the
+  // record, and for the writer its allocation-map word.
+  void PrefetchCandidate(uint64_t granule) const;
 
   enum class Result { kFound, kAbsent, kBad };
   // Looks `key` (hash `hash`) up. kFound sets *index, *rec. kBad: an offset

@@ -40,19 +40,40 @@ enum class Code : uint8_t {
 // Returns the code's stable name, e.g. "Corruption".
 std::string_view CodeName(Code code);
 
+// One pointer wide: OK is a null pointer, so the common path of every call
+// (build, move, test, destroy an OK status) costs a register, not a string.
+// An error owns its code and message on the heap, except the statuses of
+// static storage (KeyNotFound), which are shared and never freed.
 class [[nodiscard]] Status {
  public:
-  Status() = default;  // OK
-  Status(Code code, std::string message) : code_(code), message_(std::move(message)) {}
+  Status() noexcept = default;  // OK
+  Status(Code code, std::string message);
+  Status(const Status& other) : rep_(other.rep_ == nullptr || other.rep_->is_static ? other.rep_ : Clone(other.rep_)) {}
+  Status(Status&& other) noexcept : rep_(other.rep_) { other.rep_ = nullptr; }
+  Status& operator=(const Status& other) {
+    if (this != &other) *this = Status(other);
+    return *this;
+  }
+  Status& operator=(Status&& other) noexcept {
+    std::swap(rep_, other.rep_);
+    return *this;
+  }
+  ~Status() {
+    if (rep_ != nullptr && !rep_->is_static) Delete(rep_);
+  }
 
-  static Status Ok() { return Status(); }
+  static Status Ok() noexcept { return Status(); }
+  // kNotFound, "key not found": what a lookup of a missing key returns. It
+  // allocates nothing (a miss is an ordinary outcome, not a failure).
+  static Status KeyNotFound() noexcept;
 
-  bool ok() const { return code_ == Code::kOk; }
-  Code code() const { return code_; }
-  const std::string& message() const { return message_; }
+  bool ok() const noexcept { return rep_ == nullptr; }
+  Code code() const noexcept { return rep_ == nullptr ? Code::kOk : rep_->code; }
+  // Empty for OK.
+  const std::string& message() const noexcept;
 
-  bool IsNotFound() const { return code_ == Code::kNotFound; }
-  bool IsCorruption() const { return code_ == Code::kCorruption; }
+  bool IsNotFound() const noexcept { return code() == Code::kNotFound; }
+  bool IsCorruption() const noexcept { return code() == Code::kCorruption; }
 
   // "Corruption: <message>" or "OK".
   std::string ToString() const;
@@ -68,8 +89,15 @@ class [[nodiscard]] Status {
   void IgnoreError() const {}
 
  private:
-  Code code_ = Code::kOk;
-  std::string message_;
+  struct Rep {
+    Code code;
+    bool is_static;
+    std::string message;
+  };
+  static Rep* Clone(const Rep* rep);
+  static void Delete(Rep* rep) noexcept;
+
+  Rep* rep_ = nullptr;
 };
 
 // Thrown by OrThrow for callers who want exceptions.

@@ -554,6 +554,7 @@ void RegisterAtFork() {
 // ---- File -----------------------------------------------------------------
 
 Status File::Open(const std::string& path, const FileSpec& spec, std::unique_ptr<File>* out) {
+  RegisterAtFork();
   if (path.empty() || path.find('\0') != std::string::npos) {
     return InvalidArgument(path, "bad file path");
   }
@@ -569,6 +570,7 @@ Status File::Open(const std::string& path, const FileSpec& spec, std::unique_ptr
 }
 
 Status File::OpenShared(const std::string& name, const FileSpec& spec, std::unique_ptr<File>* out) {
+  RegisterAtFork();
   if (Status s = CheckShmName(name); !s.ok()) return s;
   const std::string path = "shm:" + name;
   UniqueFd fd(::shm_open(ShmObjectName(name).c_str(), OpenFlags(spec), static_cast<mode_t>(spec.mode)));
@@ -656,9 +658,8 @@ void ResetBootIdForTesting() {
 
 uint64_t ProcessId() { return static_cast<uint64_t>(::getpid()); }
 
-uint64_t ForkGeneration() {
-  RegisterAtFork();
-  return g_fork_generation.load(std::memory_order_relaxed);
-}
+// Every store file is opened through File::Open or File::OpenShared, which
+// register the handler first, so this is a plain load (a get calls it).
+uint64_t ForkGeneration() { return g_fork_generation.load(std::memory_order_relaxed); }
 
 }  // namespace mapkv::internal
