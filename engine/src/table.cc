@@ -65,6 +65,19 @@ void TableReader::PrefetchCandidate(uint64_t granule) const {
   if (alloc_map != nullptr) __builtin_prefetch(alloc_map + granule / kGranulesPerAllocWord);
 }
 
+MAPKV_OPTIMISTIC void TableReader::PrefetchHome(uint64_t hash) const {
+  if (const uint64_t* p = SlotPtr(hash >> (64 - shift)); p != nullptr) __builtin_prefetch(p);
+}
+
+MAPKV_OPTIMISTIC void TableReader::PrefetchHomeRecord(uint64_t hash) const {
+  uint64_t s;
+  if (LoadSlot(hash >> (64 - shift), &s) && s != 0 && SlotTag(s) == HashTag(hash)) {
+    const uint8_t* r = base + (SlotGranule(s) << kGranuleShift);
+    __builtin_prefetch(r);
+    PrefetchCandidate(SlotGranule(s));
+  }
+}
+
 MAPKV_OPTIMISTIC TableReader::Result TableReader::Find(std::string_view key, uint64_t hash, uint64_t* index,
                                                        RecordRef* rec) const {
   const uint64_t m = mask();

@@ -94,6 +94,12 @@ struct TableReader {
   // Starts loading what a lookup reads after a tag matches: the rest of the
   // record, and for the writer its allocation-map word.
   void PrefetchCandidate(uint64_t granule) const;
+  // For lookups of many keys (MultiGet): the first starts loading the home
+  // slot of `hash`; the second, once that slot has arrived, the record its
+  // entry points to when the tag matches. Issued for a window of keys before
+  // their Finds, the misses of the window overlap instead of queueing.
+  void PrefetchHome(uint64_t hash) const;
+  void PrefetchHomeRecord(uint64_t hash) const;
 
   enum class Result { kFound, kAbsent, kBad };
   // Looks `key` (hash `hash`) up. kFound sets *index, *rec. kBad: an offset
