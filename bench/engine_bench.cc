@@ -11,7 +11,8 @@
 //   overwrite  N puts over present keys
 //   batch100   N puts in atomic batches of 100
 //   reopen     close, then open the store and serve one get (microseconds;
-//              the first open after close, and the median of 20 more)
+//              the first open after close, and the median of 20 more; then
+//              the close of that unchanged store)
 // It prints the median ns/op of R runs for each engine, the ratio mapkv/absl,
 // and the file size against the raw bytes (keys + values).
 #include <absl/container/flat_hash_map.h>
@@ -101,7 +102,7 @@ int main(int argc, char** argv) {
   for (size_t i = 0; i < n; ++i) order[i] = i;
 
   std::map<std::string, std::vector<double>> mk, ab;
-  std::vector<double> reopen_us, reopen_first_us, file_ratio;
+  std::vector<double> reopen_us, reopen_first_us, close_us, file_ratio;
   const std::string path = cfg.dir + "/engine_bench.mkv";
   for (int run = 0; run < cfg.runs; ++run) {
     // ---- absl
@@ -214,7 +215,7 @@ int main(int argc, char** argv) {
       // Reopen: the first open after the writer closed, then 20 more.
       mapkv::Options reopen_options;
       reopen_options.checkpoint_on_close = false;
-      std::vector<double> opens;
+      std::vector<double> opens, closes;
       for (int k = 0; k < 21; ++k) {
         t0 = Clock::now();
         mapkv::Store s2;
@@ -224,10 +225,14 @@ int main(int argc, char** argv) {
         t1 = Clock::now();
         if (!st.ok()) Die(st, "get after reopen");
         opens.push_back(std::chrono::duration<double, std::micro>(t1 - t0).count());
+        st = s2.Close();  // nothing changed: no compaction pass, no checkpoint
+        if (!st.ok()) Die(st, "close after reopen");
+        closes.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t1).count());
       }
       reopen_first_us.push_back(opens[0]);
       opens.erase(opens.begin());
       reopen_us.push_back(Median(opens));
+      close_us.push_back(Median(closes));
     }
   }
   std::remove(path.c_str());
@@ -243,6 +248,7 @@ int main(int argc, char** argv) {
   }
   std::printf("reopen+get %.1f us (median of 20 reopens), %.1f us for the first open after close\n", Median(reopen_us),
               Median(reopen_first_us));
+  std::printf("close      %.1f us (median of 21 closes of an unchanged store)\n", Median(close_us));
   std::printf("file/raw   %.3f (after fill, overwrite and batches, closed)\n", Median(file_ratio));
   return 0;
 }

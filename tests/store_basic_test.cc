@@ -12,13 +12,16 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstddef>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <set>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "format.h"
 #include "store_test_helpers.h"
 
 namespace mapkv::test {
@@ -893,6 +896,65 @@ TEST_SUITE("store") {
     Store c = MustOpen(path);
     CHECK(c.size() == model.size() + 2);
     CheckClean(c);
+  }
+
+  TEST_CASE("store: the last close compacts the tail after any change, even a flushed one, and remembers it") {
+    TempDir dir;
+    const std::string path = dir.File("s.mkv");
+    const std::string value(100, 'v');
+    {
+      // A table sized up front, so records (which compaction moves) fill the
+      // top of the file rather than a table rebuilt there.
+      Options options;
+      options.initial_capacity = 40000;
+      Store store = MustOpen(path, options);
+      for (int i = 0; i < 20000; ++i) REQUIRE(store.Put(Key16(i), value).ok());
+      REQUIRE(store.Close().ok());
+    }
+    const uint64_t loaded = FileSize(path);
+    // The control page's hint: change_seq + 1 as of the last compacting close.
+    auto control_word = [&](size_t offset) {
+      const std::string bytes = ReadFileBytes(path);
+      REQUIRE(bytes.size() >= internal::format::kControlOffset + sizeof(internal::format::ControlPage));
+      uint64_t word;
+      std::memcpy(&word, bytes.data() + internal::format::kControlOffset + offset, sizeof word);
+      return word;
+    };
+    const size_t kChecked = offsetof(internal::format::ControlPage, tail_checked_seq);
+    const size_t kChangeSeq = offsetof(internal::format::ControlPage, change_seq);
+    CHECK(control_word(kChecked) == control_word(kChangeSeq) + 1);
+    {
+      // Erase the oldest half (the bottom of the heap), checkpoint, close: the
+      // flush leaves nothing dirty, yet the close must still move the upper
+      // records down and cut the file.
+      Store store = MustOpen(path);
+      for (int i = 0; i < 10000; ++i) REQUIRE(store.Erase(Key16(i)).ok());
+      REQUIRE(store.Flush(FlushMode::kSync).ok());
+      REQUIRE(store.Close().ok());
+    }
+    const uint64_t compacted = FileSize(path);
+    MESSAGE("loaded " << loaded << " bytes, after erasing half and closing " << compacted);
+    CHECK(compacted * 5 < loaded * 4);  // 0.92x before records and the map moved down at close
+    CHECK(control_word(kChecked) == control_word(kChangeSeq) + 1);
+    // Nothing changed: open and close leave the meta pages and the heap as
+    // they were (the control page holds live lock counters, which do move).
+    auto durable_bytes = [&] {
+      std::string bytes = ReadFileBytes(path);
+      bytes.erase(internal::format::kControlOffset, internal::format::kHeapOffset - internal::format::kControlOffset);
+      return bytes;
+    };
+    const std::string before = durable_bytes();
+    {
+      Store store = MustOpen(path);
+      std::string v;
+      REQUIRE(store.Get(Key16(15000), &v).ok());
+      CHECK(v == value);
+      REQUIRE(store.Close().ok());
+    }
+    CHECK(durable_bytes() == before);
+    Store store = MustOpen(path);
+    CHECK(store.size() == 10000);
+    CheckClean(store);
   }
 
   // Loads n keys, closes (close trims the file), then overwrites every key ten

@@ -609,6 +609,18 @@ Status Heap::MoveMap() {
   return Free(old_off / kGranule, bytes / kGranule);
 }
 
+Status Heap::LowerMap(bool* moved) {
+  *moved = false;
+  const uint64_t old_off = ctl_->alloc_offset;
+  const uint64_t granules = RoundUp(ctl_->alloc_words * sizeof(AllocWord), kPageSize) / kGranule;
+  uint64_t g = 0;
+  if (!FindRun(kHeapOffset / kGranule, old_off / kGranule, granules, kGranulesPerPage, &g)) return Status::Ok();
+  ctl_->alloc_cursor = g;  // next-fit: MoveMap's allocation takes this hole
+  Status s = MoveMap();
+  *moved = s.ok() && ctl_->alloc_offset < old_off;
+  return s;
+}
+
 uint64_t Heap::HighestUsedEnd() const {
   const AllocWord* m = map();
   const uint64_t words = std::min<uint64_t>(ctl_->alloc_words, RoundUp(ctl_->file_size.load(), 1024) / 1024);

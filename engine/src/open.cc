@@ -592,9 +592,20 @@ Status StoreImpl::TrimIfAlone() {
   Status s = locks_->LockWrite();
   if (!s.ok()) return s;
   s = ValidateControl();  // a file cut by another program: touch nothing past its end
-  if (s.ok()) s = CompactTail();
+  const bool unchanged = ctl_->tail_checked_seq != 0 && ctl_->tail_checked_seq == ctl_->change_seq.load() + 1;
+  if (s.ok() && !unchanged) s = CompactTail();
   if (s.ok() && options_.checkpoint_on_close) {
     s = Checkpoint();  // also frees what CompactTail moved away from
+    const uint64_t map_end = ctl_->alloc_offset + RoundUp(ctl_->alloc_words * sizeof(AllocWord), kPageSize);
+    if (s.ok() && !unchanged && map_end >= heap_->HighestUsedEnd()) {
+      // The records are down; the allocation map may still be on top.
+      bool moved = false;
+      s = RunWrite([&] { return heap_->LowerMap(&moved); });
+      if (s.ok() && moved) {
+        ctl_->dirty = 1;
+        s = Checkpoint();  // frees the map's old place
+      }
+    }
     const uint64_t top = heap_->HighestUsedEnd();
     if (s.ok() && top < ctl_->heap_end) {
       // Record the lower high-water mark, so no meta page names bytes past the cut.
@@ -617,6 +628,7 @@ Status StoreImpl::TrimIfAlone() {
     s = file_->Truncate(target);
     if (!s.ok()) ctl_->file_size.store(old_size);
   }
+  if (s.ok() && ctl_->dirty == 0) ctl_->tail_checked_seq = ctl_->change_seq.load() + 1;
   locks_->UnlockWrite(false);
   return s;
 }
