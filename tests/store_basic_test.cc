@@ -952,9 +952,41 @@ TEST_SUITE("store") {
       REQUIRE(store.Close().ok());
     }
     CHECK(durable_bytes() == before);
+    {
+      // Every close left the store clean (checkpointed): after a restart a
+      // read-only handle may use it as it is.
+      BootIdGuard reboot(0x31);
+      Options ro;
+      ro.read_only = true;
+      Store store = MustOpen(path, ro);
+      std::string v;
+      REQUIRE(store.Get(Key16(19999), &v).ok());
+      CHECK(v == value);
+    }
     Store store = MustOpen(path);
     CHECK(store.size() == 10000);
     CheckClean(store);
+  }
+
+  TEST_CASE("store: a store closed after one put opens read-only after a restart") {
+    // The allocation map of a new store is its highest extent, with no hole
+    // below that fits it: the close must not leave the store marked dirty.
+    TempDir dir;
+    const std::string path = dir.File("s.mkv");
+    {
+      Store store = MustOpen(path);
+      REQUIRE(store.Put("clé", "valeur").ok());
+      REQUIRE(store.Close().ok());
+    }
+    BootIdGuard reboot(0x33);
+    Options ro;
+    ro.read_only = true;
+    Store store;
+    Status s = Store::Open(path, ro, &store);
+    REQUIRE_MESSAGE(s.ok(), s.ToString());
+    std::string v;
+    REQUIRE(store.Get("clé", &v).ok());
+    CHECK(v == "valeur");
   }
 
   // Loads n keys, closes (close trims the file), then overwrites every key ten

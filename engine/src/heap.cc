@@ -609,16 +609,16 @@ Status Heap::MoveMap() {
   return Free(old_off / kGranule, bytes / kGranule);
 }
 
-Status Heap::LowerMap(bool* moved) {
-  *moved = false;
-  const uint64_t old_off = ctl_->alloc_offset;
+bool Heap::MapCanGoLower(uint64_t* granule) const {
   const uint64_t granules = RoundUp(ctl_->alloc_words * sizeof(AllocWord), kPageSize) / kGranule;
+  return FindRun(kHeapOffset / kGranule, ctl_->alloc_offset / kGranule, granules, kGranulesPerPage, granule);
+}
+
+Status Heap::LowerMap() {
   uint64_t g = 0;
-  if (!FindRun(kHeapOffset / kGranule, old_off / kGranule, granules, kGranulesPerPage, &g)) return Status::Ok();
+  if (!MapCanGoLower(&g)) return Status::Ok();
   ctl_->alloc_cursor = g;  // next-fit: MoveMap's allocation takes this hole
-  Status s = MoveMap();
-  *moved = s.ok() && ctl_->alloc_offset < old_off;
-  return s;
+  return MoveMap();
 }
 
 uint64_t Heap::HighestUsedEnd() const {

@@ -158,10 +158,11 @@ class Heap {
   void ReleaseAll();
   // Copies the allocation map to a newly allocated place (compaction).
   Status MoveMap();
-  // Moves the allocation map into a hole below it, when one fits (trimming
-  // at close: the map moves to the tail as the file grows, and there it
-  // would stop the file from being cut). *moved: it did.
-  Status LowerMap(bool* moved);
+  // Trimming at close: the map moves to the tail as the file grows, and
+  // there it would stop the file from being cut. MapCanGoLower says whether
+  // a hole below the map fits it; LowerMap (in a write) moves it there.
+  bool MapCanGoLower(uint64_t* granule) const;
+  Status LowerMap();
   // Compaction: allocate only upwards from the cursor (growing the file
   // rather than reusing a hole below it).
   void set_append_only(bool on) { append_only_ = on; }

@@ -597,14 +597,12 @@ Status StoreImpl::TrimIfAlone() {
   if (s.ok() && options_.checkpoint_on_close) {
     s = Checkpoint();  // also frees what CompactTail moved away from
     const uint64_t map_end = ctl_->alloc_offset + RoundUp(ctl_->alloc_words * sizeof(AllocWord), kPageSize);
-    if (s.ok() && !unchanged && map_end >= heap_->HighestUsedEnd()) {
-      // The records are down; the allocation map may still be on top.
-      bool moved = false;
-      s = RunWrite([&] { return heap_->LowerMap(&moved); });
-      if (s.ok() && moved) {
-        ctl_->dirty = 1;
-        s = Checkpoint();  // frees the map's old place
-      }
+    uint64_t hole = 0;
+    if (s.ok() && !unchanged && map_end >= heap_->HighestUsedEnd() && heap_->MapCanGoLower(&hole)) {
+      // The records are down; the allocation map is still on top, and fits
+      // lower. (Only then a write: a close must leave the store clean.)
+      s = RunWrite([&] { return heap_->LowerMap(); });
+      if (s.ok()) s = Checkpoint();  // frees the map's old place
     }
     const uint64_t top = heap_->HighestUsedEnd();
     if (s.ok() && top < ctl_->heap_end) {
