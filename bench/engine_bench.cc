@@ -14,7 +14,8 @@
 //              the first open after close, and the median of 20 more; then
 //              the close of that unchanged store)
 // It prints the median ns/op of R runs for each engine, the ratio mapkv/absl,
-// and the file size against the raw bytes (keys + values).
+// the file size against the raw bytes (keys + values), and this machine's
+// latency of one dependent random load (the floor a get's two loads sit on).
 #include <absl/container/flat_hash_map.h>
 #include <sys/stat.h>
 
@@ -69,6 +70,26 @@ double Median(std::vector<double> v) {
 }
 
 }  // namespace
+
+// The latency of one random memory load on this machine: a chase through a
+// random cycle over 256 MB, each load's address the previous load's value.
+// A get makes two such dependent loads (slot, then record), so this bounds
+// what layout tuning can reach.
+double DependentLoadNs() {
+  const size_t lines = (size_t{256} << 20) / 64;
+  std::vector<size_t> perm(lines);
+  for (size_t i = 0; i < lines; ++i) perm[i] = i;
+  std::shuffle(perm.begin(), perm.end(), std::mt19937_64(7));
+  std::vector<uint64_t> next(lines * 8);
+  for (size_t i = 0; i < lines; ++i) next[perm[i] * 8] = perm[(i + 1) % lines] * 8;
+  const size_t hops = 2000000;
+  uint64_t p = 0;
+  const auto t0 = Clock::now();
+  for (size_t i = 0; i < hops; ++i) p = next[p];
+  const auto t1 = Clock::now();
+  if (p == ~uint64_t{0}) std::printf("unreachable\n");  // keeps the chain
+  return std::chrono::duration<double, std::nano>(t1 - t0).count() / static_cast<double>(hops);
+}
 
 int main(int argc, char** argv) {
   Config cfg;
@@ -237,6 +258,7 @@ int main(int argc, char** argv) {
   }
   std::remove(path.c_str());
   std::printf("n=%zu key=%zu value=%zu runs=%d (median ns/op)\n", n, cfg.key, cfg.value, cfg.runs);
+  std::printf("one dependent random load over 256 MB: %.0f ns\n", DependentLoadNs());
   std::printf("%-10s %10s %10s %8s\n", "workload", "mapkv", "absl", "ratio");
   for (const char* w : {"fill", "get", "multiget32", "miss", "overwrite", "batch100"}) {
     double a = ab.count(w) ? Median(ab[w]) : 0, m = Median(mk[w]);
