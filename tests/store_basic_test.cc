@@ -898,6 +898,20 @@ TEST_SUITE("store") {
     CheckClean(c);
   }
 
+  // Opens `path` read-only as after a restart (another boot id) and returns
+  // the value of `key`; a store its last close left unclean fails the open.
+  std::string ReadAfterRestart(const std::string& path, const std::string& key, uint8_t boot_salt) {
+    BootIdGuard reboot(boot_salt);
+    Options ro;
+    ro.read_only = true;
+    Store store;
+    Status s = Store::Open(path, ro, &store);
+    REQUIRE_MESSAGE(s.ok(), s.ToString());
+    std::string v;
+    REQUIRE(store.Get(key, &v).ok());
+    return v;
+  }
+
   TEST_CASE("store: the last close compacts the tail after any change, even a flushed one, and remembers it") {
     TempDir dir;
     const std::string path = dir.File("s.mkv");
@@ -952,17 +966,9 @@ TEST_SUITE("store") {
       REQUIRE(store.Close().ok());
     }
     CHECK(durable_bytes() == before);
-    {
-      // Every close left the store clean (checkpointed): after a restart a
-      // read-only handle may use it as it is.
-      BootIdGuard reboot(0x31);
-      Options ro;
-      ro.read_only = true;
-      Store store = MustOpen(path, ro);
-      std::string v;
-      REQUIRE(store.Get(Key16(19999), &v).ok());
-      CHECK(v == value);
-    }
+    // Every close left the store clean (checkpointed): after a restart a
+    // read-only handle may use it as it is.
+    CHECK(ReadAfterRestart(path, Key16(19999), 0x31) == value);
     Store store = MustOpen(path);
     CHECK(store.size() == 10000);
     CheckClean(store);
@@ -978,15 +984,7 @@ TEST_SUITE("store") {
       REQUIRE(store.Put("clé", "valeur").ok());
       REQUIRE(store.Close().ok());
     }
-    BootIdGuard reboot(0x33);
-    Options ro;
-    ro.read_only = true;
-    Store store;
-    Status s = Store::Open(path, ro, &store);
-    REQUIRE_MESSAGE(s.ok(), s.ToString());
-    std::string v;
-    REQUIRE(store.Get("clé", &v).ok());
-    CHECK(v == "valeur");
+    CHECK(ReadAfterRestart(path, "clé", 0x33) == "valeur");
   }
 
   // Loads n keys, closes (close trims the file), then overwrites every key ten

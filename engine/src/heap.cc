@@ -206,7 +206,8 @@ Status Heap::Begin(WriteScope scope) {
     return Status::Ok();
   }
   for (const format::UndoEntry& e : words) {
-    Status s = Log(UndoKind::kWord, e.kind_target, e.value);  // kWord is 0: kind_target is the offset
+    const uint64_t offset = e.kind_target & ((uint64_t{1} << format::kUndoKindShift) - 1);
+    Status s = Log(UndoKind::kWord, offset, e.value);
     if (!s.ok()) return s;
   }
   return Status::Ok();
