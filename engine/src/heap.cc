@@ -172,10 +172,6 @@ Status Heap::SetWord(uint64_t offset, uint64_t value) {
   return Status::Ok();
 }
 
-format::UndoEntry Heap::WordEntry(const void* word, uint64_t value) const {
-  return {(static_cast<uint64_t>(UndoKind::kWord) << format::kUndoKindShift) | OffsetOf(word), value};
-}
-
 Status Heap::Begin(WriteScope scope) {
   if (ctl_->undo_chain != 0) DropChain();
   ResetWriteState();

@@ -200,7 +200,11 @@ class Heap {
   }
   Status LogSlow(format::UndoKind kind, uint64_t target, uint64_t value);
   // The entry that restores the control-page word at `word` to `value`.
-  format::UndoEntry WordEntry(const void* word, uint64_t value) const;
+  format::UndoEntry WordEntry(const void* word, uint64_t value) const {
+    return {(static_cast<uint64_t>(format::UndoKind::kWord) << format::kUndoKindShift) |
+                format::ControlOffsetOf(ctl_, word),
+            value};
+  }
   // Entries kept free for linking the next chunk: its allocation may grow the
   // file and move the allocation map, about eight entries.
   static constexpr uint64_t kChunkReserve = 64;

@@ -496,15 +496,15 @@ Status StoreImpl::WriteRecord(std::string_view key, std::string_view value, uint
   return Status::Ok();
 }
 
-Status StoreImpl::ApplyPut(std::string_view key, std::string_view value) {
+Status StoreImpl::ApplyPut(std::string_view key, std::string_view value, uint64_t hash,
+                           const TableWriter::Lookup* known) {
   uint64_t g;
   Status s = WriteRecord(key, value, &g);
   if (!s.ok()) return s;
   SeqBegin();
   RecordRef old;
   bool replaced = false;
-  const uint64_t hash = HashKey(key, seed_);
-  s = table_->Upsert(key, hash, g, &old, &replaced);
+  s = table_->Upsert(key, hash, g, &old, &replaced, known);
   if (!s.ok()) return s;
   if (replaced) {
     s = heap_->Free(old.granule, old.granules());
@@ -522,7 +522,7 @@ bool StoreImpl::CanOverwriteInPlace(const Heap& heap, const RecordRef& rec, std:
   return value.size() == rec.value_size && value.size() <= kMaxInPlace && !heap.IsCheckpointed(rec.granule);
 }
 
-Status StoreImpl::OverwriteInPlace(const RecordRef& rec, std::string_view value) {
+Status StoreImpl::OverwriteInPlace(const RecordRef& rec, std::string_view value, uint64_t hash) {
   // The last checkpoint does not reference this record, so a power cut cannot
   // need its old bytes; a killed writer's undo log restores them (the
   // checksum's word and the value's words).
@@ -539,7 +539,7 @@ Status StoreImpl::OverwriteInPlace(const RecordRef& rec, std::string_view value)
   h.checksum = RecordChecksum(h, p + kRecordHeaderSize);
   std::memcpy(p + offsetof(RecordHeader, checksum), &h.checksum, sizeof h.checksum);
   const std::string_view key(reinterpret_cast<const char*>(rec.key()), rec.key_size);
-  return RecordChange(kChangePut, key, HashKey(key, seed_), /*may_allocate=*/false);
+  return RecordChange(kChangePut, key, hash, /*may_allocate=*/false);
 }
 
 Status StoreImpl::ApplyErase(std::string_view key, bool* found) {
@@ -561,13 +561,15 @@ Status StoreImpl::Put(std::string_view key, std::string_view value) {
   if (!s.ok()) return s;
   // A value of the same size over a record of this checkpoint epoch is
   // rewritten where it is: no allocation, no table change, no space to free.
-  uint64_t index;
-  RecordRef rec;
-  if (table_->Reader().Find(key, HashKey(key, seed_), &index, &rec) == TableReader::Result::kFound &&
-      CanOverwriteInPlace(*heap_, rec, value)) {
-    s = RunWrite([&] { return OverwriteInPlace(rec, value); }, Heap::WriteScope::kInPlace);
+  const uint64_t hash = HashKey(key, seed_);
+  TableWriter::Lookup lookup;
+  lookup.result = table_->Reader().Find(key, hash, &lookup.index, &lookup.rec);
+  if (lookup.result == TableReader::Result::kFound && RingReady() && CanOverwriteInPlace(*heap_, lookup.rec, value)) {
+    s = RunWrite([&] { return OverwriteInPlace(lookup.rec, value, hash); }, Heap::WriteScope::kInPlace);
+  } else if (lookup.result == TableReader::Result::kBad) {
+    s = Status(Code::kCorruption, path_ + ": hash table probe left the file");
   } else {
-    s = RunWrite([&] { return ApplyPut(key, value); });
+    s = RunWrite([&] { return ApplyPut(key, value, hash, &lookup); });
   }
   EndWrite();
   return s;
@@ -604,7 +606,8 @@ Status StoreImpl::Write(const WriteBatch& batch, const WriteOptions& options) {
           bool found;
           st = ApplyErase(key, &found);
         } else {
-          st = ApplyPut(key, std::string_view(batch.data_.data() + op.offset + op.key_size, op.value_size));
+          st = ApplyPut(key, std::string_view(batch.data_.data() + op.offset + op.key_size, op.value_size),
+                        HashKey(key, seed_));
         }
         if (!st.ok()) return st;
       }
@@ -632,9 +635,11 @@ Status StoreImpl::ReadModifyWrite(std::string_view key, Decide&& decide) {
   } ender{this};
   // Under the write lock nothing changes the table: plain reads are exact.
   std::optional<std::string_view> current;
-  uint64_t index;
-  RecordRef rec;
-  switch (table_->Reader().Find(key, HashKey(key, seed_), &index, &rec)) {
+  const uint64_t hash = HashKey(key, seed_);
+  TableWriter::Lookup lookup;
+  lookup.result = table_->Reader().Find(key, hash, &lookup.index, &lookup.rec);
+  const RecordRef& rec = lookup.rec;
+  switch (lookup.result) {
     case TableReader::Result::kFound:
       if (options_.verify_checksums && !rec.Intact()) return ChecksumError(rec);
       current = std::string_view(reinterpret_cast<const char*>(rec.value()), rec.value_size);
@@ -655,9 +660,9 @@ Status StoreImpl::ReadModifyWrite(std::string_view key, Decide&& decide) {
     s = CheckValue(path_, next);
     if (!s.ok()) return s;
     if (current && RingReady() && CanOverwriteInPlace(*heap_, rec, next)) {
-      return RunWrite([&] { return OverwriteInPlace(rec, next); }, Heap::WriteScope::kInPlace);
+      return RunWrite([&] { return OverwriteInPlace(rec, next, hash); }, Heap::WriteScope::kInPlace);
     }
-    return RunWrite([&] { return ApplyPut(key, next); });
+    return RunWrite([&] { return ApplyPut(key, next, hash, &lookup); });
   }
   if (!current) return Status::Ok();  // erase of an absent key: nothing to do
   bool found = false;

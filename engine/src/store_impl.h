@@ -148,7 +148,10 @@ class StoreImpl {
   void SeqEnd();
   Status EnsureMapped() const;
   Status WriteRecord(std::string_view key, std::string_view value, uint64_t* granule);
-  Status ApplyPut(std::string_view key, std::string_view value);
+  // `hash` is HashKey(key); `known`: the key's lookup, made under this write
+  // lock since the table last changed (or nullptr: look it up).
+  Status ApplyPut(std::string_view key, std::string_view value, uint64_t hash,
+                  const TableWriter::Lookup* known = nullptr);
   Status ApplyErase(std::string_view key, bool* found);
   // Under the write lock: looks `key` up, lets `decide` choose from its
   // current value what to do (with `decide` unable to write to this handle),
@@ -163,7 +166,7 @@ class StoreImpl {
   // Replaces the value of `rec` by `value` (of the same size) in place: only
   // for a record the last checkpoint does not reference, and small values.
   static bool CanOverwriteInPlace(const Heap& heap, const RecordRef& rec, std::string_view value);
-  Status OverwriteInPlace(const RecordRef& rec, std::string_view value);
+  Status OverwriteInPlace(const RecordRef& rec, std::string_view value, uint64_t hash);
   TableReader ReaderSnapshot() const;
   // Inside an optimistic read (no lock): the table as the control page says
   // it is now, with the mapping grown to cover the file. The caller checks

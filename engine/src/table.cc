@@ -177,11 +177,22 @@ Status TableWriter::Relocate(uint64_t index, uint64_t granule) {
   return SetSlot(index, (slot & ~kOffsetMask) | granule);
 }
 
-Status TableWriter::Upsert(std::string_view key, uint64_t hash, uint64_t granule, RecordRef* old_rec, bool* replaced) {
+Status TableWriter::Upsert(std::string_view key, uint64_t hash, uint64_t granule, RecordRef* old_rec, bool* replaced,
+                           const Lookup* known) {
   ControlPage* ctl = heap_->ctl();
   TableReader r = Reader();
-  uint64_t idx;
-  switch (r.Find(key, hash, &idx, old_rec)) {
+  uint64_t idx = 0;
+  TableReader::Result found;
+  uint64_t slot;
+  if (known != nullptr && (known->result == TableReader::Result::kAbsent ||
+                           (r.LoadSlot(known->index, &slot) && slot == MakeSlot(hash, known->rec.granule)))) {
+    found = known->result;
+    idx = known->index;
+    *old_rec = known->rec;
+  } else {
+    found = r.Find(key, hash, &idx, old_rec);
+  }
+  switch (found) {
     case TableReader::Result::kFound:
       *replaced = true;
       return SetSlot(idx, MakeSlot(hash, granule));

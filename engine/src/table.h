@@ -113,9 +113,21 @@ class TableWriter {
 
   TableReader Reader() const;
 
-  // Puts the record at `granule` (already written) for `key`. Sets *old to
-  // the granule of the record it replaced, or 0.
-  Status Upsert(std::string_view key, uint64_t hash, uint64_t granule, RecordRef* old_rec, bool* replaced);
+  // What a Find under the write lock returned. A put passes it on to its
+  // Upsert when nothing changed the table in between (writing the record
+  // only allocates), so that the key is looked up once.
+  struct Lookup {
+    TableReader::Result result;
+    uint64_t index;  // kFound: the slot
+    RecordRef rec;   // kFound: the record (its pointers may predate a remap)
+  };
+
+  // Puts the record at `granule` (already written) for `key`. *replaced says
+  // whether it replaced an entry, and *old_rec is then the replaced record
+  // (granule and sizes; its pointers may predate a remap). `known`: the
+  // lookup of `key` made since the table last changed, or nullptr.
+  Status Upsert(std::string_view key, uint64_t hash, uint64_t granule, RecordRef* old_rec, bool* replaced,
+                const Lookup* known = nullptr);
   // Removes `key`; *found says whether it was there, *old_rec what it held.
   Status Erase(std::string_view key, uint64_t hash, bool* found, RecordRef* old_rec);
   // Points slot `index` at a copy of its record at `granule` (compaction).
