@@ -19,6 +19,11 @@ constexpr uint64_t kMinMapHeadroom = 64ull << 20;  // map at least 64 MiB of add
 constexpr uint64_t kMinGrowth = 256ull << 10;
 constexpr uint64_t kMaxGrowth = 1ull << 30;
 
+// Bits [bit, bit + n) of an allocation-map word; n <= 64 - bit.
+constexpr uint64_t RunMask(uint64_t n, uint64_t bit) {
+  return n == kGranulesPerAllocWord ? ~uint64_t{0} : ((uint64_t{1} << n) - 1) << bit;
+}
+
 uint64_t RoundUp(uint64_t x, uint64_t to) { return (x + to - 1) / to * to; }
 
 }  // namespace
@@ -373,7 +378,7 @@ void Heap::MarkRange(uint64_t g, uint64_t n, bool used, bool fresh, bool freed) 
     uint64_t w = g / kGranulesPerAllocWord;
     uint64_t b = g % kGranulesPerAllocWord;
     uint64_t take = std::min(n, kGranulesPerAllocWord - b);
-    uint64_t mask = take == 64 ? ~uint64_t{0} : (((uint64_t{1} << take) - 1) << b);
+    uint64_t mask = RunMask(take, b);
     m[w].used = used ? (m[w].used | mask) : (m[w].used & ~mask);
     m[w].fresh = fresh ? (m[w].fresh | mask) : (m[w].fresh & ~mask);
     m[w].freed = freed ? (m[w].freed | mask) : (m[w].freed & ~mask);
@@ -388,7 +393,7 @@ void Heap::SetFreed(uint64_t g, uint64_t n, bool freed) {
     uint64_t w = g / kGranulesPerAllocWord;
     uint64_t b = g % kGranulesPerAllocWord;
     uint64_t take = std::min(n, kGranulesPerAllocWord - b);
-    uint64_t mask = take == 64 ? ~uint64_t{0} : (((uint64_t{1} << take) - 1) << b);
+    uint64_t mask = RunMask(take, b);
     m[w].freed = freed ? (m[w].freed | mask) : (m[w].freed & ~mask);
     g += take;
     n -= take;
@@ -510,8 +515,13 @@ Status Heap::Allocate(uint64_t n, uint64_t align, uint64_t* out) {
   const uint64_t heap_start = kHeapOffset / kGranule;
   uint64_t file_granules = ctl_->file_size.load(std::memory_order_relaxed) / kGranule;
   uint64_t cursor = std::clamp<uint64_t>(ctl_->alloc_cursor, heap_start, file_granules);
-  uint64_t g = 0;
-  bool ok = FindRun(cursor, file_granules, n, align, &g) ||
+  uint64_t g = cursor;
+  // The common case first: the granules at the cursor are free (records
+  // written one after another at the end of the heap).
+  const uint64_t bit = cursor % kGranulesPerAllocWord;
+  const bool at_cursor = align == 1 && n <= kGranulesPerAllocWord - bit && cursor + n <= file_granules &&
+                         (map()[cursor / kGranulesPerAllocWord].used & RunMask(n, bit)) == 0;
+  bool ok = at_cursor || FindRun(cursor, file_granules, n, align, &g) ||
             (!append_only_ && FindRun(heap_start, std::min(file_granules, cursor + n + align), n, align, &g));
   if (!ok) {
     uint64_t tail = (std::max(ctl_->heap_end / kGranule, append_only_ ? cursor : 0) + align - 1) & ~(align - 1);

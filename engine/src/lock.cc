@@ -160,7 +160,7 @@ void LockManager::StopKeeper() {
   // description): leave it alone.
   if (sticky_ && ForkGeneration() == keeper_fork_generation_) {
     sticky_ = false;
-    ctl_->writer_pid.store(0, std::memory_order_relaxed);
+    ClearWriterPid();
     ReleaseFile();
   }
 }
@@ -192,7 +192,7 @@ void LockManager::KeeperLoop() {
     lock.lock();
     if (sticky_) {
       sticky_ = false;
-      ctl_->writer_pid.store(0, std::memory_order_relaxed);
+      ClearWriterPid();
       ReleaseFile();
     }
     rw_.Unlock();
@@ -219,7 +219,7 @@ void LockManager::UnlockWrite(bool may_stick) {
   const bool can_stick = may_stick && ctl_ != nullptr && ctl_writable_ && !keeper_stop_ &&
                          ctl_->lock_waiters.load(std::memory_order_acquire) == 0;
   if (!can_stick) {
-    if (ctl_ != nullptr && ctl_writable_) ctl_->writer_pid.store(0, std::memory_order_relaxed);
+    if (ctl_ != nullptr && ctl_writable_) ClearWriterPid();
     ReleaseFile();
     rw_.Unlock();
     return;

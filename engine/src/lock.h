@@ -120,6 +120,12 @@ class LockManager {
   void Wake(std::atomic<uint32_t>* word, uint32_t seen) {
     file_->WakeWord(word, format::ControlOffsetOf(ctl_, word), seen);
   }
+  // Stores only when a pid is there: an open that merely looked leaves the
+  // control page clean, so it costs no write fault (on ext4, a journal
+  // update of the file's times, which can wait behind a commit).
+  void ClearWriterPid() {
+    if (ctl_->writer_pid.load(std::memory_order_relaxed) != 0) ctl_->writer_pid.store(0, std::memory_order_relaxed);
+  }
 
   File* const file_;
   const std::chrono::milliseconds timeout_;

@@ -241,7 +241,7 @@ void Backoff(int attempt) {
 // Copies a value that a writer may be changing; the seqlock decides
 // afterwards whether the copy counts.
 void CopyRacy(std::string* out, const uint8_t* p, uint64_t n) {
-  out->resize(n);
+  if (out->size() != n) out->resize(n);  // a caller's reused string often has the size already
   RacyCopy(out->data(), p, n);
 }
 

@@ -12,8 +12,6 @@ namespace mapkv::internal {
 
 using namespace format;  // NOLINT
 
-uint64_t HashKey(std::string_view key, uint64_t seed) { return XXH3_64bits_withSeed(key.data(), key.size(), seed); }
-
 uint32_t RecordChecksum(const RecordHeader& h, const uint8_t* key_and_value) {
   uint64_t n = uint64_t{h.key_size_m1} + 1 + h.value_size;
   return static_cast<uint32_t>(XXH3_64bits_withSeed(key_and_value, n, RecordSeed(h.value_size, h.key_size_m1)));

@@ -28,13 +28,17 @@
 #include <string_view>
 
 #include "format.h"
+#include "hash.h"
 #include "heap.h"
 #include "mapkv/status.h"
 #include "racy.h"
 
 namespace mapkv::internal {
 
-uint64_t HashKey(std::string_view key, uint64_t seed);
+// Inline: for a short key the hash is a few instructions, less than a call.
+inline uint64_t HashKey(std::string_view key, uint64_t seed) {
+  return XXH3_64bits_withSeed(key.data(), key.size(), seed);
+}
 uint32_t RecordChecksum(const format::RecordHeader& h, const uint8_t* key_and_value);
 
 // A record located and bounds-checked in the mapping.
