@@ -4,15 +4,22 @@
 #include <sys/stat.h>
 #include <sys/types.h>
 #ifndef _WIN32
+#include <fcntl.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #endif
 
+#include <cstring>
+#include <fstream>
+#include <sstream>
 #include <string>
 #include <thread>
+#include <vector>
 
+#include "format.h"
 #include "heap.h"
 #include "store_test_helpers.h"
 
@@ -101,7 +108,7 @@ TEST_SUITE("growth") {
     std::unique_ptr<internal::File> file;
     REQUIRE(internal::File::Open(dir.File("m"), internal::FileSpec{.create = true}, &file).ok());
     REQUIRE(file->Reserve(64 << 10).ok());
-    internal::MapSet maps(file.get(), true);
+    internal::MapSet maps(file.get(), true, false);
     REQUIRE(maps.Cover(4096).ok());
     uint8_t* const first = maps.Current()->base;
     const uint64_t next = maps.Current()->length + 1;
@@ -257,6 +264,112 @@ TEST_SUITE("growth") {
     CheckClean(store);
   }
 
+#endif
+#ifdef __linux__  // madvise and /proc/self/smaps (listed in tests/CMakeLists.txt)
+  // One mapped area of a file, from /proc/self/smaps.
+  struct MappedArea {
+    uint64_t offset = 0;  // file offset of its first byte
+    uint64_t length = 0;
+    uint64_t pmd_kb = 0;  // FilePmdMapped: mapped with 2 MiB pages
+    std::string flags;    // VmFlags ("hg": asked for huge pages, "nh": refused them)
+  };
+
+  std::vector<MappedArea> MappedAreas(const std::string& path) {
+    std::ifstream smaps("/proc/self/smaps");
+    REQUIRE_MESSAGE(smaps.good(), "cannot read /proc/self/smaps");
+    std::vector<MappedArea> areas;
+    bool ours = false;
+    std::string line;
+    while (std::getline(smaps, line)) {
+      unsigned long long start = 0, end = 0, offset = 0;
+      char perms[8] = {0};
+      int name_at = 0;
+      if (std::sscanf(line.c_str(), "%llx-%llx %7s %llx %*s %*s %n", &start, &end, perms, &offset, &name_at) >= 4 &&
+          name_at > 0) {
+        ours = line.compare(static_cast<size_t>(name_at), std::string::npos, path) == 0;
+        if (ours) areas.push_back(MappedArea{offset, end - start, 0, ""});
+      } else if (ours && line.rfind("FilePmdMapped:", 0) == 0) {
+        areas.back().pmd_kb = std::stoull(line.substr(14));
+      } else if (ours && line.rfind("VmFlags:", 0) == 0) {
+        areas.back().flags = line.substr(8) + " ";
+      }
+    }
+    return areas;
+  }
+
+  // Whether this kernel and file system map a file with 2 MiB pages when
+  // asked (transparent huge pages for the page cache: ext4 and XFS with large
+  // folios, Linux 6.x).
+  bool FileLargePagesWork(const std::string& path) {
+    constexpr size_t kFile = 8u << 20, kMap = 64u << 20;
+    FILE* f = std::fopen(path.c_str(), "w+");
+    REQUIRE(f != nullptr);
+    REQUIRE(::posix_fallocate(::fileno(f), 0, kFile) == 0);  // as the engine grows its files
+    void* p = ::mmap(nullptr, kMap, PROT_READ | PROT_WRITE, MAP_SHARED, ::fileno(f), 0);
+    REQUIRE(p != MAP_FAILED);
+    bool works = false;
+    // Touched from 2 MiB on: faults below would start a sequential read-ahead
+    // that fills the advised range with small pages first.
+    if (::madvise(static_cast<char*>(p) + (2u << 20), kMap - (2u << 20), MADV_HUGEPAGE) == 0) {
+      for (size_t i = 2u << 20; i < kFile; i += 4096) static_cast<char*>(p)[i] = 1;
+      for (const MappedArea& a : MappedAreas(path)) works = works || a.pmd_kb > 0;
+    }
+    ::munmap(p, kMap);
+    std::fclose(f);
+    return works;
+  }
+
+  TEST_CASE("growth: large_pages maps a big store with 2 MiB pages, its allocation map with small ones") {
+    TempDir dir;
+    if (!FileLargePagesWork(dir.File("probe"))) {
+      MESSAGE(
+          "SKIPPED: this kernel or file system maps no file with 2 MiB pages (FilePmdMapped stays 0 after "
+          "MADV_HUGEPAGE), so Options::large_pages changes nothing here and is not checked");
+      return;
+    }
+    for (const bool large : {true, false}) {
+      CAPTURE(large);
+      const std::string path = dir.File(large ? "large.mkv" : "small.mkv");
+      Options options;
+      options.large_pages = large;
+      Store store = MustOpen(path, options);
+      const std::string value(100, 'v');
+      for (uint64_t i = 0; i < 200000; ++i) REQUIRE(store.Put(Key16(i), value).ok());
+      // Reopened, as a store is read in the end: lookups fault the file in anew.
+      REQUIRE(store.Close().ok());
+      store = MustOpen(path, options);
+      std::string out;
+      for (uint64_t i = 0; i < 200000; ++i) REQUIRE(store.Get(Key16(i), &out).ok());
+      const uint64_t size = FileSize(path);
+      REQUIRE(size > (16u << 20));
+      uint64_t alloc_offset = 0;
+      const std::string bytes = ReadFileBytes(path);
+      std::memcpy(
+          &alloc_offset,
+          bytes.data() + internal::format::kControlOffset + offsetof(internal::format::ControlPage, alloc_offset), 8);
+      uint64_t pmd_kb = 0;
+      const MappedArea* map_area = nullptr;
+      const std::vector<MappedArea> areas = MappedAreas(path);
+      for (const MappedArea& a : areas) {
+        pmd_kb += a.pmd_kb;
+        if (a.offset <= alloc_offset && alloc_offset < a.offset + a.length) map_area = &a;
+      }
+      MESSAGE("large_pages " << large << ": file " << size << " bytes, " << pmd_kb << " KiB mapped with 2 MiB pages");
+      if (large) {
+        CHECK(pmd_kb > 0);
+        CHECK(size % (2u << 20) == 0);  // grown in whole 2 MiB steps
+        REQUIRE(map_area != nullptr);
+        CAPTURE(alloc_offset);
+        CAPTURE(map_area->offset);
+        CAPTURE(map_area->length);
+        CAPTURE(map_area->flags);
+        CHECK(map_area->flags.find(" nh ") != std::string::npos);
+        CHECK(map_area->pmd_kb == 0);
+      } else {
+        CHECK(pmd_kb == 0);
+      }
+    }
+  }
 #endif
 }  // TEST_SUITE("growth")
 

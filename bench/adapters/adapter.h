@@ -73,6 +73,7 @@ class Engine {
 // One factory per adapter file; each returns nullptr when the engine was not
 // built in (its library missing at configure time).
 std::unique_ptr<Engine> MakeMapkv();
+std::unique_ptr<Engine> MakeMapkvLargePages();  // Options::large_pages
 std::unique_ptr<Engine> MakeAbsl();
 std::unique_ptr<Engine> MakeLmdb();
 std::unique_ptr<Engine> MakeRocksdb();

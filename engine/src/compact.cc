@@ -121,6 +121,33 @@ Status StoreImpl::CompactTail() {
   return s;
 }
 
+Status StoreImpl::RehomeSnapshots(uint64_t cursor) {
+  Status s = RunWrite([&] {
+    for (int k = 0; k < 2; ++k) {
+      if (ctl_->snapshot_slot_bytes[k] == 0) continue;
+      Status st = heap_->Free(ctl_->snapshot_slot_offset[k] / kGranule, ctl_->snapshot_slot_bytes[k] / kGranule);
+      if (st.ok()) st = heap_->SetWord(&ctl_->snapshot_slot_bytes[k], 0);
+      if (!st.ok()) return st;
+    }
+    return Status::Ok();
+  });
+  ctl_->alloc_cursor = cursor;
+  for (int round = 0; round < 2 && s.ok(); ++round) {  // one checkpoint writes one slot
+    ctl_->dirty = 1;
+    s = Checkpoint();
+  }
+  return s;
+}
+
+bool StoreImpl::SnapshotOnTop() const {
+  const uint64_t top = heap_->HighestUsedEnd();
+  for (int k = 0; k < 2; ++k) {
+    const uint64_t bytes = ctl_->snapshot_slot_bytes[k];
+    if (bytes != 0 && ctl_->snapshot_slot_offset[k] + bytes >= top) return true;
+  }
+  return false;
+}
+
 Status StoreImpl::Compact() {
   Status s = BeginWrite();
   if (!s.ok()) return s;
@@ -141,27 +168,19 @@ Status StoreImpl::Compact() {
     s = MoveEverything();
   }
   if (!s.ok()) return s;
-  s = RunWrite([&] {
-    for (int k = 0; k < 2; ++k) {
-      if (ctl_->snapshot_slot_bytes[k] == 0) continue;
-      Status st = heap_->Free(ctl_->snapshot_slot_offset[k] / kGranule, ctl_->snapshot_slot_bytes[k] / kGranule);
-      if (st.ok()) st = heap_->SetWord(&ctl_->snapshot_slot_bytes[k], 0);
-      if (!st.ok()) return st;
-    }
-    return Status::Ok();
-  });
-  // Two checkpoints re-create both snapshots low and release stage A's
-  // copies; a third records the lowered high-water mark, so no meta page
-  // names bytes past the cut.
-  for (int round = 0; round < 3 && s.ok(); ++round) {
-    if (round == 2) ctl_->heap_end = heap_->HighestUsedEnd();
+  // The snapshots go right after the moved records (and the two checkpoints
+  // release stage A's copies); a third records the lowered high-water mark,
+  // so no meta page names bytes past the cut.
+  s = RehomeSnapshots(ctl_->alloc_cursor);
+  if (s.ok()) {
+    ctl_->heap_end = heap_->HighestUsedEnd();
     ctl_->dirty = 1;
     s = Checkpoint();
   }
   if (!s.ok()) return s;
   ctl_->alloc_cursor = kHeapOffset / kGranule;
   if (locks_->TryBecomeAlone()) {
-    const uint64_t target = (ctl_->heap_end + 65535) / 65536 * 65536;
+    const uint64_t target = heap_->RoundGrowth((ctl_->heap_end + 65535) / 65536 * 65536);
     if (target < ctl_->file_size.load()) {
       // The control page first: killed in between, the file is longer than
       // the store says, which is valid (the reverse is not).

@@ -43,6 +43,11 @@ Status MapSet::Cover(uint64_t bytes) {
     s = file_->Map(RoundUp(bytes, kPageSize), writable_, &mapping);
     if (!s.ok()) return s;
   }
+  if (large_pages_) {
+    mapping->Advise(0, kLargePagesFrom, Mapping::PageHint::kSmall);
+    mapping->Advise(kLargePagesFrom, mapping->length(), Mapping::PageHint::kLarge);
+    if (small_length_ != 0) mapping->Advise(small_offset_, small_length_, Mapping::PageHint::kSmall);
+  }
   auto view = std::make_unique<View>(View{mapping->data(), mapping->length()});
   if (view->length < bytes) {
     return Status(Code::kIoError, file_->path() + ": mapping covers " + std::to_string(view->length) + " bytes, " +
@@ -52,6 +57,15 @@ Status MapSet::Cover(uint64_t bytes) {
   mappings_.push_back(std::move(mapping));
   views_.push_back(std::move(view));
   return Status::Ok();
+}
+
+void MapSet::KeepSmall(uint64_t offset, uint64_t length) {
+  if (!large_pages_) return;
+  std::lock_guard<std::mutex> lock(mu_);
+  if (offset == small_offset_ && length == small_length_) return;
+  small_offset_ = offset;
+  small_length_ = length;
+  if (!mappings_.empty()) mappings_.back()->Advise(offset, length, Mapping::PageHint::kSmall);
 }
 
 uint64_t MapSet::OffsetOf(const void* p) {
@@ -444,12 +458,18 @@ bool Heap::FindRun(uint64_t from, uint64_t to, uint64_t n, uint64_t align, uint6
   return false;
 }
 
+uint64_t Heap::RoundGrowth(uint64_t size) const {
+  const uint64_t step = MapSet::kLargePagesFrom;
+  return maps_->large_pages() && size >= 2 * step ? RoundUp(size, step) : size;
+}
+
 Status Heap::Grow(uint64_t need_end) {
   const uint64_t file_size = ctl_->file_size.load(std::memory_order_relaxed);
   const uint64_t covered = ctl_->alloc_words * kGranulesPerAllocWord * kGranule;
   uint64_t new_size = file_size;
   if (need_end > file_size) {
     new_size = RoundUp(std::max(need_end, file_size + std::clamp(file_size / 8, kMinGrowth, kMaxGrowth)), 64 * 1024);
+    new_size = RoundGrowth(new_size);
   }
   // The map must cover the whole file; when it would not, a larger map goes
   // right after the request, in the new tail.
@@ -462,7 +482,7 @@ Status Heap::Grow(uint64_t need_end) {
     // moving it (a copy) every time the file grows by a quarter is cheap.
     map_words = RoundUp(span + span / 4, kGranulesPerAllocWord * kGranule) / (kGranulesPerAllocWord * kGranule);
     map_bytes = RoundUp(map_words * sizeof(AllocWord), kPageSize);
-    new_size = std::max(new_size, RoundUp(map_off + map_bytes, 64 * 1024));
+    new_size = std::max(new_size, RoundGrowth(RoundUp(map_off + map_bytes, 64 * 1024)));
   }
   if (new_size > file_size) {
     Status s = file_->Reserve(new_size);
@@ -485,6 +505,7 @@ Status Heap::Grow(uint64_t need_end) {
     // before it rolls a killed writer back): the new map first, then the
     // size (logged, so a rollback of the move takes it back too), then the
     // high-water mark.
+    maps_->KeepSmall(map_off, map_bytes);  // before its pages are first touched
     AllocWord* fresh_map = At<AllocWord>(map_off);
     const uint64_t old_off = ctl_->alloc_offset;
     const uint64_t old_words = ctl_->alloc_words;

@@ -49,7 +49,8 @@ struct View {
 
 class MapSet {
  public:
-  MapSet(File* file, bool writable) : file_(file), writable_(writable) {}
+  // `large_pages`: Options::large_pages.
+  MapSet(File* file, bool writable, bool large_pages) : file_(file), writable_(writable), large_pages_(large_pages) {}
   MapSet(const MapSet&) = delete;
   MapSet& operator=(const MapSet&) = delete;
 
@@ -66,9 +67,22 @@ class MapSet {
   // Writes back a byte range through the newest mapping (see Mapping::Flush).
   Status Flush(uint64_t offset, uint64_t length, bool sync);
 
+  // Large pages (Options::large_pages): every mapping asks for them past the
+  // first kLargePagesFrom bytes (the meta pages, the control page and the
+  // undo log, rewritten at every checkpoint, stay in small pages), except
+  // over the range given here, the allocation map: an overwrite changes its
+  // words at random places, and write-back writes each changed page whole.
+  // Re-advises the newest mapping only when the range moved.
+  bool large_pages() const { return large_pages_; }
+  void KeepSmall(uint64_t offset, uint64_t length);
+  static constexpr uint64_t kLargePagesFrom = 2ull << 20;
+
  private:
   File* const file_;
   const bool writable_;
+  const bool large_pages_;
+  uint64_t small_offset_ = 0;  // the range KeepSmall was last given
+  uint64_t small_length_ = 0;
   std::mutex mu_;
   std::atomic<const View*> current_{nullptr};
   std::vector<std::unique_ptr<Mapping>> mappings_;
@@ -168,6 +182,9 @@ class Heap {
   void set_append_only(bool on) { append_only_ = on; }
   // End of the highest allocated granule.
   uint64_t HighestUsedEnd() const;
+  // With large pages, a file of 4 MiB or more grows in whole 2 MiB steps,
+  // so that the page cache can hold its tail in 2 MiB pieces too.
+  uint64_t RoundGrowth(uint64_t size) const;
 
   format::AllocWord* map() const { return At<format::AllocWord>(ctl_->alloc_offset); }
 

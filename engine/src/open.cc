@@ -226,9 +226,10 @@ Status StoreImpl::InitializeNew(uint64_t capacity) {
 
   Status s = file_->Reserve(size);
   if (!s.ok()) return s;
-  maps_ = std::make_unique<MapSet>(file_.get(), true);
+  maps_ = std::make_unique<MapSet>(file_.get(), true, options_.large_pages);
   s = maps_->Cover(size);
   if (!s.ok()) return s;
+  maps_->KeepSmall(kHeapOffset, map_bytes);
   uint8_t* base = maps_->Current()->base;
   ctl_ = reinterpret_cast<ControlPage*>(base + kControlOffset);
   std::memset(static_cast<void*>(ctl_), 0, kPageSize);
@@ -375,7 +376,7 @@ Status StoreImpl::Attach() {
                                            ": on a network file system, where shared mappings and "
                                            "file locks are not coherent; mapkv refuses it");
   }
-  maps_ = std::make_unique<MapSet>(file_.get(), !read_only_);
+  maps_ = std::make_unique<MapSet>(file_.get(), !read_only_, options_.large_pages);
   s = maps_->Cover(size);
   if (!s.ok()) return s;
   const MetaPage* meta_in_file = nullptr;
@@ -453,6 +454,7 @@ Status StoreImpl::Attach() {
     s = maps_->Cover(fs);
     if (!s.ok()) return s;
   }
+  KeepAllocMapSmall();
   locks_->set_ctl(ctl_, !read_only_);
   return Status::Ok();
 }
@@ -596,6 +598,7 @@ Status StoreImpl::TrimIfAlone() {
   if (s.ok() && !unchanged) s = CompactTail();
   if (s.ok() && options_.checkpoint_on_close) {
     s = Checkpoint();  // also frees what CompactTail moved away from
+    if (s.ok() && !unchanged && SnapshotOnTop()) s = RehomeSnapshots(kHeapOffset / kGranule);
     const uint64_t map_end = ctl_->alloc_offset + RoundUp(ctl_->alloc_words * sizeof(AllocWord), kPageSize);
     uint64_t hole = 0;
     if (s.ok() && !unchanged && map_end >= heap_->HighestUsedEnd() && heap_->MapCanGoLower(&hole)) {
@@ -614,7 +617,8 @@ Status StoreImpl::TrimIfAlone() {
   }
   const MetaPage* meta = nullptr;
   if (s.ok()) s = ChooseMeta(&meta);
-  const uint64_t target = s.ok() ? RoundUp(std::max(heap_->HighestUsedEnd(), meta->heap_end), 64 * 1024) : 0;
+  const uint64_t target =
+      s.ok() ? heap_->RoundGrowth(RoundUp(std::max(heap_->HighestUsedEnd(), meta->heap_end), 64 * 1024)) : 0;
   if (s.ok() && target < ctl_->file_size.load() && ctl_->undo_count.load() == 0) {
     // Alone: no other handle maps the file, so shortening it cannot fault anyone.
     // The control page first: killed between the two steps, the file is longer

@@ -449,6 +449,7 @@ Status StoreImpl::BeginWrite() {
   // so there is nothing to map or recover.
   if (!fresh) return Status::Ok();
   s = EnsureMapped();
+  if (s.ok()) KeepAllocMapSmall();  // another process may have moved it
   // A checkpoint killed after its meta page was written but before it set
   // release_pending leaves only the meta page behind: its generation is
   // newer than the control page's (RecoverKilledWriter finishes it).

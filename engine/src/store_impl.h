@@ -114,6 +114,13 @@ class StoreImpl {
   // Moves the highest records into holes below them, when the holes add up
   // (before the file is cut at the last close).
   Status CompactTail();
+  // Frees both page-map snapshots and checkpoints twice, so that they are
+  // allocated again from `cursor` (the lowest hole that fits, unless the
+  // heap is append-only). They move at no other time, and one allocated at
+  // the top of the heap keeps the file from shrinking.
+  Status RehomeSnapshots(uint64_t cursor);
+  // A snapshot ends at the top of the used heap.
+  bool SnapshotOnTop() const;
 
   // checkpoint.cc
   Status Checkpoint();
@@ -168,6 +175,8 @@ class StoreImpl {
   static bool CanOverwriteInPlace(const Heap& heap, const RecordRef& rec, std::string_view value);
   Status OverwriteInPlace(const RecordRef& rec, std::string_view value, uint64_t hash);
   TableReader ReaderSnapshot() const;
+  // Tells the mappings where the allocation map is (MapSet::KeepSmall).
+  void KeepAllocMapSmall() { maps_->KeepSmall(ctl_->alloc_offset, ctl_->alloc_words * sizeof(format::AllocWord)); }
   // Inside an optimistic read (no lock): the table as the control page says
   // it is now, with the mapping grown to cover the file. The caller checks
   // the shift and validates the whole read with the seqlock.

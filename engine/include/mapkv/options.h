@@ -60,6 +60,22 @@ struct Options {
   // this many changes behind gets kRescan. 0 keeps no ring (ChangeSeq and
   // WaitForChange still work). Default: 16384 (1 MiB of file).
   uint64_t change_ring_capacity = 16384;
+
+  // Every open; Linux only (elsewhere ignored). Ask the kernel to map the
+  // store with 2 MiB pages (madvise MADV_HUGEPAGE) past its first 2 MiB, and
+  // grow a file of 4 MiB or more in whole 2 MiB steps. Where the page cache
+  // of the file system has large folios (ext4 and XFS on Linux 6.x) a random
+  // lookup then misses the TLB far less. Measured here on a 1M-key store,
+  // against the same build without: get 16% faster (366 against 441 ns),
+  // but an overwrite after a reopen 20% slower (866 against 725 ns: each
+  // new 2 MiB page of the file is zero-filled whole) and a Flush after 100
+  // puts 60% slower (4.4 against 2.6 ms: write-back writes a changed 2 MiB
+  // page whole). The allocation map, changed at random places by every
+  // overwrite, stays in small pages. A lookup in a store not yet cached
+  // reads 2 MiB from disk. So: for stores read far more than written.
+  // Every process that opens the store should choose the same; the pages
+  // are the size the first one to touch them asked for. Default: false.
+  bool large_pages = false;
 };
 
 // Per call: how Store::Write commits a batch.

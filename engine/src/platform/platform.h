@@ -48,6 +48,11 @@ class Mapping {
   // (schedule) or synchronously (returns once on stable storage, file size
   // metadata included).
   virtual Status Flush(uint64_t offset, uint64_t length, bool sync) = 0;
+  // A hint for the pages of [offset, offset+length): large (2 MiB where the
+  // kernel and file system can) or small. Only the page cache the mapping
+  // creates from now on follows it. Not every system has it: then nothing.
+  enum class PageHint : uint8_t { kLarge, kSmall };
+  virtual void Advise(uint64_t offset, uint64_t length, PageHint size) { (void)offset, (void)length, (void)size; }
 };
 
 enum class LockMode : uint8_t { kShared, kExclusive };

@@ -208,6 +208,29 @@ class PosixMapping final : public Mapping {
     return Status::Ok();
   }
 
+  void Advise(uint64_t offset, uint64_t length, PageHint size) override {
+#if defined(MADV_HUGEPAGE)
+    if (offset >= length_) return;
+    const uint64_t begin = (offset + PageSize() - 1) & ~(PageSize() - 1);
+    const uint64_t end = std::min(length_, offset + length) & ~(PageSize() - 1);
+    if (begin >= end) return;
+    // Hints: a kernel without transparent huge pages refuses them (EINVAL),
+    // and the mapping works the same. A small range also reads no further
+    // than the page a fault needs (MADV_RANDOM): read-ahead from it would
+    // fill the file past it with small pages before the large range's own
+    // faults could ask for 2 MiB ones.
+    const auto n = static_cast<size_t>(end - begin);
+    if (size == PageHint::kLarge) {
+      (void)::madvise(data_ + begin, n, MADV_HUGEPAGE);
+    } else {
+      (void)::madvise(data_ + begin, n, MADV_NOHUGEPAGE);
+      (void)::madvise(data_ + begin, n, MADV_RANDOM);
+    }
+#else
+    (void)offset, (void)length, (void)size;
+#endif
+  }
+
  private:
   uint8_t* const data_;
   const uint64_t length_;
