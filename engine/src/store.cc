@@ -240,8 +240,9 @@ void Backoff(int attempt) {
 
 // Copies a value that a writer may be changing; the seqlock decides
 // afterwards whether the copy counts.
-void CopyRacy(std::string* out, const uint8_t* p, uint64_t n) {
-  if (out->size() != n) out->resize(n);  // a caller's reused string often has the size already
+inline void CopyRacy(std::string* out, const uint8_t* p, uint64_t n) {
+  if (out->size() != n) [[unlikely]]
+    out->resize(n);  // a caller's reused string often has the size already
   RacyCopy(out->data(), p, n);
 }
 
@@ -289,17 +290,17 @@ TableReader StoreImpl::ReaderSnapshot() const {
                      ctl_->pagemap_offset.load(std::memory_order_relaxed), seed_};
 }
 
-MAPKV_OPTIMISTIC Status StoreImpl::OptimisticReader(TableReader* r) const {
+// Inline: it runs on every get, and the mapping rarely needs to grow.
+MAPKV_OPTIMISTIC inline TableReader StoreImpl::OptimisticReader(Status* s) const {
   const uint64_t fs = ctl_->file_size.load(std::memory_order_acquire);
   const View* v = maps_->Current();
-  if (v->length < fs) {
-    Status s = maps_->Cover(fs);
-    if (!s.ok()) return s;
+  if (v->length < fs) [[unlikely]] {
+    *s = maps_->Cover(fs);
+    if (!s->ok()) return TableReader{nullptr, 0, 0, 0, 0};
     v = maps_->Current();
   }
-  *r = TableReader{v->base, fs, static_cast<uint32_t>(ctl_->table_shift.load(std::memory_order_relaxed)),
-                   ctl_->pagemap_offset.load(std::memory_order_relaxed), seed_};
-  return Status::Ok();
+  return TableReader{v->base, fs, static_cast<uint32_t>(ctl_->table_shift.load(std::memory_order_relaxed)),
+                     ctl_->pagemap_offset.load(std::memory_order_relaxed), seed_};
 }
 
 MAPKV_OPTIMISTIC Status StoreImpl::Get(std::string_view key, std::string* value, bool* found) const {
@@ -313,8 +314,7 @@ MAPKV_OPTIMISTIC Status StoreImpl::Get(std::string_view key, std::string* value,
       Backoff(attempt);
       continue;
     }
-    TableReader r;
-    s = OptimisticReader(&r);
+    const TableReader r = OptimisticReader(&s);
     if (!s.ok()) return s;
     if (r.shift < kMinTableShift || r.shift > kMaxTableShift) continue;  // torn; re-check below
     uint64_t index;
@@ -741,8 +741,7 @@ MAPKV_OPTIMISTIC Status StoreImpl::MultiGet(std::span<const std::string_view> ke
       Backoff(attempt);
       continue;
     }
-    TableReader r;
-    s = OptimisticReader(&r);
+    const TableReader r = OptimisticReader(&s);
     if (!s.ok()) return s;
     if (r.shift < kMinTableShift || r.shift > kMaxTableShift) continue;
     bool bad = false;

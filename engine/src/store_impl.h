@@ -179,8 +179,9 @@ class StoreImpl {
   void KeepAllocMapSmall() { maps_->KeepSmall(ctl_->alloc_offset, ctl_->alloc_words * sizeof(format::AllocWord)); }
   // Inside an optimistic read (no lock): the table as the control page says
   // it is now, with the mapping grown to cover the file. The caller checks
-  // the shift and validates the whole read with the seqlock.
-  Status OptimisticReader(TableReader* r) const;
+  // the shift and validates the whole read with the seqlock. On an error
+  // (the mapping could not grow) it sets *s and returns an empty reader.
+  TableReader OptimisticReader(Status* s) const;
 
   const std::string path_;
   const Options options_;

@@ -25,21 +25,6 @@ MAPKV_OPTIMISTIC bool RecordRef::Intact() const {
   return RecordChecksum(h, key()) == h.checksum;
 }
 
-MAPKV_OPTIMISTIC bool TableReader::Record(uint64_t granule, RecordRef* rec) const {
-  uint64_t off = granule << kGranuleShift;
-  if (off < kHeapOffset || off + kRecordHeaderSize > limit) return false;
-  RecordHeader h;
-  RacyCopy(&h, base + off, sizeof h);
-  if (h.value_size > kMaxValueSize) return false;
-  uint64_t key_size = uint64_t{h.key_size_m1} + 1;
-  if (off + kRecordHeaderSize + key_size + h.value_size > limit) return false;
-  rec->granule = granule;
-  rec->header = base + off;
-  rec->key_size = key_size;
-  rec->value_size = h.value_size;
-  return true;
-}
-
 MAPKV_OPTIMISTIC bool TableReader::Home(uint64_t slot, uint64_t* home) const {
   if (shift <= kTagBits) {
     *home = SlotTag(slot) >> (kTagBits - shift);
@@ -50,17 +35,6 @@ MAPKV_OPTIMISTIC bool TableReader::Home(uint64_t slot, uint64_t* home) const {
   uint64_t h = HashKey(std::string_view(reinterpret_cast<const char*>(rec.key()), rec.key_size), seed);
   *home = h >> (64 - shift);
   return true;
-}
-
-void TableReader::PrefetchCandidate(uint64_t granule) const {
-  // The header's line is loaded next anyway; asking for the lines after it
-  // now overlaps their misses with its miss (a 16-byte key and a 100-byte
-  // value span two or three lines). A prefetch never faults, so an offset
-  // past the file does no harm; it is checked before any load.
-  const uint8_t* r = base + (granule << kGranuleShift);
-  __builtin_prefetch(r + 64);
-  __builtin_prefetch(r + 2 * 64 - 1);
-  if (alloc_map != nullptr) __builtin_prefetch(alloc_map + granule / kGranulesPerAllocWord);
 }
 
 MAPKV_OPTIMISTIC void TableReader::PrefetchHome(uint64_t hash) const {
@@ -76,54 +50,7 @@ MAPKV_OPTIMISTIC void TableReader::PrefetchHomeRecord(uint64_t hash) const {
   }
 }
 
-MAPKV_OPTIMISTIC TableReader::Result TableReader::Find(std::string_view key, uint64_t hash, uint64_t* index,
-                                                       RecordRef* rec) const {
-  const uint64_t m = mask();
-  const uint64_t tag = HashTag(hash);
-  const uint64_t home = hash >> (64 - shift);
-  // Robin Hood's early stop needs each entry's home slot, which its tag
-  // gives while the table has at most 2^26 slots.
-  const bool tag_gives_home = shift <= kTagBits;
-  // A probe walks consecutive slots, which share a page until it wraps to
-  // the next one: the page map is read (and its offsets checked) once a page.
-  const uint64_t* page = nullptr;
-  uint64_t page_no = ~uint64_t{0};
-  for (uint64_t d = 0; d <= m; ++d) {
-    const uint64_t i = (home + d) & m;
-    if ((i >> kSlotsPerPageShift) != page_no) {
-      page_no = i >> kSlotsPerPageShift;
-      page = SlotPtr(page_no << kSlotsPerPageShift);
-      if (page == nullptr || !PageFits(page)) return Result::kBad;
-    }
-    const uint64_t s = RacyLoad(page + (i & (kSlotsPerPage - 1)));
-    if (s == 0) return Result::kAbsent;
-    if (tag_gives_home) {
-      const uint64_t dist = (i - (SlotTag(s) >> (kTagBits - shift))) & m;
-      if (dist < d) return Result::kAbsent;  // Robin Hood: the key would have been placed here
-    }
-    if (SlotTag(s) == tag) {
-      PrefetchCandidate(SlotGranule(s));
-      if (!Record(SlotGranule(s), rec)) return Result::kBad;
-      if (rec->key_size == key.size() && RacyEqual(rec->key(), key.data(), key.size())) {
-        *index = i;
-        return Result::kFound;
-      }
-    }
-  }
-  return Result::kBad;  // a table with no empty slot is not a valid state
-}
-
 // ---------------------------------------------------------------- writer
-
-TableReader TableWriter::Reader() const {
-  ControlPage* ctl = heap_->ctl();
-  return TableReader{heap_->base(),
-                     ctl->file_size.load(std::memory_order_relaxed),
-                     static_cast<uint32_t>(ctl->table_shift.load(std::memory_order_relaxed)),
-                     ctl->pagemap_offset.load(std::memory_order_relaxed),
-                     ctl->hash_seed,
-                     heap_->map()};
-}
 
 Status TableWriter::WritableSlot(uint64_t i, uint64_t** slot, bool* local) {
   ControlPage* ctl = heap_->ctl();

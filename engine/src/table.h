@@ -31,6 +31,7 @@
 #include "hash.h"
 #include "heap.h"
 #include "mapkv/status.h"
+#include "mapkv/store.h"
 #include "racy.h"
 
 namespace mapkv::internal {
@@ -111,11 +112,106 @@ struct TableReader {
   Result Find(std::string_view key, uint64_t hash, uint64_t* index, RecordRef* rec) const;
 };
 
+// ---- the lookup, inline: a get is a few hundred instructions around two
+// cache misses, and the fewer there are, the more of the next get's misses
+// the CPU starts before this one's have arrived.
+
+// True when the `n` bytes at `p` (mapping, racy) equal `key` (n == key.size()).
+MAPKV_OPTIMISTIC inline bool KeyEquals(const uint8_t* p, std::string_view key) {
+#if !defined(MAPKV_TSAN)
+  const size_t n = key.size();
+  if (n >= 8 && n <= 16) {  // two overlapping words, no call
+    uint64_t a0, a1, b0, b1;
+    std::memcpy(&a0, p, 8);
+    std::memcpy(&a1, p + n - 8, 8);
+    std::memcpy(&b0, key.data(), 8);
+    std::memcpy(&b1, key.data() + n - 8, 8);
+    return ((a0 ^ b0) | (a1 ^ b1)) == 0;
+  }
+#endif
+  return RacyEqual(p, key.data(), key.size());
+}
+
+MAPKV_OPTIMISTIC inline bool TableReader::Record(uint64_t granule, RecordRef* rec) const {
+  const uint64_t off = granule << format::kGranuleShift;
+  if (off < format::kHeapOffset || off + format::kRecordHeaderSize > limit) return false;
+  format::RecordHeader h;
+  RacyCopy(&h, base + off, sizeof h);
+  if (h.value_size > mapkv::kMaxValueSize) return false;
+  const uint64_t key_size = uint64_t{h.key_size_m1} + 1;
+  if (off + format::kRecordHeaderSize + key_size + h.value_size > limit) return false;
+  rec->granule = granule;
+  rec->header = base + off;
+  rec->key_size = key_size;
+  rec->value_size = h.value_size;
+  return true;
+}
+
+inline void TableReader::PrefetchCandidate(uint64_t granule) const {
+  // The header's line is loaded next anyway; asking for the lines after it
+  // now overlaps their misses with its miss (a 16-byte key and a 100-byte
+  // value span two or three lines). A prefetch never faults, so an offset
+  // past the file does no harm; it is checked before any load.
+  const uint8_t* r = base + (granule << format::kGranuleShift);
+  __builtin_prefetch(r + 64);
+  __builtin_prefetch(r + 2 * 64 - 1);
+  if (alloc_map != nullptr) __builtin_prefetch(alloc_map + granule / format::kGranulesPerAllocWord);
+}
+
+MAPKV_OPTIMISTIC inline TableReader::Result TableReader::Find(std::string_view key, uint64_t hash, uint64_t* index,
+                                                              RecordRef* rec) const {
+  using namespace format;  // NOLINT
+  const uint64_t m = mask();
+  const uint64_t tag = HashTag(hash);
+  const uint64_t home = hash >> (64 - shift);
+  // Robin Hood's early stop needs each entry's home slot, which its tag
+  // gives while the table has at most 2^26 slots.
+  const bool tag_gives_home = shift <= kTagBits;
+  // A probe walks consecutive slots, which share a page until it wraps to
+  // the next one: the page map is read (and its offsets checked) once a page.
+  const uint64_t* page = nullptr;
+  uint64_t page_no = ~uint64_t{0};
+  for (uint64_t d = 0; d <= m; ++d) {
+    const uint64_t i = (home + d) & m;
+    if ((i >> kSlotsPerPageShift) != page_no) {
+      page_no = i >> kSlotsPerPageShift;
+      page = SlotPtr(page_no << kSlotsPerPageShift);
+      if (page == nullptr || !PageFits(page)) return Result::kBad;
+    }
+    const uint64_t s = RacyLoad(page + (i & (kSlotsPerPage - 1)));
+    if (s == 0) return Result::kAbsent;
+    if (tag_gives_home) {
+      const uint64_t dist = (i - (SlotTag(s) >> (kTagBits - shift))) & m;
+      if (dist < d) return Result::kAbsent;  // Robin Hood: the key would have been placed here
+    }
+    if (SlotTag(s) == tag) {
+      PrefetchCandidate(SlotGranule(s));
+      if (!Record(SlotGranule(s), rec)) return Result::kBad;
+      if (rec->key_size == key.size() && KeyEquals(rec->key(), key)) {
+        *index = i;
+        return Result::kFound;
+      }
+    }
+  }
+  return Result::kBad;  // a table with no empty slot is not a valid state
+}
+
 class TableWriter {
  public:
   explicit TableWriter(Heap* heap) : heap_(heap) {}
 
-  TableReader Reader() const;
+  // Inline: a caller's Find reads the fields right away, and a struct
+  // returned through memory by an out-of-line call can make those loads wait
+  // for the stores to retire (see StoreImpl::OptimisticReader).
+  TableReader Reader() const {
+    format::ControlPage* ctl = heap_->ctl();
+    return TableReader{heap_->base(),
+                       ctl->file_size.load(std::memory_order_relaxed),
+                       static_cast<uint32_t>(ctl->table_shift.load(std::memory_order_relaxed)),
+                       ctl->pagemap_offset.load(std::memory_order_relaxed),
+                       ctl->hash_seed,
+                       heap_->map()};
+  }
 
   // What a Find under the write lock returned. A put passes it on to its
   // Upsert when nothing changed the table in between (writing the record
