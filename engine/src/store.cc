@@ -303,7 +303,44 @@ MAPKV_OPTIMISTIC inline TableReader StoreImpl::OptimisticReader(Status* s) const
                      ctl_->pagemap_offset.load(std::memory_order_relaxed), seed_};
 }
 
+MAPKV_OPTIMISTIC void StoreImpl::PrefetchHomeUnlocked(uint64_t hash) const {
+  const View* v = maps_->Current();
+  const TableReader r{v->base, std::min(ctl_->file_size.load(std::memory_order_relaxed), v->length),
+                      static_cast<uint32_t>(ctl_->table_shift.load(std::memory_order_relaxed)),
+                      ctl_->pagemap_offset.load(std::memory_order_relaxed), seed_};
+  if (r.shift >= kMinTableShift && r.shift <= kMaxTableShift) r.PrefetchHome(hash);
+}
+
+// The common case in as few instructions as it takes: the CPU then has the
+// next get's misses under way before this one's have arrived (a get is two
+// dependent misses, slot then record). Anything out of the ordinary (a
+// writer inside, a grown file, a bad key, checksums to verify) takes GetSlow.
 MAPKV_OPTIMISTIC Status StoreImpl::Get(std::string_view key, std::string* value, bool* found) const {
+  if (fork_generation_ != ForkGeneration() || key.empty() || key.size() > kMaxKeySize || options_.verify_checksums)
+      [[unlikely]]
+    return GetSlow(key, value, found);
+  const uint64_t hash = HashKey(key, seed_);
+  const uint64_t s1 = ctl_->seq.load(std::memory_order_acquire);
+  const uint64_t fs = ctl_->file_size.load(std::memory_order_acquire);
+  const View* v = maps_->Current();
+  const TableReader r{v->base, fs, static_cast<uint32_t>(ctl_->table_shift.load(std::memory_order_relaxed)),
+                      ctl_->pagemap_offset.load(std::memory_order_relaxed), seed_};
+  if ((s1 & 1) == 0 && v->length >= fs && r.shift >= kMinTableShift && r.shift <= kMaxTableShift) [[likely]] {
+    uint64_t index;
+    RecordRef rec;
+    const TableReader::Result res = r.Find(key, hash, &index, &rec);
+    if (res == TableReader::Result::kFound && value != nullptr) CopyRacy(value, rec.value(), rec.value_size);
+    SeqlockReadFence();
+    if (ctl_->seq.load(std::memory_order_relaxed) == s1 && res != TableReader::Result::kBad) [[likely]] {
+      *found = res == TableReader::Result::kFound;
+      return Status::Ok();
+    }
+  }
+  return GetSlow(key, value, found);
+}
+
+[[gnu::noinline]] MAPKV_OPTIMISTIC Status StoreImpl::GetSlow(std::string_view key, std::string* value,
+                                                             bool* found) const {
   Status s = CheckUsable();
   if (s.ok()) s = CheckKey(path_, key);
   if (!s.ok()) return s;
@@ -556,13 +593,16 @@ Status StoreImpl::ApplyErase(std::string_view key, bool* found) {
 }
 
 Status StoreImpl::Put(std::string_view key, std::string_view value) {
-  Status s = CheckKey(path_, key);
+  Status s = CheckUsable();  // before the prefetch reads the mapping
+  if (s.ok()) s = CheckKey(path_, key);
   if (s.ok()) s = CheckValue(path_, value);
-  if (s.ok()) s = BeginWrite();
+  if (!s.ok()) return s;
+  const uint64_t hash = HashKey(key, seed_);
+  PrefetchHomeUnlocked(hash);
+  s = BeginWrite();
   if (!s.ok()) return s;
   // A value of the same size over a record of this checkpoint epoch is
   // rewritten where it is: no allocation, no table change, no space to free.
-  const uint64_t hash = HashKey(key, seed_);
   TableWriter::Lookup lookup;
   lookup.result = table_->Reader().Find(key, hash, &lookup.index, &lookup.rec);
   if (lookup.result == TableReader::Result::kFound && RingReady() && CanOverwriteInPlace(*heap_, lookup.rec, value)) {

@@ -182,6 +182,13 @@ class StoreImpl {
   // the shift and validates the whole read with the seqlock. On an error
   // (the mapping could not grow) it sets *s and returns an empty reader.
   TableReader OptimisticReader(Status* s) const;
+  // Get's retries and its fallback to a read under the lock.
+  Status GetSlow(std::string_view key, std::string* value, bool* found) const;
+  // Before a write takes the lock: starts loading the home slot of `hash`,
+  // so that its cache miss overlaps the lock and the write's setup instead
+  // of following them. Reads the control page and the page map racily and
+  // only within the current mapping; a prefetch never faults.
+  void PrefetchHomeUnlocked(uint64_t hash) const;
 
   const std::string path_;
   const Options options_;

@@ -37,10 +37,6 @@ MAPKV_OPTIMISTIC bool TableReader::Home(uint64_t slot, uint64_t* home) const {
   return true;
 }
 
-MAPKV_OPTIMISTIC void TableReader::PrefetchHome(uint64_t hash) const {
-  if (const uint64_t* p = SlotPtr(hash >> (64 - shift)); p != nullptr) __builtin_prefetch(p);
-}
-
 MAPKV_OPTIMISTIC void TableReader::PrefetchHomeRecord(uint64_t hash) const {
   uint64_t s;
   if (LoadSlot(hash >> (64 - shift), &s) && s != 0 && SlotTag(s) == HashTag(hash)) {

@@ -158,6 +158,10 @@ inline void TableReader::PrefetchCandidate(uint64_t granule) const {
   if (alloc_map != nullptr) __builtin_prefetch(alloc_map + granule / format::kGranulesPerAllocWord);
 }
 
+MAPKV_OPTIMISTIC inline void TableReader::PrefetchHome(uint64_t hash) const {
+  if (const uint64_t* p = SlotPtr(hash >> (64 - shift)); p != nullptr) __builtin_prefetch(p);
+}
+
 MAPKV_OPTIMISTIC inline TableReader::Result TableReader::Find(std::string_view key, uint64_t hash, uint64_t* index,
                                                               RecordRef* rec) const {
   using namespace format;  // NOLINT
