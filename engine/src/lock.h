@@ -94,6 +94,10 @@ class LockManager {
   // `may_stick`: keep the file lock for the next write (see above); false for
   // one-off writes such as open's recovery and close.
   void UnlockWrite(bool may_stick = true);
+  // True while the handle keeps the file write lock from its last write (the
+  // file's size was checked when the lock was taken, and no other process
+  // can write). A hint: the keeper may give the lock up at any moment.
+  bool HoldsStickyWrite() const { return sticky_.load(std::memory_order_relaxed); }
   Status LockRead();
   void UnlockRead();
 

@@ -304,6 +304,10 @@ MAPKV_OPTIMISTIC inline TableReader StoreImpl::OptimisticReader(Status* s) const
 }
 
 MAPKV_OPTIMISTIC void StoreImpl::PrefetchHomeUnlocked(uint64_t hash) const {
+  // Only while the handle keeps the write lock from its last write: the page
+  // map is then where the file was checked to be. Otherwise another program
+  // may have cut the file, and the write lock's check must come first.
+  if (!locks_->HoldsStickyWrite()) return;
   const View* v = maps_->Current();
   const TableReader r{v->base, std::min(ctl_->file_size.load(std::memory_order_relaxed), v->length),
                       static_cast<uint32_t>(ctl_->table_shift.load(std::memory_order_relaxed)),

@@ -186,8 +186,8 @@ class StoreImpl {
   Status GetSlow(std::string_view key, std::string* value, bool* found) const;
   // Before a write takes the lock: starts loading the home slot of `hash`,
   // so that its cache miss overlaps the lock and the write's setup instead
-  // of following them. Reads the control page and the page map racily and
-  // only within the current mapping; a prefetch never faults.
+  // of following them. Reads the control page and the page map racily,
+  // within the current mapping, and only while the write lock is sticky.
   void PrefetchHomeUnlocked(uint64_t hash) const;
 
   const std::string path_;
