@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "format.h"
+#include "hash.h"
 #include "store_test_helpers.h"
 
 namespace mapkv::test {
@@ -1087,6 +1088,80 @@ TEST_CASE("store: verify_checksums turns a damaged record into Corruption instea
   CheckReport report;
   REQUIRE(fast.Check(&report).ok());
   CHECK(report.problems.size() == 1);  // Check always verifies
+}
+
+// A get probes the home slot's table page on its fast path and leaves a
+// probe that runs on into the next page to the full lookup. This finds,
+// in the file, entries stored past the end of their home page and absent
+// keys whose probe must go on into the next page, and reads both.
+TEST_CASE("store: a probe that runs past its home slot's table page finds present keys and not absent ones") {
+  using namespace internal::format;  // NOLINT
+  TempDir dir;
+  const std::string path = dir.File("s.mkv");
+  constexpr int kKeys = 100000;
+  {
+    Store store = MustOpen(path);
+    for (int i = 0; i < kKeys; ++i) REQUIRE(store.Put("k" + std::to_string(i), "v" + std::to_string(i)).ok());
+    REQUIRE(store.Close().ok());
+  }
+  const std::string bytes = ReadFileBytes(path);
+  REQUIRE(bytes.size() >= kControlOffset + sizeof(ControlPage));
+  alignas(ControlPage) unsigned char ctl_bytes[sizeof(ControlPage)];
+  std::memcpy(ctl_bytes, bytes.data() + kControlOffset, sizeof ctl_bytes);
+  const ControlPage* ctl = reinterpret_cast<const ControlPage*>(ctl_bytes);
+  const uint64_t shift = ctl->table_shift.load();
+  const uint64_t pagemap = ctl->pagemap_offset.load();
+  const uint64_t seed = ctl->hash_seed;
+  REQUIRE(shift >= kMinTableShift + 1);  // more than one page
+  REQUIRE(shift <= kTagBits);            // the tag gives an entry's home
+  auto load = [&](uint64_t off, auto zero) {
+    REQUIRE(off + sizeof zero <= bytes.size());
+    std::memcpy(&zero, bytes.data() + off, sizeof zero);
+    return zero;
+  };
+  auto slot_at = [&](uint64_t i) {
+    const uint64_t phys = load(pagemap + (i >> kSlotsPerPageShift) * 4, uint32_t{0});
+    return load(phys * kPageSize + (i & (kSlotsPerPage - 1)) * 8, uint64_t{0});
+  };
+
+  std::vector<std::string> crossing;  // keys stored in a page after their home slot's
+  for (uint64_t i = 0; i < (uint64_t{1} << shift); ++i) {
+    const uint64_t slot = slot_at(i);
+    if (slot == 0) continue;
+    const uint64_t home = SlotTag(slot) >> (kTagBits - shift);
+    if ((home >> kSlotsPerPageShift) == (i >> kSlotsPerPageShift)) continue;
+    const uint64_t rec = SlotGranule(slot) << kGranuleShift;
+    const uint64_t key_size = uint64_t{load(rec + 4, uint16_t{0})} + 1;
+    REQUIRE(rec + kRecordHeaderSize + key_size <= bytes.size());
+    crossing.emplace_back(bytes.data() + rec + kRecordHeaderSize, key_size);
+  }
+  INFO("table of 2^", shift, " slots");
+  REQUIRE_MESSAGE(crossing.size() >= 10, "too few entries past their home page to test the fallback");
+
+  std::vector<std::string> absent;  // absent keys whose probe must leave the home page
+  for (int j = 0; absent.size() < 50 && j < 10000000; ++j) {
+    const std::string key = "absent" + std::to_string(j);
+    const uint64_t home = XXH3_64bits_withSeed(key.data(), key.size(), seed) >> (64 - shift);
+    if ((home & (kSlotsPerPage - 1)) == kSlotsPerPage - 1 && slot_at(home) != 0) absent.push_back(key);
+  }
+  REQUIRE(absent.size() == 50);
+
+  Store store = MustOpen(path);
+  std::string v;
+  bool found = false;
+  for (const std::string& key : crossing) {
+    CAPTURE(key);
+    REQUIRE(store.Get(key, &v).ok());
+    CHECK(v == "v" + key.substr(1));
+    REQUIRE(store.Contains(key, &found).ok());
+    CHECK(found);
+  }
+  for (const std::string& key : absent) {
+    CAPTURE(key);
+    CHECK(store.Get(key, &v).IsNotFound());
+    REQUIRE(store.Contains(key, &found).ok());
+    CHECK_FALSE(found);
+  }
 }
 
 }  // namespace

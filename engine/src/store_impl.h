@@ -56,7 +56,14 @@ class StoreImpl {
 
   const std::string& path() const { return path_; }
 
-  Status Get(std::string_view key, std::string* value, bool* found) const;
+  // A get's common case, inline in Store::Get and Store::Contains: one
+  // optimistic attempt that probes only the home slot's table page. kSlow:
+  // anything out of the ordinary (a writer inside, a grown file, a probe
+  // that leaves the page, a key to refuse); GetSlow then does the whole job.
+  enum class FastGet { kFound, kAbsent, kSlow };
+  FastGet TryGet(std::string_view key, std::string* value) const;
+  // The whole get: retries, a growing mapping, checksums, the locked read.
+  Status GetSlow(std::string_view key, std::string* value, bool* found) const;
   Status Put(std::string_view key, std::string_view value);
   Status Erase(std::string_view key);
   Status Write(const WriteBatch& batch, const WriteOptions& options);
@@ -182,8 +189,6 @@ class StoreImpl {
   // the shift and validates the whole read with the seqlock. On an error
   // (the mapping could not grow) it sets *s and returns an empty reader.
   TableReader OptimisticReader(Status* s) const;
-  // Get's retries and its fallback to a read under the lock.
-  Status GetSlow(std::string_view key, std::string* value, bool* found) const;
   // Before a write takes the lock: starts loading the home slot of `hash`,
   // so that its cache miss overlaps the lock and the write's setup instead
   // of following them. Reads the control page and the page map racily,

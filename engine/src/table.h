@@ -110,6 +110,12 @@ struct TableReader {
   // Looks `key` (hash `hash`) up. kFound sets *index, *rec. kBad: an offset
   // or loop bound failed (a changing or corrupt state).
   Result Find(std::string_view key, uint64_t hash, uint64_t* index, RecordRef* rec) const;
+  // Find's common case, for the get's fast path: a probe that stays in the
+  // page of the home slot (a present key's probe leaves it about once in 250
+  // lookups at the table's highest load, 3/4; 43 of 100,000 keys at 0.38).
+  // kFound sets *rec. kBad also when the probe would go on into the next
+  // page: the caller then runs Find.
+  Result FindInHomePage(std::string_view key, uint64_t hash, RecordRef* rec) const;
 };
 
 // ---- the lookup, inline: a get is a few hundred instructions around two
@@ -198,6 +204,32 @@ MAPKV_OPTIMISTIC inline TableReader::Result TableReader::Find(std::string_view k
     }
   }
   return Result::kBad;  // a table with no empty slot is not a valid state
+}
+
+[[gnu::always_inline]] MAPKV_OPTIMISTIC inline TableReader::Result TableReader::FindInHomePage(std::string_view key,
+                                                                                               uint64_t hash,
+                                                                                               RecordRef* rec) const {
+  using namespace format;  // NOLINT
+  const uint64_t home = hash >> (64 - shift);
+  const uint64_t page_first = home & ~(kSlotsPerPage - 1);
+  const uint64_t* page = SlotPtr(page_first);
+  if (page == nullptr || !PageFits(page)) return Result::kBad;
+  const uint64_t tag = HashTag(hash);
+  const uint64_t start = home - page_first;
+  for (uint64_t j = start; j < kSlotsPerPage; ++j) {
+    const uint64_t s = RacyLoad(page + j);
+    if (s == 0) return Result::kAbsent;
+    // Robin Hood's early stop, as in Find (the tag gives an entry's home
+    // while the table has at most 2^26 slots).
+    if (shift <= kTagBits && ((page_first + j - (SlotTag(s) >> (kTagBits - shift))) & mask()) < j - start)
+      return Result::kAbsent;
+    if (SlotTag(s) == tag) {
+      PrefetchCandidate(SlotGranule(s));
+      if (!Record(SlotGranule(s), rec)) return Result::kBad;
+      if (rec->key_size == key.size() && KeyEquals(rec->key(), key)) return Result::kFound;
+    }
+  }
+  return Result::kBad;
 }
 
 class TableWriter {

@@ -167,9 +167,11 @@ void ResetBootIdForTesting();
 
 uint64_t ProcessId();
 
-// A counter advanced in the child at every fork(); a handle remembers the
-// value it was opened under and refuses to run under another.
-uint64_t ForkGeneration();
+// A counter advanced in the child at every fork() (never on Windows); a handle
+// remembers the value it was opened under and refuses to run under another.
+// Inline, a plain load: every get checks it.
+extern std::atomic<uint64_t> g_fork_generation;
+inline uint64_t ForkGeneration() { return g_fork_generation.load(std::memory_order_relaxed); }
 
 }  // namespace mapkv::internal
 

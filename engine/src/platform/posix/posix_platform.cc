@@ -557,7 +557,6 @@ BootIdOverride& GetBootIdOverride() {
 
 // ---- Fork generation ------------------------------------------------------
 
-std::atomic<uint64_t> g_fork_generation{0};
 std::once_flag g_atfork_once;
 
 void OnForkChild() {
@@ -683,6 +682,6 @@ uint64_t ProcessId() { return static_cast<uint64_t>(::getpid()); }
 
 // Every store file is opened through File::Open or File::OpenShared, which
 // register the handler first, so this is a plain load (a get calls it).
-uint64_t ForkGeneration() { return g_fork_generation.load(std::memory_order_relaxed); }
+std::atomic<uint64_t> g_fork_generation{0};
 
 }  // namespace mapkv::internal
