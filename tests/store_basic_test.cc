@@ -1164,5 +1164,38 @@ TEST_CASE("store: a probe that runs past its home slot's table page finds presen
   }
 }
 
+// Put writes a new record before it looks the key up unless the put before
+// it found a record it could rewrite in place; then it looks up first and
+// rewrites in place. Watched through the file: the value's bytes stay at
+// one offset once the overwrites of one key run in place.
+TEST_CASE("store: repeated same-size puts of one key are rewritten in place after the first") {
+  TempDir dir;
+  const std::string path = dir.File("s.mkv");
+  Store store = MustOpen(path);
+  auto value = [](char c) { return std::string(40, c); };
+  auto offset_of = [&](char c) {
+    const std::string bytes = ReadFileBytes(path);  // the mapping's pages, through the page cache
+    const size_t at = bytes.find(value(c));
+    REQUIRE(at != std::string::npos);
+    CHECK(bytes.find(value(c), at + 1) == std::string::npos);
+    return at;
+  };
+  REQUIRE(store.Put("other", "x").ok());  // a new key: the next put writes first
+  REQUIRE(store.Put("k", value('A')).ok());
+  REQUIRE(store.Put("k", value('B')).ok());  // a new record; it finds A could have been rewritten
+  const size_t b = offset_of('B');
+  REQUIRE(store.Put("k", value('C')).ok());  // looks up first: in place
+  CHECK(offset_of('C') == b);
+  REQUIRE(store.Put("k", value('D')).ok());
+  CHECK(offset_of('D') == b);
+  std::string v;
+  REQUIRE(store.Get("k", &v).ok());
+  CHECK(v == value('D'));
+  REQUIRE(store.Put("k", value('E') + "longer").ok());  // another size: a new record
+  REQUIRE(store.Get("k", &v).ok());
+  CHECK(v == value('E') + "longer");
+  CheckClean(store);
+}
+
 }  // namespace
 }  // namespace mapkv::test

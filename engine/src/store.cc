@@ -564,10 +564,30 @@ Status StoreImpl::ApplyPut(std::string_view key, std::string_view value, uint64_
   uint64_t g;
   Status s = WriteRecord(key, value, &g);
   if (!s.ok()) return s;
+  return LinkRecord(key, value, hash, g, known);
+}
+
+Status StoreImpl::ApplyPutWriteFirst(std::string_view key, std::string_view value, uint64_t hash, bool* in_place) {
+  uint64_t g;
+  Status s = WriteRecord(key, value, &g);
+  if (!s.ok()) return s;
+  // After the allocation, which may have grown and remapped the file.
+  TableWriter::Lookup lookup;
+  lookup.result = table_->Reader().Find(key, hash, &lookup.index, &lookup.rec);
+  if (lookup.result == TableReader::Result::kBad) {
+    return Status(Code::kCorruption, path_ + ": hash table probe left the file");
+  }
+  *in_place =
+      lookup.result == TableReader::Result::kFound && RingReady() && CanOverwriteInPlace(*heap_, lookup.rec, value);
+  return LinkRecord(key, value, hash, g, &lookup);
+}
+
+Status StoreImpl::LinkRecord(std::string_view key, std::string_view value, uint64_t hash, uint64_t g,
+                             const TableWriter::Lookup* known) {
   SeqBegin();
   RecordRef old;
   bool replaced = false;
-  s = table_->Upsert(key, hash, g, &old, &replaced, known);
+  Status s = table_->Upsert(key, hash, g, &old, &replaced, known);
   if (!s.ok()) return s;
   if (replaced) {
     s = heap_->Free(old.granule, old.granules());
@@ -626,11 +646,23 @@ Status StoreImpl::Put(std::string_view key, std::string_view value) {
   PrefetchHomeUnlocked(hash);
   s = BeginWrite();
   if (!s.ok()) return s;
+  if (!last_put_in_place_) {
+    // A new key, or a record the last checkpoint holds: the put needs a new
+    // record either way, and writing it before the lookup (the record does
+    // not depend on the table) hides most of the home slot's miss.
+    bool in_place = false;
+    s = RunWrite([&] { return ApplyPutWriteFirst(key, value, hash, &in_place); });
+    last_put_in_place_ = s.ok() && in_place;
+    EndWrite();
+    return s;
+  }
   // A value of the same size over a record of this checkpoint epoch is
   // rewritten where it is: no allocation, no table change, no space to free.
   TableWriter::Lookup lookup;
   lookup.result = table_->Reader().Find(key, hash, &lookup.index, &lookup.rec);
-  if (lookup.result == TableReader::Result::kFound && RingReady() && CanOverwriteInPlace(*heap_, lookup.rec, value)) {
+  last_put_in_place_ =
+      lookup.result == TableReader::Result::kFound && RingReady() && CanOverwriteInPlace(*heap_, lookup.rec, value);
+  if (last_put_in_place_) {
     s = RunWrite([&] { return OverwriteInPlace(lookup.rec, value, hash); }, Heap::WriteScope::kInPlace);
   } else if (lookup.result == TableReader::Result::kBad) {
     s = Status(Code::kCorruption, path_ + ": hash table probe left the file");

@@ -166,6 +166,15 @@ class StoreImpl {
   // lock since the table last changed (or nullptr: look it up).
   Status ApplyPut(std::string_view key, std::string_view value, uint64_t hash,
                   const TableWriter::Lookup* known = nullptr);
+  // A Put's other order: writes the record first and looks the key up after,
+  // so that the home slot's cache miss overlaps the record's allocation,
+  // copy and checksum. *in_place: the key's old record could have been
+  // rewritten in place (this put still goes through the new record).
+  Status ApplyPutWriteFirst(std::string_view key, std::string_view value, uint64_t hash, bool* in_place);
+  // ApplyPut's second half: points the table at the record written at
+  // `granule` and frees the one it replaces.
+  Status LinkRecord(std::string_view key, std::string_view value, uint64_t hash, uint64_t granule,
+                    const TableWriter::Lookup* known);
   Status ApplyErase(std::string_view key, bool* found);
   // Under the write lock: looks `key` up, lets `decide` choose from its
   // current value what to do (with `decide` unable to write to this handle),
@@ -206,6 +215,10 @@ class StoreImpl {
   format::ControlPage* ctl_ = nullptr;
   std::unique_ptr<Heap> heap_;
   std::unique_ptr<TableWriter> table_;
+  // Under the write lock: whether the last Put found a record it could
+  // rewrite in place. Put then looks up first (in-place rewrites of the same
+  // keys tend to come in runs); otherwise it writes the record first.
+  bool last_put_in_place_ = false;
   bool wake_pending_ = false;   // PublishChanges advanced change_published; WakeWatchers to run
   uint64_t watcher_wakes_ = 0;  // wakes issued by this handle (under the write lock): paces the repair
 };
