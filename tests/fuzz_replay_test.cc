@@ -89,6 +89,7 @@ TEST_SUITE("bad_input") {
         {"table of 2^70 slots", field(&ctl->table_shift), 70, "bad table size"},
         {"page map past the end", field(&ctl->pagemap_offset), uint64_t{1} << 40, "page map out of file"},
         {"file of 1 TiB", field(&ctl->file_size), uint64_t{1} << 40, "truncated"},
+        {"heap end inside the control page", field(&ctl->heap_end), kCtl, "out of the heap"},
     };
     for (const Case& c : cases) {
       CAPTURE(c.what);
@@ -114,6 +115,37 @@ TEST_SUITE("bad_input") {
     Store store = MustOpen(path);
     CHECK(Dump(store).size() == 50);
     CheckClean(store);
+  }
+
+  // A control page (of this boot) whose heap_end lay below the heap, with an
+  // allocation map that called the pages under it free: a put that found no
+  // room past the end allocated from heap_end and wrote its record over the
+  // control page (CI's fuzz run of 2026-11-27: UBSan shift out of bounds in
+  // TableReader::slots, the table size being key bytes). Open refuses it.
+  TEST_CASE("bad input: a control page whose heap end lies below the heap is refused and changes nothing") {
+    TempDir dir;
+    const std::string path = dir.File("s.mkv");
+    {
+      Options o;
+      o.checkpoint_on_close = false;
+      Store s = MustOpen(path, o);
+      REQUIRE(s.Put("key", "v").ok());
+    }
+    std::string bytes = ReadFileBytes(path);
+    using internal::format::ControlPage;
+    constexpr uint64_t kCtl = internal::format::kControlOffset;
+    reinterpret_cast<ControlPage*>(bytes.data() + kCtl)->heap_end = kCtl;
+    WriteFileBytes(path, bytes);
+    for (const bool read_only : {false, true}) {
+      CAPTURE(read_only);
+      Options o;
+      o.read_only = read_only;
+      Store store;
+      const Status s = Store::Open(path, o, &store);
+      CHECK(s.code() == Code::kCorruption);
+      CHECK_MESSAGE(s.ToString().find("heap end 8192 out of the heap") != std::string::npos, s.ToString());
+      CHECK_MESSAGE(ReadFileBytes(path) == bytes, "the refused open changed the file");
+    }
   }
 
   // The control page is trusted (and its undo log applied) when it was

@@ -545,7 +545,10 @@ Status Heap::Allocate(uint64_t n, uint64_t align, uint64_t* out) {
   bool ok = at_cursor || FindRun(cursor, file_granules, n, align, &g) ||
             (!append_only_ && FindRun(heap_start, std::min(file_granules, cursor + n + align), n, align, &g));
   if (!ok) {
-    uint64_t tail = (std::max(ctl_->heap_end / kGranule, append_only_ ? cursor : 0) + align - 1) & ~(align - 1);
+    // Never below the heap: open checks heap_end, and the clamp keeps a bad
+    // one from placing a record over the control page.
+    const uint64_t high = std::max({ctl_->heap_end / kGranule, heap_start, append_only_ ? cursor : 0});
+    uint64_t tail = (high + align - 1) & ~(align - 1);
     Status s = Grow((tail + n) * kGranule);
     if (!s.ok()) return s;
     file_granules = ctl_->file_size.load(std::memory_order_relaxed) / kGranule;

@@ -313,7 +313,8 @@ Status StoreImpl::CheckControlPage(const ControlPage& c, uint64_t file_size, con
       c.alloc_words * kGranulesPerAllocWord * kGranule < fs) {
     return bad("allocation map out of file");
   }
-  if (c.heap_end > fs) return bad("heap end out of file");
+  if (c.heap_end > fs || c.heap_end < kHeapOffset)
+    return bad("heap end " + std::to_string(c.heap_end) + " out of the heap");
   if (c.entries.load() >= (uint64_t{1} << shift)) return bad("more entries than slots");
   // A checkpoint copies pagemap_bytes into a snapshot slot: both must agree
   // with the table and lie in the file (a fuzzed file had 64 GiB here).
