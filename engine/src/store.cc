@@ -390,7 +390,7 @@ MAPKV_OPTIMISTIC void StoreImpl::PrefetchHomeUnlocked(uint64_t hash) const {
     SeqlockReadFence();
     if (ctl_->seq.load(std::memory_order_relaxed) != s1) continue;
     if (res == TableReader::Result::kBad) {
-      return Status(Code::kCorruption, path_ + ": hash table probe left the file");
+      return ProbeLeftFile();
     }
     if (!intact) return ChecksumError(rec);
     *found = res == TableReader::Result::kFound;
@@ -456,7 +456,7 @@ Status StoreImpl::GuardedGet(std::string_view key, std::string_view* value) cons
     case TableReader::Result::kBad:
       break;
   }
-  return Status(Code::kCorruption, path_ + ": hash table probe left the file");
+  return ProbeLeftFile();
 }
 
 Status StoreImpl::GuardedForEach(std::string_view prefix,
@@ -575,10 +575,9 @@ Status StoreImpl::ApplyPutWriteFirst(std::string_view key, std::string_view valu
   TableWriter::Lookup lookup;
   lookup.result = table_->Reader().Find(key, hash, &lookup.index, &lookup.rec);
   if (lookup.result == TableReader::Result::kBad) {
-    return Status(Code::kCorruption, path_ + ": hash table probe left the file");
+    return ProbeLeftFile();
   }
-  *in_place =
-      lookup.result == TableReader::Result::kFound && RingReady() && CanOverwriteInPlace(*heap_, lookup.rec, value);
+  *in_place = lookup.result == TableReader::Result::kFound && CanOverwriteInPlace(lookup.rec, value);
   return LinkRecord(key, value, hash, g, &lookup);
 }
 
@@ -598,11 +597,18 @@ Status StoreImpl::LinkRecord(std::string_view key, std::string_view value, uint6
   return RecordChange(kChangePut, key, hash);
 }
 
-bool StoreImpl::CanOverwriteInPlace(const Heap& heap, const RecordRef& rec, std::string_view value) {
+Status StoreImpl::ProbeLeftFile() const {
+  return Status(Code::kCorruption, path_ + ": hash table probe left the file");
+}
+
+bool StoreImpl::CanOverwriteInPlace(const RecordRef& rec, std::string_view value) const {
   // Small values only: each 8 bytes costs an undo entry, and past a few
   // hundred bytes a new record costs less than logging the old one.
   constexpr uint64_t kMaxInPlace = 256;
-  return value.size() == rec.value_size && value.size() <= kMaxInPlace && !heap.IsCheckpointed(rec.granule);
+  // The rewrite enters the change ring without allocating: a ring the
+  // options ask for must exist already.
+  return RingReady() && value.size() == rec.value_size && value.size() <= kMaxInPlace &&
+         !heap_->IsCheckpointed(rec.granule);
 }
 
 Status StoreImpl::OverwriteInPlace(const RecordRef& rec, std::string_view value, uint64_t hash) {
@@ -660,12 +666,11 @@ Status StoreImpl::Put(std::string_view key, std::string_view value) {
   // rewritten where it is: no allocation, no table change, no space to free.
   TableWriter::Lookup lookup;
   lookup.result = table_->Reader().Find(key, hash, &lookup.index, &lookup.rec);
-  last_put_in_place_ =
-      lookup.result == TableReader::Result::kFound && RingReady() && CanOverwriteInPlace(*heap_, lookup.rec, value);
+  last_put_in_place_ = lookup.result == TableReader::Result::kFound && CanOverwriteInPlace(lookup.rec, value);
   if (last_put_in_place_) {
     s = RunWrite([&] { return OverwriteInPlace(lookup.rec, value, hash); }, Heap::WriteScope::kInPlace);
   } else if (lookup.result == TableReader::Result::kBad) {
-    s = Status(Code::kCorruption, path_ + ": hash table probe left the file");
+    s = ProbeLeftFile();
   } else {
     s = RunWrite([&] { return ApplyPut(key, value, hash, &lookup); });
   }
@@ -745,7 +750,7 @@ Status StoreImpl::ReadModifyWrite(std::string_view key, Decide&& decide) {
     case TableReader::Result::kAbsent:
       break;
     case TableReader::Result::kBad:
-      return Status(Code::kCorruption, path_ + ": hash table probe left the file");
+      return ProbeLeftFile();
   }
   Store::UpdateAction action = Store::UpdateAction::kKeep;
   std::string next;
@@ -757,7 +762,7 @@ Status StoreImpl::ReadModifyWrite(std::string_view key, Decide&& decide) {
   if (action == Store::UpdateAction::kPut) {
     s = CheckValue(path_, next);
     if (!s.ok()) return s;
-    if (current && RingReady() && CanOverwriteInPlace(*heap_, rec, next)) {
+    if (current && CanOverwriteInPlace(rec, next)) {
       return RunWrite([&] { return OverwriteInPlace(rec, next, hash); }, Heap::WriteScope::kInPlace);
     }
     return RunWrite([&] { return ApplyPut(key, next, hash, &lookup); });
@@ -869,7 +874,7 @@ MAPKV_OPTIMISTIC Status StoreImpl::MultiGet(std::span<const std::string_view> ke
     }
     SeqlockReadFence();
     if (ctl_->seq.load(std::memory_order_relaxed) != s1) continue;
-    if (bad) return Status(Code::kCorruption, path_ + ": hash table probe left the file");
+    if (bad) return ProbeLeftFile();
     if (damaged != nullptr) return ChecksumError(*damaged);
     return Status::Ok();
   }

@@ -186,11 +186,13 @@ class StoreImpl {
   // Runs `body` as one atomic write (undo scope, seqlock, commit/rollback).
   template <typename Body>
   Status RunWrite(Body&& body, Heap::WriteScope scope = Heap::WriteScope::kFull);
-  // Replaces the value of `rec` by `value` (of the same size) in place: only
-  // for a record the last checkpoint does not reference, and small values.
-  static bool CanOverwriteInPlace(const Heap& heap, const RecordRef& rec, std::string_view value);
+  // Whether OverwriteInPlace may replace the value of `rec` by `value`: a
+  // small value of the same size, in a record the last checkpoint does not
+  // reference.
+  bool CanOverwriteInPlace(const RecordRef& rec, std::string_view value) const;
   Status OverwriteInPlace(const RecordRef& rec, std::string_view value, uint64_t hash);
   TableReader ReaderSnapshot() const;
+  Status ProbeLeftFile() const;  // the Corruption a probe that left the file reports
   // Tells the mappings where the allocation map is (MapSet::KeepSmall).
   void KeepAllocMapSmall() { maps_->KeepSmall(ctl_->alloc_offset, ctl_->alloc_words * sizeof(format::AllocWord)); }
   // Inside an optimistic read (no lock): the table as the control page says

@@ -680,8 +680,8 @@ void ResetBootIdForTesting() {
 
 uint64_t ProcessId() { return static_cast<uint64_t>(::getpid()); }
 
-// Every store file is opened through File::Open or File::OpenShared, which
-// register the handler first, so this is a plain load (a get calls it).
+// Advanced by OnForkChild, which File::Open and File::OpenShared register
+// before any store exists; ForkGeneration reads it with a plain load.
 std::atomic<uint64_t> g_fork_generation{0};
 
 }  // namespace mapkv::internal

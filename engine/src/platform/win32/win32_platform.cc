@@ -981,6 +981,6 @@ void ResetBootIdForTesting() {
 uint64_t ProcessId() { return static_cast<uint64_t>(::GetCurrentProcessId()); }
 
 // Windows has no fork: the generation never changes.
-std::atomic<uint64_t> g_fork_generation{0};  // Windows has no fork()
+std::atomic<uint64_t> g_fork_generation{0};
 
 }  // namespace mapkv::internal
