@@ -3,12 +3,15 @@
 #include "platform/platform.h"
 
 #ifndef _WIN32
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/resource.h>
+#include <sys/utsname.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #endif
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <chrono>
@@ -258,7 +261,59 @@ TEST_SUITE("platform") {
     CHECK(view->data()[10] == 7);
   }
 
-#else
+#endif
+
+#ifdef __linux__  // MADV_POPULATE_WRITE; elsewhere Prefault is a no-op
+  // Heap::Allocate prefaults the stretch of the file after an allocation.
+  TEST_CASE("Prefault maps a range for writing and changes no byte, and not the file's size") {
+    TempDir dir;
+    std::unique_ptr<File> file = MustOpen(dir.File("f"), kCreate);
+    constexpr uint64_t kSize = 1 << 20, kFrom = 256 << 10, kLength = 256 << 10;
+    REQUIRE(file->Reserve(kSize).ok());
+    std::unique_ptr<Mapping> map;
+    REQUIRE(file->Map(4 * kSize, true, &map).ok());
+    std::memcpy(map->data() + kFrom + 5000, "hello", 5);
+    // Pages mapped in this process: bit 63 of each /proc/self/pagemap entry.
+    const long page = ::sysconf(_SC_PAGESIZE);
+    auto mapped = [&](uint64_t from, uint64_t length) {
+      const int fd = ::open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+      REQUIRE_MESSAGE(fd >= 0, "cannot read /proc/self/pagemap");
+      std::vector<uint64_t> e(length / static_cast<uint64_t>(page));
+      const auto first = reinterpret_cast<uintptr_t>(map->data() + from) / static_cast<uintptr_t>(page);
+      const ssize_t want = static_cast<ssize_t>(e.size() * sizeof(uint64_t));
+      const ssize_t got = ::pread(fd, e.data(), static_cast<size_t>(want), static_cast<off_t>(first * 8));
+      ::close(fd);
+      REQUIRE(got == want);
+      uint64_t n = 0;
+      for (uint64_t x : e) n += x >> 63;
+      return n;
+    };
+    const uint64_t pages = kLength / static_cast<uint64_t>(page);
+    const uint64_t before = mapped(kFrom, kLength);
+    map->Prefault(kFrom, kLength);
+    map->Prefault(kSize - 4096, 8192);  // runs past the end of the file
+    map->Prefault(8 * kSize, 4096);     // past the end of the mapping
+    map->Prefault(kSize + 4096, 4096);  // inside the mapping, past the file
+    const uint64_t after = mapped(kFrom, kLength);
+    struct utsname u {};
+    REQUIRE(::uname(&u) == 0);
+    int major = 0, minor = 0;
+    std::sscanf(u.release, "%d.%d", &major, &minor);
+    if (major > 5 || (major == 5 && minor >= 14)) {
+      CHECK_MESSAGE(before < pages, "mapped before Prefault: " << before << " of " << pages);
+      CHECK_MESSAGE(after == pages, "mapped before " << before << ", after " << after << " of " << pages);
+    } else {
+      MESSAGE("NOT CHECKED: kernel " << u.release << " has no MADV_POPULATE_WRITE (5.14); Prefault does nothing");
+    }
+    CHECK(SizeOf(*file) == kSize);
+    const std::string bytes = mapkv::test::ReadFileBytes(dir.File("f"));
+    REQUIRE(bytes.size() == kSize);
+    CHECK(bytes.substr(kFrom + 5000, 5) == "hello");
+    CHECK(std::count(bytes.begin(), bytes.end(), '\0') == static_cast<std::ptrdiff_t>(kSize - 5));
+  }
+#endif
+
+#ifdef _WIN32
   TEST_CASE("Windows: a mapping covers at most the file, and a new one covers it after Reserve") {
     TempDir dir;
     std::unique_ptr<File> file = MustOpen(dir.File("f"), kCreate);

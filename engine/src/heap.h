@@ -75,6 +75,8 @@ class MapSet {
   // Re-advises the newest mapping only when the range moved.
   bool large_pages() const { return large_pages_; }
   void KeepSmall(uint64_t offset, uint64_t length);
+  // Mapping::Prefault on the newest mapping; the range must lie in the file.
+  void Prefault(uint64_t offset, uint64_t length);
   static constexpr uint64_t kLargePagesFrom = 2ull << 20;
 
  private:

@@ -53,6 +53,11 @@ class Mapping {
   // creates from now on follows it. Not every system has it: then nothing.
   enum class PageHint : uint8_t { kLarge, kSmall };
   virtual void Advise(uint64_t offset, uint64_t length, PageHint size) { (void)offset, (void)length, (void)size; }
+  // Sets [offset, offset+length) of a writable mapping up for writing now,
+  // in one call, where the first write to each page would otherwise take a
+  // page fault of its own. A hint, like Advise: a system without the call,
+  // or one that refuses it, leaves the pages to fault as usual.
+  virtual void Prefault(uint64_t offset, uint64_t length) { (void)offset, (void)length; }
 };
 
 enum class LockMode : uint8_t { kShared, kExclusive };

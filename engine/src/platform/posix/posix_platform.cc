@@ -31,6 +31,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <climits>
 #include <cstdint>
@@ -228,6 +229,22 @@ class PosixMapping final : public Mapping {
     }
 #else
     (void)offset, (void)length, (void)size;
+#endif
+  }
+
+  void Prefault(uint64_t offset, uint64_t length) override {
+#if defined(MADV_POPULATE_WRITE)
+    // Linux 5.14 and later; an older kernel answers EINVAL, once.
+    static std::atomic<bool> refused{false};
+    if (offset >= length_ || refused.load(std::memory_order_relaxed)) return;
+    const uint64_t begin = offset & ~(PageSize() - 1);
+    const uint64_t end = std::min(length_, offset + length);
+    if (begin >= end) return;
+    if (::madvise(data_ + begin, static_cast<size_t>(end - begin), MADV_POPULATE_WRITE) != 0 && errno == EINVAL) {
+      refused.store(true, std::memory_order_relaxed);
+    }
+#else
+    (void)offset, (void)length;
 #endif
   }
 
