@@ -32,6 +32,9 @@
 // cache); values are 100 bytes cut from a 1 MiB block of random bytes, so no
 // engine gains from compression.
 //
+// Before the runs it times one cache miss on this machine (miss_latency.h)
+// and puts it in the report's header: the unit in which to read the figures.
+//
 // Output: a summary on stdout and, with --out, <label>.md (ratios to mapkv,
 // medians, targets), <label>.csv (every measurement) and <label>.dat (the
 // medians for bench/plot.sh).
@@ -59,6 +62,7 @@
 #include <vector>
 
 #include "adapters/adapter.h"
+#include "miss_latency.h"
 
 namespace bench {
 
@@ -281,6 +285,9 @@ class Bench {
                    cfg_.dir.c_str());
       tmpfs_ = true;
     }
+    latency_ = mapkv_bench::MeasureMissLatency();
+    std::fprintf(stderr, "one dependent miss: %.0f ns with 4 KiB pages, %s with 2 MiB pages\n", latency_.small_pages_ns,
+                 Fmt(latency_.large_pages_ns, "%.0f ns").c_str());
     const auto start = Clock::now();
     try {
       for (int run = 0; run < cfg_.runs; ++run) {
@@ -641,6 +648,11 @@ class Bench {
     o << "- " << cfg_.runs
       << " runs, a fresh store per engine and run, engines interleaved (order rotated each run); "
          "figures are medians over the runs\n";
+    o << "- One cache miss on this machine (a chain of dependent random loads in 256 MiB, bench/miss_latency.h): "
+      << Fmt(latency_.small_pages_ns, "%.0f") << " ns with 4 KiB pages, "
+      << (latency_.large_pages_ns < 0 ? std::string("no 2 MiB pages given")
+                                      : Fmt(latency_.large_pages_ns, "%.0f") + " ns with 2 MiB pages")
+      << ". A random get in a large store costs about one, a put at least two in a row\n";
     o << "- Store files in " << cfg_.dir << (tmpfs_ ? " (tmpfs!)" : "") << "; LMDB and SQLite write in transactions of "
       << cfg_.txn_batch << " for fill, overwrite and erase\n\n";
 
@@ -810,6 +822,7 @@ class Bench {
   Results results_;
   bool tmpfs_ = false;
   double elapsed_s_ = 0;
+  mapkv_bench::MissLatency latency_;
 };
 
 std::vector<std::string> Split(const std::string& s) {
