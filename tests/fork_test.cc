@@ -7,6 +7,7 @@
 
 #include <chrono>
 #include <string>
+#include <thread>
 
 #include "mapkv/store.h"
 #include "store_test_helpers.h"
@@ -83,6 +84,34 @@ TEST_CASE("fork: a handle used in the child is refused while the parent handle s
   std::string v;
   CHECK(s.Get("a", &v).ok());
   CHECK(v == "1");
+}
+
+TEST_CASE("fork: a child closes its copy of a handle that wrote, with the handle's threads waiting, without hanging") {
+  TempDir dir;
+  const std::string path = dir.File("s.mkv");
+  Store s = MustOpen(path);
+  // Enough writes for the prefault thread to start (it is asked at every
+  // 256 KiB of new records), then a pause: the lock keeper gives the lock
+  // back after about a millisecond, and both threads wait on their condition
+  // variables. A child's copies of those count the parent's threads as
+  // waiters, and destroying them as they are would wait forever.
+  const std::string value(100, 'v');
+  for (int i = 0; i < 5000; ++i) REQUIRE(s.Put("key" + std::to_string(i), value).ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  std::fflush(nullptr);
+  const pid_t child = fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    alarm(10);  // a hang ends the child with SIGALRM
+    _exit(s.Close().ok() ? 0 : 1);
+  }
+  CHECK(WaitChild(child) == 0);
+  REQUIRE(s.Put("after", "fork").ok());
+  std::string v;
+  CHECK(s.Get("key4999", &v).ok());
+  CHECK(v == value);
+  CHECK(s.Get("after", &v).ok());
+  CHECK(v == "fork");
 }
 
 }  // namespace

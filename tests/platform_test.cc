@@ -2,6 +2,8 @@
 // (engine/src/platform/platform.h), run against the compiled backend.
 #include "platform/platform.h"
 
+#include "prefaulter.h"
+
 #ifndef _WIN32
 #include <fcntl.h>
 #include <signal.h>
@@ -264,6 +266,34 @@ TEST_SUITE("platform") {
 #endif
 
 #ifdef __linux__  // MADV_POPULATE_WRITE; elsewhere Prefault is a no-op
+  // How many of the pages of [p, p + length) are mapped in this process: bit
+  // 63 of each /proc/self/pagemap entry.
+  uint64_t MappedPages(const uint8_t* p, uint64_t length) {
+    const auto page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+    const int fd = ::open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+    REQUIRE_MESSAGE(fd >= 0, "cannot read /proc/self/pagemap");
+    std::vector<uint64_t> e(length / page);
+    const uint64_t first = reinterpret_cast<uintptr_t>(p) / page;
+    const auto want = static_cast<ssize_t>(e.size() * sizeof(uint64_t));
+    const ssize_t got = ::pread(fd, e.data(), static_cast<size_t>(want), static_cast<off_t>(first * 8));
+    ::close(fd);
+    REQUIRE(got == want);
+    uint64_t n = 0;
+    for (uint64_t x : e) n += x >> 63;
+    return n;
+  }
+
+  // MADV_POPULATE_WRITE came with Linux 5.14.
+  bool KernelPopulates() {
+    struct utsname u {};
+    REQUIRE(::uname(&u) == 0);
+    int major = 0, minor = 0;
+    std::sscanf(u.release, "%d.%d", &major, &minor);
+    if (major > 5 || (major == 5 && minor >= 14)) return true;
+    MESSAGE("NOT CHECKED: kernel " << u.release << " has no MADV_POPULATE_WRITE (5.14); Prefault does nothing");
+    return false;
+  }
+
   // Heap::Allocate prefaults the stretch of the file after an allocation.
   TEST_CASE("Prefault maps a range for writing and changes no byte, and not the file's size") {
     TempDir dir;
@@ -273,43 +303,77 @@ TEST_SUITE("platform") {
     std::unique_ptr<Mapping> map;
     REQUIRE(file->Map(4 * kSize, true, &map).ok());
     std::memcpy(map->data() + kFrom + 5000, "hello", 5);
-    // Pages mapped in this process: bit 63 of each /proc/self/pagemap entry.
-    const long page = ::sysconf(_SC_PAGESIZE);
-    auto mapped = [&](uint64_t from, uint64_t length) {
-      const int fd = ::open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
-      REQUIRE_MESSAGE(fd >= 0, "cannot read /proc/self/pagemap");
-      std::vector<uint64_t> e(length / static_cast<uint64_t>(page));
-      const auto first = reinterpret_cast<uintptr_t>(map->data() + from) / static_cast<uintptr_t>(page);
-      const ssize_t want = static_cast<ssize_t>(e.size() * sizeof(uint64_t));
-      const ssize_t got = ::pread(fd, e.data(), static_cast<size_t>(want), static_cast<off_t>(first * 8));
-      ::close(fd);
-      REQUIRE(got == want);
-      uint64_t n = 0;
-      for (uint64_t x : e) n += x >> 63;
-      return n;
-    };
-    const uint64_t pages = kLength / static_cast<uint64_t>(page);
-    const uint64_t before = mapped(kFrom, kLength);
+    const uint64_t pages = kLength / static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+    const uint64_t before = MappedPages(map->data() + kFrom, kLength);
     map->Prefault(kFrom, kLength);
     map->Prefault(kSize - 4096, 8192);  // runs past the end of the file
     map->Prefault(8 * kSize, 4096);     // past the end of the mapping
     map->Prefault(kSize + 4096, 4096);  // inside the mapping, past the file
-    const uint64_t after = mapped(kFrom, kLength);
-    struct utsname u {};
-    REQUIRE(::uname(&u) == 0);
-    int major = 0, minor = 0;
-    std::sscanf(u.release, "%d.%d", &major, &minor);
-    if (major > 5 || (major == 5 && minor >= 14)) {
+    const uint64_t after = MappedPages(map->data() + kFrom, kLength);
+    if (KernelPopulates()) {
+      CHECK(map->CanPrefault());
       CHECK_MESSAGE(before < pages, "mapped before Prefault: " << before << " of " << pages);
       CHECK_MESSAGE(after == pages, "mapped before " << before << ", after " << after << " of " << pages);
     } else {
-      MESSAGE("NOT CHECKED: kernel " << u.release << " has no MADV_POPULATE_WRITE (5.14); Prefault does nothing");
+      CHECK_FALSE(map->CanPrefault());
     }
     CHECK(SizeOf(*file) == kSize);
     const std::string bytes = mapkv::test::ReadFileBytes(dir.File("f"));
     REQUIRE(bytes.size() == kSize);
     CHECK(bytes.substr(kFrom + 5000, 5) == "hello");
     CHECK(std::count(bytes.begin(), bytes.end(), '\0') == static_cast<std::ptrdiff_t>(kSize - 5));
+  }
+
+  // The prefault thread (MapSet::Prefault runs Mapping::Prefault on it).
+  TEST_CASE("Prefaulter maps a requested range on its own thread, and a forked child's copy does not hang") {
+    TempDir dir;
+    std::unique_ptr<File> file = MustOpen(dir.File("f"), kCreate);
+    constexpr uint64_t kSize = 4 << 20, kLength = 256 << 10;
+    REQUIRE(file->Reserve(kSize).ok());
+    std::unique_ptr<Mapping> map;
+    REQUIRE(file->Map(kSize, true, &map).ok());
+    if (!KernelPopulates()) return;
+    REQUIRE(map->CanPrefault());
+    const uint64_t pages = kLength / static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+    // Asynchronous: wait for it (a few milliseconds; 10 s on a loaded machine).
+    auto wait_mapped = [&](uint64_t offset) {
+      const auto until = Clock::now() + std::chrono::seconds(10);
+      while (MappedPages(map->data() + offset, kLength) < pages && Clock::now() < until) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      }
+      return MappedPages(map->data() + offset, kLength);
+    };
+    auto prefaulter = std::make_unique<Prefaulter>();
+    CHECK(MappedPages(map->data(), kLength) < pages);
+    prefaulter->Request(map.get(), 0, kLength);
+    CHECK(wait_mapped(0) == pages);
+    // Requests faster than the thread takes them: each replaces the one not
+    // yet started, and destruction waits for the one running.
+    for (uint64_t k = 1; k < 12; ++k) prefaulter->Request(map.get(), k * kLength, kLength);
+    prefaulter.reset();
+    // A child forked while the thread waits for work has the object but not
+    // the thread, and a copy of the condition variable with the thread
+    // counted as its waiter: asking that copy for work and destroying it
+    // must not hang (destroying such a variable waits for the waiter).
+    prefaulter = std::make_unique<Prefaulter>();
+    prefaulter->Request(map.get(), 12 * kLength, kLength);
+    CHECK(wait_mapped(12 * kLength) == pages);
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));  // back in its wait
+    std::fflush(nullptr);
+    const pid_t pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+      ::alarm(10);  // a hang ends the child with SIGALRM
+      prefaulter->Request(map.get(), 13 * kLength, kLength);
+      prefaulter.reset();
+      _exit(0);
+    }
+    CHECK(WaitChild(pid) == 0);
+    prefaulter.reset();
+    // Nothing in the file changed.
+    CHECK(SizeOf(*file) == kSize);
+    const std::string bytes = mapkv::test::ReadFileBytes(dir.File("f"));
+    CHECK(std::count(bytes.begin(), bytes.end(), '\0') == static_cast<std::ptrdiff_t>(kSize));
   }
 #endif
 

@@ -71,8 +71,13 @@ void MapSet::KeepSmall(uint64_t offset, uint64_t length) {
 }
 
 void MapSet::Prefault(uint64_t offset, uint64_t length) {
-  std::lock_guard<std::mutex> lock(mu_);
-  if (writable_ && !mappings_.empty()) mappings_.back()->Prefault(offset, length);
+  Mapping* newest = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (writable_ && !mappings_.empty()) newest = mappings_.back().get();
+  }
+  // A mapping lives as long as the MapSet, so the thread may use it unlocked.
+  if (newest != nullptr && newest->CanPrefault()) prefaulter_.Request(newest, offset, length);
 }
 
 uint64_t MapSet::OffsetOf(const void* p) {
@@ -566,8 +571,9 @@ Status Heap::Allocate(uint64_t n, uint64_t align, uint64_t* out) {
   }
   // The caller writes the granules next, and the allocations after it tend
   // to follow them: when this one reaches into a new stretch of the file,
-  // the next stretch is set up for writing in one call (a write fault on a
-  // shared file mapping maps a single 4 KiB page; see bench/README.md).
+  // the next stretch is set up for writing in one call, on the prefault
+  // thread while the writer goes on (a write fault on a shared file mapping
+  // maps a single 4 KiB page; see prefaulter.h and bench/README.md).
   if ((g + n) / kPrefaultGranules != g / kPrefaultGranules) {
     const uint64_t from = (g + n) / kPrefaultGranules * kPrefaultGranules;
     if (from < file_granules) {

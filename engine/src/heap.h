@@ -24,7 +24,8 @@
 // newly grown tail.
 //
 // Threading: a Heap is used only by the thread holding the write lock; the
-// MapSet's Current() may be called by any thread at any time.
+// MapSet's Current() may be called by any thread at any time, and its
+// prefault thread sets pages up for writing (changing none of their bytes).
 #ifndef MAPKV_HEAP_H_
 #define MAPKV_HEAP_H_
 
@@ -39,6 +40,7 @@
 #include "format.h"
 #include "mapkv/status.h"
 #include "platform/platform.h"
+#include "prefaulter.h"
 
 namespace mapkv::internal {
 
@@ -75,7 +77,8 @@ class MapSet {
   // Re-advises the newest mapping only when the range moved.
   bool large_pages() const { return large_pages_; }
   void KeepSmall(uint64_t offset, uint64_t length);
-  // Mapping::Prefault on the newest mapping; the range must lie in the file.
+  // Mapping::Prefault on the newest mapping, run by the prefault thread
+  // (prefaulter.h); the range must lie in the file. Returns at once.
   void Prefault(uint64_t offset, uint64_t length);
   static constexpr uint64_t kLargePagesFrom = 2ull << 20;
 
@@ -89,6 +92,8 @@ class MapSet {
   std::atomic<const View*> current_{nullptr};
   std::vector<std::unique_ptr<Mapping>> mappings_;
   std::vector<std::unique_ptr<View>> views_;
+  // After mappings_: destroyed first, so its thread is done with them.
+  Prefaulter prefaulter_;
 };
 
 class Heap {

@@ -56,8 +56,11 @@ class Mapping {
   // Sets [offset, offset+length) of a writable mapping up for writing now,
   // in one call, where the first write to each page would otherwise take a
   // page fault of its own. A hint, like Advise: a system without the call,
-  // or one that refuses it, leaves the pages to fault as usual.
+  // or one that refuses it, leaves the pages to fault as usual. Changes no
+  // byte of the file, and may run on another thread than the writer's.
   virtual void Prefault(uint64_t offset, uint64_t length) { (void)offset, (void)length; }
+  // Whether Prefault does anything here (worth a thread to run it).
+  virtual bool CanPrefault() const { return false; }
 };
 
 enum class LockMode : uint8_t { kShared, kExclusive };

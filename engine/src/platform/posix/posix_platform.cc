@@ -233,18 +233,26 @@ class PosixMapping final : public Mapping {
   }
 
   void Prefault(uint64_t offset, uint64_t length) override {
+    if (offset >= length_ || !CanPrefault()) return;
 #if defined(MADV_POPULATE_WRITE)
-    // Linux 5.14 and later; an older kernel answers EINVAL, once.
-    static std::atomic<bool> refused{false};
-    if (offset >= length_ || refused.load(std::memory_order_relaxed)) return;
     const uint64_t begin = offset & ~(PageSize() - 1);
     const uint64_t end = std::min(length_, offset + length);
     if (begin >= end) return;
-    if (::madvise(data_ + begin, static_cast<size_t>(end - begin), MADV_POPULATE_WRITE) != 0 && errno == EINVAL) {
-      refused.store(true, std::memory_order_relaxed);
-    }
+    // Pages past the end of the file are not set up (EFAULT), and no signal.
+    (void)::madvise(data_ + begin, static_cast<size_t>(end - begin), MADV_POPULATE_WRITE);
 #else
-    (void)offset, (void)length;
+    (void)length;
+#endif
+  }
+
+  bool CanPrefault() const override {
+#if defined(MADV_POPULATE_WRITE)
+    // Linux 5.14 and later. The kernel checks the advice before the range,
+    // so a call over no bytes answers (EINVAL before 5.14) and does nothing.
+    static const bool kernel_has_it = ::madvise(data_, 0, MADV_POPULATE_WRITE) == 0;
+    return kernel_has_it;
+#else
+    return false;
 #endif
   }
 

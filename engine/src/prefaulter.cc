@@ -1,0 +1,66 @@
+// prefaulter.cc: the prefault thread (prefaulter.h).
+#include "prefaulter.h"
+
+#include <system_error>
+
+namespace mapkv::internal {
+
+Prefaulter::~Prefaulter() {
+  if (!thread_.joinable()) return;
+  if (ForkGeneration() != fork_generation_) {
+    // A forked child: the parent's thread is not here, but its mutex and
+    // condition variable were copied as it left them. Destroying a condition
+    // variable that had a waiter waits for that waiter forever, and the
+    // std::thread cannot be joined. Leave all of it as it is.
+    (void)shared_.release();
+    (void)new std::thread(std::move(thread_));
+    return;
+  }
+  {
+    std::lock_guard<std::mutex> lock(shared_->mu);
+    shared_->stop = true;
+  }
+  shared_->cv.notify_one();
+  thread_.join();
+}
+
+void Prefaulter::Request(Mapping* mapping, uint64_t offset, uint64_t length) {
+  if (no_thread_ || (thread_.joinable() && ForkGeneration() != fork_generation_)) return;
+  Shared& shared = *shared_;
+  {
+    std::lock_guard<std::mutex> lock(shared.mu);
+    shared.mapping = mapping;
+    shared.offset = offset;
+    shared.length = length;
+    if (!thread_.joinable()) {
+      fork_generation_ = ForkGeneration();
+      try {
+        thread_ = std::thread(Run, &shared);
+      } catch (const std::system_error&) {
+        // No thread to be had (a process or memory limit): the writer takes
+        // its page faults as it would without prefaulting.
+        no_thread_ = true;
+        shared.mapping = nullptr;
+        return;
+      }
+    }
+  }
+  shared.cv.notify_one();
+}
+
+void Prefaulter::Run(Shared* shared) {
+  std::unique_lock<std::mutex> lock(shared->mu);
+  for (;;) {
+    shared->cv.wait(lock, [shared] { return shared->stop || shared->mapping != nullptr; });
+    if (shared->stop) return;
+    Mapping* const mapping = shared->mapping;
+    const uint64_t offset = shared->offset;
+    const uint64_t length = shared->length;
+    shared->mapping = nullptr;
+    lock.unlock();
+    mapping->Prefault(offset, length);
+    lock.lock();
+  }
+}
+
+}  // namespace mapkv::internal
