@@ -70,13 +70,18 @@ void MapSet::KeepSmall(uint64_t offset, uint64_t length) {
   if (!mappings_.empty()) mappings_.back()->Advise(offset, length, Mapping::PageHint::kSmall);
 }
 
-void MapSet::Prefault(uint64_t offset, uint64_t length) {
-  Mapping* newest = nullptr;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (writable_ && !mappings_.empty()) newest = mappings_.back().get();
-  }
+Mapping* MapSet::NewestWritable() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return writable_ && !mappings_.empty() ? mappings_.back().get() : nullptr;
+}
+
+void MapSet::PrefaultNow(uint64_t offset, uint64_t length) {
+  if (Mapping* newest = NewestWritable(); newest != nullptr) newest->Prefault(offset, length);
+}
+
+void MapSet::PrefaultSoon(uint64_t offset, uint64_t length) {
   // A mapping lives as long as the MapSet, so the thread may use it unlocked.
+  Mapping* newest = NewestWritable();
   if (newest != nullptr && newest->CanPrefault()) prefaulter_.Request(newest, offset, length);
 }
 
@@ -517,7 +522,8 @@ Status Heap::Grow(uint64_t need_end) {
     // before it rolls a killed writer back): the new map first, then the
     // size (logged, so a rollback of the move takes it back too), then the
     // high-water mark.
-    maps_->KeepSmall(map_off, map_bytes);  // before its pages are first touched
+    maps_->KeepSmall(map_off, map_bytes);    // before its pages are first touched
+    maps_->PrefaultNow(map_off, map_bytes);  // one call, not a fault for every page the copy writes
     AllocWord* fresh_map = At<AllocWord>(map_off);
     const uint64_t old_off = ctl_->alloc_offset;
     const uint64_t old_words = ctl_->alloc_words;
@@ -570,15 +576,16 @@ Status Heap::Allocate(uint64_t n, uint64_t align, uint64_t* out) {
     }
   }
   // The caller writes the granules next, and the allocations after it tend
-  // to follow them: when this one reaches into a new stretch of the file,
-  // the next stretch is set up for writing in one call, on the prefault
-  // thread while the writer goes on (a write fault on a shared file mapping
-  // maps a single 4 KiB page; see prefaulter.h and bench/README.md).
-  if ((g + n) / kPrefaultGranules != g / kPrefaultGranules) {
-    const uint64_t from = (g + n) / kPrefaultGranules * kPrefaultGranules;
-    if (from < file_granules) {
-      maps_->Prefault(from * kGranule, (std::min(from + kPrefaultGranules, file_granules) - from) * kGranule);
-    }
+  // to follow them. So the stretch after them is set up for writing in one
+  // call, on the prefault thread while the writer goes on (a write fault on
+  // a shared file mapping maps a single 4 KiB page; see prefaulter.h and
+  // bench/README.md): the kPrefaultGranules after this allocation, asked for
+  // again once allocations have used half of them or gone elsewhere.
+  const uint64_t end = g + n;
+  if ((end < prefault_from_ || end + kPrefaultGranules / 2 > prefault_to_) && end < file_granules) {
+    prefault_from_ = end;
+    prefault_to_ = std::min(end + kPrefaultGranules, file_granules);
+    maps_->PrefaultSoon(end * kGranule, (prefault_to_ - end) * kGranule);
   }
   Status s = Log(UndoKind::kAllocated, g, n);
   if (!s.ok()) return s;

@@ -77,9 +77,11 @@ class MapSet {
   // Re-advises the newest mapping only when the range moved.
   bool large_pages() const { return large_pages_; }
   void KeepSmall(uint64_t offset, uint64_t length);
-  // Mapping::Prefault on the newest mapping, run by the prefault thread
-  // (prefaulter.h); the range must lie in the file. Returns at once.
-  void Prefault(uint64_t offset, uint64_t length);
+  // Mapping::Prefault on the newest mapping, for a range in the file:
+  // PrefaultNow in the calling thread, for pages it writes next;
+  // PrefaultSoon on the prefault thread (prefaulter.h), returning at once.
+  void PrefaultNow(uint64_t offset, uint64_t length);
+  void PrefaultSoon(uint64_t offset, uint64_t length);
   static constexpr uint64_t kLargePagesFrom = 2ull << 20;
 
  private:
@@ -92,6 +94,7 @@ class MapSet {
   std::atomic<const View*> current_{nullptr};
   std::vector<std::unique_ptr<Mapping>> mappings_;
   std::vector<std::unique_ptr<View>> views_;
+  Mapping* NewestWritable();  // nullptr when read-only or not mapped yet
   // After mappings_: destroyed first, so its thread is done with them.
   Prefaulter prefaulter_;
 };
@@ -272,6 +275,9 @@ class Heap {
   bool extending_ = false;
   int allocating_ = 0;  // depth of Allocate calls running
   bool append_only_ = false;
+  // The granules last handed to MapSet::PrefaultSoon (Allocate).
+  uint64_t prefault_from_ = 0;
+  uint64_t prefault_to_ = 0;
 };
 
 }  // namespace mapkv::internal
