@@ -2,6 +2,8 @@
 #include "prefaulter.h"
 
 #include <system_error>
+#include <utility>
+#include <vector>
 
 namespace mapkv::internal {
 
@@ -11,9 +13,10 @@ Prefaulter::~Prefaulter() {
     // A forked child: the parent's thread is not here, but its mutex and
     // condition variable were copied as it left them. Destroying a condition
     // variable that had a waiter waits for that waiter forever, and the
-    // std::thread cannot be joined. Leave all of it as it is.
-    (void)shared_.release();
-    (void)new std::thread(std::move(thread_));
+    // std::thread cannot be joined. Keep all of it, reachable, for the life
+    // of the child (as StoreImpl::Close keeps the lock keeper's).
+    static auto* abandoned = new std::vector<std::pair<std::unique_ptr<Shared>, std::thread>>;
+    abandoned->emplace_back(std::move(shared_), std::move(thread_));
     return;
   }
   {
