@@ -4,11 +4,11 @@
 // The first write to a page of a shared file mapping takes a fault that maps
 // that one 4 KiB page, and the kernel's work behind it (a page-cache page,
 // zero-filled, and the file system's page_mkwrite) is most of the system
-// time of a put that writes into new pages. Heap::Allocate asks for the next
-// 256 KiB each time an allocation reaches into a new 256 KiB; this class does
-// the work (Mapping::Prefault) on another core, so that it leaves the put's
-// path. Prefaulting changes no byte of the file, so a request that comes late,
-// is replaced by a newer one before it starts, or fails costs only the faults
+// time of a put that writes into new pages. Heap::Allocate keeps asking for
+// the 256 KiB after its last allocation; this class does the work
+// (Mapping::Prefault) on another core, so that it leaves the put's path.
+// Prefaulting changes no byte of the file, so a request that comes late, is
+// replaced by a newer one before it starts, or fails costs only the faults
 // the writer then takes itself.
 //
 // The thread starts at the first request and ends with the object. A forked
