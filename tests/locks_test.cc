@@ -304,6 +304,47 @@ TEST_SUITE("locks") {
     CHECK(guards > 300);  // the readers really ran alongside
     CHECK(waits.back() < 200);
   }
+
+  TEST_CASE("locks: a writer that stops after a long run of writes lets go of the file lock within 100 ms") {
+    // The lock stays with the writer between its writes (sticky) and its
+    // keeper thread gives it back after 1 ms without one. A run of writes
+    // spans many of those periods, in most of which the keeper looks while a
+    // write holds the lock: it must keep watching, not wait to be woken.
+    TempDir dir;
+    const std::string path = dir.File("s.mkv");
+    Store store = MustOpen(path, Patient());
+    ControlView ctl(path);
+    const auto run_end = Clock::now() + std::chrono::milliseconds(50);
+    uint64_t puts = 0;
+    while (Clock::now() < run_end) {
+      REQUIRE(store.Put("k" + std::to_string(puts % 1000), std::string(100, 'v')).ok());
+      ++puts;
+    }
+    CHECK(ctl->writer_pid.load() == static_cast<uint64_t>(::getpid()));  // kept between the writes
+    // Another open file description asks whether byte 0 (the writer/reader
+    // lock) could be locked exclusively now.
+    const int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
+    REQUIRE(fd >= 0);
+    auto file_lock_free = [&] {
+      struct flock fl {};
+      fl.l_type = F_WRLCK;
+      fl.l_whence = SEEK_SET;
+      fl.l_start = 0;
+      fl.l_len = 1;
+      REQUIRE(::fcntl(fd, F_OFD_GETLK, &fl) == 0);
+      return fl.l_type == F_UNLCK;
+    };
+    const auto stopped = Clock::now();
+    while ((!file_lock_free() || ctl->writer_pid.load() != 0) && Clock::now() - stopped < std::chrono::seconds(2)) {
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+    const double released_ms = Ms(Clock::now() - stopped);
+    ::close(fd);
+    MESSAGE(puts << " puts in 50 ms; the file lock was free " << released_ms << " ms after the last");
+    CHECK(puts > 1000);
+    CHECK(ctl->writer_pid.load() == 0);
+    CHECK(released_ms < 100);
+  }
 }
 
 }  // namespace

@@ -169,16 +169,7 @@ Status Heap::LogSlow(UndoKind kind, uint64_t target, uint64_t value) {
   if (n >= log_capacity_) {
     return Status(Code::kNoSpace, file_->path() + ": the undo log of this write could not grow");
   }
-  // Consecutive allocations (records written one after another) share one entry.
-  if (kind == UndoKind::kAllocated && n > 0) {
-    UndoEntry* prev = AppendSlot(n - 1);
-    if (KindOf(*prev) == UndoKind::kAllocated && TargetOf(*prev) + prev->value == target) {
-      std::atomic_signal_fence(std::memory_order_seq_cst);
-      std::atomic_ref<uint64_t>(prev->value).store(prev->value + value, std::memory_order_release);
-      std::atomic_signal_fence(std::memory_order_seq_cst);
-      return Status::Ok();
-    }
-  }
+  if (kind == UndoKind::kAllocated && MergeAllocated(n, target, value)) return Status::Ok();
   UndoEntry* e = AppendSlot(n);
   e->kind_target = (static_cast<uint64_t>(kind) << kUndoKindShift) | target;
   e->value = value;
@@ -230,8 +221,11 @@ Status Heap::Begin(WriteScope scope) {
   const uint64_t n = ctl_->undo_count.load(std::memory_order_relaxed);
   if (n + kWords + kChunkReserve < log_capacity_) {
     // Nothing has changed yet, so the entries may all go in before the one
-    // count that exposes them (Log's rule, for eight entries at once).
-    for (uint64_t k = 0; k < kWords; ++k) *AppendSlot(n + k) = words[k];
+    // count that exposes them (Log's rule, for eight entries at once). The
+    // write state was just reset: the log is the fixed one, a single
+    // segment, so the eight slots are consecutive (one copy, not eight
+    // segment lookups).
+    std::memcpy(At<format::UndoEntry>(format::kUndoOffset) + n, words, sizeof words);
     std::atomic_signal_fence(std::memory_order_seq_cst);
     ctl_->undo_count.store(n + kWords, std::memory_order_release);
     std::atomic_signal_fence(std::memory_order_seq_cst);

@@ -212,9 +212,8 @@ class Heap {
   // inline: a small write logs a handful of entries and little else.
   Status Log(format::UndoKind kind, uint64_t target, uint64_t value) {
     const uint64_t n = ctl_->undo_count.load(std::memory_order_relaxed);
-    if (kind == format::UndoKind::kAllocated || n + kChunkReserve >= log_capacity_) {
-      return LogSlow(kind, target, value);
-    }
+    if (n + kChunkReserve >= log_capacity_) return LogSlow(kind, target, value);
+    if (kind == format::UndoKind::kAllocated && MergeAllocated(n, target, value)) return Status::Ok();
     format::UndoEntry* e = AppendSlot(n);
     e->kind_target = (static_cast<uint64_t>(kind) << format::kUndoKindShift) | target;
     e->value = value;
@@ -226,6 +225,22 @@ class Heap {
     return Status::Ok();
   }
   Status LogSlow(format::UndoKind kind, uint64_t target, uint64_t value);
+  // Consecutive allocations (records written one after another) share one
+  // entry: true when the last of the n entries was an allocation that ends
+  // at `target`, and now covers `value` granules more.
+  bool MergeAllocated(uint64_t n, uint64_t target, uint64_t value) {
+    if (n == 0) return false;
+    format::UndoEntry* prev = AppendSlot(n - 1);
+    const uint64_t prev_target = prev->kind_target & ((uint64_t{1} << format::kUndoKindShift) - 1);
+    if ((prev->kind_target >> format::kUndoKindShift) != static_cast<uint64_t>(format::UndoKind::kAllocated) ||
+        prev_target + prev->value != target) {
+      return false;
+    }
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+    std::atomic_ref<uint64_t>(prev->value).store(prev->value + value, std::memory_order_release);
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+    return true;
+  }
   // The entry that restores the control-page word at `word` to `value`.
   format::UndoEntry WordEntry(const void* word, uint64_t value) const {
     return {(static_cast<uint64_t>(format::UndoKind::kWord) << format::kUndoKindShift) |

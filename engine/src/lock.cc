@@ -167,8 +167,15 @@ void LockManager::StopKeeper() {
 
 void LockManager::KeeperLoop() {
   std::unique_lock<std::mutex> lock(file_mu_);
+  uint64_t writes_seen = ~uint64_t{0};
   while (!keeper_stop_) {
-    if (!sticky_) {
+    const uint64_t writes = writes_.load(std::memory_order_relaxed);
+    // Not sticky: a write holds the lock (LockWrite takes sticky_ back) or
+    // the lock was let go. Sleep until notified only when no sticky write
+    // came since the last look; a writer in the middle of a run of writes
+    // would otherwise have to wake the keeper after each idle period.
+    const bool sticky = sticky_;
+    if (!sticky && writes == writes_seen) {
       // UnlockWrite stores sticky_ and then reads keeper_idle_ (both seq_cst);
       // here idle is stored before the predicate reads sticky_, so either it
       // sees sticky_ set or the writer sees idle and notifies under file_mu_.
@@ -177,14 +184,14 @@ void LockManager::KeeperLoop() {
       keeper_idle_.store(false);
       continue;
     }
-    const uint64_t writes = writes_.load(std::memory_order_relaxed);
+    writes_seen = writes;
     lock.unlock();
     // Sleeps until a waiter counts itself or the idle time passes.
     if (ctl_->lock_waiters.load(std::memory_order_acquire) == 0) {
       Wait(&ctl_->lock_waiters, 0, std::chrono::duration_cast<std::chrono::microseconds>(kStickyIdle));
     }
     const bool wanted = ctl_->lock_waiters.load(std::memory_order_acquire) > 0;
-    if (!wanted && writes_.load(std::memory_order_relaxed) != writes) {
+    if (!sticky || (!wanted && writes_.load(std::memory_order_relaxed) != writes)) {
       lock.lock();  // still writing: keep the lock, look again later
       continue;
     }

@@ -48,7 +48,7 @@ MAPKV_OPTIMISTIC void TableReader::PrefetchHomeRecord(uint64_t hash) const {
 
 // ---------------------------------------------------------------- writer
 
-Status TableWriter::WritableSlot(uint64_t i, uint64_t** slot, bool* local) {
+Status TableWriter::WritableSlot(uint64_t i, uint64_t* slot_offset, bool* local) {
   ControlPage* ctl = heap_->ctl();
   const uint64_t pm_off = ctl->pagemap_offset.load(std::memory_order_relaxed) + (i >> kSlotsPerPageShift) * 4;
   uint32_t phys = *heap_->At<uint32_t>(pm_off);
@@ -75,20 +75,20 @@ Status TableWriter::WritableSlot(uint64_t i, uint64_t** slot, bool* local) {
     heap_->NoteWriteLocal(phys, 1);
     *local = true;
   }
-  *slot = heap_->At<uint64_t>(uint64_t{phys} * kPageSize + (i & (kSlotsPerPage - 1)) * 8);
+  *slot_offset = uint64_t{phys} * kPageSize + (i & (kSlotsPerPage - 1)) * 8;
   return Status::Ok();
 }
 
 Status TableWriter::SetSlot(uint64_t i, uint64_t value) {
-  uint64_t* p;
+  uint64_t off;
   bool local;
-  Status s = WritableSlot(i, &p, &local);
+  Status s = WritableSlot(i, &off, &local);
   if (!s.ok()) return s;
   if (local) {
-    std::atomic_ref<uint64_t>(*p).store(value, std::memory_order_relaxed);
+    std::atomic_ref<uint64_t>(*heap_->At<uint64_t>(off)).store(value, std::memory_order_relaxed);
     return Status::Ok();
   }
-  return heap_->SetWord(p, value);
+  return heap_->SetWord(off, value);
 }
 
 Status TableWriter::Relocate(uint64_t index, uint64_t granule) {

@@ -281,9 +281,9 @@ class TableWriter {
 
  private:
   // Makes slot i writable (copying its page when the checkpoint holds it,
-  // or in a bulk write) and returns its address; *local: the page belongs to
-  // the running write, so the slot's change needs no undo.
-  Status WritableSlot(uint64_t i, uint64_t** slot, bool* local);
+  // or in a bulk write) and returns its file offset; *local: the page belongs
+  // to the running write, so the slot's change needs no undo.
+  Status WritableSlot(uint64_t i, uint64_t* slot_offset, bool* local);
   Status SetSlot(uint64_t i, uint64_t value);
 
   Heap* const heap_;
