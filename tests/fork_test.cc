@@ -1,12 +1,15 @@
 // A store's locks must die with the process that holds them, even when it
 // forked a child that lives on (the child's copies of the descriptor would
 // otherwise keep the open file description, and so the lock, alive).
+#include <fcntl.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <string>
+#include <system_error>
 #include <thread>
 
 #include "mapkv/store.h"
@@ -112,6 +115,67 @@ TEST_CASE("fork: a child closes its copy of a handle that wrote, with the handle
   CHECK(v == value);
   CHECK(s.Get("after", &v).ok());
   CHECK(v == "fork");
+}
+
+TEST_CASE("fork: a process that cannot start threads still writes, and keeps no lock it could not give back") {
+  // A write keeps the file lock after it (sticky) only while the keeper
+  // thread is there to give it back; the prefault thread is optional too.
+  // The child opens the store, then becomes a user at its process limit, so
+  // that every thread creation fails (root is exempt from the limit).
+  TempDir dir;
+  const std::string path = dir.File("s.mkv");
+  {
+    Store s = MustOpen(path);
+    REQUIRE(s.Put("k", "v0").ok());
+  }
+  std::fflush(nullptr);
+  const pid_t child = fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    alarm(20);  // a put that hangs on a lock its own process kept ends the child with SIGALRM
+    Store s;
+    if (!Store::Open(path, {}, &s).ok()) _exit(10);
+    const int probe = ::open(path.c_str(), O_RDWR | O_CLOEXEC);  // another open file description
+    if (probe < 0) _exit(10);
+    if (getuid() == 0 && (setgid(65534) != 0 || setuid(65534) != 0)) _exit(11);
+    const rlimit one{1, 1};
+    if (setrlimit(RLIMIT_NPROC, &one) != 0) _exit(11);
+    try {
+      std::thread t([] {});
+      t.join();
+      _exit(12);  // threads still start: the test would prove nothing
+    } catch (const std::system_error&) {
+    }
+    const std::string value(100, 'v');
+    for (int i = 0; i < 3000; ++i) {  // past the 128 KiB that asks the prefault thread
+      try {
+        if (!s.Put("key" + std::to_string(i), value).ok()) _exit(13);
+      } catch (...) {
+        _exit(14);  // the failed thread creation escaped the put
+      }
+      struct flock fl {};
+      fl.l_type = F_WRLCK;
+      fl.l_whence = SEEK_SET;
+      fl.l_start = 0;
+      fl.l_len = 1;
+      if (::fcntl(probe, F_OFD_GETLK, &fl) != 0) _exit(15);
+      if (fl.l_type != F_UNLCK) _exit(16);  // the lock was kept with no keeper to give it back
+    }
+    std::string v;
+    if (!s.Get("key2999", &v).ok() || v != value) _exit(17);
+    _exit(s.Close().ok() ? 0 : 18);
+  }
+  const int code = WaitChild(child);
+  if (code == 11) FAIL("this test needs root to drop to uid 65534, or a user whose process limit can be set to 1");
+  CHECK_MESSAGE(code == 0, "child exit " << code
+                                         << " (12: threads still started; 13/14: a put failed or threw; "
+                                            "16: the file lock was kept; 128+14: a put hung)");
+  Store s = MustOpen(path);
+  std::string v;
+  CHECK(s.Get("key2999", &v).ok());
+  CHECK(v == std::string(100, 'v'));
+  CHECK(s.Get("k", &v).ok());
+  CHECK(v == "v0");
 }
 
 }  // namespace

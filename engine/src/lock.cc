@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <string>
+#include <system_error>
 #include <thread>
 
 namespace mapkv::internal {
@@ -222,6 +223,20 @@ Status LockManager::LockWrite(bool* fresh) {
   return Status::Ok();
 }
 
+bool LockManager::StartKeeper() {
+  std::lock_guard<std::mutex> lock(file_mu_);
+  if (!keeper_.joinable()) {
+    keeper_fork_generation_ = ForkGeneration();
+    try {
+      keeper_ = std::thread([this] { KeeperLoop(); });
+    } catch (const std::system_error&) {
+      return false;  // out of threads (EAGAIN): the caller lets the lock go
+    }
+  }
+  keeper_started_.store(true, std::memory_order_release);
+  return true;
+}
+
 void LockManager::UnlockWrite(bool may_stick) {
   const bool can_stick = may_stick && ctl_ != nullptr && ctl_writable_ && !keeper_stop_ &&
                          ctl_->lock_waiters.load(std::memory_order_acquire) == 0;
@@ -231,17 +246,18 @@ void LockManager::UnlockWrite(bool may_stick) {
     rw_.Unlock();
     return;
   }
+  if (!keeper_started_.load(std::memory_order_acquire) && !StartKeeper()) {
+    // No thread to let the lock go once the writes stop: do not keep it.
+    // (The next write tries to start the keeper again.)
+    ClearWriterPid();
+    ReleaseFile();
+    rw_.Unlock();
+    return;
+  }
   // One writer at a time (rw_): a plain increment, which the keeper only reads.
   writes_.store(writes_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
   sticky_.store(true);
-  if (!keeper_started_.load(std::memory_order_acquire)) {
-    std::lock_guard<std::mutex> lock(file_mu_);
-    if (!keeper_.joinable()) {
-      keeper_fork_generation_ = ForkGeneration();
-      keeper_ = std::thread([this] { KeeperLoop(); });
-    }
-    keeper_started_.store(true, std::memory_order_release);
-  } else if (keeper_idle_.load()) {
+  if (keeper_idle_.load()) {
     std::lock_guard<std::mutex> lock(file_mu_);
     keeper_cv_.notify_one();
   }

@@ -115,6 +115,10 @@ class LockManager {
   void RepairWaiterCounts();
   void ReleaseFile();
   void KeeperLoop();
+  // Under rw_ (a write's unlock): starts the keeper thread unless it runs.
+  // False when no thread could be created; the write lock must then not be
+  // kept sticky, since nothing would let it go.
+  bool StartKeeper();
   void StopKeeper();
   Status BusyError(LockMode mode) const;
   // File::WaitWord/WakeWord on a word of the control page.

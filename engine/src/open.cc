@@ -643,10 +643,8 @@ Status StoreImpl::Close() {
   if (locks_ && fork_generation_ != ForkGeneration()) {
     // A forked child: the parent's threads (the lock keeper, waiting writers)
     // are not here, but the mutexes and condition variables they held or
-    // waited on at the fork were copied as they were; destroying them could
-    // wait forever. Keep them, reachable, for the life of the child.
-    static auto* abandoned = new std::vector<std::unique_ptr<LockManager>>;
-    abandoned->push_back(std::move(locks_));
+    // waited on at the fork were copied as they were.
+    KeepForkedCopy(std::shared_ptr<LockManager>(std::move(locks_)));
   }
   table_.reset();
   heap_.reset();

@@ -3,7 +3,6 @@
 
 #include <system_error>
 #include <utility>
-#include <vector>
 
 namespace mapkv::internal {
 
@@ -11,12 +10,9 @@ Prefaulter::~Prefaulter() {
   if (!thread_.joinable()) return;
   if (ForkGeneration() != fork_generation_) {
     // A forked child: the parent's thread is not here, but its mutex and
-    // condition variable were copied as it left them. Destroying a condition
-    // variable that had a waiter waits for that waiter forever, and the
-    // std::thread cannot be joined. Keep all of it, reachable, for the life
-    // of the child (as StoreImpl::Close keeps the lock keeper's).
-    static auto* abandoned = new std::vector<std::pair<std::unique_ptr<Shared>, std::thread>>;
-    abandoned->emplace_back(std::move(shared_), std::move(thread_));
+    // condition variable were copied as it left them.
+    KeepForkedCopy(
+        std::make_shared<std::pair<std::unique_ptr<Shared>, std::thread>>(std::move(shared_), std::move(thread_)));
     return;
   }
   {

@@ -30,7 +30,10 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "mapkv/status.h"
 
@@ -180,6 +183,18 @@ uint64_t ProcessId();
 // Inline, a plain load: every get checks it.
 extern std::atomic<uint64_t> g_fork_generation;
 inline uint64_t ForkGeneration() { return g_fork_generation.load(std::memory_order_relaxed); }
+
+// In a forked child: keeps `state` (what the parent's threads used, copied
+// by the fork as they left it: mutexes, condition variables, std::threads)
+// reachable and never destroyed, for the life of the process. Destroying a
+// condition variable that had a waiter waits for it forever, and a thread
+// that was not copied cannot be joined. Safe to call from several threads.
+inline void KeepForkedCopy(std::shared_ptr<void> state) {
+  static auto* mu = new std::mutex;
+  static auto* kept = new std::vector<std::shared_ptr<void>>;
+  std::lock_guard<std::mutex> lock(*mu);
+  kept->push_back(std::move(state));
+}
 
 }  // namespace mapkv::internal
 
