@@ -326,13 +326,9 @@ TEST_SUITE("locks") {
     const int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
     REQUIRE(fd >= 0);
     auto file_lock_free = [&] {
-      struct flock fl {};
-      fl.l_type = F_WRLCK;
-      fl.l_whence = SEEK_SET;
-      fl.l_start = 0;
-      fl.l_len = 1;
-      REQUIRE(::fcntl(fd, F_OFD_GETLK, &fl) == 0);
-      return fl.l_type == F_UNLCK;
+      const int lockable = ByteLockableNow(fd, 0);
+      REQUIRE(lockable >= 0);
+      return lockable == 1;
     };
     const auto stopped = Clock::now();
     while ((!file_lock_free() || ctl->writer_pid.load() != 0) && Clock::now() - stopped < std::chrono::seconds(2)) {

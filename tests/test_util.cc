@@ -7,6 +7,7 @@
 #endif
 #include <windows.h>
 #else
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/types.h>
@@ -285,5 +286,17 @@ std::string Rng::Bytes(size_t n) {
   }
   return out;
 }
+
+#ifndef _WIN32
+int ByteLockableNow(int fd, uint64_t byte) {
+  struct flock fl {};
+  fl.l_type = F_WRLCK;
+  fl.l_whence = SEEK_SET;
+  fl.l_start = static_cast<off_t>(byte);
+  fl.l_len = 1;
+  if (::fcntl(fd, F_OFD_GETLK, &fl) != 0) return -1;
+  return fl.l_type == F_UNLCK ? 1 : 0;
+}
+#endif
 
 }  // namespace mapkv::test

@@ -62,6 +62,13 @@ bool MaybeRunChild(int argc, char** argv, int* exit_code);
 // (getrusage / GetProcessTimes).
 int64_t ProcessCpuMicros();
 
+#ifndef _WIN32
+// Whether byte `byte` of the file open as `fd` could be locked exclusively
+// through that descriptor now (F_OFD_GETLK): 1 yes, 0 no (another open file
+// description holds a lock on it), -1 the call failed. Fork-safe.
+int ByteLockableNow(int fd, uint64_t byte);
+#endif
+
 // Deterministic pseudo-random generator for tests (splitmix64).
 class Rng {
  public:

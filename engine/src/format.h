@@ -250,6 +250,8 @@ struct UndoEntry {
 };
 static_assert(sizeof(UndoEntry) == kUndoEntrySize, "undo entry size");
 inline constexpr uint32_t kUndoKindShift = 56;
+inline UndoKind KindOf(const UndoEntry& e) { return static_cast<UndoKind>(e.kind_target >> kUndoKindShift); }
+inline uint64_t TargetOf(const UndoEntry& e) { return e.kind_target & ((uint64_t{1} << kUndoKindShift) - 1); }
 
 // A write that outgrows the fixed log (a large batch) continues it in chunks
 // allocated from the heap like any other extent: entry i of the write lives

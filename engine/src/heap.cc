@@ -108,9 +108,6 @@ Status MapSet::Flush(uint64_t offset, uint64_t length, bool sync) {
 namespace {
 constexpr uint64_t kFirstChunkEntries = (256u << 10) / kUndoEntrySize - 1;  // 256 KiB
 constexpr uint64_t kMaxChunkEntries = (64u << 20) / kUndoEntrySize - 1;     // 64 MiB
-
-UndoKind KindOf(const UndoEntry& e) { return static_cast<UndoKind>(e.kind_target >> kUndoKindShift); }
-uint64_t TargetOf(const UndoEntry& e) { return e.kind_target & ((uint64_t{1} << kUndoKindShift) - 1); }
 }  // namespace
 
 void Heap::ResetWriteState() {

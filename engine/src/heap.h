@@ -231,9 +231,7 @@ class Heap {
   bool MergeAllocated(uint64_t n, uint64_t target, uint64_t value) {
     if (n == 0) return false;
     format::UndoEntry* prev = AppendSlot(n - 1);
-    const uint64_t prev_target = prev->kind_target & ((uint64_t{1} << format::kUndoKindShift) - 1);
-    if ((prev->kind_target >> format::kUndoKindShift) != static_cast<uint64_t>(format::UndoKind::kAllocated) ||
-        prev_target + prev->value != target) {
+    if (format::KindOf(*prev) != format::UndoKind::kAllocated || format::TargetOf(*prev) + prev->value != target) {
       return false;
     }
     std::atomic_signal_fence(std::memory_order_seq_cst);

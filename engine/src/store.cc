@@ -631,10 +631,9 @@ Status StoreImpl::OverwriteInPlace(const RecordRef& rec, std::string_view value,
   return RecordChange(kChangePut, key, hash, /*may_allocate=*/false);
 }
 
-Status StoreImpl::ApplyErase(std::string_view key, bool* found) {
+Status StoreImpl::ApplyErase(std::string_view key, uint64_t hash, bool* found) {
   SeqBegin();
   RecordRef old;
-  const uint64_t hash = HashKey(key, seed_);
   Status s = table_->Erase(key, hash, found, &old);
   if (!s.ok() || !*found) return s;
   s = heap_->Free(old.granule, old.granules());
@@ -683,7 +682,7 @@ Status StoreImpl::Erase(std::string_view key) {
   if (s.ok()) s = BeginWrite();
   if (!s.ok()) return s;
   bool found = false;
-  s = RunWrite([&] { return ApplyErase(key, &found); });
+  s = RunWrite([&] { return ApplyErase(key, HashKey(key, seed_), &found); });
   EndWrite();
   if (s.ok() && !found) return Status::KeyNotFound();
   return s;
@@ -706,25 +705,29 @@ Status StoreImpl::Write(const WriteBatch& batch, const WriteOptions& options) {
       auto key_of = [&](const WriteBatch::Op& op) {
         return std::string_view(batch.data_.data() + op.offset, op.key_size);
       };
-      // Each op's home slot starts loading kBatchAhead ops before the op
-      // runs, so that its miss overlaps the ops in between (a single Put
-      // starts its own before it takes the lock). A prefetch changes
-      // nothing, so a table that grows meanwhile only wastes it.
+      // Each op's key is hashed and its home slot starts loading kBatchAhead
+      // ops before the op runs, so that the miss overlaps the ops in between
+      // (a single Put starts its own before it takes the lock). A prefetch
+      // changes nothing, so a table that grows meanwhile only wastes it.
       constexpr size_t kBatchAhead = 4;
-      for (size_t j = 0; j < std::min(kBatchAhead, ops.size()); ++j) {
-        table_->Reader().PrefetchHome(HashKey(key_of(ops[j]), seed_));
-      }
+      uint64_t hashes[kBatchAhead];  // op j's hash at j % kBatchAhead
+      auto look_ahead = [&](size_t j) {
+        if (j >= ops.size()) return;
+        hashes[j % kBatchAhead] = HashKey(key_of(ops[j]), seed_);
+        table_->Reader().PrefetchHome(hashes[j % kBatchAhead]);
+      };
+      for (size_t j = 0; j < kBatchAhead; ++j) look_ahead(j);
       for (size_t i = 0; i < ops.size(); ++i) {
         const WriteBatch::Op& op = ops[i];
-        if (i + kBatchAhead < ops.size()) table_->Reader().PrefetchHome(HashKey(key_of(ops[i + kBatchAhead]), seed_));
-        std::string_view key = key_of(op);
+        const uint64_t hash = hashes[i % kBatchAhead];
+        look_ahead(i + kBatchAhead);  // reuses op i's entry
+        const std::string_view key = key_of(op);
         Status st;
         if (op.erase) {
           bool found;
-          st = ApplyErase(key, &found);
+          st = ApplyErase(key, hash, &found);
         } else {
-          st = ApplyPut(key, std::string_view(batch.data_.data() + op.offset + op.key_size, op.value_size),
-                        HashKey(key, seed_));
+          st = ApplyPut(key, std::string_view(batch.data_.data() + op.offset + op.key_size, op.value_size), hash);
         }
         if (!st.ok()) return st;
       }
@@ -783,7 +786,7 @@ Status StoreImpl::ReadModifyWrite(std::string_view key, Decide&& decide) {
   }
   if (!current) return Status::Ok();  // erase of an absent key: nothing to do
   bool found = false;
-  return RunWrite([&] { return ApplyErase(key, &found); });
+  return RunWrite([&] { return ApplyErase(key, hash, &found); });
 }
 
 Status StoreImpl::CompareAndSwap(std::string_view key, std::optional<std::string_view> expected,

@@ -175,7 +175,7 @@ class StoreImpl {
   // `granule` and frees the one it replaces.
   Status LinkRecord(std::string_view key, std::string_view value, uint64_t hash, uint64_t granule,
                     const TableWriter::Lookup* known);
-  Status ApplyErase(std::string_view key, bool* found);
+  Status ApplyErase(std::string_view key, uint64_t hash, bool* found);  // hash: HashKey(key)
   // Under the write lock: looks `key` up, lets `decide` choose from its
   // current value what to do (with `decide` unable to write to this handle),
   // and applies that as one write.
