@@ -5,6 +5,7 @@
 #include <string>
 #include <system_error>
 #include <thread>
+#include <utility>
 
 namespace mapkv::internal {
 
@@ -13,6 +14,10 @@ using Clock = std::chrono::steady_clock;
 constexpr auto kRecheck = std::chrono::milliseconds(5);  // a dead holder never wakes us
 constexpr auto kReaderHoldBack = std::chrono::milliseconds(50);
 constexpr auto kStickyIdle = std::chrono::milliseconds(1);
+// How long a write that let the lock go to waiters waits, at its next write,
+// for one of them to take it (LetWaitersIn).
+constexpr auto kHandoff = std::chrono::milliseconds(5);
+constexpr auto kHandoffPoll = std::chrono::microseconds(200);
 }  // namespace
 
 // ---------------------------------------------------------------- RwLock
@@ -85,12 +90,18 @@ Status LockManager::AcquireFile(LockMode mode) {
 
   const auto deadline = Clock::now() + timeout_;
   // Counted only while holding the waiter byte, so a waiter that dies is
-  // known to be gone (RepairWaiterCounts).
+  // known to be gone (RepairWaiterCounts). A read-only handle cannot write
+  // the counts: it holds its own byte instead, which a sticky writer's
+  // keeper probes, and wakes the keeper without a change.
   const bool counters = ctl_ != nullptr && ctl_writable_ && file_->Lock(kWaiterByte, 1, LockMode::kShared).ok();
+  const bool uncounted =
+      ctl_ != nullptr && !ctl_writable_ && file_->Lock(kReadOnlyWaiterByte, 1, LockMode::kShared).ok();
   if (counters) {
     const uint32_t before = ctl_->lock_waiters.fetch_add(1, std::memory_order_acq_rel);
     if (mode == LockMode::kExclusive) ctl_->writers_waiting.fetch_add(1, std::memory_order_acq_rel);
     Wake(&ctl_->lock_waiters, before);  // a sticky holder's keeper sleeps on it
+  } else if (uncounted) {
+    Wake(&ctl_->lock_waiters, ctl_->lock_waiters.load(std::memory_order_acquire));
   }
   while (true) {
     uint32_t seen = ctl_ != nullptr ? ctl_->lock_released.load(std::memory_order_acquire) : 0;
@@ -110,10 +121,20 @@ Status LockManager::AcquireFile(LockMode mode) {
   }
   if (counters) {
     if (mode == LockMode::kExclusive) ctl_->writers_waiting.fetch_sub(1, std::memory_order_acq_rel);
-    ctl_->lock_waiters.fetch_sub(1, std::memory_order_acq_rel);
+    const uint32_t before = ctl_->lock_waiters.fetch_sub(1, std::memory_order_acq_rel);
     file_->Unlock(kWaiterByte, 1).IgnoreError();
+    Wake(&ctl_->lock_waiters, before);  // a writer in LetWaitersIn sleeps on it
+  } else if (uncounted) {
+    file_->Unlock(kReadOnlyWaiterByte, 1).IgnoreError();
   }
   return s;
+}
+
+bool LockManager::ReadOnlyWaiterHeld() {
+  bool free = false;
+  if (!file_->TryLock(kReadOnlyWaiterByte, 1, LockMode::kExclusive, &free).ok()) return false;
+  if (free) file_->Unlock(kReadOnlyWaiterByte, 1).IgnoreError();
+  return !free;
 }
 
 void LockManager::RepairWaiterCounts() {
@@ -132,11 +153,16 @@ void LockManager::RepairWaiterCounts() {
   file_->Unlock(kWaiterByte, 1).IgnoreError();
 }
 
-void LockManager::ReleaseFile() {
+void LockManager::ReleaseFile(bool wake) {
   file_->Unlock(kRwLockByte, 1).IgnoreError();  // fails only for a closed descriptor
   if (ctl_ != nullptr && ctl_writable_) {
     const uint32_t before = ctl_->lock_released.fetch_add(1, std::memory_order_acq_rel);
-    if (ctl_->lock_waiters.load(std::memory_order_acquire) > 0) Wake(&ctl_->lock_released, before);
+    if (wake || ctl_->lock_waiters.load(std::memory_order_acquire) > 0) Wake(&ctl_->lock_released, before);
+  } else if (ctl_ != nullptr && ctl_->lock_waiters.load(std::memory_order_acquire) > 0) {
+    // A read-only handle cannot bump the word; a wake without a change
+    // reaches the waiters already asleep (one about to sleep re-tries
+    // within kRecheck).
+    Wake(&ctl_->lock_released, ctl_->lock_released.load(std::memory_order_acquire));
   }
 }
 
@@ -187,21 +213,34 @@ void LockManager::KeeperLoop() {
     }
     writes_seen = writes;
     lock.unlock();
-    // Sleeps until a waiter counts itself or the idle time passes.
-    if (ctl_->lock_waiters.load(std::memory_order_acquire) == 0) {
-      Wait(&ctl_->lock_waiters, 0, std::chrono::duration_cast<std::chrono::microseconds>(kStickyIdle));
+    // Sleeps until a waiter comes (or wakes it: read-only handles cannot
+    // count themselves) or the idle time passes. With waiters counted and a
+    // write under way it sleeps too: that write lets the lock go at its end.
+    const uint32_t counted = ctl_->lock_waiters.load(std::memory_order_acquire);
+    if (counted == 0 || !sticky) {
+      Wait(&ctl_->lock_waiters, counted, std::chrono::duration_cast<std::chrono::microseconds>(kStickyIdle));
     }
-    const bool wanted = ctl_->lock_waiters.load(std::memory_order_acquire) > 0;
-    if (!sticky || (!wanted && writes_.load(std::memory_order_relaxed) != writes)) {
-      lock.lock();  // still writing: keep the lock, look again later
+    const bool writing = writes_.load(std::memory_order_relaxed) != writes;
+    const bool counted_waiters = ctl_->lock_waiters.load(std::memory_order_acquire) > 0;
+    // Waiters of read-only handles are not counted: their byte tells (two
+    // system calls a look, a look a millisecond while writes go on).
+    const bool read_only_waiters = !counted_waiters && (sticky || writing) && ReadOnlyWaiterHeld();
+    const bool wanted = counted_waiters || read_only_waiters;
+    // Not sticky: a write holds the lock (and lets counted waiters in at its
+    // end), or nothing is held. Sticky: keep the lock while writes go on and
+    // nobody waits.
+    if ((!sticky && !read_only_waiters) || (sticky && !wanted && writing)) {
+      lock.lock();
       continue;
     }
     rw_.Lock();  // no write or guard of this handle runs now
     lock.lock();
     if (sticky_) {
       sticky_ = false;
+      handoff_ = wanted;
+      handoff_waiters_ = ctl_->lock_waiters.load(std::memory_order_acquire);
       ClearWriterPid();
-      ReleaseFile();
+      ReleaseFile(/*wake=*/wanted);  // a read-only waiter is woken too
     }
     rw_.Unlock();
   }
@@ -212,6 +251,7 @@ Status LockManager::LockWrite(bool* fresh) {
   const bool held = sticky_.exchange(false);  // rw_ is held exclusively: nobody else changes it
   if (fresh != nullptr) *fresh = !held;
   if (!held) {
+    if (handoff_) LetWaitersIn();
     Status s = AcquireFile(LockMode::kExclusive);
     if (!s.ok()) {
       rw_.Unlock();
@@ -221,6 +261,28 @@ Status LockManager::LockWrite(bool* fresh) {
   }
   if (ctl_ != nullptr && ctl_writable_) ctl_->writer_pid.store(pid_, std::memory_order_relaxed);
   return Status::Ok();
+}
+
+void LockManager::LetWaitersIn() {
+  // Nobody queues for the file lock: every waiter polls it (TryLock, then
+  // sleeps until a release). A writer that takes it again right after
+  // letting it go would nearly always win that race, and a reader of another
+  // handle could wait for as long as the writes go on (under Wine one waited
+  // through 300,000 puts). So the writer first waits, briefly, until a
+  // counted waiter has uncounted itself (it holds the lock then), or nobody
+  // waits any more.
+  handoff_ = false;
+  uint32_t last = handoff_waiters_;
+  const auto until = Clock::now() + kHandoff;
+  for (;;) {
+    const uint32_t waiting = ctl_->lock_waiters.load(std::memory_order_acquire);
+    const auto now = Clock::now();
+    if (waiting < last || now >= until || (waiting == 0 && !ReadOnlyWaiterHeld())) return;
+    last = waiting;
+    // Woken when a counted waiter uncounts itself; uncounted ones are polled.
+    Wait(&ctl_->lock_waiters, waiting,
+         std::chrono::duration_cast<std::chrono::microseconds>(std::min<Clock::duration>(until - now, kHandoffPoll)));
+  }
 }
 
 bool LockManager::StartKeeper() {
@@ -241,7 +303,11 @@ void LockManager::UnlockWrite(bool may_stick) {
   const bool can_stick = may_stick && ctl_ != nullptr && ctl_writable_ && !keeper_stop_ &&
                          ctl_->lock_waiters.load(std::memory_order_acquire) == 0;
   if (!can_stick) {
-    if (ctl_ != nullptr && ctl_writable_) ClearWriterPid();
+    if (ctl_ != nullptr && ctl_writable_) {
+      handoff_waiters_ = ctl_->lock_waiters.load(std::memory_order_acquire);
+      handoff_ = handoff_waiters_ != 0;
+      ClearWriterPid();
+    }
     ReleaseFile();
     rw_.Unlock();
     return;

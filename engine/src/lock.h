@@ -27,6 +27,15 @@
 // counts itself (a futex on lock_waiters) or when the handle has been idle
 // for kStickyIdle. A process that dies holding it loses it like any file
 // lock.
+//
+// Hand-off. Nobody queues for the file lock (waiters poll it), so a writer
+// that writes without pause would take it back before any waiter woke. A
+// write that let the lock go to waiters therefore makes the next write of
+// the handle wait, up to kHandoff, until one of them holds it.
+//
+// Read-only handles cannot write the control page, so they cannot count
+// themselves; they hold kReadOnlyWaiterByte shared while they wait and wake
+// the keeper, which probes that byte.
 #ifndef MAPKV_LOCK_H_
 #define MAPKV_LOCK_H_
 
@@ -51,6 +60,9 @@ inline constexpr uint64_t kWaiterByte = 2;
 // Held shared by every process counted in ctl->change_waiters (WaitForChange,
 // watch.cc) while it is counted, for the same repair.
 inline constexpr uint64_t kChangeWaiterByte = 3;
+// Held shared by a read-only handle while it waits for the rw lock (it cannot
+// write the counts); a writer's keeper probes it.
+inline constexpr uint64_t kReadOnlyWaiterByte = 4;
 
 // A reader-writer lock for the threads of one process that lets a waiting
 // writer in before newly arriving readers.
@@ -111,15 +123,24 @@ class LockManager {
 
  private:
   Status AcquireFile(LockMode mode);
+  // True when a read-only handle waits (holds kReadOnlyWaiterByte): a probe,
+  // two system calls when none does.
+  bool ReadOnlyWaiterHeld();
   // Zeroes the waiter counts when every process they count has died waiting.
   void RepairWaiterCounts();
-  void ReleaseFile();
+  // Unlocks the rw byte and bumps ctl->lock_released, waking its sleepers
+  // when waiters are counted or `wake` says one waits uncounted.
+  void ReleaseFile(bool wake = false);
   void KeeperLoop();
   // Under rw_ (a write's unlock): starts the keeper thread unless it runs.
   // False when no thread could be created; the write lock must then not be
   // kept sticky, since nothing would let it go.
   bool StartKeeper();
   void StopKeeper();
+  // Under rw_ (a write's lock, before it takes the file lock): when the last
+  // write let the file lock go to waiters, waits up to kHandoff for one of
+  // them to take it.
+  void LetWaitersIn();
   Status BusyError(LockMode mode) const;
   // File::WaitWord/WakeWord on a word of the control page.
   void Wait(std::atomic<uint32_t>* word, uint32_t expected, std::chrono::microseconds timeout) {
@@ -146,6 +167,11 @@ class LockManager {
   // with rw_ held exclusively (a write, or the keeper releasing it), so
   // holders of rw_ read it without file_mu_.
   std::atomic<bool> sticky_{false};
+  // Set when this handle last let the write lock go because someone waited
+  // (with the waiters counted then): its next write lets them in first.
+  // Under rw_ held exclusively.
+  bool handoff_ = false;
+  uint32_t handoff_waiters_ = 0;
   std::atomic<bool> keeper_idle_{false};  // the keeper sleeps on keeper_cv_ (the lock is not sticky)
   std::atomic<bool> keeper_started_{false};
   std::atomic<uint64_t> writes_{0};  // sticky writes so far; unchanged over kStickyIdle = idle
