@@ -371,7 +371,10 @@ TEST_SUITE("concurrency") {
     // A waiting guard of a writable handle counts itself in the control
     // page; one of a read-only handle cannot, and is seen only through the
     // waiter byte. Either way it must get the lock soon, not when the writes
-    // stop (Wine showed a reader waiting through 300,000 puts).
+    // stop (Wine showed a reader waiting through 300,000 puts; a read-only
+    // handle's guard failed with kBusy after 10 s). Measured here: medians
+    // 0.005 and 0.02 ms, max under 10 ms (Wine: medians 0.05-0.4 ms, max
+    // 1-13 ms); the bounds leave room for a loaded machine.
     TempDir dir;
     const std::string path = dir.File("s.mkv");
     Store writer = MustOpen(path);
@@ -415,7 +418,8 @@ TEST_SUITE("concurrency") {
       MESSAGE(std::string(which == 0 ? "writable" : "read-only")
               << " handle: 100 read guards, median " << waits[which][50] << " ms, max " << waits[which].back()
               << " ms (" << puts_during << " puts meanwhile)");
-      CHECK(waits[which].back() < 200);
+      CHECK(waits[which][50] < 50);
+      CHECK(waits[which].back() < 1000);
     }
     CHECK(puts_during > 10000);  // the writer really ran alongside
   }
