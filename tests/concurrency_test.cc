@@ -373,8 +373,8 @@ TEST_SUITE("concurrency") {
     // waiter byte. Either way it must get the lock soon, not when the writes
     // stop (Wine showed a reader waiting through 300,000 puts; a read-only
     // handle's guard failed with kBusy after 10 s). Measured here: medians
-    // 0.005 and 0.02 ms, max under 10 ms (Wine: medians 0.05-0.4 ms, max
-    // 1-13 ms); the bounds leave room for a loaded machine.
+    // 0.005 and 0.02 ms, max under 10 ms (Wine: medians 0.03-0.4 ms, max
+    // 0.6-13 ms); the bounds leave room for a loaded machine.
     TempDir dir;
     const std::string path = dir.File("s.mkv");
     Store writer = MustOpen(path);

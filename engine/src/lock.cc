@@ -5,7 +5,6 @@
 #include <string>
 #include <system_error>
 #include <thread>
-#include <utility>
 
 namespace mapkv::internal {
 
