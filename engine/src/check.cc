@@ -90,9 +90,7 @@ Status StoreImpl::Check(CheckReport* report) const {
     return Status::Ok();
   }
   const uint8_t* base = maps_->Current()->base;
-  const uint64_t pm_bytes =
-      ((uint64_t{1} << meta->table_shift) / kSlotsPerPage * 4 + kGranule - 1) / kGranule * kGranule;
-  if (XXH3_64bits(base + meta->snapshot_offset, pm_bytes) != meta->snapshot_checksum) {
+  if (XXH3_64bits(base + meta->snapshot_offset, PagemapBytes(meta->table_shift)) != meta->snapshot_checksum) {
     problem("meta page generation " + std::to_string(meta->generation) + ": page map snapshot checksum mismatch");
   }
   s = ValidateControl();

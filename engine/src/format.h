@@ -72,6 +72,11 @@ inline constexpr uint32_t kTagBits = 64 - kOffsetBits;  // 26: home slot known u
 inline constexpr uint64_t kOffsetMask = (uint64_t{1} << kOffsetBits) - 1;
 inline constexpr uint32_t kMinTableShift = 9;  // one page
 inline constexpr uint32_t kMaxTableShift = 40;
+// Bytes of the page map (and of each snapshot of it) for 2^shift slots: a
+// u32 per table page, rounded up to whole granules.
+inline constexpr uint64_t PagemapBytes(uint32_t shift) {
+  return ((uint64_t{1} << shift) / kSlotsPerPage * 4 + kGranule - 1) / kGranule * kGranule;
+}
 // Grow when entries would exceed 3/4 of the slots. A lookup stays short at
 // higher loads under Robin Hood, but an insert shifts every entry up to the
 // next empty slot, about (1 + 1/(1-a)^2)/2 of them: 8.5 at 3/4 against 32 at
@@ -178,8 +183,7 @@ struct alignas(64) ControlPage {
   // its commit and this store is finished by recovery (which sets it from
   // change_seq); readers never see a change that is later rolled back.
   std::atomic<uint64_t> change_published;
-  std::atomic<uint32_t> seq_waiters;  // readers waiting for seq to turn even (futex)
-  std::atomic<uint32_t> seq_wake;     // futex word bumped when a writer ends and seq_waiters > 0
+  std::atomic<uint32_t> reserved_line0[2];  // 0 in v1; nothing uses or waits on them
   // -- cache line 1: lock coordination and change notification
   alignas(64) std::atomic<uint32_t> reserved_line1;  // 0 in v1
   std::atomic<uint32_t> lock_released;               // the holder bumps it and wakes on release

@@ -39,8 +39,6 @@ namespace {
 
 uint64_t RoundUp(uint64_t x, uint64_t to) { return (x + to - 1) / to * to; }
 
-uint64_t PagemapBytes(uint32_t shift) { return RoundUp((uint64_t{1} << shift) / kSlotsPerPage * 4, kGranule); }
-
 uint64_t MetaChecksum(const MetaPage& m) { return XXH3_64bits(&m, offsetof(MetaPage, checksum)); }
 
 uint64_t RandomSeed() {
@@ -492,6 +490,14 @@ Status StoreImpl::RecoverFromCheckpoint(const MetaPage& meta) {
   Status s = file_->Size(&file_size);
   if (!s.ok()) return s;
   uint8_t* base = maps_->Current()->base;
+  // The snapshot becomes the live page map: a damaged one would silently
+  // hide entries, so it is refused before anything changes.
+  if (XXH3_64bits(base + meta.snapshot_offset, PagemapBytes(meta.table_shift)) != meta.snapshot_checksum) {
+    return Status(Code::kCorruption, path_ + ": the page map snapshot of checkpoint " +
+                                         std::to_string(meta.generation) +
+                                         " does not match its checksum; the store cannot be restored to it "
+                                         "(nothing was changed)");
+  }
   // Invalidate first and validate last: killed halfway, the next open starts over.
   ctl_->magic = 0;
   std::atomic_signal_fence(std::memory_order_seq_cst);

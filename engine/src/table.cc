@@ -200,7 +200,7 @@ Status TableWriter::CreateTable(uint32_t shift, uint64_t* table_granule, uint64_
   const uint64_t slots = uint64_t{1} << shift;
   const uint64_t pages = slots / kSlotsPerPage;
   uint64_t tg, pg;
-  const uint64_t pm_bytes = (pages * 4 + kGranule - 1) / kGranule * kGranule;
+  const uint64_t pm_bytes = PagemapBytes(shift);
   Status s = heap_->Allocate(pm_bytes / kGranule, 1, &pg);  // small: first, into the first hole
   if (!s.ok()) return s;
   s = heap_->Allocate(pages * kGranulesPerPage, kGranulesPerPage, &tg);
@@ -255,7 +255,7 @@ Status TableWriter::Resize(uint32_t shift) {
   }
   ctl->table_shift.store(shift, std::memory_order_relaxed);  // logged by Heap::Begin
   ctl->pagemap_offset.store(pm, std::memory_order_relaxed);
-  ctl->pagemap_bytes = ((uint64_t{1} << shift) / kSlotsPerPage * 4 + kGranule - 1) / kGranule * kGranule;
+  ctl->pagemap_bytes = PagemapBytes(shift);
   s = heap_->FreePages(old_pagemap, old_pages);
   if (!s.ok()) return s;
   return heap_->Free(old_pagemap / kGranule, old_pm_bytes / kGranule);
