@@ -664,6 +664,58 @@ TEST_SUITE("crash") {
   // is the dead checkpoint's, so nothing it references may have been reused
   // or changed in place by the later writes.
 #ifndef _WIN32  // tampers with the file through mmap(2) (listed in tests/CMakeLists.txt)
+  // A close that finds itself alone takes the write lock to compact the tail
+  // and checkpoint. When another process was killed in the middle of a
+  // write, that write must be rolled back first, as every write does, and
+  // not committed with the close's own changes.
+  TEST_CASE("crash: a handle closing alone after another process was killed in a batch rolls the batch back") {
+    TempDir dir;
+    const std::string path = dir.File("s.mkv");
+    Store a = MustOpen(path);
+    Model model;
+    for (int i = 0; i < 2000; ++i) {
+      const std::string k = "key" + std::to_string(i), v = "v0." + std::to_string(i);
+      REQUIRE(a.Put(k, v).ok());
+      model[k] = v;
+    }
+    const pid_t child = ::fork();
+    REQUIRE(child >= 0);
+    if (child == 0) {
+      Store b;
+      if (!Store::Open(path, Options{}, &b).ok()) ::_exit(2);
+      WriteBatch batch;
+      for (int i = 0; i < 400000; ++i) batch.Put("batch" + std::to_string(i), std::string(100, 'b'));
+      for (int i = 0; i < 2000; ++i) batch.Erase("key" + std::to_string(i));
+      (void)b.Write(batch);
+      ::_exit(3);  // the batch ended before the parent saw it running
+    }
+    // Kill the child once its batch is under way: its undo log holds entries.
+    const int fd = ::open(path.c_str(), O_RDONLY);
+    REQUIRE(fd >= 0);
+    void* mem = ::mmap(nullptr, kPage * 4, PROT_READ, MAP_SHARED, fd, 0);
+    ::close(fd);
+    REQUIRE(mem != MAP_FAILED);
+    const auto* ctl = reinterpret_cast<const internal::format::ControlPage*>(static_cast<uint8_t*>(mem) +
+                                                                             internal::format::kControlOffset);
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while (ctl->undo_count.load() < 1000 && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+    const bool in_batch = ctl->undo_count.load() >= 1000;
+    ::kill(child, SIGKILL);
+    int status = 0;
+    REQUIRE(::waitpid(child, &status, 0) == child);
+    REQUIRE_MESSAGE(in_batch, "the child's batch was not seen running within 60 s");
+    REQUIRE_MESSAGE((WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL), "the child ended before the kill");
+    REQUIRE(ctl->undo_count.load() != 0);  // the dead writer's log is still there
+    ::munmap(mem, kPage * 4);
+
+    REQUIRE(a.Close().ok());  // alone now: compacts the tail and checkpoints
+    Store c = MustOpen(path);
+    CheckClean(c);
+    CHECK(Dump(c) == model);
+  }
+
   TEST_CASE("crash: writes after a checkpoint that died past its meta page keep that checkpoint intact") {
     TempDir dir;
     const std::string path = dir.File("s.mkv");

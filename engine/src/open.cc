@@ -598,9 +598,13 @@ Status StoreImpl::RebuildAllocMap() {
 
 Status StoreImpl::TrimIfAlone() {
   if (read_only_ || !locks_->TryBecomeAlone()) return Status::Ok();
-  Status s = locks_->LockWrite();
+  bool fresh = false;
+  Status s = locks_->LockWrite(&fresh);
   if (!s.ok()) return s;
-  s = ValidateControl();  // a file cut by another program: touch nothing past its end
+  // A process killed in the middle of a write is recovered first, as by any
+  // write: the close's own writes would otherwise commit its undo log.
+  if (fresh) s = TakeOverWriteLock();
+  if (s.ok()) s = ValidateControl();  // a file cut by another program: touch nothing past its end
   const bool unchanged = ctl_->tail_checked_seq != 0 && ctl_->tail_checked_seq == ctl_->change_seq.load() + 1;
   if (s.ok() && !unchanged) s = CompactTail();
   if (s.ok() && options_.checkpoint_on_close) {

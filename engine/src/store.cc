@@ -491,40 +491,40 @@ Status StoreImpl::BeginWrite() {
   bool fresh = false;
   s = locks_->LockWrite(&fresh);
   if (!s.ok()) return s;
-  if (fresh) {
-    // Another program may have cut the file while nobody held the lock; the
-    // write would fault on the missing pages. (One fstat, only when the lock
-    // came from the OS: a sticky holder pays nothing. See docs/DESIGN.md.)
-    uint64_t size = 0;
-    s = file_->Size(&size);
-    if (s.ok() && size < ctl_->file_size.load()) {
-      s = Status(Code::kCorruption, path_ + ": the file is " + std::to_string(size) +
-                                        " bytes but the store had grown to " + std::to_string(ctl_->file_size.load()) +
-                                        " (truncated by another program?)");
-    }
-    if (!s.ok()) {
-      locks_->UnlockWrite(false);
-      return s;
-    }
-  }
   // Kept from this handle's own last write (sticky): nobody else wrote since,
   // so there is nothing to map or recover.
   if (!fresh) return Status::Ok();
-  s = EnsureMapped();
-  if (s.ok()) KeepAllocMapSmall();  // another process may have moved it
+  s = TakeOverWriteLock();
+  if (!s.ok()) locks_->UnlockWrite(false);
+  return s;
+}
+
+Status StoreImpl::TakeOverWriteLock() {
+  // Another program may have cut the file while nobody held the lock; the
+  // write would fault on the missing pages. (One fstat, only when the lock
+  // came from the OS: a sticky holder pays nothing. See docs/DESIGN.md.)
+  uint64_t size = 0;
+  Status s = file_->Size(&size);
+  if (s.ok() && size < ctl_->file_size.load()) {
+    s = Status(Code::kCorruption, path_ + ": the file is " + std::to_string(size) +
+                                      " bytes but the store had grown to " + std::to_string(ctl_->file_size.load()) +
+                                      " (truncated by another program?)");
+  }
+  if (s.ok()) s = EnsureMapped();
+  if (!s.ok()) return s;
+  KeepAllocMapSmall();  // another process may have moved it
   // A checkpoint killed after its meta page was written but before it set
   // release_pending leaves only the meta page behind: its generation is
   // newer than the control page's (RecoverKilledWriter finishes it).
   const uint8_t* base = maps_->Current()->base;
   const uint64_t newest_meta = std::max(reinterpret_cast<const MetaPage*>(base + kMetaOffset[0])->generation,
                                         reinterpret_cast<const MetaPage*>(base + kMetaOffset[1])->generation);
-  if (s.ok() && (ctl_->undo_count.load() != 0 || (ctl_->seq.load() & 1) != 0 || ctl_->release_pending != 0 ||
-                 newest_meta > ctl_->generation)) {
+  if (ctl_->undo_count.load() != 0 || (ctl_->seq.load() & 1) != 0 || ctl_->release_pending != 0 ||
+      newest_meta > ctl_->generation) {
     // The previous holder died in the middle of a write.
     s = ValidateControl();
     if (s.ok()) s = RecoverKilledWriter();
   }
-  if (!s.ok()) locks_->UnlockWrite();
   return s;
 }
 

@@ -157,6 +157,11 @@ class StoreImpl {
   Status ChecksumError(const RecordRef& rec) const;
   Status CheckWritable() const;
   Status BeginWrite();  // write lock + recovery + mapping up to date
+  // With the write lock just taken from the OS (not kept from this handle's
+  // last write): checks that the file was not cut, maps it whole, and
+  // recovers a writer killed in the middle of a write. The caller unlocks
+  // when it fails.
+  Status TakeOverWriteLock();
   void EndWrite();
   void SeqBegin();
   void SeqEnd();
