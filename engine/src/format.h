@@ -80,8 +80,8 @@ inline constexpr uint64_t PagemapBytes(uint32_t shift) {
 // Grow when entries would exceed 3/4 of the slots. A lookup stays short at
 // higher loads under Robin Hood, but an insert shifts every entry up to the
 // next empty slot, about (1 + 1/(1-a)^2)/2 of them: 8.5 at 3/4 against 32 at
-// 7/8, each a slot write and an undo entry. The table costs 8 to 21.3 bytes an
-// entry (10.7 to 21.3 after a doubling).
+// 7/8, each a slot write and an undo entry. Between a doubling (load 3/8) and
+// the next (3/4), the table costs 21.3 to 10.7 bytes an entry.
 inline constexpr uint64_t kMaxLoadNum = 3;
 inline constexpr uint64_t kMaxLoadDen = 4;
 
