@@ -39,6 +39,37 @@ int InChild(Fn&& fn) {
 }
 
 TEST_SUITE("misuse") {
+  // With standard output closed, the store's file would get descriptor 1,
+  // and the program's next print would land in the store's first bytes (its
+  // meta page). The store must take a higher descriptor, and descriptor 1
+  // must not reach the file.
+  TEST_CASE("misuse: a store opened while standard output is closed does not receive what the program prints") {
+    TempDir dir;
+    const std::string path = dir.File("s.mkv");
+    {
+      Store store = MustOpen(path);
+      REQUIRE(store.Put("k", "v").ok());
+    }
+    const std::string before = ReadFileBytes(path);
+    const int rc = InChild([&] {
+      ::close(1);
+      Store store;
+      if (!Store::Open(path, Options{}, &store).ok()) return 2;
+      const char text[] = "printed after the open\n";
+      (void)!::write(1, text, sizeof text - 1);  // /dev/null now (or EBADF): never the store
+      std::string v;
+      if (!store.Get("k", &v).ok() || v != "v") return 3;
+      if (!store.Close().ok()) return 4;
+      return 0;
+    });
+    REQUIRE_MESSAGE(rc == 0, Describe(rc));
+    const std::string after = ReadFileBytes(path);
+    CHECK(after.find("printed after the open") == std::string::npos);
+    CHECK(after.substr(0, 8192) == before.substr(0, 8192));  // both meta pages unchanged
+    Store store = MustOpen(path);
+    CheckClean(store);
+  }
+
   // What the engine detects when another program cuts the file: open, Check,
   // GetStats and a write that takes the lock from the OS say so (Corruption
   // naming the cut) without touching the missing pages. What it cannot

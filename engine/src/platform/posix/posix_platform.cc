@@ -164,6 +164,8 @@ class UniqueFd {
 
   int get() const { return fd_; }
   bool valid() const { return fd_ >= 0; }
+  // Gives up the descriptor without closing it.
+  int Release() { return std::exchange(fd_, -1); }
 
  private:
   void Reset() {
@@ -486,7 +488,25 @@ class PosixFile final : public File {
 };
 
 // Wraps a freshly opened descriptor after checking it names a regular file.
+// A descriptor of 0 to 2 means that standard input, output or error was
+// closed: the program's next print to it, or a child's, would be written
+// into the store. The store moves above them, and /dev/null takes the slot
+// (one dup2, so no other thread can get the slot in between).
+Status MoveAboveStandardFds(const std::string& path, UniqueFd* fd) {
+  if (fd->get() > 2) return Status::Ok();
+  UniqueFd high(::fcntl(fd->get(), F_DUPFD_CLOEXEC, 3));
+  if (!high.valid()) return ErrnoStatus(path, "fcntl", "F_DUPFD_CLOEXEC", errno);
+  const int null_fd = ::open("/dev/null", O_RDWR | O_CLOEXEC);
+  if (null_fd >= 0) {
+    if (::dup2(null_fd, fd->get()) >= 0) fd->Release();  // dup2 clears O_CLOEXEC, as for a standard stream
+    ::close(null_fd);
+  }
+  *fd = std::move(high);  // closes the low descriptor if it still is the store's
+  return Status::Ok();
+}
+
 Status Adopt(UniqueFd fd, std::string path, bool read_only, std::unique_ptr<File>* out) {
+  if (Status s = MoveAboveStandardFds(path, &fd); !s.ok()) return s;
   struct stat st {};
   if (::fstat(fd.get(), &st) != 0) return ErrnoStatus(path, "fstat", "", errno);
   if (S_ISDIR(st.st_mode)) return InvalidArgument(path, "is a directory");
