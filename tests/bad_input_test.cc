@@ -547,6 +547,40 @@ TEST_SUITE("bad_input") {
     RunCorruption(5000, 98765);
   }
 
+  // A control page whose entry count was damaged to 0 (in this boot, so it
+  // is trusted as it is): erasing a key must not wrap the count to 2^64 - 1,
+  // which every later open would refuse. The erase fails and changes nothing.
+  TEST_CASE("bad input: an erase with the entry count damaged to 0 is Corruption and changes nothing") {
+    TempDir dir;
+    const std::string path = dir.File("s.mkv");
+    {
+      Store store = MustOpen(path);
+      for (int i = 0; i < 50; ++i) REQUIRE(store.Put("key" + std::to_string(i), "v").ok());
+    }
+    std::string image = ReadFileBytes(path);
+    const size_t at = internal::format::kControlOffset + offsetof(internal::format::ControlPage, entries);
+    uint64_t entries;
+    std::memcpy(&entries, image.data() + at, 8);
+    REQUIRE(entries == 50);
+    std::memset(image.data() + at, 0, 8);
+    WriteFileBytes(path, image);
+    Options options;
+    options.checkpoint_on_close = false;  // the close must not write either
+    {
+      Store store = MustOpen(path, options);
+      const Status s = store.Erase("key7");
+      CHECK(s.code() == Code::kCorruption);
+      CHECK_MESSAGE(s.message().find("counts no entries") != std::string::npos, s.ToString());
+      std::string v;
+      CHECK(store.Get("key7", &v).ok());
+    }
+    std::memcpy(&entries, ReadFileBytes(path).data() + at, 8);
+    CHECK(entries == 0);
+    Store store = MustOpen(path, options);  // still opens
+    std::string v;
+    CHECK(store.Get("key7", &v).ok());
+  }
+
 }  // TEST_SUITE("bad_input")
 
 }  // namespace

@@ -468,6 +468,35 @@ TEST_SUITE("store") {
     CheckClean(store);
   }
 
+  // Erasing a key that is not there changes nothing, so it makes no write:
+  // the store stays clean and the close does not checkpoint again.
+  TEST_CASE("store: erasing an absent key leaves the store clean (no new checkpoint)") {
+    TempDir dir;
+    const std::string path = dir.File("s.mkv");
+    {
+      Store store = MustOpen(path);
+      REQUIRE(store.Put("k", "v").ok());
+    }
+    Stats st;
+    uint64_t generation;
+    {
+      Store store = MustOpen(path);
+      REQUIRE(store.GetStats(&st).ok());
+      generation = st.checkpoint_generation;
+      CHECK(store.Erase("absent").IsNotFound());
+      REQUIRE(store.Close().ok());
+    }
+    Store store = MustOpen(path);
+    REQUIRE(store.GetStats(&st).ok());
+    CHECK(st.checkpoint_generation == generation);
+    CHECK(store.Erase("k").ok());
+    REQUIRE(store.Close().ok());
+    REQUIRE(store.Open(path, Options{}, &store).ok());
+    REQUIRE(store.GetStats(&st).ok());
+    CHECK(st.checkpoint_generation > generation);  // a real erase is checkpointed at close
+    CHECK(store.size() == 0);
+  }
+
   TEST_CASE("store: GetStats fields are consistent") {
     TempDir dir;
     const std::string path = dir.File("s.mkv");

@@ -171,6 +171,10 @@ Status TableWriter::Erase(std::string_view key, uint64_t hash, bool* found, Reco
     case TableReader::Result::kFound:
       break;
   }
+  if (ctl->entries.load(std::memory_order_relaxed) == 0) {
+    return Status(Code::kCorruption,
+                  heap_->file()->path() + ": the control page counts no entries, but the table holds the key");
+  }
   *found = true;
   const uint64_t m = r.mask();
   // Backward shift: pull each following displaced entry one slot closer to home.
