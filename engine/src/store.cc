@@ -471,6 +471,8 @@ Status StoreImpl::GuardedForEach(std::string_view prefix,
     if (!r.Record(SlotGranule(slot), &rec)) {
       return Status(Code::kCorruption, path_ + ": slot " + std::to_string(i) + " points out of the file");
     }
+    // Every record, the prefix's or not: a damaged key may match it or not.
+    if (options_.verify_checksums && !rec.Intact()) return ChecksumError(rec);
     std::string_view k(reinterpret_cast<const char*>(rec.key()), rec.key_size);
     if (k.substr(0, prefix.size()) != prefix) continue;
     if (!fn(k, std::string_view(reinterpret_cast<const char*>(rec.value()), rec.value_size))) break;
