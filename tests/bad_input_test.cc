@@ -547,6 +547,39 @@ TEST_SUITE("bad_input") {
     RunCorruption(5000, 98765);
   }
 
+  // A control page (of this boot, so trusted as it is) whose alloc_offset
+  // was damaged but still lies in the file, aligned: the bytes it names are
+  // not an allocation map, and a write that allocated by them would
+  // overwrite live records. Open refuses it and changes nothing.
+  TEST_CASE("bad input: a damaged alloc_offset in the control page is Corruption at open, file unchanged") {
+    TempDir dir;
+    const std::string path = dir.File("s.mkv");
+    {
+      Store store = MustOpen(path);
+      for (int i = 0; i < 3000; ++i) REQUIRE(store.Put("key" + std::to_string(i), std::string(40, 'v')).ok());
+    }
+    const std::string good = ReadFileBytes(path);
+    const size_t at = internal::format::kControlOffset + offsetof(internal::format::ControlPage, alloc_offset);
+    uint64_t alloc_offset;
+    std::memcpy(&alloc_offset, good.data() + at, 8);
+    for (uint64_t damaged : {alloc_offset ^ 0x80, alloc_offset + 4096, uint64_t{internal::format::kHeapOffset}}) {
+      if (damaged == alloc_offset) continue;
+      CAPTURE(damaged);
+      std::string image = good;
+      std::memcpy(image.data() + at, &damaged, 8);
+      WriteFileBytes(path, image);
+      Store store;
+      const Status s = Store::Open(path, Options{}, &store);
+      CHECK(s.code() == Code::kCorruption);
+      CHECK_MESSAGE(s.message().find("allocation map at offset " + std::to_string(damaged)) != std::string::npos,
+                    s.ToString());
+      CHECK(ReadFileBytes(path) == image);
+    }
+    WriteFileBytes(path, good);
+    Store store = MustOpen(path);
+    CheckClean(store);
+  }
+
   // A control page whose entry count was damaged to 0 (in this boot, so it
   // is trusted as it is): erasing a key must not wrap the count to 2^64 - 1,
   // which every later open would refuse. The erase fails and changes nothing.

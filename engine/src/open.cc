@@ -334,10 +334,29 @@ Status StoreImpl::CheckControlPage(const ControlPage& c, uint64_t file_size, con
   return Status::Ok();
 }
 
+Status StoreImpl::CheckAllocMapMarks() const {
+  // Its place is checked with the control page; this checks that what lies
+  // there is an allocation map. A damaged alloc_offset that still lies in
+  // the file names other bytes, and a write would allocate over live
+  // records by them. The header's granules and the map's own are used.
+  const AllocWord* m = heap_->map();
+  bool sound = true;
+  for (uint64_t w = 0; w < kHeapOffset / kGranule / kGranulesPerAllocWord; ++w) sound &= m[w].used == ~uint64_t{0};
+  auto used = [&](uint64_t g) { return ((m[g / kGranulesPerAllocWord].used >> (g % kGranulesPerAllocWord)) & 1) != 0; };
+  const uint64_t first = ctl_->alloc_offset / kGranule;
+  const uint64_t end = (ctl_->alloc_offset + RoundUp(ctl_->alloc_words * sizeof(AllocWord), kPageSize)) / kGranule;
+  sound &= used(first) && (end <= ctl_->alloc_words * kGranulesPerAllocWord ? used(end - 1) : false);
+  if (sound) return Status::Ok();
+  return Status(Code::kCorruption, path_ + ": control page: the allocation map at offset " +
+                                       std::to_string(ctl_->alloc_offset) +
+                                       " does not mark the file's header and itself as used (a damaged alloc_offset?)");
+}
+
 Status StoreImpl::ValidateControl() const {
   uint64_t file_size = 0;
   Status s = file_->Size(&file_size);
   if (s.ok()) s = CheckControlPage(*ctl_, file_size, "");
+  if (s.ok()) s = CheckAllocMapMarks();
   // Every undo entry must stay inside the file and the allocation map.
   if (s.ok()) s = heap_->ValidateLog();
   if (!s.ok() || ctl_->undo_count.load() == 0) return s;

@@ -109,6 +109,9 @@ class StoreImpl {
   // and that the undo log, and the control page it would restore, do too.
   Status ValidateControl() const;
   Status CheckControlPage(const format::ControlPage& c, uint64_t file_size, const char* which) const;
+  // The allocation map the control page names marks the header and its own
+  // extent as used.
+  Status CheckAllocMapMarks() const;
   Status RecoverKilledWriter();
   Status RecoverFromCheckpoint(const format::MetaPage& meta);
   Status RebuildAllocMap();
