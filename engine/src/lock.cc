@@ -90,16 +90,17 @@ Status LockManager::AcquireFile(LockMode mode) {
   const auto deadline = Clock::now() + timeout_;
   // Counted only while holding the waiter byte, so a waiter that dies is
   // known to be gone (RepairWaiterCounts). A read-only handle cannot write
-  // the counts: it holds its own byte instead, which a sticky writer's
-  // keeper probes, and wakes the keeper without a change.
+  // the counts, and an opening one has no control page yet: they hold their
+  // own byte instead, which a sticky writer's keeper probes (a read-only
+  // handle also wakes the keeper, without a change).
   const bool counters = ctl_ != nullptr && ctl_writable_ && file_->Lock(kWaiterByte, 1, LockMode::kShared).ok();
   const bool uncounted =
-      ctl_ != nullptr && !ctl_writable_ && file_->Lock(kReadOnlyWaiterByte, 1, LockMode::kShared).ok();
+      (ctl_ == nullptr || !ctl_writable_) && file_->Lock(kReadOnlyWaiterByte, 1, LockMode::kShared).ok();
   if (counters) {
     const uint32_t before = ctl_->lock_waiters.fetch_add(1, std::memory_order_acq_rel);
     if (mode == LockMode::kExclusive) ctl_->writers_waiting.fetch_add(1, std::memory_order_acq_rel);
     Wake(&ctl_->lock_waiters, before);  // a sticky holder's keeper sleeps on it
-  } else if (uncounted) {
+  } else if (uncounted && ctl_ != nullptr) {
     Wake(&ctl_->lock_waiters, ctl_->lock_waiters.load(std::memory_order_acquire));
   }
   while (true) {

@@ -22,6 +22,10 @@ uint32_t RecordChecksum(const RecordHeader& h, const uint8_t* key_and_value) {
 MAPKV_OPTIMISTIC bool RecordRef::Intact() const {
   RecordHeader h;
   RacyCopy(&h, header, sizeof h);
+  // Hashed with the sizes Record checked against the file, never with the
+  // header read again: a writer may have placed another record here since,
+  // and sizes read now could run the hash past the end of the file.
+  if (h.value_size != value_size || uint64_t{h.key_size_m1} + 1 != key_size) return false;
   return RecordChecksum(h, key()) == h.checksum;
 }
 
