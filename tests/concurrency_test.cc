@@ -12,6 +12,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -422,6 +423,78 @@ TEST_SUITE("concurrency") {
       CHECK(waits[which].back() < 1000);
     }
     CHECK(puts_during > 10000);  // the writer really ran alongside
+  }
+
+  // A thread that holds a read lock of a handle and asks for another (GetStats
+  // under a ReadGuard) while a writer of the same handle waits: the writer
+  // waits for the guard, so the second read must not queue behind it.
+  TEST_CASE("concurrency: a read nested in a held read guard does not wait for a queued writer") {
+    TempDir dir;
+    Store store = MustOpen(dir.File("s.mkv"));
+    REQUIRE(store.Put("k", "v0").ok());
+    ReadGuard guard;
+    REQUIRE(guard.Lock(store).ok());
+    std::atomic<bool> wrote{false};
+    std::thread writer([&] {
+      CHECK(store.Put("k", "v1").ok());
+      wrote = true;
+    });
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));  // the writer queues for the lock
+    CHECK_FALSE(wrote.load());
+    Stats st;
+    CHECK(store.GetStats(&st).ok());  // nested under `guard`, on this thread (it hung here)
+    std::string v;
+    CHECK(store
+              .ForEach("",
+                       [&](std::string_view, std::string_view value) {
+                         v = std::string(value);
+                         return true;
+                       })
+              .ok());
+    CHECK(v == "v0");  // still under the guard: the writer has not run
+    guard.Unlock();
+    writer.join();
+    CHECK(wrote.load());
+    CHECK(store.Get("k", &v).ok());
+    CHECK(v == "v1");
+  }
+
+  // A thread asking for the write lock of a handle whose lock it holds, or
+  // for a read lock while it holds the write lock, would wait for itself: it
+  // gets kUnsafeUse (the ReadGuard's contract forbids the first; an Update
+  // callback may try the second).
+  TEST_CASE("concurrency: a write under a held read guard, or a read from an Update callback, is UnsafeUse") {
+    TempDir dir;
+    Store store = MustOpen(dir.File("s.mkv"));
+    REQUIRE(store.Put("k", "v0").ok());
+    {
+      ReadGuard guard;
+      REQUIRE(guard.Lock(store).ok());
+      const Status s = store.Put("k", "v1");
+      CHECK(s.code() == Code::kUnsafeUse);
+      CHECK(s.message().find("would wait for itself") != std::string::npos);
+    }
+    Status in_callback[3];
+    const Status s = store.Update("k", [&](std::optional<std::string_view>, std::string* next) {
+      Stats st;
+      in_callback[0] = store.GetStats(&st);
+      ReadGuard inner;
+      in_callback[1] = inner.Lock(store);
+      in_callback[2] = store.ForEach("", [](std::string_view, std::string_view) { return true; });
+      *next = "v2";
+      return Store::UpdateAction::kPut;
+    });
+    CHECK(s.ok());
+    for (const Status& r : in_callback) {
+      CHECK(r.code() == Code::kUnsafeUse);
+      CHECK(r.message().find("would wait for itself") != std::string::npos);
+    }
+    std::string v;
+    CHECK(store.Get("k", &v).ok());
+    CHECK(v == "v2");
+    CHECK(store.Put("k", "v3").ok());  // nothing left held
+    ReadGuard guard;
+    CHECK(guard.Lock(store).ok());
   }
 
   TEST_CASE("concurrency: several processes write and read one file at once") { RunProcesses(30000); }

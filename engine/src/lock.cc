@@ -2,9 +2,11 @@
 #include "lock.h"
 
 #include <algorithm>
+#include <iterator>
 #include <string>
 #include <system_error>
 #include <thread>
+#include <vector>
 
 namespace mapkv::internal {
 
@@ -17,6 +19,24 @@ constexpr auto kStickyIdle = std::chrono::milliseconds(1);
 // for one of them to take it (LetWaitersIn).
 constexpr auto kHandoff = std::chrono::milliseconds(5);
 constexpr auto kHandoffPoll = std::chrono::microseconds(200);
+
+// The lock managers whose read lock (t_reads) or write lock (t_writes) this
+// thread holds, an entry per hold. A thread that holds a read lock and asks
+// for another (GetStats or a ForEach under a ReadGuard, or from a ForEach
+// callback) must not queue behind a waiting writer, which waits for the
+// first read lock: forever. And a thread asking for the write lock while it
+// holds a lock of the same handle, or for a read lock while it holds the
+// write lock (a read from an Update callback), would wait for itself.
+thread_local std::vector<const LockManager*> t_reads;
+thread_local std::vector<const LockManager*> t_writes;
+
+bool Holds(const std::vector<const LockManager*>& held, const LockManager* m) {
+  return std::find(held.begin(), held.end(), m) != held.end();
+}
+void Drop(std::vector<const LockManager*>* held, const LockManager* m) {
+  auto it = std::find(held->rbegin(), held->rend(), m);
+  if (it != held->rend()) held->erase(std::next(it).base());
+}
 }  // namespace
 
 // ---------------------------------------------------------------- RwLock
@@ -52,6 +72,18 @@ void RwLock::LockShared() {
       continue;
     }
     WaitInProcess(&state_, s);
+    s = state_.load(std::memory_order_relaxed);
+  }
+}
+
+void RwLock::LockSharedNested() {
+  uint32_t s = state_.load(std::memory_order_relaxed);
+  for (;;) {
+    if ((s & kWriter) == 0) {
+      if (state_.compare_exchange_weak(s, s + 1, std::memory_order_acquire)) return;
+      continue;
+    }
+    WaitInProcess(&state_, s);  // not while the caller holds a shared lock
     s = state_.load(std::memory_order_relaxed);
   }
 }
@@ -247,6 +279,11 @@ void LockManager::KeeperLoop() {
 }
 
 Status LockManager::LockWrite(bool* fresh) {
+  if (Holds(t_reads, this) || Holds(t_writes, this)) {
+    return Status(Code::kUnsafeUse, file_->path() +
+                                        ": a write asked for by a thread that holds a lock of the same handle "
+                                        "(a ReadGuard?) would wait for itself");
+  }
   rw_.Lock();
   const bool held = sticky_.exchange(false);  // rw_ is held exclusively: nobody else changes it
   if (fresh != nullptr) *fresh = !held;
@@ -260,6 +297,7 @@ Status LockManager::LockWrite(bool* fresh) {
     RepairWaiterCounts();
   }
   if (ctl_ != nullptr && ctl_writable_) ctl_->writer_pid.store(pid_, std::memory_order_relaxed);
+  t_writes.push_back(this);
   return Status::Ok();
 }
 
@@ -300,6 +338,7 @@ bool LockManager::StartKeeper() {
 }
 
 void LockManager::UnlockWrite(bool may_stick) {
+  Drop(&t_writes, this);
   const bool can_stick = may_stick && ctl_ != nullptr && ctl_writable_ && !keeper_stop_ &&
                          ctl_->lock_waiters.load(std::memory_order_acquire) == 0;
   if (!can_stick) {
@@ -331,7 +370,16 @@ void LockManager::UnlockWrite(bool may_stick) {
 }
 
 Status LockManager::LockRead() {
-  rw_.LockShared();
+  if (Holds(t_writes, this)) {
+    return Status(Code::kUnsafeUse, file_->path() +
+                                        ": a read asked for by the thread that holds the handle's write lock "
+                                        "(from inside an Update callback?) would wait for itself");
+  }
+  if (Holds(t_reads, this)) {
+    rw_.LockSharedNested();
+  } else {
+    rw_.LockShared();
+  }
   std::lock_guard<std::mutex> lock(file_mu_);
   if (shared_holders_ == 0 && !sticky_) {
     // Let a waiting writer of another process go first, for a bounded time.
@@ -350,10 +398,12 @@ Status LockManager::LockRead() {
     }
   }
   ++shared_holders_;
+  t_reads.push_back(this);
   return Status::Ok();
 }
 
 void LockManager::UnlockRead() {
+  Drop(&t_reads, this);
   {
     std::lock_guard<std::mutex> lock(file_mu_);
     // Under a sticky exclusive lock the guard took no file lock of its own.

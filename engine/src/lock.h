@@ -71,6 +71,9 @@ class RwLock {
   void Lock();
   void Unlock();
   void LockShared();
+  // For a thread that holds a shared lock already: ignores waiting writers
+  // (they wait for that lock, so queueing behind them would never end).
+  void LockSharedNested();
   bool TryLockShared();
   void UnlockShared();
 

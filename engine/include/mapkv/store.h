@@ -229,8 +229,9 @@ class Store {
   // Calls fn(current, &next) with the current value (nullopt when absent;
   // the view is valid only during the call) under the write lock, then
   // stores `next` (kPut), erases the key (kErase) or changes nothing
-  // (kKeep). fn must not use the store (a write from inside it returns
-  // kUnsafeUse); it runs while every other writer waits, so keep it short.
+  // (kKeep). fn must not use the store (a write, a ForEach, a ReadGuard or
+  // GetStats from inside it returns kUnsafeUse); it runs while every other
+  // writer waits, so keep it short.
   // An exception thrown by fn leaves the store unchanged and propagates.
   using UpdateFn = std::function<UpdateAction(std::optional<std::string_view> current, std::string* next)>;
   Status Update(std::string_view key, const UpdateFn& fn);
@@ -349,7 +350,9 @@ class Store {
 // While a guard is held no writer can change the store, so views returned by
 // Get stay valid until the guard is released (Unlock or destruction). Hold
 // guards briefly: writers in every process wait for them. A guard must not
-// outlive its store, and the thread holding it must not write to the store.
+// outlive its store, and is unlocked on the thread that locked it. A write
+// from the thread holding it returns kUnsafeUse (it would wait for itself);
+// reads (ForEach, GetStats, another guard) nest.
 class ReadGuard {
  public:
   ReadGuard() = default;
