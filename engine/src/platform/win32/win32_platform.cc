@@ -66,6 +66,7 @@
 #include <winternl.h>
 
 #include <algorithm>
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <limits>
@@ -803,9 +804,24 @@ BootIdOverride& GetBootIdOverride() {
   return *override_state;
 }
 
+// SYSTEM_TIMEOFDAY_INFORMATION as the kernel fills it. The SDK's version
+// hides the last fields in a reserved array.
+struct TimeOfDayInformation {
+  LARGE_INTEGER boot_time;
+  LARGE_INTEGER current_time;
+  LARGE_INTEGER time_zone_bias;
+  ULONG time_zone_id;
+  ULONG reserved;
+  ULONGLONG boot_time_bias;  // the sum of the clock's steps since boot
+  ULONGLONG sleep_time_bias;
+};
+
 // The kernel's boot time (100 ns units since 1601), exact and fixed for the
-// boot, from NtQuerySystemInformation(SystemTimeOfDayInformation); when that
-// is unavailable, the wall clock minus the time since boot, in whole seconds.
+// boot, from NtQuerySystemInformation(SystemTimeOfDayInformation). When the
+// clock is stepped (by hand, the time service, a VM's time sync), the kernel
+// moves BootTime by the step and adds the step to BootTimeBias: the boot
+// time less that bias does not move. When the call is unavailable: the wall
+// clock minus the time since boot, in whole seconds.
 std::array<uint8_t, 16> ComputeBootId() {
   std::array<uint8_t, 16> id{'m', 'a', 'p', 'k', 'v', 'w', 'i', 'n'};
   uint64_t boot = 0;
@@ -813,10 +829,11 @@ std::array<uint8_t, 16> ComputeBootId() {
   if (HMODULE ntdll = ::GetModuleHandleW(L"ntdll.dll"); ntdll != nullptr) {
     auto query =
         reinterpret_cast<QueryFn>(reinterpret_cast<void*>(::GetProcAddress(ntdll, "NtQuerySystemInformation")));
-    SYSTEM_TIMEOFDAY_INFORMATION info{};
+    TimeOfDayInformation info{};
     ULONG got = 0;
     if (query != nullptr && query(SystemTimeOfDayInformation, &info, sizeof(info), &got) == 0) {
-      boot = static_cast<uint64_t>(info.BootTime.QuadPart);
+      boot = static_cast<uint64_t>(info.boot_time.QuadPart);
+      if (got >= offsetof(TimeOfDayInformation, sleep_time_bias)) boot -= info.boot_time_bias;
     }
   }
   if (boot == 0) {
