@@ -39,6 +39,12 @@ namespace {
 
 uint64_t RoundUp(uint64_t x, uint64_t to) { return (x + to - 1) / to * to; }
 
+#ifdef _WIN32
+constexpr const char* kPathSeparators = "/\\";
+#else
+constexpr const char* kPathSeparators = "/";
+#endif
+
 uint64_t MetaChecksum(const MetaPage& m) { return XXH3_64bits(&m, offsetof(MetaPage, checksum)); }
 
 uint64_t RandomSeed() {
@@ -186,8 +192,14 @@ Status StoreImpl::InitializeIfEmpty() {
 }
 
 Status StoreImpl::CreateNew(const std::string& path, const Options& options) {
+  // Made beside the target and renamed over it, so that no other process
+  // sees a store half made. Named after the target when that fits the 255
+  // bytes a file name may have, else after nothing but the process.
+  const std::string suffix =
+      ".mapkv-new." + std::to_string(ProcessId()) + "." + std::to_string(RandomSeed() & 0xffffff);
+  const size_t name_at = path.find_last_of(kPathSeparators) + 1;  // npos + 1 == 0
   const std::string tmp =
-      path + ".mapkv-new." + std::to_string(ProcessId()) + "." + std::to_string(RandomSeed() & 0xffffff);
+      path.size() - name_at + suffix.size() <= 255 ? path + suffix : path.substr(0, name_at) + suffix;
   FileSpec spec;
   spec.create = true;
   spec.exclusive = true;
