@@ -83,7 +83,16 @@ Status StoreImpl::Checkpoint() {
   m.checksum = XXH3_64bits(&m, offsetof(MetaPage, checksum));
   std::memcpy(base + kMetaOffset[k], &m, sizeof m);
   s = maps_->Flush(kMetaOffset[k], kPageSize, /*sync=*/true);
-  if (!s.ok()) return s;
+  if (!s.ok()) {
+    // The page may still reach the disk, whole or in part, and a later lock
+    // holder would take it for a checkpoint killed after its meta page and
+    // finish it: over the writes made since, which no checkpoint would then
+    // hold. Wiped, the slot names nothing; the previous checkpoint stays the
+    // newest (its snapshot is in the other slot) and the next one tries again.
+    std::memset(base + kMetaOffset[k], 0, sizeof m);
+    maps_->Flush(kMetaOffset[k], kPageSize, /*sync=*/true).IgnoreError();  // the error already reported is s
+    return s;
+  }
 
   ctl_->release_pending = gen;
   std::atomic_signal_fence(std::memory_order_seq_cst);
