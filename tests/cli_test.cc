@@ -289,6 +289,100 @@ TEST_SUITE("cli") {
     CHECK(RunCli({"incr", f}).code == 2);
   }
 
+  TEST_CASE("cli: numeric arguments are decimal, complete and in range, else a usage error naming them") {
+    TempDir dir;
+    const std::string f = dir.File("n.mkv");
+    // Leading zeros are decimal; the extremes of the type are accepted.
+    CliResult r = RunCli({"incr", f, "a", "010"});
+    CHECK(r.code == 0);
+    CHECK(r.out == "10\n");
+    CHECK(RunCli({"incr", f, "min", "-9223372036854775808"}).out == "-9223372036854775808\n");
+    CHECK(RunCli({"incr", f, "max", "9223372036854775807"}).out == "9223372036854775807\n");
+    CHECK(RunCli({"incr", f, "a", "-0"}).out == "10\n");
+    const std::string before = ReadFileBytes(f);
+
+    // Each rejected text: exit 2, one line naming the argument and quoting the text.
+    const std::string not_integer = "\" is not an integer in decimal (see `mapkv incr --help`)\n";
+    for (const std::string delta : {"0x10", "", "+5", " 5", "5 ", "1e3", "5.0", "-", "0b1", "ten"}) {
+      CAPTURE(delta);
+      r = RunCli({"incr", f, "b", delta});
+      CHECK(r.code == 2);
+      CHECK(r.err == "mapkv incr: DELTA: \"" + delta + not_integer);
+      CHECK(r.out.empty());
+    }
+    r = RunCli({"incr", f, "b", "99999999999999999999"});
+    CHECK(r.code == 2);
+    CHECK(r.err ==
+          "mapkv incr: DELTA: \"99999999999999999999\" is out of range (-9223372036854775808 to 9223372036854775807) "
+          "(see `mapkv incr --help`)\n");
+    r = RunCli({"incr", f, "b", "-9223372036854775809"});
+    CHECK(r.code == 2);
+    CHECK(r.err.find("DELTA: \"-9223372036854775809\" is out of range") != std::string::npos);
+    CHECK(ReadFileBytes(f) == before);  // nothing was added
+
+    // keys --limit: 12 keys, a limit of "010" lists 10.
+    const std::string k = dir.File("k.mkv");
+    {
+      Store store = OpenStore(k);
+      for (int i = 10; i < 22; ++i) REQUIRE(store.Put("k" + std::to_string(i), "v").ok());
+    }
+    r = RunCli({"keys", k, "--limit", "010"});
+    CHECK(r.code == 0);
+    CHECK(CountLines(r.out) == 10);
+    r = RunCli({"keys", k, "--limit", "18446744073709551615"});
+    CHECK(r.code == 0);
+    CHECK(CountLines(r.out) == 12);
+    for (const std::string limit : {"0x10", "", "-1", "+1", "1.5", "1e1"}) {
+      CAPTURE(limit);
+      r = RunCli({"keys", k, "--limit", limit});
+      CHECK(r.code == 2);
+      CHECK(r.err ==
+            "mapkv keys: --limit: \"" + limit + "\" is not a whole number in decimal (see `mapkv keys --help`)\n");
+      CHECK(r.out.empty());
+    }
+    r = RunCli({"keys", k, "--limit", "18446744073709551616"});
+    CHECK(r.code == 2);
+    CHECK(r.err ==
+          "mapkv keys: --limit: \"18446744073709551616\" is out of range (0 to 18446744073709551615) "
+          "(see `mapkv keys --help`)\n");
+
+    // create --capacity: rejected before anything is created.
+    const std::string c = dir.File("c.mkv");
+    for (const std::string capacity : {"0x10", "", "99999999999999999999"}) {
+      CAPTURE(capacity);
+      r = RunCli({"create", c, "--capacity", capacity});
+      CHECK(r.code == 2);
+      CHECK(r.err.rfind("mapkv create: --capacity: \"" + capacity + "\" is ", 0) == 0);
+      CHECK_FALSE(FileExists(c));
+    }
+
+    // watch --count and --timeout: rejected before the store is opened.
+    r = RunCli({"watch", k, "--count", "99999999999999999999", "--timeout", "0.1"});
+    CHECK(r.code == 2);
+    CHECK(r.err ==
+          "mapkv watch: --count: \"99999999999999999999\" is out of range (0 to 18446744073709551615) "
+          "(see `mapkv watch --help`)\n");
+    r = RunCli({"watch", k, "--count", "010x", "--timeout", "0.1"});
+    CHECK(r.code == 2);
+    CHECK(r.err.find("--count: \"010x\" is not a whole number in decimal") != std::string::npos);
+    const std::string not_seconds =
+        "\" is not a number of seconds (digits, optionally a '.' and more digits) (see `mapkv watch --help`)\n";
+    for (const std::string timeout : {"", "1e3", "0x10", "-1", ".5", "5.", "inf", "nan", " 1", "1,5"}) {
+      CAPTURE(timeout);
+      r = RunCli({"watch", k, "--timeout", timeout});
+      CHECK(r.code == 2);
+      CHECK(r.err == "mapkv watch: --timeout: \"" + timeout + not_seconds);
+    }
+    r = RunCli({"watch", k, "--timeout", "1000000000.5"});
+    CHECK(r.code == 2);
+    CHECK(r.err ==
+          "mapkv watch: --timeout: \"1000000000.5\" is out of range (0 to 1000000000 seconds) "
+          "(see `mapkv watch --help`)\n");
+    r = RunCli({"watch", k, "--count", "1", "--timeout", "000.10"});
+    CHECK(r.code == 1);  // a valid timeout passes with no change
+    CHECK(r.err.empty());
+  }
+
   TEST_CASE("cli: put reads binary values from stdin and get returns them byte for byte") {
     TempDir dir;
     const std::string f = dir.File("bin.mkv");

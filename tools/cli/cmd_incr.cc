@@ -40,7 +40,7 @@ Command SetupIncr(CLI::App& app) {
       "or a sum that overflows, is an error (exit 3) and changes nothing.");
   sub->add_option("FILE", o->file, "Store file")->required();
   sub->add_option("KEY", o->key, "Key; put `--` before a key that starts with '-'")->required();
-  sub->add_option("DELTA", o->delta, "Amount to add (default 1)");
+  AddIntegerArgument(sub, "DELTA", &o->delta, "Amount to add (default 1), in decimal");
   return {sub, [o] { return RunIncr(*o); }};
 }
 

@@ -3,6 +3,7 @@
 #ifndef MAPKV_TOOLS_CLI_COMMON_H_
 #define MAPKV_TOOLS_CLI_COMMON_H_
 
+#include <cstdint>
 #include <cstdio>
 #include <functional>
 #include <string>
@@ -13,6 +14,7 @@
 
 namespace CLI {
 class App;
+class Option;
 }  // namespace CLI
 
 namespace mapkv::cli {
@@ -85,9 +87,22 @@ class Output {
   std::string buf_;
 };
 
-// A CLI11 check for a count argument: "" when `text` is a whole number of
-// decimal digits, else what is wrong.
-std::string CheckCount(std::string& text);
+// Numeric arguments, parsed strictly in decimal (not by CLI11, whose
+// conversions take "010" as octal, "0x10" as hexadecimal and "" as 0, and
+// clamp a number out of range). Each adds to `app` the argument `name` (one
+// option name such as "--limit", or a positional such as "DELTA") and sets
+// *value when it is given; any other text is a usage error (exit 2) naming
+// the argument and the text.
+//
+// A whole number: ASCII digits only (leading zeros allowed; no sign, space,
+// base prefix, fraction or exponent), at most 18446744073709551615.
+CLI::Option* AddCountArgument(CLI::App* app, const std::string& name, uint64_t* value, const std::string& description);
+// An integer: ASCII digits after an optional '-', from INT64_MIN to INT64_MAX.
+CLI::Option* AddIntegerArgument(CLI::App* app, const std::string& name, int64_t* value, const std::string& description);
+// A number of seconds from 0 to `max`: ASCII digits, optionally followed by
+// '.' and more digits.
+CLI::Option* AddSecondsArgument(CLI::App* app, const std::string& name, double* value, double max,
+                                const std::string& description);
 
 // strerror(errno) as a string.
 std::string ErrnoText(int err);
