@@ -152,7 +152,7 @@ TEST_SUITE("cli") {
     }
     CHECK_FALSE(FileExists(f));  // no usage error created the store
 
-    // Bad key arguments are usage errors too (the store is opened, then refused).
+    // Bad key arguments are usage errors too.
     REQUIRE(RunCli({"put", f, "k", "v"}).code == 0);
     CliResult r = RunCli({"put", f, "", "v"});
     CHECK(r.code == 2);
@@ -166,6 +166,57 @@ TEST_SUITE("cli") {
     CHECK(r.code == 2);
     CheckOneLineError(r, f);
     CHECK(RunCli({"get", f, "k"}).out == "v");
+  }
+
+  TEST_CASE("cli: a usage error in a key, a value or the first line of load creates and changes no store") {
+    TempDir dir;
+    const std::string f = dir.File("n.mkv");
+    const std::string empty_key = "mapkv: " + f + ": empty key (keys are 1 to 65536 bytes)\n";
+    for (const std::vector<std::string>& args : std::vector<std::vector<std::string>>{
+             {"put", f, "", "v"}, {"incr", f, ""}, {"incr", f, "", "5"}, {"get", f, ""}, {"del", f, ""}}) {
+      CAPTURE(args[0]);
+      const CliResult r = RunCli(args);
+      CHECK(r.code == 2);
+      CHECK(r.err == empty_key);
+      CHECK(r.out.empty());
+      CHECK_FALSE(FileExists(f));
+    }
+    CliResult r;
+#ifndef _WIN32  // a Windows command line holds at most 32767 characters
+    r = RunCli({"put", f, std::string(kMaxKeySize + 1, 'k'), "v"});
+    CHECK(r.code == 2);
+    CHECK(r.err == "mapkv: " + f + ": key of 65537 bytes (keys are 1 to 65536 bytes)\n");
+    CHECK_FALSE(FileExists(f));
+#endif
+
+    // A value over 1 GiB on standard input: refused before the store is opened.
+    r = RunCli({"put", f, "k"}, std::string(kMaxValueSize + 1, 'v'));
+    CHECK(r.code == 2);
+    CHECK(r.err == "mapkv: " + f + ": value of more than 1073741824 bytes on standard input (at most 1 GiB)\n");
+    CHECK(r.out.empty());
+    CHECK_FALSE(FileExists(f));
+
+    // load: a malformed first line (after blank ones) creates nothing.
+    r = RunCli({"load", f}, "\n  \noops\n{\"key\": \"a\", \"value\": \"1\"}\n");
+    CHECK(r.code == 2);
+    CHECK(r.err.rfind("mapkv: <stdin>:3: ", 0) == 0);
+    CHECK(CountLines(r.err) == 1);
+    CHECK(r.out == "loaded 0 pairs\n");
+    CHECK_FALSE(FileExists(f));
+    // An input with no pair still creates the store, as documented.
+    r = RunCli({"load", f}, "\n");
+    CHECK(r.code == 0);
+    CHECK(r.out == "loaded 0 pairs\n");
+    CHECK(FileExists(f));
+
+    // On an existing store, none of them changes a byte.
+    REQUIRE(RunCli({"put", f, "k", "v"}).code == 0);
+    const std::string bytes = ReadFileBytes(f);
+    CHECK(RunCli({"put", f, "", "v"}).code == 2);
+    CHECK(RunCli({"incr", f, ""}).code == 2);
+    CHECK(RunCli({"del", f, ""}).code == 2);
+    CHECK(RunCli({"load", f}, "{\"key\": \"\", \"value\": \"1\"}\n").code == 2);
+    CHECK(ReadFileBytes(f) == bytes);
   }
 
   TEST_CASE("cli: create with and without capacity and on an existing file") {

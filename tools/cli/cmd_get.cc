@@ -41,6 +41,7 @@ std::string AsNumber(const std::string& as, const std::string& value) {
 }
 
 int RunGet(const GetOptions& o) {
+  if (!CheckKeyArgument(o.file, o.key)) return kExitUsage;
   Store store;
   Status s = OpenReadOnly(o.file, &store);
   if (!s.ok()) return FailOpen(o.file, s);

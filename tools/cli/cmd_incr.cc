@@ -17,6 +17,7 @@ struct IncrOptions {
 };
 
 int RunIncr(const IncrOptions& o) {
+  if (!CheckKeyArgument(o.file, o.key)) return kExitUsage;  // before the store is created
   Store store;
   Status s = OpenWritable(o.file, /*create=*/true, &store);
   if (!s.ok()) return FailOpen(o.file, s);

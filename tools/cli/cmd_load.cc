@@ -219,10 +219,11 @@ int RunLoad(const LoadOptions& o) {
     if (S_ISREG(st.st_mode)) total = static_cast<uint64_t>(st.st_size);
   }
 
+  // The store is opened (and created if missing) once the first pair has
+  // parsed, or at the end of an input that holds none: input malformed from
+  // its first line, or that cannot be read, creates or changes nothing.
   Store store;
-  Status s = OpenWritable(o.file, /*create=*/true, &store);
-  if (!s.ok()) return FailOpen(o.file, s);
-
+  Status s;
   LineReader reader(fd);
   JsonLineParser parser;
   Loader loader(&store);
@@ -244,6 +245,13 @@ int RunLoad(const LoadOptions& o) {
         rc = kExitUsage;
       }
       break;
+    }
+    if (!store.is_open()) {
+      s = OpenWritable(o.file, /*create=*/true, &store);
+      if (!s.ok()) {
+        progress.Finish();
+        return FailOpen(o.file, s);
+      }
     }
     loader.Add(key, value);
     if (loader.pending() >= loader.chunk()) {
@@ -268,6 +276,10 @@ int RunLoad(const LoadOptions& o) {
       if (!s.ok()) rc = Fail(o.file, s);
     }
   }
+  if (rc == kExitOk && !store.is_open()) {  // no pair: the store is still created
+    s = OpenWritable(o.file, /*create=*/true, &store);
+    if (!s.ok()) return FailOpen(o.file, s);
+  }
   s = store.Close();
   if (!s.ok() && rc == kExitOk) rc = Fail(o.file, s);
   std::printf("loaded %llu pairs\n", static_cast<unsigned long long>(loader.loaded()));
@@ -283,8 +295,9 @@ Command SetupLoad(CLI::App& app) {
       "Load JSON Lines (the format of `mapkv dump`) from INPUT or standard input into FILE, which is created if "
       "missing; existing keys are replaced. Each line is one object with \"key\" or \"key_base64\" and \"value\" "
       "or \"value_base64\" (strings; no other field); blank lines are skipped. A malformed line is reported as "
-      "INPUT:LINE: what is wrong, with exit code 2; the lines before it stay loaded and nothing after it is. "
-      "Prints \"loaded N pairs\"; shows progress on standard error when it is a terminal.");
+      "INPUT:LINE: what is wrong, with exit code 2; the lines before it stay loaded and nothing after it is (when it "
+      "is the first non-blank line, FILE is neither created nor changed). Prints \"loaded N pairs\"; shows progress "
+      "on standard error when it is a terminal.");
   sub->add_option("FILE", o->file, "Store file")->required();
   sub->add_option("INPUT", o->input, "JSON Lines file (default or '-': standard input)");
   return {sub, [o] { return RunLoad(*o); }};

@@ -34,6 +34,13 @@ int FailOpen(std::string_view file, const Status& status) {
   return kExitStore;
 }
 
+bool CheckKeyArgument(std::string_view file, std::string_view key) {
+  if (!key.empty() && key.size() <= kMaxKeySize) return true;
+  const std::string limits = " (keys are 1 to " + std::to_string(kMaxKeySize) + " bytes)";
+  PrintError(file, key.empty() ? "empty key" + limits : "key of " + std::to_string(key.size()) + " bytes" + limits);
+  return false;
+}
+
 Status OpenReadOnly(const std::string& file, Store* store) {
   Options options;
   options.read_only = true;

@@ -67,6 +67,12 @@ int Fail(std::string_view file, const Status& status);
 // For a failed Store::Open: prints it and returns kExitStore.
 int FailOpen(std::string_view file, const Status& status);
 
+// Checks a key given on the command line before the store is opened, so that
+// a usage error never creates or touches a file: false after printing what
+// is wrong in the engine's words ("FILE: empty key (keys are 1 to 65536
+// bytes)"); the caller then exits kExitUsage.
+bool CheckKeyArgument(std::string_view file, std::string_view key);
+
 // Opens for a command that only reads: read_only, never creates.
 Status OpenReadOnly(const std::string& file, Store* store);
 // Opens for writing, creating the file when `create`.
