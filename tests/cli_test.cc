@@ -219,6 +219,58 @@ TEST_SUITE("cli") {
     CHECK(ReadFileBytes(f) == bytes);
   }
 
+  TEST_CASE("cli: every error names its file, even one whose name is part of the message") {
+    TempDir dir;
+    // Short relative names, which occur inside the messages: run in the directory.
+    const std::filesystem::path cwd = std::filesystem::current_path();
+    std::filesystem::current_path(dir.path());
+    struct Restore {
+      std::filesystem::path cwd;
+      ~Restore() { std::filesystem::current_path(cwd); }
+    } restore{cwd};
+
+    REQUIRE(std::filesystem::create_directory("d"));
+    CliResult r = RunCli({"load", "x.mkv", "d"});  // "d" is in "is a directory"
+    CHECK(r.code == 3);
+    CHECK(r.err.rfind("mapkv: d: ", 0) == 0);
+#ifndef _WIN32  // (Windows refuses to open a directory: "cannot open: ...")
+    CHECK(r.err == "mapkv: d: is a directory\n");
+#endif
+    CHECK_FALSE(FileExists("x.mkv"));
+
+    REQUIRE(RunCli({"put", "e", "k", "v"}).code == 0);  // "e" is in "no key"
+    r = RunCli({"get", "e", "nokey"});
+    CHECK(r.code == 1);
+    CHECK(r.err == "mapkv: e: no key \"nokey\"\n");
+    r = RunCli({"del", "e", "nokey"});
+    CHECK(r.code == 1);
+    CHECK(r.err == "mapkv: e: no key \"nokey\"\n");
+    // A key that is the path itself.
+    const std::string f = dir.File("s.mkv");
+    REQUIRE(RunCli({"put", f, "k", "v"}).code == 0);
+    r = RunCli({"get", f, f});
+    CHECK(r.code == 1);
+    CHECK(r.err == "mapkv: " + f + ": no key \"" + f + "\"\n");
+
+    // The engine's messages start with the path: not prefixed twice.
+    r = RunCli({"create", "e"});
+    CHECK(r.code == 3);
+    CHECK(r.err.rfind("mapkv: e: ", 0) == 0);
+    CHECK(r.err.find("e: e:") == std::string::npos);
+    CHECK(CountLines(r.err) == 1);
+    WriteFileBytes("junk", std::string(8192, 'j'));
+    r = RunCli({"get", "junk", "k"});
+    CHECK(r.code == 3);
+    CHECK(r.err.rfind("mapkv: junk: ", 0) == 0);
+    CHECK(r.err.find("junk: junk:") == std::string::npos);
+    // rm-shm NAME: the store is shm:NAME, named once.
+    const std::string name = "mapkv-cli-test-no-such-store";
+    r = RunCli({"rm-shm", name});
+    CHECK(r.code == 3);
+    CHECK(r.err.rfind("mapkv: shm:" + name + ": ", 0) == 0);
+    CHECK(r.err.find(name + ": shm:") == std::string::npos);
+  }
+
   TEST_CASE("cli: create with and without capacity and on an existing file") {
     TempDir dir;
     const std::string f = dir.File("new.mkv");

@@ -14,7 +14,9 @@ namespace mapkv::cli {
 
 void PrintError(std::string_view file, std::string_view message) {
   std::string line = "mapkv: ";
-  if (message.find(file) == std::string_view::npos) {
+  const bool named =
+      message.size() > file.size() && message.substr(0, file.size()) == file && message[file.size()] == ':';
+  if (!named) {
     line.append(file);
     line.append(": ");
   }

@@ -59,8 +59,9 @@ struct Command {
   std::function<int()> run;
 };
 
-// Prints "mapkv: FILE: MESSAGE" as one line on stderr (MESSAGE already
-// naming FILE is not prefixed again; newlines in it become spaces).
+// Prints "mapkv: FILE: MESSAGE" as one line on stderr (a MESSAGE that starts
+// with "FILE:", as the engine's do, is not prefixed again; newlines in it
+// become spaces).
 void PrintError(std::string_view file, std::string_view message);
 // PrintError(file, status.message()); returns ExitCodeFor(status.code()).
 int Fail(std::string_view file, const Status& status);
