@@ -664,6 +664,42 @@ TEST_SUITE("cli") {
     CHECK(d.out.empty());
   }
 
+  TEST_CASE("cli: dump -o and load INPUT refuse the store file itself and change nothing") {
+    TempDir dir;
+    const std::string f = dir.File("o.mkv");
+    REQUIRE(RunCli({"put", f, "k", "v"}).code == 0);
+    const std::string bytes = ReadFileBytes(f);
+    // The same path, another spelling of it, and (POSIX) a hard and a symbolic link.
+    std::vector<std::string> names = {f, dir.File(".") + "/o.mkv"};
+#ifndef _WIN32
+    const std::string hard = dir.File("hard.jsonl");
+    REQUIRE(::link(f.c_str(), hard.c_str()) == 0);
+    const std::string soft = dir.File("soft.jsonl");
+    std::filesystem::create_symlink(f, soft);
+    names.push_back(hard);
+    names.push_back(soft);
+#endif
+    for (const std::string& name : names) {
+      CAPTURE(name);
+      CliResult r = RunCli({"dump", f, "-o", name});
+      CHECK(r.code == 2);
+      CHECK(r.err ==
+            "mapkv: " + name + ": the output is the store file " + f + " itself (dump would overwrite it with JSON)\n");
+      CHECK(r.out.empty());
+      CHECK(ReadFileBytes(f) == bytes);
+      r = RunCli({"load", f, name});
+      CHECK(r.code == 2);
+      CHECK(r.err == "mapkv: " + name + ": the input is the store file " + f + " itself (load reads JSON Lines)\n");
+      CHECK(r.out.empty());
+      CHECK(ReadFileBytes(f) == bytes);
+    }
+    CHECK(RunCli({"check", f}).out == "ok\n");
+    // Another file is written as before.
+    const CliResult r = RunCli({"dump", f, "-o", dir.File("other.jsonl")});
+    CHECK(r.code == 0);
+    CHECK(ReadFileBytes(dir.File("other.jsonl")) == "{\"key\": \"k\", \"value\": \"v\"}\n");
+  }
+
   TEST_CASE("cli: dump then load into a new file then dump gives identical output on random binary pairs") {
     TempDir dir;
     const std::string src = dir.File("src.mkv");

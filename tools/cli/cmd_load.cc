@@ -195,6 +195,10 @@ bool IsBlank(std::string_view line) { return line.find_first_not_of(" \t\r") == 
 int RunLoad(const LoadOptions& o) {
   const bool from_stdin = o.input.empty() || o.input == "-";
   const std::string input_name = from_stdin ? "<stdin>" : o.input;
+  if (!from_stdin && IsStoreFile(o.file, o.input)) {
+    PrintError(o.input, "the input is the store file " + o.file + " itself (load reads JSON Lines)");
+    return kExitUsage;
+  }
   int fd = STDIN_FILENO;
   if (!from_stdin) {
     fd = ::open(o.input.c_str(), O_RDONLY | O_BINARY | O_CLOEXEC);

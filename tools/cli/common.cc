@@ -4,6 +4,7 @@
 #include <CLI/CLI.hpp>
 #include <charconv>
 #include <cstring>
+#include <filesystem>
 #include <limits>
 #include <system_error>
 #include <type_traits>
@@ -41,6 +42,26 @@ bool CheckKeyArgument(std::string_view file, std::string_view key) {
   const std::string limits = " (keys are 1 to " + std::to_string(kMaxKeySize) + " bytes)";
   PrintError(file, key.empty() ? "empty key" + limits : "key of " + std::to_string(key.size()) + " bytes" + limits);
   return false;
+}
+
+namespace {
+
+// A path given on the command line (UTF-8 on Windows, see main.cc).
+std::filesystem::path PathOf(const std::string& arg) {
+#ifdef _WIN32
+  return std::filesystem::path(std::u8string(arg.begin(), arg.end()));
+#else
+  return std::filesystem::path(arg);
+#endif
+}
+
+}  // namespace
+
+bool IsStoreFile(const std::string& file, const std::string& path) {
+  if (file.rfind("shm:", 0) == 0) return false;
+  if (file == path) return true;
+  std::error_code ec;  // set (and false returned) when either does not exist
+  return std::filesystem::equivalent(PathOf(file), PathOf(path), ec) && !ec;
 }
 
 Status OpenReadOnly(const std::string& file, Store* store) {

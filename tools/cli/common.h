@@ -74,6 +74,11 @@ int FailOpen(std::string_view file, const Status& status);
 // bytes)"); the caller then exits kExitUsage.
 bool CheckKeyArgument(std::string_view file, std::string_view key);
 
+// True when `path` is the file of the store `file`: the same path, or both
+// exist and are one file (a link, another spelling), by device and inode
+// (by volume and file index on Windows). A shm:NAME store has no file.
+bool IsStoreFile(const std::string& file, const std::string& path);
+
 // Opens for a command that only reads: read_only, never creates.
 Status OpenReadOnly(const std::string& file, Store* store);
 // Opens for writing, creating the file when `create`.
