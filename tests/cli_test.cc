@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "cli_runner.h"
+#include "format.h"
 #include "mapkv/store.h"
 #include "store_test_helpers.h"
 
@@ -698,6 +699,33 @@ TEST_SUITE("cli") {
     const CliResult r = RunCli({"dump", f, "-o", dir.File("other.jsonl")});
     CHECK(r.code == 0);
     CHECK(ReadFileBytes(dir.File("other.jsonl")) == "{\"key\": \"k\", \"value\": \"v\"}\n");
+  }
+
+  TEST_CASE("cli: dump sizes its buffer within the file, whatever the control page's live_bytes says") {
+    TempDir dir;
+    const std::string f = dir.File("s.mkv");
+    REQUIRE(RunCli({"put", f, "k", "v"}).code == 0);
+    REQUIRE(RunCli({"put", f, "k2", "v2"}).code == 0);
+    const CliResult good = RunCli({"dump", f});
+    REQUIRE(good.code == 0);
+    REQUIRE(CountLines(good.out) == 2);
+    const std::string bytes = ReadFileBytes(f);
+    // The control page is not checksummed: a damaged live_bytes counter
+    // (more than memory, more than a string can hold) is what the store reports.
+    for (const uint64_t huge : {uint64_t{1} << 62, UINT64_MAX}) {
+      CAPTURE(huge);
+      std::string damaged = bytes;
+      const size_t at = internal::format::kControlOffset + offsetof(internal::format::ControlPage, live_bytes);
+      std::memcpy(&damaged[at], &huge, sizeof huge);
+      WriteFileBytes(f, damaged);
+      const CliResult stats = RunCli({"stats", f, "--json"});
+      REQUIRE(stats.code == 0);
+      REQUIRE(nlohmann::json::parse(stats.out)["live_bytes"].get<uint64_t>() == huge);
+      const CliResult r = RunCli({"dump", f});
+      CHECK(r.code == 0);
+      CHECK(r.err.empty());
+      CHECK(r.out == good.out);
+    }
   }
 
   TEST_CASE("cli: dump then load into a new file then dump gives identical output on random binary pairs") {

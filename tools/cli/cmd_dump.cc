@@ -49,7 +49,10 @@ int RunDump(const DumpOptions& o) {
   std::string arena;
   std::vector<Pair> pairs;
   if (store.GetStats(&stats).ok()) {
-    arena.reserve(stats.live_bytes);
+    // live_bytes is a control-page counter that opening does not verify:
+    // a damaged one must not make us ask for more than the file holds.
+    // (GetStats has checked entries: fewer than the table's slots.)
+    arena.reserve(static_cast<size_t>(std::min(stats.live_bytes, stats.file_bytes)));
     pairs.reserve(stats.entries);
   }
   s = store.ForEach("", [&](std::string_view key, std::string_view value) {
