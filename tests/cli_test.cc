@@ -10,6 +10,7 @@
 #endif
 
 #include <algorithm>
+#include <cerrno>
 #include <climits>
 #include <cstdlib>
 #include <cstring>
@@ -1075,6 +1076,50 @@ TEST_SUITE("cli") {
     CHECK(RunCli({"get", name, "k10"}).out == std::string(200, 'v'));
     CHECK(RunCli({"check", name}).out == "ok\n");
     CHECK(RunCli({"rm-shm", name}).code == 0);
+  }
+#endif
+
+#ifdef __linux__  // /dev/full
+  TEST_CASE("cli: every command that prints reports a write error on standard output with exit 3") {
+    TempDir dir;
+    const std::string f = dir.File("s.mkv");
+    REQUIRE(RunCli({"put", f, "k", "v"}).code == 0);
+    const std::string full = "/dev/full";
+    const std::string write_failed = "mapkv: <stdout>: write failed: " + std::string(std::strerror(ENOSPC)) + "\n";
+    for (const std::vector<std::string>& args : std::vector<std::vector<std::string>>{{"check", f},
+                                                                                      {"compact", f},
+                                                                                      {"incr", f, "n"},
+                                                                                      {"get", f, "k"},
+                                                                                      {"get", f, "n", "--as", "i64"},
+                                                                                      {"keys", f},
+                                                                                      {"dump", f},
+                                                                                      {"stats", f},
+                                                                                      {"stats", f, "--json"}}) {
+      CAPTURE(args[0]);
+      const CliResult r = RunCliToFile(args, full);
+      CHECK(r.code == 3);
+      CHECK(r.err == write_failed);
+    }
+    CliResult r = RunCliToFile({"load", f}, full, "{\"key\": \"a\", \"value\": \"1\"}\n");
+    CHECK(r.code == 3);
+    CHECK(r.err == write_failed);
+    CHECK(RunCli({"get", f, "a"}).out == "1");  // loaded all the same
+    // Commands that print nothing succeed.
+    r = RunCliToFile({"put", f, "x", "y"}, full);
+    CHECK(r.code == 0);
+    CHECK(r.err.empty());
+    // check's list of problems cannot be written either: the write error is reported.
+    const std::string marker = "MARKER-0123456789-MARKER";
+    REQUIRE(RunCli({"put", f, "m", marker}).code == 0);
+    std::string bytes = ReadFileBytes(f);
+    const size_t at = bytes.find(marker);
+    REQUIRE(at != std::string::npos);
+    bytes[at] ^= 1;
+    WriteFileBytes(f, bytes);
+    REQUIRE(RunCli({"check", f}).code == 3);
+    r = RunCliToFile({"check", f}, full);
+    CHECK(r.code == 3);
+    CHECK(r.err == write_failed);
   }
 #endif
 

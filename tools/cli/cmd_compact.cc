@@ -25,9 +25,10 @@ int RunCompact(const CompactOptions& o) {
   if (!s.ok()) return Fail(o.file, s);
   s = store.Close();
   if (!s.ok()) return Fail(o.file, s);
-  std::printf("%s: %llu bytes before, %llu bytes after\n", o.file.c_str(),
-              static_cast<unsigned long long>(before.file_bytes), static_cast<unsigned long long>(after.file_bytes));
-  return kExitOk;
+  return WriteStdout(o.file + ": " + std::to_string(before.file_bytes) + " bytes before, " +
+                     std::to_string(after.file_bytes) + " bytes after\n")
+             ? kExitOk
+             : kExitStore;
 }
 
 }  // namespace

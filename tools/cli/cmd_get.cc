@@ -62,11 +62,7 @@ int RunGet(const GetOptions& o) {
   } else if (isatty(STDOUT_FILENO)) {
     value.push_back('\n');
   }
-  if (std::fwrite(value.data(), 1, value.size(), stdout) != value.size() || std::fflush(stdout) != 0) {
-    PrintError("<stdout>", "write failed: " + ErrnoText(errno));
-    return kExitStore;
-  }
-  return kExitOk;
+  return WriteStdout(value) ? kExitOk : kExitStore;
 }
 
 }  // namespace

@@ -1,7 +1,6 @@
 // cmd_incr.cc: `mapkv incr FILE KEY [DELTA]`.
 #include <CLI/CLI.hpp>
 #include <cstdint>
-#include <cstdio>
 #include <memory>
 
 #include "commands.h"
@@ -26,8 +25,7 @@ int RunIncr(const IncrOptions& o) {
   if (!s.ok()) return Fail(o.file, s);
   s = store.Close();
   if (!s.ok()) return Fail(o.file, s);
-  std::printf("%lld\n", static_cast<long long>(now));
-  return std::fflush(stdout) == 0 ? kExitOk : kExitStore;
+  return WriteStdout(std::to_string(now) + "\n") ? kExitOk : kExitStore;
 }
 
 }  // namespace

@@ -286,7 +286,7 @@ int RunLoad(const LoadOptions& o) {
   }
   s = store.Close();
   if (!s.ok() && rc == kExitOk) rc = Fail(o.file, s);
-  std::printf("loaded %llu pairs\n", static_cast<unsigned long long>(loader.loaded()));
+  if (!WriteStdout("loaded " + std::to_string(loader.loaded()) + " pairs\n") && rc == kExitOk) rc = kExitStore;
   return rc;
 }
 

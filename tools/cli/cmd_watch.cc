@@ -1,6 +1,5 @@
 // cmd_watch.cc: `mapkv watch FILE [--key K | --prefix P] [--count N] [--timeout SECONDS]`.
 #include <CLI/CLI.hpp>
-#include <cerrno>
 #include <chrono>
 #include <cinttypes>
 #include <cstdio>
@@ -89,10 +88,7 @@ int RunWatch(const WatchOptions& o) {
       line.clear();
       AppendChange(&line, c);
       // One line as it happens: written and flushed at once.
-      if (std::fwrite(line.data(), 1, line.size(), stdout) != line.size() || std::fflush(stdout) != 0) {
-        PrintError("<stdout>", "write failed: " + ErrnoText(errno));
-        return kExitStore;
-      }
+      if (!WriteStdout(line)) return kExitStore;
       if (limited && ++printed == o.count) return kExitOk;
     }
     since = next;

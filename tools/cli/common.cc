@@ -2,6 +2,7 @@
 #include "common.h"
 
 #include <CLI/CLI.hpp>
+#include <cerrno>
 #include <charconv>
 #include <cstring>
 #include <filesystem>
@@ -76,6 +77,12 @@ Status OpenWritable(const std::string& file, bool create, Store* store) {
   Options options;
   options.create_if_missing = create;
   return Store::Open(file, options, store);
+}
+
+bool WriteStdout(std::string_view text) {
+  if (std::fwrite(text.data(), 1, text.size(), stdout) == text.size() && std::fflush(stdout) == 0) return true;
+  PrintError("<stdout>", "write failed: " + ErrnoText(errno));
+  return false;
 }
 
 bool Output::Flush() {

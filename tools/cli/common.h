@@ -84,6 +84,11 @@ Status OpenReadOnly(const std::string& file, Store* store);
 // Opens for writing, creating the file when `create`.
 Status OpenWritable(const std::string& file, bool create, Store* store);
 
+// Writes `text` to standard output and flushes it. On a write error (say a
+// full disk, or /dev/full) prints "<stdout>: write failed: ..." and returns
+// false; the caller then exits kExitStore.
+bool WriteStdout(std::string_view text);
+
 // Buffered, checked output to a FILE*.
 class Output {
  public:
