@@ -50,6 +50,16 @@ void CheckOneLineError(const CliResult& r, const std::string& file) {
   CHECK(r.out.empty());
 }
 
+// Standard error with each "\r\n" as "\n": on Windows the CLI's standard
+// error is in text mode (its standard output is binary).
+std::string ErrText(const CliResult& r) {
+  std::string text;
+  for (size_t i = 0; i < r.err.size(); ++i) {
+    if (!(r.err[i] == '\r' && i + 1 < r.err.size() && r.err[i + 1] == '\n')) text.push_back(r.err[i]);
+  }
+  return text;
+}
+
 bool FileExists(const std::string& path) {
   struct stat st {};
   return ::stat(path.c_str(), &st) == 0;
@@ -179,7 +189,7 @@ TEST_SUITE("cli") {
       CAPTURE(args[0]);
       const CliResult r = RunCli(args);
       CHECK(r.code == 2);
-      CHECK(r.err == empty_key);
+      CHECK(ErrText(r) == empty_key);
       CHECK(r.out.empty());
       CHECK_FALSE(FileExists(f));
     }
@@ -187,14 +197,14 @@ TEST_SUITE("cli") {
 #ifndef _WIN32  // a Windows command line holds at most 32767 characters
     r = RunCli({"put", f, std::string(kMaxKeySize + 1, 'k'), "v"});
     CHECK(r.code == 2);
-    CHECK(r.err == "mapkv: " + f + ": key of 65537 bytes (keys are 1 to 65536 bytes)\n");
+    CHECK(ErrText(r) == "mapkv: " + f + ": key of 65537 bytes (keys are 1 to 65536 bytes)\n");
     CHECK_FALSE(FileExists(f));
 #endif
 
     // A value over 1 GiB on standard input: refused before the store is opened.
     r = RunCli({"put", f, "k"}, std::string(kMaxValueSize + 1, 'v'));
     CHECK(r.code == 2);
-    CHECK(r.err == "mapkv: " + f + ": value of more than 1073741824 bytes on standard input (at most 1 GiB)\n");
+    CHECK(ErrText(r) == "mapkv: " + f + ": value of more than 1073741824 bytes on standard input (at most 1 GiB)\n");
     CHECK(r.out.empty());
     CHECK_FALSE(FileExists(f));
 
@@ -236,23 +246,23 @@ TEST_SUITE("cli") {
     CHECK(r.code == 3);
     CHECK(r.err.rfind("mapkv: d: ", 0) == 0);
 #ifndef _WIN32  // (Windows refuses to open a directory: "cannot open: ...")
-    CHECK(r.err == "mapkv: d: is a directory\n");
+    CHECK(ErrText(r) == "mapkv: d: is a directory\n");
 #endif
     CHECK_FALSE(FileExists("x.mkv"));
 
     REQUIRE(RunCli({"put", "e", "k", "v"}).code == 0);  // "e" is in "no key"
     r = RunCli({"get", "e", "nokey"});
     CHECK(r.code == 1);
-    CHECK(r.err == "mapkv: e: no key \"nokey\"\n");
+    CHECK(ErrText(r) == "mapkv: e: no key \"nokey\"\n");
     r = RunCli({"del", "e", "nokey"});
     CHECK(r.code == 1);
-    CHECK(r.err == "mapkv: e: no key \"nokey\"\n");
+    CHECK(ErrText(r) == "mapkv: e: no key \"nokey\"\n");
     // A key that is the path itself.
     const std::string f = dir.File("s.mkv");
     REQUIRE(RunCli({"put", f, "k", "v"}).code == 0);
     r = RunCli({"get", f, f});
     CHECK(r.code == 1);
-    CHECK(r.err == "mapkv: " + f + ": no key \"" + f + "\"\n");
+    CHECK(ErrText(r) == "mapkv: " + f + ": no key \"" + f + "\"\n");
 
     // The engine's messages start with the path: not prefixed twice.
     r = RunCli({"create", "e"});
@@ -412,12 +422,12 @@ TEST_SUITE("cli") {
       CAPTURE(delta);
       r = RunCli({"incr", f, "b", delta});
       CHECK(r.code == 2);
-      CHECK(r.err == "mapkv incr: DELTA: \"" + delta + not_integer);
+      CHECK(ErrText(r) == "mapkv incr: DELTA: \"" + delta + not_integer);
       CHECK(r.out.empty());
     }
     r = RunCli({"incr", f, "b", "99999999999999999999"});
     CHECK(r.code == 2);
-    CHECK(r.err ==
+    CHECK(ErrText(r) ==
           "mapkv incr: DELTA: \"99999999999999999999\" is out of range (-9223372036854775808 to 9223372036854775807) "
           "(see `mapkv incr --help`)\n");
     r = RunCli({"incr", f, "b", "-9223372036854775809"});
@@ -441,13 +451,13 @@ TEST_SUITE("cli") {
       CAPTURE(limit);
       r = RunCli({"keys", k, "--limit", limit});
       CHECK(r.code == 2);
-      CHECK(r.err ==
+      CHECK(ErrText(r) ==
             "mapkv keys: --limit: \"" + limit + "\" is not a whole number in decimal (see `mapkv keys --help`)\n");
       CHECK(r.out.empty());
     }
     r = RunCli({"keys", k, "--limit", "18446744073709551616"});
     CHECK(r.code == 2);
-    CHECK(r.err ==
+    CHECK(ErrText(r) ==
           "mapkv keys: --limit: \"18446744073709551616\" is out of range (0 to 18446744073709551615) "
           "(see `mapkv keys --help`)\n");
 
@@ -464,7 +474,7 @@ TEST_SUITE("cli") {
     // watch --count and --timeout: rejected before the store is opened.
     r = RunCli({"watch", k, "--count", "99999999999999999999", "--timeout", "0.1"});
     CHECK(r.code == 2);
-    CHECK(r.err ==
+    CHECK(ErrText(r) ==
           "mapkv watch: --count: \"99999999999999999999\" is out of range (0 to 18446744073709551615) "
           "(see `mapkv watch --help`)\n");
     r = RunCli({"watch", k, "--count", "010x", "--timeout", "0.1"});
@@ -476,11 +486,11 @@ TEST_SUITE("cli") {
       CAPTURE(timeout);
       r = RunCli({"watch", k, "--timeout", timeout});
       CHECK(r.code == 2);
-      CHECK(r.err == "mapkv watch: --timeout: \"" + timeout + not_seconds);
+      CHECK(ErrText(r) == "mapkv watch: --timeout: \"" + timeout + not_seconds);
     }
     r = RunCli({"watch", k, "--timeout", "1000000000.5"});
     CHECK(r.code == 2);
-    CHECK(r.err ==
+    CHECK(ErrText(r) ==
           "mapkv watch: --timeout: \"1000000000.5\" is out of range (0 to 1000000000 seconds) "
           "(see `mapkv watch --help`)\n");
     r = RunCli({"watch", k, "--count", "1", "--timeout", "000.10"});
@@ -685,13 +695,14 @@ TEST_SUITE("cli") {
       CAPTURE(name);
       CliResult r = RunCli({"dump", f, "-o", name});
       CHECK(r.code == 2);
-      CHECK(r.err ==
+      CHECK(ErrText(r) ==
             "mapkv: " + name + ": the output is the store file " + f + " itself (dump would overwrite it with JSON)\n");
       CHECK(r.out.empty());
       CHECK(ReadFileBytes(f) == bytes);
       r = RunCli({"load", f, name});
       CHECK(r.code == 2);
-      CHECK(r.err == "mapkv: " + name + ": the input is the store file " + f + " itself (load reads JSON Lines)\n");
+      CHECK(ErrText(r) ==
+            "mapkv: " + name + ": the input is the store file " + f + " itself (load reads JSON Lines)\n");
       CHECK(r.out.empty());
       CHECK(ReadFileBytes(f) == bytes);
     }
@@ -1098,11 +1109,11 @@ TEST_SUITE("cli") {
       CAPTURE(args[0]);
       const CliResult r = RunCliToFile(args, full);
       CHECK(r.code == 3);
-      CHECK(r.err == write_failed);
+      CHECK(ErrText(r) == write_failed);
     }
     CliResult r = RunCliToFile({"load", f}, full, "{\"key\": \"a\", \"value\": \"1\"}\n");
     CHECK(r.code == 3);
-    CHECK(r.err == write_failed);
+    CHECK(ErrText(r) == write_failed);
     CHECK(RunCli({"get", f, "a"}).out == "1");  // loaded all the same
     // Commands that print nothing succeed.
     r = RunCliToFile({"put", f, "x", "y"}, full);
@@ -1119,7 +1130,7 @@ TEST_SUITE("cli") {
     REQUIRE(RunCli({"check", f}).code == 3);
     r = RunCliToFile({"check", f}, full);
     CHECK(r.code == 3);
-    CHECK(r.err == write_failed);
+    CHECK(ErrText(r) == write_failed);
   }
 #endif
 
