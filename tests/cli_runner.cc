@@ -106,9 +106,11 @@ CliResult RunCli(const std::vector<std::string>& args, const std::string& input,
   return r;
 }
 #else
+namespace {
 // Runs the mapkv binary with `args`, feeding `input` on its standard input
-// and collecting its outputs, binary-safe.
-CliResult RunCli(const std::vector<std::string>& args, const std::string& input, Tty tty) {
+// and collecting its outputs, binary-safe; standard output goes to the file
+// `stdout_path` instead when it is not empty.
+CliResult Run(const std::vector<std::string>& args, const std::string& input, Tty tty, const std::string& stdout_path) {
   std::vector<std::string> argv_store;
   argv_store.emplace_back(MAPKV_CLI_PATH);
   argv_store.insert(argv_store.end(), args.begin(), args.end());
@@ -129,6 +131,11 @@ CliResult RunCli(const std::vector<std::string>& args, const std::string& input,
     slave = ::open(::ptsname(master), O_RDWR | O_NOCTTY | O_CLOEXEC);
     REQUIRE(slave >= 0);
   }
+  int out_file = -1;
+  if (!stdout_path.empty()) {
+    out_file = ::open(stdout_path.c_str(), O_WRONLY | O_CLOEXEC);
+    REQUIRE_MESSAGE(out_file >= 0, "cannot open " << stdout_path);
+  }
   // A child that exits without reading its input must not kill us by SIGPIPE.
   struct sigaction ignore {
   }, old{};
@@ -140,7 +147,7 @@ CliResult RunCli(const std::vector<std::string>& args, const std::string& input,
   if (pid == 0) {  // only async-signal-safe calls until exec
     ::signal(SIGPIPE, SIG_DFL);
     ::dup2(in[0], STDIN_FILENO);
-    ::dup2(tty == Tty::kStdout ? slave : out[1], STDOUT_FILENO);
+    ::dup2(out_file >= 0 ? out_file : tty == Tty::kStdout ? slave : out[1], STDOUT_FILENO);
     ::dup2(tty == Tty::kStderr ? slave : err[1], STDERR_FILENO);
     ::execv(argv[0], argv.data());
     ::_exit(127);
@@ -149,6 +156,7 @@ CliResult RunCli(const std::vector<std::string>& args, const std::string& input,
   ::close(out[1]);
   ::close(err[1]);
   if (slave >= 0) ::close(slave);
+  if (out_file >= 0) ::close(out_file);
 
   CliResult r;
   std::string* tty_sink = tty == Tty::kStdout ? &r.out : &r.err;
@@ -199,6 +207,15 @@ CliResult RunCli(const std::vector<std::string>& args, const std::string& input,
   ::sigaction(SIGPIPE, &old, nullptr);
   r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
   return r;
+}
+}  // namespace
+
+CliResult RunCli(const std::vector<std::string>& args, const std::string& input, Tty tty) {
+  return Run(args, input, tty, "");
+}
+
+CliResult RunCliToFile(const std::vector<std::string>& args, const std::string& stdout_path, const std::string& input) {
+  return Run(args, input, Tty::kNone, stdout_path);
 }
 #endif
 

@@ -23,6 +23,13 @@ enum class Tty { kNone, kStdout, kStderr };
 // its outputs until it exits (a test failure after 60 s).
 CliResult RunCli(const std::vector<std::string>& args, const std::string& input = "", Tty tty = Tty::kNone);
 
+#ifndef _WIN32
+// As RunCli, but with standard output written to the file `stdout_path`
+// (e.g. /dev/full) instead of collected: the result's `out` stays empty.
+CliResult RunCliToFile(const std::vector<std::string>& args, const std::string& stdout_path,
+                       const std::string& input = "");
+#endif
+
 }  // namespace mapkv::test
 
 #endif  // MAPKV_TESTS_CLI_RUNNER_H_

@@ -10,6 +10,7 @@
 #endif
 
 #include <algorithm>
+#include <cerrno>
 #include <climits>
 #include <cstdlib>
 #include <cstring>
@@ -20,6 +21,7 @@
 #include <vector>
 
 #include "cli_runner.h"
+#include "format.h"
 #include "mapkv/store.h"
 #include "store_test_helpers.h"
 
@@ -46,6 +48,16 @@ void CheckOneLineError(const CliResult& r, const std::string& file) {
   CHECK(r.err.back() == '\n');
   CHECK(r.err.find(file) != std::string::npos);
   CHECK(r.out.empty());
+}
+
+// Standard error with each "\r\n" as "\n": on Windows the CLI's standard
+// error is in text mode (its standard output is binary).
+std::string ErrText(const CliResult& r) {
+  std::string text;
+  for (size_t i = 0; i < r.err.size(); ++i) {
+    if (!(r.err[i] == '\r' && i + 1 < r.err.size() && r.err[i + 1] == '\n')) text.push_back(r.err[i]);
+  }
+  return text;
 }
 
 bool FileExists(const std::string& path) {
@@ -152,7 +164,7 @@ TEST_SUITE("cli") {
     }
     CHECK_FALSE(FileExists(f));  // no usage error created the store
 
-    // Bad key arguments are usage errors too (the store is opened, then refused).
+    // Bad key arguments are usage errors too.
     REQUIRE(RunCli({"put", f, "k", "v"}).code == 0);
     CliResult r = RunCli({"put", f, "", "v"});
     CHECK(r.code == 2);
@@ -166,6 +178,109 @@ TEST_SUITE("cli") {
     CHECK(r.code == 2);
     CheckOneLineError(r, f);
     CHECK(RunCli({"get", f, "k"}).out == "v");
+  }
+
+  TEST_CASE("cli: a usage error in a key, a value or the first line of load creates and changes no store") {
+    TempDir dir;
+    const std::string f = dir.File("n.mkv");
+    const std::string empty_key = "mapkv: " + f + ": empty key (keys are 1 to 65536 bytes)\n";
+    for (const std::vector<std::string>& args : std::vector<std::vector<std::string>>{
+             {"put", f, "", "v"}, {"incr", f, ""}, {"incr", f, "", "5"}, {"get", f, ""}, {"del", f, ""}}) {
+      CAPTURE(args[0]);
+      const CliResult r = RunCli(args);
+      CHECK(r.code == 2);
+      CHECK(ErrText(r) == empty_key);
+      CHECK(r.out.empty());
+      CHECK_FALSE(FileExists(f));
+    }
+    CliResult r;
+#ifndef _WIN32  // a Windows command line holds at most 32767 characters
+    r = RunCli({"put", f, std::string(kMaxKeySize + 1, 'k'), "v"});
+    CHECK(r.code == 2);
+    CHECK(ErrText(r) == "mapkv: " + f + ": key of 65537 bytes (keys are 1 to 65536 bytes)\n");
+    CHECK_FALSE(FileExists(f));
+#endif
+
+    // A value over 1 GiB on standard input: refused before the store is opened.
+    r = RunCli({"put", f, "k"}, std::string(kMaxValueSize + 1, 'v'));
+    CHECK(r.code == 2);
+    CHECK(ErrText(r) == "mapkv: " + f + ": value of more than 1073741824 bytes on standard input (at most 1 GiB)\n");
+    CHECK(r.out.empty());
+    CHECK_FALSE(FileExists(f));
+
+    // load: a malformed first line (after blank ones) creates nothing.
+    r = RunCli({"load", f}, "\n  \noops\n{\"key\": \"a\", \"value\": \"1\"}\n");
+    CHECK(r.code == 2);
+    CHECK(r.err.rfind("mapkv: <stdin>:3: ", 0) == 0);
+    CHECK(CountLines(r.err) == 1);
+    CHECK(r.out == "loaded 0 pairs\n");
+    CHECK_FALSE(FileExists(f));
+    // An input with no pair still creates the store, as documented.
+    r = RunCli({"load", f}, "\n");
+    CHECK(r.code == 0);
+    CHECK(r.out == "loaded 0 pairs\n");
+    CHECK(FileExists(f));
+
+    // On an existing store, none of them changes a byte.
+    REQUIRE(RunCli({"put", f, "k", "v"}).code == 0);
+    const std::string bytes = ReadFileBytes(f);
+    CHECK(RunCli({"put", f, "", "v"}).code == 2);
+    CHECK(RunCli({"incr", f, ""}).code == 2);
+    CHECK(RunCli({"del", f, ""}).code == 2);
+    CHECK(RunCli({"load", f}, "{\"key\": \"\", \"value\": \"1\"}\n").code == 2);
+    CHECK(ReadFileBytes(f) == bytes);
+  }
+
+  TEST_CASE("cli: every error names its file, even one whose name is part of the message") {
+    TempDir dir;
+    // Short relative names, which occur inside the messages: run in the directory.
+    const std::filesystem::path cwd = std::filesystem::current_path();
+    std::filesystem::current_path(dir.path());
+    struct Restore {
+      std::filesystem::path cwd;
+      ~Restore() { std::filesystem::current_path(cwd); }
+    } restore{cwd};
+
+    REQUIRE(std::filesystem::create_directory("d"));
+    CliResult r = RunCli({"load", "x.mkv", "d"});  // "d" is in "is a directory"
+    CHECK(r.code == 3);
+    CHECK(r.err.rfind("mapkv: d: ", 0) == 0);
+#ifndef _WIN32  // (Windows refuses to open a directory: "cannot open: ...")
+    CHECK(ErrText(r) == "mapkv: d: is a directory\n");
+#endif
+    CHECK_FALSE(FileExists("x.mkv"));
+
+    REQUIRE(RunCli({"put", "e", "k", "v"}).code == 0);  // "e" is in "no key"
+    r = RunCli({"get", "e", "nokey"});
+    CHECK(r.code == 1);
+    CHECK(ErrText(r) == "mapkv: e: no key \"nokey\"\n");
+    r = RunCli({"del", "e", "nokey"});
+    CHECK(r.code == 1);
+    CHECK(ErrText(r) == "mapkv: e: no key \"nokey\"\n");
+    // A key that is the path itself.
+    const std::string f = dir.File("s.mkv");
+    REQUIRE(RunCli({"put", f, "k", "v"}).code == 0);
+    r = RunCli({"get", f, f});
+    CHECK(r.code == 1);
+    CHECK(ErrText(r) == "mapkv: " + f + ": no key \"" + f + "\"\n");
+
+    // The engine's messages start with the path: not prefixed twice.
+    r = RunCli({"create", "e"});
+    CHECK(r.code == 3);
+    CHECK(r.err.rfind("mapkv: e: ", 0) == 0);
+    CHECK(r.err.find("e: e:") == std::string::npos);
+    CHECK(CountLines(r.err) == 1);
+    WriteFileBytes("junk", std::string(8192, 'j'));
+    r = RunCli({"get", "junk", "k"});
+    CHECK(r.code == 3);
+    CHECK(r.err.rfind("mapkv: junk: ", 0) == 0);
+    CHECK(r.err.find("junk: junk:") == std::string::npos);
+    // rm-shm NAME: the store is shm:NAME, named once.
+    const std::string name = "mapkv-cli-test-no-such-store";
+    r = RunCli({"rm-shm", name});
+    CHECK(r.code == 3);
+    CHECK(r.err.rfind("mapkv: shm:" + name + ": ", 0) == 0);
+    CHECK(r.err.find(name + ": shm:") == std::string::npos);
   }
 
   TEST_CASE("cli: create with and without capacity and on an existing file") {
@@ -287,6 +402,100 @@ TEST_SUITE("cli") {
     CHECK(RunCli({"get", f, "hits", "--as", "u32"}).code == 2);
     CHECK(RunCli({"incr", f, "hits", "ten"}).code == 2);
     CHECK(RunCli({"incr", f}).code == 2);
+  }
+
+  TEST_CASE("cli: numeric arguments are decimal, complete and in range, else a usage error naming them") {
+    TempDir dir;
+    const std::string f = dir.File("n.mkv");
+    // Leading zeros are decimal; the extremes of the type are accepted.
+    CliResult r = RunCli({"incr", f, "a", "010"});
+    CHECK(r.code == 0);
+    CHECK(r.out == "10\n");
+    CHECK(RunCli({"incr", f, "min", "-9223372036854775808"}).out == "-9223372036854775808\n");
+    CHECK(RunCli({"incr", f, "max", "9223372036854775807"}).out == "9223372036854775807\n");
+    CHECK(RunCli({"incr", f, "a", "-0"}).out == "10\n");
+    const std::string before = ReadFileBytes(f);
+
+    // Each rejected text: exit 2, one line naming the argument and quoting the text.
+    const std::string not_integer = "\" is not an integer in decimal (see `mapkv incr --help`)\n";
+    for (const std::string delta : {"0x10", "", "+5", " 5", "5 ", "1e3", "5.0", "-", "0b1", "ten"}) {
+      CAPTURE(delta);
+      r = RunCli({"incr", f, "b", delta});
+      CHECK(r.code == 2);
+      CHECK(ErrText(r) == "mapkv incr: DELTA: \"" + delta + not_integer);
+      CHECK(r.out.empty());
+    }
+    r = RunCli({"incr", f, "b", "99999999999999999999"});
+    CHECK(r.code == 2);
+    CHECK(ErrText(r) ==
+          "mapkv incr: DELTA: \"99999999999999999999\" is out of range (-9223372036854775808 to 9223372036854775807) "
+          "(see `mapkv incr --help`)\n");
+    r = RunCli({"incr", f, "b", "-9223372036854775809"});
+    CHECK(r.code == 2);
+    CHECK(r.err.find("DELTA: \"-9223372036854775809\" is out of range") != std::string::npos);
+    CHECK(ReadFileBytes(f) == before);  // nothing was added
+
+    // keys --limit: 12 keys, a limit of "010" lists 10.
+    const std::string k = dir.File("k.mkv");
+    {
+      Store store = OpenStore(k);
+      for (int i = 10; i < 22; ++i) REQUIRE(store.Put("k" + std::to_string(i), "v").ok());
+    }
+    r = RunCli({"keys", k, "--limit", "010"});
+    CHECK(r.code == 0);
+    CHECK(CountLines(r.out) == 10);
+    r = RunCli({"keys", k, "--limit", "18446744073709551615"});
+    CHECK(r.code == 0);
+    CHECK(CountLines(r.out) == 12);
+    for (const std::string limit : {"0x10", "", "-1", "+1", "1.5", "1e1"}) {
+      CAPTURE(limit);
+      r = RunCli({"keys", k, "--limit", limit});
+      CHECK(r.code == 2);
+      CHECK(ErrText(r) ==
+            "mapkv keys: --limit: \"" + limit + "\" is not a whole number in decimal (see `mapkv keys --help`)\n");
+      CHECK(r.out.empty());
+    }
+    r = RunCli({"keys", k, "--limit", "18446744073709551616"});
+    CHECK(r.code == 2);
+    CHECK(ErrText(r) ==
+          "mapkv keys: --limit: \"18446744073709551616\" is out of range (0 to 18446744073709551615) "
+          "(see `mapkv keys --help`)\n");
+
+    // create --capacity: rejected before anything is created.
+    const std::string c = dir.File("c.mkv");
+    for (const std::string capacity : {"0x10", "", "99999999999999999999"}) {
+      CAPTURE(capacity);
+      r = RunCli({"create", c, "--capacity", capacity});
+      CHECK(r.code == 2);
+      CHECK(r.err.rfind("mapkv create: --capacity: \"" + capacity + "\" is ", 0) == 0);
+      CHECK_FALSE(FileExists(c));
+    }
+
+    // watch --count and --timeout: rejected before the store is opened.
+    r = RunCli({"watch", k, "--count", "99999999999999999999", "--timeout", "0.1"});
+    CHECK(r.code == 2);
+    CHECK(ErrText(r) ==
+          "mapkv watch: --count: \"99999999999999999999\" is out of range (0 to 18446744073709551615) "
+          "(see `mapkv watch --help`)\n");
+    r = RunCli({"watch", k, "--count", "010x", "--timeout", "0.1"});
+    CHECK(r.code == 2);
+    CHECK(r.err.find("--count: \"010x\" is not a whole number in decimal") != std::string::npos);
+    const std::string not_seconds =
+        "\" is not a number of seconds (digits, optionally a '.' and more digits) (see `mapkv watch --help`)\n";
+    for (const std::string timeout : {"", "1e3", "0x10", "-1", ".5", "5.", "inf", "nan", " 1", "1,5"}) {
+      CAPTURE(timeout);
+      r = RunCli({"watch", k, "--timeout", timeout});
+      CHECK(r.code == 2);
+      CHECK(ErrText(r) == "mapkv watch: --timeout: \"" + timeout + not_seconds);
+    }
+    r = RunCli({"watch", k, "--timeout", "1000000000.5"});
+    CHECK(r.code == 2);
+    CHECK(ErrText(r) ==
+          "mapkv watch: --timeout: \"1000000000.5\" is out of range (0 to 1000000000 seconds) "
+          "(see `mapkv watch --help`)\n");
+    r = RunCli({"watch", k, "--count", "1", "--timeout", "000.10"});
+    CHECK(r.code == 1);  // a valid timeout passes with no change
+    CHECK(r.err.empty());
   }
 
   TEST_CASE("cli: put reads binary values from stdin and get returns them byte for byte") {
@@ -465,6 +674,70 @@ TEST_SUITE("cli") {
     const CliResult d = RunCli({"dump", e});
     CHECK(d.code == 0);
     CHECK(d.out.empty());
+  }
+
+  TEST_CASE("cli: dump -o and load INPUT refuse the store file itself and change nothing") {
+    TempDir dir;
+    const std::string f = dir.File("o.mkv");
+    REQUIRE(RunCli({"put", f, "k", "v"}).code == 0);
+    const std::string bytes = ReadFileBytes(f);
+    // The same path, another spelling of it, and (POSIX) a hard and a symbolic link.
+    std::vector<std::string> names = {f, dir.File(".") + "/o.mkv"};
+#ifndef _WIN32
+    const std::string hard = dir.File("hard.jsonl");
+    REQUIRE(::link(f.c_str(), hard.c_str()) == 0);
+    const std::string soft = dir.File("soft.jsonl");
+    std::filesystem::create_symlink(f, soft);
+    names.push_back(hard);
+    names.push_back(soft);
+#endif
+    for (const std::string& name : names) {
+      CAPTURE(name);
+      CliResult r = RunCli({"dump", f, "-o", name});
+      CHECK(r.code == 2);
+      CHECK(ErrText(r) ==
+            "mapkv: " + name + ": the output is the store file " + f + " itself (dump would overwrite it with JSON)\n");
+      CHECK(r.out.empty());
+      CHECK(ReadFileBytes(f) == bytes);
+      r = RunCli({"load", f, name});
+      CHECK(r.code == 2);
+      CHECK(ErrText(r) ==
+            "mapkv: " + name + ": the input is the store file " + f + " itself (load reads JSON Lines)\n");
+      CHECK(r.out.empty());
+      CHECK(ReadFileBytes(f) == bytes);
+    }
+    CHECK(RunCli({"check", f}).out == "ok\n");
+    // Another file is written as before.
+    const CliResult r = RunCli({"dump", f, "-o", dir.File("other.jsonl")});
+    CHECK(r.code == 0);
+    CHECK(ReadFileBytes(dir.File("other.jsonl")) == "{\"key\": \"k\", \"value\": \"v\"}\n");
+  }
+
+  TEST_CASE("cli: dump sizes its buffer within the file, whatever the control page's live_bytes says") {
+    TempDir dir;
+    const std::string f = dir.File("s.mkv");
+    REQUIRE(RunCli({"put", f, "k", "v"}).code == 0);
+    REQUIRE(RunCli({"put", f, "k2", "v2"}).code == 0);
+    const CliResult good = RunCli({"dump", f});
+    REQUIRE(good.code == 0);
+    REQUIRE(CountLines(good.out) == 2);
+    const std::string bytes = ReadFileBytes(f);
+    // The control page is not checksummed: a damaged live_bytes counter
+    // (more than memory, more than a string can hold) is what the store reports.
+    for (const uint64_t huge : {uint64_t{1} << 62, UINT64_MAX}) {
+      CAPTURE(huge);
+      std::string damaged = bytes;
+      const size_t at = internal::format::kControlOffset + offsetof(internal::format::ControlPage, live_bytes);
+      std::memcpy(&damaged[at], &huge, sizeof huge);
+      WriteFileBytes(f, damaged);
+      const CliResult stats = RunCli({"stats", f, "--json"});
+      REQUIRE(stats.code == 0);
+      REQUIRE(nlohmann::json::parse(stats.out)["live_bytes"].get<uint64_t>() == huge);
+      const CliResult r = RunCli({"dump", f});
+      CHECK(r.code == 0);
+      CHECK(r.err.empty());
+      CHECK(r.out == good.out);
+    }
   }
 
   TEST_CASE("cli: dump then load into a new file then dump gives identical output on random binary pairs") {
@@ -783,6 +1056,83 @@ TEST_SUITE("cli") {
     CHECK(r.code == 3);
     CheckOneLineError(r, dir.File("missing.mkv"));
   }
+
+#ifndef _WIN32  // on Windows a named store ends with its last process: one CLI call each
+  TEST_CASE("cli: compact works on a shm:NAME store and prints its sizes from the store's figures") {
+    const std::string name = "shm:mapkv-cli-compact-" + std::to_string(ThisProcessId());
+    RunCli({"rm-shm", name});  // left over by an earlier failed run, if any
+    std::string input, erase;
+    for (int i = 0; i < 3000; ++i) {
+      input += "{\"key\": \"k" + std::to_string(i) + "\", \"value\": \"" + std::string(200, 'v') + "\"}\n";
+    }
+    REQUIRE(RunCli({"load", name}, input).code == 0);
+    {
+      Store store = OpenStore(name);
+      for (int i = 0; i < 3000; ++i) {
+        if (i % 10 != 0) REQUIRE(store.Erase("k" + std::to_string(i)).ok());
+      }
+    }
+    auto file_bytes = [&name] {
+      const CliResult stats = RunCli({"stats", name, "--json"});
+      REQUIRE(stats.code == 0);
+      return nlohmann::json::parse(stats.out)["file_bytes"].get<uint64_t>();
+    };
+    const uint64_t before = file_bytes();
+    const CliResult r = RunCli({"compact", name});
+    CHECK(r.code == 0);
+    CHECK(r.err.empty());
+    const uint64_t after = file_bytes();
+    CHECK(after < before);
+    CHECK(r.out == name + ": " + std::to_string(before) + " bytes before, " + std::to_string(after) + " bytes after\n");
+    CHECK(RunCli({"get", name, "k10"}).out == std::string(200, 'v'));
+    CHECK(RunCli({"check", name}).out == "ok\n");
+    CHECK(RunCli({"rm-shm", name}).code == 0);
+  }
+#endif
+
+#ifdef __linux__  // /dev/full
+  TEST_CASE("cli: every command that prints reports a write error on standard output with exit 3") {
+    TempDir dir;
+    const std::string f = dir.File("s.mkv");
+    REQUIRE(RunCli({"put", f, "k", "v"}).code == 0);
+    const std::string full = "/dev/full";
+    const std::string write_failed = "mapkv: <stdout>: write failed: " + std::string(std::strerror(ENOSPC)) + "\n";
+    for (const std::vector<std::string>& args : std::vector<std::vector<std::string>>{{"check", f},
+                                                                                      {"compact", f},
+                                                                                      {"incr", f, "n"},
+                                                                                      {"get", f, "k"},
+                                                                                      {"get", f, "n", "--as", "i64"},
+                                                                                      {"keys", f},
+                                                                                      {"dump", f},
+                                                                                      {"stats", f},
+                                                                                      {"stats", f, "--json"}}) {
+      CAPTURE(args[0]);
+      const CliResult r = RunCliToFile(args, full);
+      CHECK(r.code == 3);
+      CHECK(ErrText(r) == write_failed);
+    }
+    CliResult r = RunCliToFile({"load", f}, full, "{\"key\": \"a\", \"value\": \"1\"}\n");
+    CHECK(r.code == 3);
+    CHECK(ErrText(r) == write_failed);
+    CHECK(RunCli({"get", f, "a"}).out == "1");  // loaded all the same
+    // Commands that print nothing succeed.
+    r = RunCliToFile({"put", f, "x", "y"}, full);
+    CHECK(r.code == 0);
+    CHECK(r.err.empty());
+    // check's list of problems cannot be written either: the write error is reported.
+    const std::string marker = "MARKER-0123456789-MARKER";
+    REQUIRE(RunCli({"put", f, "m", marker}).code == 0);
+    std::string bytes = ReadFileBytes(f);
+    const size_t at = bytes.find(marker);
+    REQUIRE(at != std::string::npos);
+    bytes[at] ^= 1;
+    WriteFileBytes(f, bytes);
+    REQUIRE(RunCli({"check", f}).code == 3);
+    r = RunCliToFile({"check", f}, full);
+    CHECK(r.code == 3);
+    CHECK(ErrText(r) == write_failed);
+  }
+#endif
 
   TEST_CASE("cli: bad files through get keys dump stats check exit 3 with one line and unchanged bytes") {
     TempDir dir;

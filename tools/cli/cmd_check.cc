@@ -18,15 +18,13 @@ int RunCheck(const CheckOptions& o) {
   CheckReport report;
   s = store.Check(&report);
   if (!s.ok()) return FailOpen(o.file, s);  // the walk itself failed: a store error
-  if (report.ok()) {
-    std::printf("ok\n");
-    return kExitOk;
-  }
+  if (report.ok()) return WriteStdout("ok\n") ? kExitOk : kExitStore;
+  std::string text;
   for (const std::string& problem : report.problems) {
-    std::string line = problem;
-    for (char& c : line) c = c == '\n' ? ' ' : c;
-    std::printf("%s\n", line.c_str());
+    for (char c : problem) text.push_back(c == '\n' ? ' ' : c);
+    text.push_back('\n');
   }
+  if (!WriteStdout(text)) return kExitStore;
   PrintError(o.file, std::to_string(report.problems.size()) + " problem(s) found");
   return kExitStore;
 }

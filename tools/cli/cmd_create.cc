@@ -31,9 +31,7 @@ Command SetupCreate(CLI::App& app) {
   auto o = std::make_shared<CreateOptions>();
   CLI::App* sub = app.add_subcommand("create", "Create a new empty store; fails (exit 3) if FILE exists.");
   sub->add_option("FILE", o->file, "Path of the new store")->required();
-  sub->add_option("--capacity", o->capacity, "Size the hash table for N entries up front (0: small, grows)")
-      ->type_name("N")
-      ->check(CLI::Validator(CheckCount, ""));
+  AddCountArgument(sub, "--capacity", &o->capacity, "Size the hash table for N entries up front (0: small, grows)");
   return {sub, [o] { return RunCreate(*o); }};
 }
 

@@ -14,6 +14,7 @@ struct DelOptions {
 };
 
 int RunDel(const DelOptions& o) {
+  if (!CheckKeyArgument(o.file, o.key)) return kExitUsage;  // before the store is opened for writing
   Store store;
   Status s = OpenWritable(o.file, /*create=*/false, &store);
   if (!s.ok()) return FailOpen(o.file, s);

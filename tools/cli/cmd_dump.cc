@@ -36,6 +36,10 @@ uint64_t BigEndian8(std::string_view s, size_t from) {
 }
 
 int RunDump(const DumpOptions& o) {
+  if (!o.out.empty() && IsStoreFile(o.file, o.out)) {
+    PrintError(o.out, "the output is the store file " + o.file + " itself (dump would overwrite it with JSON)");
+    return kExitUsage;
+  }
   Store store;
   Status s = OpenReadOnly(o.file, &store);
   if (!s.ok()) return FailOpen(o.file, s);
@@ -45,7 +49,10 @@ int RunDump(const DumpOptions& o) {
   std::string arena;
   std::vector<Pair> pairs;
   if (store.GetStats(&stats).ok()) {
-    arena.reserve(stats.live_bytes);
+    // live_bytes is a control-page counter that opening does not verify:
+    // a damaged one must not make us ask for more than the file holds.
+    // (GetStats has checked entries: fewer than the table's slots.)
+    arena.reserve(static_cast<size_t>(std::min(stats.live_bytes, stats.file_bytes)));
     pairs.reserve(stats.entries);
   }
   s = store.ForEach("", [&](std::string_view key, std::string_view value) {
@@ -108,7 +115,7 @@ Command SetupDump(CLI::App& app) {
       "value that is not valid UTF-8 is written as \"key_base64\" / \"value_base64\" (standard base64) "
       "instead. `mapkv load` reads this format back.");
   sub->add_option("FILE", o->file, "Store file")->required();
-  sub->add_option("-o,--output", o->out, "Write to OUT instead of standard output")->type_name("OUT");
+  sub->add_option("-o,--output", o->out, "Write to OUT instead of standard output (not FILE itself)")->type_name("OUT");
   return {sub, [o] { return RunDump(*o); }};
 }
 

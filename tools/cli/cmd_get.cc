@@ -41,6 +41,7 @@ std::string AsNumber(const std::string& as, const std::string& value) {
 }
 
 int RunGet(const GetOptions& o) {
+  if (!CheckKeyArgument(o.file, o.key)) return kExitUsage;
   Store store;
   Status s = OpenReadOnly(o.file, &store);
   if (!s.ok()) return FailOpen(o.file, s);
@@ -61,11 +62,7 @@ int RunGet(const GetOptions& o) {
   } else if (isatty(STDOUT_FILENO)) {
     value.push_back('\n');
   }
-  if (std::fwrite(value.data(), 1, value.size(), stdout) != value.size() || std::fflush(stdout) != 0) {
-    PrintError("<stdout>", "write failed: " + ErrnoText(errno));
-    return kExitStore;
-  }
-  return kExitOk;
+  return WriteStdout(value) ? kExitOk : kExitStore;
 }
 
 }  // namespace

@@ -1,7 +1,6 @@
 // cmd_incr.cc: `mapkv incr FILE KEY [DELTA]`.
 #include <CLI/CLI.hpp>
 #include <cstdint>
-#include <cstdio>
 #include <memory>
 
 #include "commands.h"
@@ -17,6 +16,7 @@ struct IncrOptions {
 };
 
 int RunIncr(const IncrOptions& o) {
+  if (!CheckKeyArgument(o.file, o.key)) return kExitUsage;  // before the store is created
   Store store;
   Status s = OpenWritable(o.file, /*create=*/true, &store);
   if (!s.ok()) return FailOpen(o.file, s);
@@ -25,8 +25,7 @@ int RunIncr(const IncrOptions& o) {
   if (!s.ok()) return Fail(o.file, s);
   s = store.Close();
   if (!s.ok()) return Fail(o.file, s);
-  std::printf("%lld\n", static_cast<long long>(now));
-  return std::fflush(stdout) == 0 ? kExitOk : kExitStore;
+  return WriteStdout(std::to_string(now) + "\n") ? kExitOk : kExitStore;
 }
 
 }  // namespace
@@ -40,7 +39,7 @@ Command SetupIncr(CLI::App& app) {
       "or a sum that overflows, is an error (exit 3) and changes nothing.");
   sub->add_option("FILE", o->file, "Store file")->required();
   sub->add_option("KEY", o->key, "Key; put `--` before a key that starts with '-'")->required();
-  sub->add_option("DELTA", o->delta, "Amount to add (default 1)");
+  AddIntegerArgument(sub, "DELTA", &o->delta, "Amount to add (default 1), in decimal");
   return {sub, [o] { return RunIncr(*o); }};
 }
 

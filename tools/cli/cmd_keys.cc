@@ -54,9 +54,7 @@ Command SetupKeys(CLI::App& app) {
   CLI::App* sub = app.add_subcommand("keys", "List keys, one per line, sorted by their bytes.");
   sub->add_option("FILE", o->file, "Store file")->required();
   sub->add_option("--prefix", o->prefix, "Only keys that start with P")->type_name("P");
-  o->limit_option = sub->add_option("--limit", o->limit, "At most N keys (the first N in sorted order)")
-                        ->type_name("N")
-                        ->check(CLI::Validator(CheckCount, ""));
+  o->limit_option = AddCountArgument(sub, "--limit", &o->limit, "At most N keys (the first N in sorted order)");
   sub->footer(
       "Escaping: a key is printed as is when it is printable UTF-8. Otherwise, and always for these\n"
       "characters, a backslash is printed as \\\\, a newline as \\n, a tab as \\t, a carriage return as\n"

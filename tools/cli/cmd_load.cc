@@ -195,6 +195,10 @@ bool IsBlank(std::string_view line) { return line.find_first_not_of(" \t\r") == 
 int RunLoad(const LoadOptions& o) {
   const bool from_stdin = o.input.empty() || o.input == "-";
   const std::string input_name = from_stdin ? "<stdin>" : o.input;
+  if (!from_stdin && IsStoreFile(o.file, o.input)) {
+    PrintError(o.input, "the input is the store file " + o.file + " itself (load reads JSON Lines)");
+    return kExitUsage;
+  }
   int fd = STDIN_FILENO;
   if (!from_stdin) {
     fd = ::open(o.input.c_str(), O_RDONLY | O_BINARY | O_CLOEXEC);
@@ -219,10 +223,11 @@ int RunLoad(const LoadOptions& o) {
     if (S_ISREG(st.st_mode)) total = static_cast<uint64_t>(st.st_size);
   }
 
+  // The store is opened (and created if missing) once the first pair has
+  // parsed, or at the end of an input that holds none: input malformed from
+  // its first line, or that cannot be read, creates or changes nothing.
   Store store;
-  Status s = OpenWritable(o.file, /*create=*/true, &store);
-  if (!s.ok()) return FailOpen(o.file, s);
-
+  Status s;
   LineReader reader(fd);
   JsonLineParser parser;
   Loader loader(&store);
@@ -244,6 +249,13 @@ int RunLoad(const LoadOptions& o) {
         rc = kExitUsage;
       }
       break;
+    }
+    if (!store.is_open()) {
+      s = OpenWritable(o.file, /*create=*/true, &store);
+      if (!s.ok()) {
+        progress.Finish();
+        return FailOpen(o.file, s);
+      }
     }
     loader.Add(key, value);
     if (loader.pending() >= loader.chunk()) {
@@ -268,9 +280,13 @@ int RunLoad(const LoadOptions& o) {
       if (!s.ok()) rc = Fail(o.file, s);
     }
   }
+  if (rc == kExitOk && !store.is_open()) {  // no pair: the store is still created
+    s = OpenWritable(o.file, /*create=*/true, &store);
+    if (!s.ok()) return FailOpen(o.file, s);
+  }
   s = store.Close();
   if (!s.ok() && rc == kExitOk) rc = Fail(o.file, s);
-  std::printf("loaded %llu pairs\n", static_cast<unsigned long long>(loader.loaded()));
+  if (!WriteStdout("loaded " + std::to_string(loader.loaded()) + " pairs\n") && rc == kExitOk) rc = kExitStore;
   return rc;
 }
 
@@ -283,8 +299,9 @@ Command SetupLoad(CLI::App& app) {
       "Load JSON Lines (the format of `mapkv dump`) from INPUT or standard input into FILE, which is created if "
       "missing; existing keys are replaced. Each line is one object with \"key\" or \"key_base64\" and \"value\" "
       "or \"value_base64\" (strings; no other field); blank lines are skipped. A malformed line is reported as "
-      "INPUT:LINE: what is wrong, with exit code 2; the lines before it stay loaded and nothing after it is. "
-      "Prints \"loaded N pairs\"; shows progress on standard error when it is a terminal.");
+      "INPUT:LINE: what is wrong, with exit code 2; the lines before it stay loaded and nothing after it is (when it "
+      "is the first non-blank line, FILE is neither created nor changed). Prints \"loaded N pairs\"; shows progress "
+      "on standard error when it is a terminal.");
   sub->add_option("FILE", o->file, "Store file")->required();
   sub->add_option("INPUT", o->input, "JSON Lines file (default or '-': standard input)");
   return {sub, [o] { return RunLoad(*o); }};

@@ -2,6 +2,7 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <cerrno>
 #include <memory>
 
@@ -17,11 +18,14 @@ struct PutOptions {
   CLI::Option* value_option = nullptr;  // count() == 0: read standard input
 };
 
-// Reads all of standard input, byte for byte.
-bool ReadStdin(std::string* out, int* err) {
+// Reads standard input, byte for byte, to its end or until it has read more
+// than `limit` bytes (then *out holds limit + 1 of them).
+bool ReadStdin(std::string* out, size_t limit, int* err) {
   char buf[1 << 16];
   for (;;) {
-    const ssize_t n = ::read(STDIN_FILENO, buf, sizeof buf);
+    const size_t want = std::min(sizeof buf, limit + 1 - out->size());
+    if (want == 0) return true;
+    const ssize_t n = ::read(STDIN_FILENO, buf, want);
     if (n == 0) return true;
     if (n < 0) {
       if (errno == EINTR) continue;
@@ -33,11 +37,19 @@ bool ReadStdin(std::string* out, int* err) {
 }
 
 int RunPut(PutOptions& o) {
+  // Everything is checked before the store is opened (and maybe created).
+  if (!CheckKeyArgument(o.file, o.key)) return kExitUsage;
   if (o.value_option->count() == 0) {
     int err = 0;
-    if (!ReadStdin(&o.value, &err)) {
+    if (!ReadStdin(&o.value, kMaxValueSize, &err)) {
       PrintError("<stdin>", "cannot read the value: " + ErrnoText(err));
       return kExitStore;
+    }
+    // (A VALUE argument needs no such check: no command line holds 1 GiB.)
+    if (o.value.size() > kMaxValueSize) {
+      PrintError(o.file,
+                 "value of more than " + std::to_string(kMaxValueSize) + " bytes on standard input (at most 1 GiB)");
+      return kExitUsage;
     }
   }
   Store store;

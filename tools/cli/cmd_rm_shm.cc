@@ -13,7 +13,8 @@ struct RmShmOptions {
 
 int RunRmShm(const RmShmOptions& o) {
   Status s = Store::RemoveShared(o.name);
-  if (!s.ok()) return FailOpen(o.name, s);
+  // The engine's message names the store shm:NAME, also when given as NAME.
+  if (!s.ok()) return FailOpen(o.name.rfind("shm:", 0) == 0 ? o.name : "shm:" + o.name, s);
   return kExitOk;
 }
 

@@ -108,11 +108,7 @@ int RunStats(const StatsOptions& o) {
   s = store.GetStats(&st);
   if (!s.ok()) return Fail(o.file, s);
   const std::string text = o.json ? Json(o.file, st) : Human(o.file, st);
-  if (std::fwrite(text.data(), 1, text.size(), stdout) != text.size() || std::fflush(stdout) != 0) {
-    PrintError("<stdout>", "write failed: " + ErrnoText(errno));
-    return kExitStore;
-  }
-  return kExitOk;
+  return WriteStdout(text) ? kExitOk : kExitStore;
 }
 
 }  // namespace

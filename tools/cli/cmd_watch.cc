@@ -1,6 +1,5 @@
 // cmd_watch.cc: `mapkv watch FILE [--key K | --prefix P] [--count N] [--timeout SECONDS]`.
 #include <CLI/CLI.hpp>
-#include <cerrno>
 #include <chrono>
 #include <cinttypes>
 #include <cstdio>
@@ -14,7 +13,8 @@
 namespace mapkv::cli {
 namespace {
 
-constexpr int kExitTimedOut = 1;  // the timeout passed before N changes
+constexpr int kExitTimedOut = 1;     // the timeout passed before N changes
+constexpr double kMaxTimeout = 1e9;  // seconds: about 32 years
 
 struct WatchOptions {
   std::string file;
@@ -52,10 +52,6 @@ void AppendChange(std::string* out, const Change& c) {
 }
 
 int RunWatch(const WatchOptions& o) {
-  if (o.timeout_option->count() > 0 && !(o.timeout >= 0 && o.timeout < 1e9)) {
-    PrintError(o.file, "--timeout must be a number of seconds from 0 to 1e9");
-    return kExitUsage;
-  }
   Store store;
   Options options;
   options.create_if_missing = false;
@@ -92,10 +88,7 @@ int RunWatch(const WatchOptions& o) {
       line.clear();
       AppendChange(&line, c);
       // One line as it happens: written and flushed at once.
-      if (std::fwrite(line.data(), 1, line.size(), stdout) != line.size() || std::fflush(stdout) != 0) {
-        PrintError("<stdout>", "write failed: " + ErrnoText(errno));
-        return kExitStore;
-      }
+      if (!WriteStdout(line)) return kExitStore;
       if (limited && ++printed == o.count) return kExitOk;
     }
     since = next;
@@ -130,11 +123,9 @@ Command SetupWatch(CLI::App& app) {
   o->key_option = sub->add_option("--key", o->key, "Only changes of key K")->type_name("K");
   o->prefix_option = sub->add_option("--prefix", o->prefix, "Only changes of keys that start with P")->type_name("P");
   o->key_option->excludes(o->prefix_option);
-  o->count_option = sub->add_option("--count", o->count, "Exit 0 after N changes")
-                        ->type_name("N")
-                        ->check(CLI::Validator(CheckCount, ""));
-  o->timeout_option = sub->add_option("--timeout", o->timeout, "Exit 1 when SECONDS pass first (fractions allowed)")
-                          ->type_name("SECONDS");
+  o->count_option = AddCountArgument(sub, "--count", &o->count, "Exit 0 after N changes");
+  o->timeout_option = AddSecondsArgument(sub, "--timeout", &o->timeout, kMaxTimeout,
+                                         "Exit 1 when SECONDS pass first (0 to 1e9, fractions allowed)");
   sub->footer(
       "The store is opened writable (a waiting watcher counts itself in the store's control page) but no\n"
       "data is changed. Example: `mapkv watch s.mkv --key config --count 1 --timeout 30 && reload`.");

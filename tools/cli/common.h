@@ -3,6 +3,7 @@
 #ifndef MAPKV_TOOLS_CLI_COMMON_H_
 #define MAPKV_TOOLS_CLI_COMMON_H_
 
+#include <cstdint>
 #include <cstdio>
 #include <functional>
 #include <string>
@@ -13,6 +14,7 @@
 
 namespace CLI {
 class App;
+class Option;
 }  // namespace CLI
 
 namespace mapkv::cli {
@@ -57,18 +59,35 @@ struct Command {
   std::function<int()> run;
 };
 
-// Prints "mapkv: FILE: MESSAGE" as one line on stderr (MESSAGE already
-// naming FILE is not prefixed again; newlines in it become spaces).
+// Prints "mapkv: FILE: MESSAGE" as one line on stderr (a MESSAGE that starts
+// with "FILE:", as the engine's do, is not prefixed again; newlines in it
+// become spaces).
 void PrintError(std::string_view file, std::string_view message);
 // PrintError(file, status.message()); returns ExitCodeFor(status.code()).
 int Fail(std::string_view file, const Status& status);
 // For a failed Store::Open: prints it and returns kExitStore.
 int FailOpen(std::string_view file, const Status& status);
 
+// Checks a key given on the command line before the store is opened, so that
+// a usage error never creates or touches a file: false after printing what
+// is wrong in the engine's words ("FILE: empty key (keys are 1 to 65536
+// bytes)"); the caller then exits kExitUsage.
+bool CheckKeyArgument(std::string_view file, std::string_view key);
+
+// True when `path` is the file of the store `file`: the same path, or both
+// exist and are one file (a link, another spelling), by device and inode
+// (by volume and file index on Windows). A shm:NAME store has no file.
+bool IsStoreFile(const std::string& file, const std::string& path);
+
 // Opens for a command that only reads: read_only, never creates.
 Status OpenReadOnly(const std::string& file, Store* store);
 // Opens for writing, creating the file when `create`.
 Status OpenWritable(const std::string& file, bool create, Store* store);
+
+// Writes `text` to standard output and flushes it. On a write error (say a
+// full disk, or /dev/full) prints "<stdout>: write failed: ..." and returns
+// false; the caller then exits kExitStore.
+bool WriteStdout(std::string_view text);
 
 // Buffered, checked output to a FILE*.
 class Output {
@@ -85,9 +104,22 @@ class Output {
   std::string buf_;
 };
 
-// A CLI11 check for a count argument: "" when `text` is a whole number of
-// decimal digits, else what is wrong.
-std::string CheckCount(std::string& text);
+// Numeric arguments, parsed strictly in decimal (not by CLI11, whose
+// conversions take "010" as octal, "0x10" as hexadecimal and "" as 0, and
+// clamp a number out of range). Each adds to `app` the argument `name` (one
+// option name such as "--limit", or a positional such as "DELTA") and sets
+// *value when it is given; any other text is a usage error (exit 2) naming
+// the argument and the text.
+//
+// A whole number: ASCII digits only (leading zeros allowed; no sign, space,
+// base prefix, fraction or exponent), at most 18446744073709551615.
+CLI::Option* AddCountArgument(CLI::App* app, const std::string& name, uint64_t* value, const std::string& description);
+// An integer: ASCII digits after an optional '-', from INT64_MIN to INT64_MAX.
+CLI::Option* AddIntegerArgument(CLI::App* app, const std::string& name, int64_t* value, const std::string& description);
+// A number of seconds from 0 to `max`: ASCII digits, optionally followed by
+// '.' and more digits.
+CLI::Option* AddSecondsArgument(CLI::App* app, const std::string& name, double* value, double max,
+                                const std::string& description);
 
 // strerror(errno) as a string.
 std::string ErrnoText(int err);
