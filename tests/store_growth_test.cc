@@ -21,6 +21,7 @@
 
 #include "format.h"
 #include "heap.h"
+#include "racy.h"
 #include "store_test_helpers.h"
 
 namespace mapkv::test {
@@ -111,16 +112,53 @@ TEST_SUITE("growth") {
     internal::MapSet maps(file.get(), true, false);
     REQUIRE(maps.Cover(4096).ok());
     uint8_t* const first = maps.Current()->base;
-    const uint64_t next = maps.Current()->length + 1;
-#ifdef _WIN32
-    REQUIRE(file->Reserve(next).ok());  // Windows maps no further than the file
-#endif
+    const uint64_t next = (256ull << 20) + 1;  // past the first mapping's headroom
+    REQUIRE(file->Reserve(next).ok());
     REQUIRE(maps.Cover(next).ok());
     REQUIRE(maps.Current()->base != first);
     CHECK(maps.OffsetOf(first + 1000) == 1000);
     CHECK(maps.OffsetOf(first) == 0);
     CHECK(maps.OffsetOf(maps.Current()->base + 2000) == 2000);
   }
+
+#ifndef _WIN32
+  // Reads at stale offsets (another thread's, from before a cut) must find
+  // zeros, never SIGBUS: past the file's end no mapping shows the file.
+  TEST_CASE("growth: MapSet shows zeros, not the file, past its end and past a cut; Cover maps it again") {
+    TempDir dir;
+    std::unique_ptr<internal::File> file;
+    REQUIRE(internal::File::Open(dir.File("m"), internal::FileSpec{.create = true}, &file).ok());
+    REQUIRE(file->Reserve(1 << 20).ok());
+    internal::MapSet maps(file.get(), true, false);
+    REQUIRE(maps.Cover(1 << 20).ok());
+    uint8_t* const base = maps.Current()->base;
+    CHECK(maps.Current()->length() == (1 << 20));
+    CHECK(internal::RacyLoad(reinterpret_cast<const uint64_t*>(base + (3 << 20))) == 0);  // headroom: no fault
+    std::memset(base + (900 << 10), 0xAB, 4096);
+
+    // Withdrawn past 512 KiB, file not cut yet: zeros there; mapped again,
+    // the same mapping shows the file's bytes.
+    REQUIRE(maps.Cut(512 << 10).ok());
+    CHECK(maps.Current()->length() == (512 << 10));
+    CHECK(internal::RacyLoad(reinterpret_cast<const uint64_t*>(base + (900 << 10))) == 0);
+    REQUIRE(maps.Cover(1 << 20).ok());
+    CHECK(maps.Current()->base == base);
+    CHECK(maps.Current()->length() == (1 << 20));
+    CHECK(base[900 << 10] == 0xAB);
+
+    // Cut for real: no fault past the new end, and the file grown back reads
+    // its new (zero) bytes.
+    REQUIRE(maps.Cut(512 << 10).ok());
+    REQUIRE(file->Truncate(512 << 10).ok());
+    CHECK(internal::RacyLoad(reinterpret_cast<const uint64_t*>(base + (900 << 10))) == 0);
+    REQUIRE(file->Reserve(1 << 20).ok());
+    REQUIRE(maps.Cover(1 << 20).ok());
+    CHECK(maps.Current()->base == base);
+    CHECK(base[900 << 10] == 0);
+    base[900 << 10] = 7;  // writable again
+    CHECK(base[900 << 10] == 7);
+  }
+#endif
 
   TEST_CASE("growth: an empty store grows to 2000000 entries and every key reads back") { RunGrowth(2000000); }
 

@@ -139,6 +139,22 @@ Status StoreImpl::RehomeSnapshots(uint64_t cursor) {
   return s;
 }
 
+Status StoreImpl::CutFile(uint64_t size) {
+  // The control page first: killed in between, the file is longer than the
+  // store says, which is valid (the reverse is not). Then no mapping of this
+  // handle may still show the file past the cut, or another thread's get
+  // that found a record there a moment ago would fault.
+  const uint64_t old_size = ctl_->file_size.load();
+  ctl_->file_size.store(size);
+  Status s = maps_->Cut(size);
+  if (s.ok()) s = file_->Truncate(size);
+  // Not cut: the store takes back its old size once the newest view covers
+  // it again, or else keeps the shorter one (the file is longer than the
+  // store says, which is valid; it grows back through Cover).
+  if (!s.ok() && maps_->Cover(old_size).ok()) ctl_->file_size.store(old_size);
+  return s;
+}
+
 bool StoreImpl::SnapshotOnTop() const {
   const uint64_t top = heap_->HighestUsedEnd();
   for (int k = 0; k < 2; ++k) {
@@ -181,14 +197,7 @@ Status StoreImpl::Compact() {
   ctl_->alloc_cursor = kHeapOffset / kGranule;
   if (locks_->TryBecomeAlone()) {
     const uint64_t target = heap_->RoundGrowth((ctl_->heap_end + 65535) / 65536 * 65536);
-    if (target < ctl_->file_size.load()) {
-      // The control page first: killed in between, the file is longer than
-      // the store says, which is valid (the reverse is not).
-      const uint64_t old_size = ctl_->file_size.load();
-      ctl_->file_size.store(target);
-      s = file_->Truncate(target);
-      if (!s.ok()) ctl_->file_size.store(old_size);
-    }
+    if (target < ctl_->file_size.load()) s = CutFile(target);
     locks_->EndAlone();
   }
   return s;

@@ -34,31 +34,63 @@ uint64_t RoundUp(uint64_t x, uint64_t to) { return (x + to - 1) / to * to; }
 
 Status MapSet::Cover(uint64_t bytes) {
   std::lock_guard<std::mutex> lock(mu_);
-  const View* cur = current_.load(std::memory_order_relaxed);
-  if (cur != nullptr && cur->length >= bytes) return Status::Ok();
-  // Headroom: twice what is needed, so a growing file is remapped O(log n) times.
-  uint64_t length = RoundUp(std::max(bytes * 2, kMinMapHeadroom), kMinMapHeadroom);
+  View* cur = current_.load(std::memory_order_relaxed);
+  if (cur != nullptr && cur->length() >= bytes) return Status::Ok();
+  const uint64_t attach = RoundUp(bytes, kPageSize);
+  if (cur != nullptr && mappings_.back()->length() >= attach) {
+    // The newest mapping reaches that far: it maps the file up to there.
+    const uint64_t from = cur->length();
+    if (mappings_.back()->Restore(from, attach).ok()) {
+      AdviseLocked(mappings_.back().get(), from, attach);
+      cur->mapped.store(attach, std::memory_order_release);
+      return Status::Ok();
+    }
+  }
+  // Headroom: twice what is needed, so a growing file is remapped O(log n)
+  // times. Past `attach` it reads zeros until the file grows there.
+  const uint64_t length = RoundUp(std::max(bytes * 2, kMinMapHeadroom), kMinMapHeadroom);
   std::unique_ptr<Mapping> mapping;
   Status s = file_->Map(length, writable_, &mapping);
-  if (!s.ok()) {
+  if (s.ok() && mapping->length() > attach && !mapping->Withdraw(attach).ok()) mapping.reset();
+  if (!mapping) {
     // Address space may be short (32-bit, ulimit -v): retry without headroom.
-    s = file_->Map(RoundUp(bytes, kPageSize), writable_, &mapping);
+    s = file_->Map(attach, writable_, &mapping);
     if (!s.ok()) return s;
   }
-  if (large_pages_) {
-    mapping->Advise(0, kLargePagesFrom, Mapping::PageHint::kSmall);
-    mapping->Advise(kLargePagesFrom, mapping->length(), Mapping::PageHint::kLarge);
-    if (small_length_ != 0) mapping->Advise(small_offset_, small_length_, Mapping::PageHint::kSmall);
-  }
-  auto view = std::make_unique<View>(View{mapping->data(), mapping->length()});
-  if (view->length < bytes) {
-    return Status(Code::kIoError, file_->path() + ": mapping covers " + std::to_string(view->length) + " bytes, " +
+  AdviseLocked(mapping.get(), 0, attach);
+  auto view = std::make_unique<View>(mapping->data(), std::min(mapping->length(), attach));
+  if (view->length() < bytes) {
+    return Status(Code::kIoError, file_->path() + ": mapping covers " + std::to_string(view->length()) + " bytes, " +
                                       std::to_string(bytes) + " needed");
   }
   current_.store(view.get(), std::memory_order_release);
   mappings_.push_back(std::move(mapping));
   views_.push_back(std::move(view));
   return Status::Ok();
+}
+
+Status MapSet::Cut(uint64_t size) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Status s;
+  for (const std::unique_ptr<Mapping>& m : mappings_) {
+    Status w = m->Withdraw(size);
+    if (s.ok()) s = w;
+  }
+  View* cur = current_.load(std::memory_order_relaxed);
+  if (cur != nullptr && cur->length() > size) cur->mapped.store(size, std::memory_order_release);
+  return s;
+}
+
+void MapSet::AdviseLocked(Mapping* mapping, uint64_t from, uint64_t to) {
+  if (!large_pages_) return;
+  auto advise = [&](uint64_t begin, uint64_t end, Mapping::PageHint hint) {
+    begin = std::max(begin, from);
+    end = std::min(end, to);
+    if (begin < end) mapping->Advise(begin, end - begin, hint);
+  };
+  advise(0, kLargePagesFrom, Mapping::PageHint::kSmall);
+  advise(kLargePagesFrom, mapping->length(), Mapping::PageHint::kLarge);
+  if (small_length_ != 0) advise(small_offset_, small_offset_ + small_length_, Mapping::PageHint::kSmall);
 }
 
 void MapSet::KeepSmall(uint64_t offset, uint64_t length) {
@@ -88,11 +120,11 @@ void MapSet::PrefaultSoon(uint64_t offset, uint64_t length) {
 uint64_t MapSet::OffsetOf(const void* p) {
   const auto* q = static_cast<const uint8_t*>(p);
   const View* cur = current_.load(std::memory_order_acquire);
-  if (q >= cur->base && q < cur->base + cur->length) return static_cast<uint64_t>(q - cur->base);
+  if (q >= cur->base && q < cur->base + cur->length()) return static_cast<uint64_t>(q - cur->base);
   std::lock_guard<std::mutex> lock(mu_);
   for (auto it = views_.rbegin(); it != views_.rend(); ++it) {
     const View& v = **it;
-    if (q >= v.base && q < v.base + v.length) return static_cast<uint64_t>(q - v.base);
+    if (q >= v.base && q < v.base + v.length()) return static_cast<uint64_t>(q - v.base);
   }
   return static_cast<uint64_t>(q - cur->base);  // in no mapping: a caller's bug; as before
 }

@@ -5,8 +5,13 @@
 // when another process has grown the file past the mapping it maps it again,
 // larger. Old mappings are kept until the handle closes, so a reader that
 // loaded the previous View keeps reading valid memory (both mappings show the
-// same file pages). Nothing is ever unmapped under a reader.
-//
+// same file pages). Nothing is ever unmapped under a reader. No mapping shows
+// the file past its end, where a read would take SIGBUS: the headroom reads
+// zeros until the file grows into it (Mapping::Withdraw and Restore), and a
+// file cut shorter (Compact, while alone) is first withdrawn from every
+// mapping (MapSet::Cut). A reader that read stale sizes finds zeros there,
+// and its check of the sequence number sends it round again.
+
 // Undo log. Every change a write makes to a structure that already existed
 // (a slot, a page-map entry, an allocation bit, a control-page word) is first
 // recorded in the undo log in the file, so that a process killed in the middle
@@ -45,8 +50,14 @@
 namespace mapkv::internal {
 
 struct View {
-  uint8_t* base;
-  uint64_t length;  // bytes mapped (may exceed the file's size)
+  View(uint8_t* b, uint64_t n) : base(b), mapped(n) {}
+  // Bytes of the file mapped from `base` (may exceed the file's size).
+  uint64_t length() const { return mapped.load(std::memory_order_acquire); }
+
+  uint8_t* const base;
+  // Lowered by MapSet::Cut and raised back by Cover; any value it ever held
+  // is safe to read below (a withdrawn range reads zeros).
+  std::atomic<uint64_t> mapped;
 };
 
 class MapSet {
@@ -61,6 +72,12 @@ class MapSet {
 
   // Maps the file so that at least `bytes` are covered.
   Status Cover(uint64_t bytes);
+  // Before the file is cut to `size` bytes while other threads of the
+  // handle may be reading: every mapping stops mapping the file past `size`
+  // (Mapping::Withdraw) and the newest view covers `size` bytes, until Cover
+  // maps the file there again. On an error some mappings may still map past
+  // `size`: the file must not be cut then.
+  Status Cut(uint64_t size);
   // The file offset of `p`, a pointer into any of the mappings. Pointers
   // taken once and kept (the control page) lie in an older mapping than the
   // newest once the file has been mapped again, so `p - Current()->base` is
@@ -91,10 +108,12 @@ class MapSet {
   uint64_t small_offset_ = 0;  // the range KeepSmall was last given
   uint64_t small_length_ = 0;
   std::mutex mu_;
-  std::atomic<const View*> current_{nullptr};
+  std::atomic<View*> current_{nullptr};
   std::vector<std::unique_ptr<Mapping>> mappings_;
   std::vector<std::unique_ptr<View>> views_;
   Mapping* NewestWritable();  // nullptr when read-only or not mapped yet
+  // Options::large_pages' advice over [from, to) of `mapping`. Under mu_.
+  void AdviseLocked(Mapping* mapping, uint64_t from, uint64_t to);
   // After mappings_: destroyed first, so its thread is done with them.
   Prefaulter prefaulter_;
 };

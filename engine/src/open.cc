@@ -662,15 +662,11 @@ Status StoreImpl::TrimIfAlone() {
   const uint64_t target =
       s.ok() ? heap_->RoundGrowth(RoundUp(std::max(heap_->HighestUsedEnd(), meta->heap_end), 64 * 1024)) : 0;
   if (s.ok() && target < ctl_->file_size.load() && ctl_->undo_count.load() == 0) {
-    // Alone: no other handle maps the file, so shortening it cannot fault anyone.
-    // The control page first: killed between the two steps, the file is longer
-    // than the store says, which is valid (the reverse is not). Nothing is
-    // allocated past the target, so the high-water mark may come down to it.
-    const uint64_t old_size = ctl_->file_size.load();
-    ctl_->file_size.store(target);
+    // Alone: no other handle maps the file, so shortening it cannot fault
+    // anyone. Nothing is allocated past the target, so the high-water mark
+    // may come down to it.
     ctl_->heap_end = std::min(ctl_->heap_end, target);
-    s = file_->Truncate(target);
-    if (!s.ok()) ctl_->file_size.store(old_size);
+    s = CutFile(target);
   }
   if (s.ok() && ctl_->dirty == 0) ctl_->tail_checked_seq = ctl_->change_seq.load() + 1;
   locks_->UnlockWrite(false);

@@ -298,7 +298,7 @@ Status StoreImpl::CheckWritable() const {
 
 Status StoreImpl::EnsureMapped() const {
   const uint64_t fs = ctl_->file_size.load(std::memory_order_acquire);
-  if (maps_->Current()->length >= fs) return Status::Ok();
+  if (maps_->Current()->length() >= fs) return Status::Ok();
   return maps_->Cover(fs);
 }
 
@@ -312,7 +312,7 @@ TableReader StoreImpl::ReaderSnapshot() const {
 MAPKV_OPTIMISTIC inline TableReader StoreImpl::OptimisticReader(Status* s) const {
   const uint64_t fs = ctl_->file_size.load(std::memory_order_acquire);
   const View* v = maps_->Current();
-  if (v->length < fs) [[unlikely]] {
+  if (v->length() < fs) [[unlikely]] {
     *s = maps_->Cover(fs);
     if (!s->ok()) return TableReader{nullptr, 0, 0, 0, 0};
     v = maps_->Current();
@@ -327,7 +327,7 @@ MAPKV_OPTIMISTIC void StoreImpl::PrefetchHomeUnlocked(uint64_t hash) const {
   // may have cut the file, and the write lock's check must come first.
   if (!locks_->HoldsStickyWrite()) return;
   const View* v = maps_->Current();
-  const TableReader r{v->base, std::min(ctl_->file_size.load(std::memory_order_relaxed), v->length),
+  const TableReader r{v->base, std::min(ctl_->file_size.load(std::memory_order_relaxed), v->length()),
                       static_cast<uint32_t>(ctl_->table_shift.load(std::memory_order_relaxed)),
                       ctl_->pagemap_offset.load(std::memory_order_relaxed), seed_};
   if (r.shift >= kMinTableShift && r.shift <= kMaxTableShift) r.PrefetchHome(hash);
@@ -353,7 +353,7 @@ MAPKV_OPTIMISTIC void StoreImpl::PrefetchHomeUnlocked(uint64_t hash) const {
   const View* v = maps_->Current();
   const TableReader r{v->base, fs, static_cast<uint32_t>(ctl->table_shift.load(std::memory_order_relaxed)),
                       ctl->pagemap_offset.load(std::memory_order_relaxed), seed_};
-  if ((s1 & 1) != 0 || v->length < fs || r.shift < kMinTableShift || r.shift > kMaxTableShift) [[unlikely]]
+  if ((s1 & 1) != 0 || v->length() < fs || r.shift < kMinTableShift || r.shift > kMaxTableShift) [[unlikely]]
     return FastGet::kSlow;
   RecordRef rec;
   const TableReader::Result res = r.FindInHomePage(key, hash, &rec);

@@ -131,6 +131,10 @@ class StoreImpl {
   Status RehomeSnapshots(uint64_t cursor);
   // A snapshot ends at the top of the used heap.
   bool SnapshotOnTop() const;
+  // Shortens the file to `size` (a multiple of 64 KiB), alone with the write
+  // lock: the control page, every mapping of the handle (MapSet::Cut), then
+  // the file. On an error the file is not cut.
+  Status CutFile(uint64_t size);
 
   // checkpoint.cc
   Status Checkpoint();

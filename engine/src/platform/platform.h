@@ -64,6 +64,17 @@ class Mapping {
   virtual void Prefault(uint64_t offset, uint64_t length) { (void)offset, (void)length; }
   // Whether Prefault does anything here (worth a thread to run it).
   virtual bool CanPrefault() const { return false; }
+  // [offset, length()) stops mapping the file and reads as zeros (writes to
+  // it fault); Restore(offset, end) maps the file at [offset, end) again.
+  // So a mapping need not show the file past its end, where a read would
+  // take SIGBUS: a file cut shorter is first withdrawn from its mappings,
+  // and a reader that raced the cut finds zeros. Offsets are rounded out to
+  // whole pages of the system (the page that holds the file's end reads
+  // zeros past it, without a fault). A system whose mappings never reach
+  // past the file (Win32, where File::Truncate waits for the last view)
+  // needs neither: both do nothing.
+  virtual Status Withdraw(uint64_t offset) { return (void)offset, Status::Ok(); }
+  virtual Status Restore(uint64_t offset, uint64_t end) { return (void)offset, (void)end, Status::Ok(); }
 };
 
 enum class LockMode : uint8_t { kShared, kExclusive };

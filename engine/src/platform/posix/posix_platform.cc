@@ -181,8 +181,13 @@ class UniqueFd {
 class PosixMapping final : public Mapping {
  public:
   // `fd` is borrowed from the PosixFile, which must outlive this mapping.
-  PosixMapping(uint8_t* data, uint64_t length, int fd, std::string path)
-      : data_(data), length_(length), fd_(fd), path_(std::move(path)), fork_generation_(ForkGeneration()) {}
+  PosixMapping(uint8_t* data, uint64_t length, bool writable, int fd, std::string path)
+      : data_(data),
+        length_(length),
+        writable_(writable),
+        fd_(fd),
+        path_(std::move(path)),
+        fork_generation_(ForkGeneration()) {}
   // Mapped MADV_DONTFORK, the range is not there in a forked child, where it
   // may hold something else by now: only the process that mapped it unmaps it.
   ~PosixMapping() override {
@@ -247,6 +252,17 @@ class PosixMapping final : public Mapping {
 #endif
   }
 
+  // Both replace the range in one mmap(MAP_FIXED): a reader at any moment
+  // finds either the old pages or the new, never a hole.
+  Status Withdraw(uint64_t offset) override {
+    return Replace(RoundUpToPage(offset), length_, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1,
+                   "anonymous, read-only");
+  }
+  Status Restore(uint64_t offset, uint64_t end) override {
+    return Replace(offset & ~(PageSize() - 1), std::min(RoundUpToPage(end), length_),
+                   writable_ ? PROT_READ | PROT_WRITE : PROT_READ, MAP_SHARED, fd_, "the file");
+  }
+
   bool CanPrefault() const override {
 #if defined(MADV_POPULATE_WRITE)
     // Linux 5.14 and later. The kernel checks the advice before the range,
@@ -259,8 +275,21 @@ class PosixMapping final : public Mapping {
   }
 
  private:
+  static uint64_t RoundUpToPage(uint64_t x) { return (x + PageSize() - 1) & ~(PageSize() - 1); }
+
+  Status Replace(uint64_t begin, uint64_t end, int prot, int flags, int fd, const char* what) {
+    if (begin >= end) return Status::Ok();
+    const auto n = static_cast<size_t>(end - begin);
+    if (::mmap(data_ + begin, n, prot, flags | MAP_FIXED, fd, fd < 0 ? 0 : static_cast<off_t>(begin)) == MAP_FAILED) {
+      return ErrnoStatus(path_, "mmap", Range(begin, n) + " of the mapping, " + what, errno);
+    }
+    ::madvise(data_ + begin, n, MADV_DONTFORK);  // a new range does not inherit it (see Map)
+    return Status::Ok();
+  }
+
   uint8_t* const data_;
   const uint64_t length_;
+  const bool writable_;
   const int fd_;
   const std::string path_;
   const uint64_t fork_generation_;
@@ -395,7 +424,7 @@ class PosixFile final : public File {
     // The child cannot use the handle anyway (ForkGeneration), so it does not
     // get the mapping at all.
     ::madvise(addr, static_cast<size_t>(length), MADV_DONTFORK);
-    *out = std::make_unique<PosixMapping>(static_cast<uint8_t*>(addr), length, fd_.get(), path_);
+    *out = std::make_unique<PosixMapping>(static_cast<uint8_t*>(addr), length, writable, fd_.get(), path_);
     return Status::Ok();
   }
 
