@@ -420,6 +420,32 @@ TEST_SUITE("platform") {
     CHECK(mapkv::test::ReadFileBytes(dir.File("f")).size() == (64 << 10));
   }
 
+  // A compaction's deferred shortening waits for the handle's close, and
+  // meanwhile another handle may have grown the file and written past that
+  // length: the close must not cut it.
+  TEST_CASE("Windows: a deferred shortening is dropped when another handle grew the file meanwhile") {
+    TempDir dir;
+    {
+      std::unique_ptr<File> a = MustOpen(dir.File("f"), kCreate);
+      REQUIRE(a->Reserve(128 << 10).ok());
+      std::unique_ptr<Mapping> map;
+      REQUIRE(a->Map(128 << 10, true, &map).ok());
+      CHECK(a->Truncate(64 << 10).ok());  // deferred: a view exists
+      {
+        std::unique_ptr<File> b = MustOpen(dir.File("f"), FileSpec{});
+        REQUIRE(b->Reserve(256 << 10).ok());
+        std::unique_ptr<Mapping> bmap;
+        REQUIRE(b->Map(256 << 10, true, &bmap).ok());
+        bmap->data()[(200 << 10)] = 0x77;
+        REQUIRE(bmap->Flush(200 << 10, 1, /*sync=*/true).ok());
+      }
+      map.reset();
+    }
+    const std::string bytes = mapkv::test::ReadFileBytes(dir.File("f"));
+    REQUIRE(bytes.size() == (256 << 10));
+    CHECK(static_cast<uint8_t>(bytes[200 << 10]) == 0x77);
+  }
+
   TEST_CASE("Windows: paths with non-ASCII characters") {
     TempDir dir;
     const std::string path = dir.File("stor\xc3\xa9-\xe6\x97\xa5\xe6\x9c\xac.mkv");  // "storé-日本"

@@ -19,7 +19,9 @@
 //    Reserve uses the bytes still there first), and applies it when the
 //    handle is destroyed, after the engine has unmapped everything. If
 //    another process mapped the file meanwhile the shortening fails again
-//    and the file stays longer than the store says, which the format allows.
+//    and the file stays longer than the store says, which the format allows;
+//    so it does when the file's real length changed since the Truncate
+//    (another handle grew it, and may have written past the length).
 //  - Locks: LockFileEx on byte ranges of the handle, released when the
 //    handle is closed or its process dies. LockFileEx cannot convert a held
 //    lock to the other mode, so a conversion is an unlock and a new lock.
@@ -439,8 +441,15 @@ class Win32File final : public File {
   Win32File(UniqueHandle h, std::string path, bool read_only)
       : h_(std::move(h)), path_(std::move(path)), read_only_(read_only), locks_(h_.get(), &path_, read_only) {}
   ~Win32File() override {
+    // See the notes above. Only while the file is as long as when the
+    // shortening was put off: another handle that grew it since may have
+    // written past the length remembered here. Before the locks go, so
+    // no handle that waits for them sees the file change under it.
+    uint64_t real = 0;
+    if (pending_truncate_ != kNoTruncate && RealSize(&real).ok() && real == pending_from_) {
+      SetLength(pending_truncate_).IgnoreError();
+    }
     locks_.ReleaseAll();
-    if (pending_truncate_ != kNoTruncate) SetLength(pending_truncate_).IgnoreError();  // see the notes above
   }
   Win32File(const Win32File&) = delete;
   Win32File& operator=(const Win32File&) = delete;
@@ -506,7 +515,9 @@ class Win32File final : public File {
     }
     const DWORD err = ::GetLastError();
     if (err == ERROR_USER_MAPPED_FILE) {
-      pending_truncate_ = size;  // the store's length from now on; the file's once the views are gone
+      // The store's length from now on; the file's once the views are gone.
+      if (Status s = RealSize(&pending_from_); !s.ok()) return s;
+      pending_truncate_ = size;
       return Status::Ok();
     }
     return Win32Status(path_, "SetFileInformationByHandle", "FileEndOfFileInfo, " + Bytes(size), err);
@@ -611,6 +622,7 @@ class Win32File final : public File {
   RangeLocks locks_;
   WordEvents events_;
   uint64_t pending_truncate_ = kNoTruncate;
+  uint64_t pending_from_ = 0;  // the file's real length when the shortening was put off
 };
 
 DWORD Disposition(const FileSpec& spec) {
