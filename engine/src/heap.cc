@@ -38,7 +38,8 @@ Status MapSet::Cover(uint64_t bytes) {
   if (cur != nullptr && cur->length() >= bytes) return Status::Ok();
   const uint64_t attach = RoundUp(bytes, kPageSize);
   if (cur != nullptr && mappings_.back()->length() >= attach) {
-    // The newest mapping reaches that far: it maps the file up to there.
+    // Cut short (Cut), and the newest mapping reaches that far: it maps the
+    // file again up to its new end, and past it still reads zeros.
     const uint64_t from = cur->length();
     if (mappings_.back()->Restore(from, attach).ok()) {
       AdviseLocked(mappings_.back().get(), from, attach);
@@ -47,18 +48,19 @@ Status MapSet::Cover(uint64_t bytes) {
     }
   }
   // Headroom: twice what is needed, so a growing file is remapped O(log n)
-  // times. Past `attach` it reads zeros until the file grows there.
+  // times. It maps the file past its end (one mmap, not two): only sizes
+  // loaded after the growth that needs this mapping reach past the previous
+  // one, and those are below the file's end.
   const uint64_t length = RoundUp(std::max(bytes * 2, kMinMapHeadroom), kMinMapHeadroom);
   std::unique_ptr<Mapping> mapping;
   Status s = file_->Map(length, writable_, &mapping);
-  if (s.ok() && mapping->length() > attach && !mapping->Withdraw(attach).ok()) mapping.reset();
-  if (!mapping) {
+  if (!s.ok()) {
     // Address space may be short (32-bit, ulimit -v): retry without headroom.
     s = file_->Map(attach, writable_, &mapping);
     if (!s.ok()) return s;
   }
-  AdviseLocked(mapping.get(), 0, attach);
-  auto view = std::make_unique<View>(mapping->data(), std::min(mapping->length(), attach));
+  AdviseLocked(mapping.get(), 0, mapping->length());
+  auto view = std::make_unique<View>(mapping->data(), mapping->length());
   if (view->length() < bytes) {
     return Status(Code::kIoError, file_->path() + ": mapping covers " + std::to_string(view->length()) + " bytes, " +
                                       std::to_string(bytes) + " needed");

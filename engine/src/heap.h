@@ -5,12 +5,16 @@
 // when another process has grown the file past the mapping it maps it again,
 // larger. Old mappings are kept until the handle closes, so a reader that
 // loaded the previous View keeps reading valid memory (both mappings show the
-// same file pages). Nothing is ever unmapped under a reader. No mapping shows
-// the file past its end, where a read would take SIGBUS: the headroom reads
-// zeros until the file grows into it (Mapping::Withdraw and Restore), and a
-// file cut shorter (Compact, while alone) is first withdrawn from every
-// mapping (MapSet::Cut). A reader that read stale sizes finds zeros there,
-// and its check of the sequence number sends it round again.
+// same file pages). Nothing is ever unmapped under a reader.
+//
+// A read past the file's end takes SIGBUS. Readers stay below the file size
+// they loaded, which is safe while the file only grows, though a mapping's
+// headroom maps the file past its end. A cut (Compact, while alone) first
+// withdraws the cut range from every mapping (MapSet::Cut: zeros from then
+// on), and when the file grows back the newest mapping maps it again only up
+// to its new end (Mapping::Withdraw and Restore). So a reader holding sizes
+// from before a cut reads zeros there, and its check of the sequence number
+// sends it round again.
 
 // Undo log. Every change a write makes to a structure that already existed
 // (a slot, a page-map entry, an allocation bit, a control-page word) is first
