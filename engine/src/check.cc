@@ -94,6 +94,7 @@ Status StoreImpl::Check(CheckReport* report) const {
     problem("meta page generation " + std::to_string(meta->generation) + ": page map snapshot checksum mismatch");
   }
   s = ValidateControl();
+  if (s.ok()) s = CheckAllocMapMarks();
   if (!s.ok()) {
     problem(s.message());
     return Status::Ok();

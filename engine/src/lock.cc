@@ -282,7 +282,8 @@ Status LockManager::LockWrite(bool* fresh) {
   if (Holds(t_reads, this) || Holds(t_writes, this)) {
     return Status(Code::kUnsafeUse, file_->path() +
                                         ": a write asked for by a thread that holds a lock of the same handle "
-                                        "(a ReadGuard?) would wait for itself");
+                                        "(a ReadGuard, or a ForEach or Update callback's) would wait for "
+                                        "itself");
   }
   rw_.Lock();
   const bool held = sticky_.exchange(false);  // rw_ is held exclusively: nobody else changes it

@@ -367,8 +367,11 @@ Status StoreImpl::CheckAllocMapMarks() const {
 Status StoreImpl::ValidateControl() const {
   uint64_t file_size = 0;
   Status s = file_->Size(&file_size);
-  if (s.ok()) s = CheckControlPage(*ctl_, file_size, "");
-  if (s.ok()) s = CheckAllocMapMarks();
+  return s.ok() ? ValidateControl(file_size) : s;
+}
+
+Status StoreImpl::ValidateControl(uint64_t file_size) const {
+  Status s = CheckControlPage(*ctl_, file_size, "");
   // Every undo entry must stay inside the file and the allocation map.
   if (s.ok()) s = heap_->ValidateLog();
   if (!s.ok() || ctl_->undo_count.load() == 0) return s;
@@ -462,7 +465,8 @@ Status StoreImpl::Attach() {
                                        ": a writer was killed in the middle of a write; open the store "
                                        "once writable to recover it");
       }
-      s = RecoverKilledWriter();
+      s = CheckAllocMapMarks();
+      if (s.ok()) s = RecoverKilledWriter();
       if (!s.ok()) return s;
     }
     if (!read_only_ && ctl_->change_published.load() != ctl_->change_seq.load()) {

@@ -264,18 +264,6 @@ inline void CopyRacy(std::string* out, const uint8_t* p, uint64_t n) {
   RacyCopy(out->data(), p, n);
 }
 
-// The handles whose ForEach is calling back into user code on this thread:
-// a write to one of them from inside the callback would wait for the read
-// lock this thread holds, forever, so it is refused with kUnsafeUse.
-thread_local std::vector<const StoreImpl*> t_walking;
-
-struct WalkScope {
-  explicit WalkScope(const StoreImpl* store) { t_walking.push_back(store); }
-  ~WalkScope() { t_walking.pop_back(); }
-  WalkScope(const WalkScope&) = delete;
-  WalkScope& operator=(const WalkScope&) = delete;
-};
-
 }  // namespace
 
 Status StoreImpl::ChecksumError(const RecordRef& rec) const {
@@ -462,7 +450,6 @@ Status StoreImpl::GuardedGet(std::string_view key, std::string_view* value) cons
 Status StoreImpl::GuardedForEach(std::string_view prefix,
                                  const std::function<bool(std::string_view, std::string_view)>& fn) const {
   TableReader r = ReaderSnapshot();
-  WalkScope walking(this);
   for (uint64_t i = 0; i < r.slots(); ++i) {
     uint64_t slot;
     if (!r.LoadSlot(i, &slot)) return Status(Code::kCorruption, path_ + ": table page out of file");
@@ -485,11 +472,6 @@ Status StoreImpl::GuardedForEach(std::string_view prefix,
 Status StoreImpl::BeginWrite() {
   Status s = CheckWritable();
   if (!s.ok()) return s;
-  if (std::find(t_walking.begin(), t_walking.end(), this) != t_walking.end()) {
-    return Status(Code::kUnsafeUse, path_ +
-                                        ": write from inside a ForEach callback on the same handle "
-                                        "(it would wait for the walk's own read lock)");
-  }
   bool fresh = false;
   s = locks_->LockWrite(&fresh);
   if (!s.ok()) return s;
@@ -513,6 +495,10 @@ Status StoreImpl::TakeOverWriteLock() {
                                       " (truncated by another program?)");
   }
   if (s.ok()) s = EnsureMapped();
+  // Before this handle allocates: the map must be one (a damaged offset
+  // would have the write allocate over live records).
+  if (s.ok()) s = ValidateControl(size);
+  if (s.ok()) s = CheckAllocMapMarks();
   if (!s.ok()) return s;
   KeepAllocMapSmall();  // another process may have moved it
   // A checkpoint killed after its meta page was written but before it set
@@ -524,8 +510,7 @@ Status StoreImpl::TakeOverWriteLock() {
   if (ctl_->undo_count.load() != 0 || (ctl_->seq.load() & 1) != 0 || ctl_->release_pending != 0 ||
       newest_meta > ctl_->generation) {
     // The previous holder died in the middle of a write.
-    s = ValidateControl();
-    if (s.ok()) s = RecoverKilledWriter();
+    s = RecoverKilledWriter();
   }
   return s;
 }
@@ -783,10 +768,7 @@ Status StoreImpl::ReadModifyWrite(std::string_view key, Decide&& decide) {
   }
   Store::UpdateAction action = Store::UpdateAction::kKeep;
   std::string next;
-  {
-    WalkScope in_callback(this);  // a write to this handle from decide would deadlock
-    s = decide(current, &action, &next);
-  }
+  s = decide(current, &action, &next);  // a write to this handle from it is kUnsafeUse (LockWrite)
   if (!s.ok() || action == Store::UpdateAction::kKeep) return s;
   if (action == Store::UpdateAction::kPut) {
     s = CheckValue(path_, next);
