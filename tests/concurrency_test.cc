@@ -264,9 +264,11 @@ TEST_SUITE("concurrency") {
   // compacts them down, so Compact shortens the file right under records
   // that readers may have found a moment before. A reader that read a moved
   // record's old place after the cut would take SIGBUS.
-  void CompactUnderReaders(int rounds) {
+  void CompactUnderReaders(int rounds, bool large_pages = false) {
     TempDir dir;
-    Store store = MustOpen(dir.File("s.mkv"));
+    Options options;
+    options.large_pages = large_pages;
+    Store store = MustOpen(dir.File("s.mkv"), options);
     constexpr uint64_t kKeys = 2000;
     for (uint64_t i = 0; i < kKeys; ++i) REQUIRE(store.Put(ThreadKey(0, i), MakeValue(ThreadKey(0, i), 0)).ok());
     std::atomic<bool> stop{false};
@@ -321,6 +323,9 @@ TEST_SUITE("concurrency") {
   // Before the fix, 4 readers faulted within 3 to 65 s of rounds here.
   TEST_CASE("concurrency: gets on other threads never fault while Compact cuts the file under them") {
     CompactUnderReaders(80);
+  }
+  TEST_CASE("concurrency: gets never fault while Compact cuts a store mapped with large pages") {
+    CompactUnderReaders(30, /*large_pages=*/true);
   }
   TEST_CASE("concurrency: gets never fault while Compact cuts the file (long)" * doctest::test_suite("slow")) {
     MAPKV_SLOW_TEST_GATE();
