@@ -332,6 +332,29 @@ TEST_SUITE("concurrency") {
     CompactUnderReaders(1500);
   }
 
+  TEST_CASE("concurrency: an open that times out waiting for a writer names the writer's process") {
+    TempDir dir;
+    const std::string path = dir.File("s.mkv");
+    Store writer = MustOpen(path);
+    REQUIRE(writer.Put("k", "v").ok());
+    Status opened;
+    REQUIRE(writer
+                .Update("k",
+                        [&](std::optional<std::string_view>, std::string*) {
+                          // The write lock is held here: an open waits for it.
+                          Options quick;
+                          quick.lock_timeout = std::chrono::milliseconds(50);
+                          Store other;
+                          opened = Store::Open(path, quick, &other);
+                          return Store::UpdateAction::kKeep;
+                        })
+                .ok());
+    CHECK(opened.code() == Code::kBusy);
+    CHECK_MESSAGE(
+        opened.message().find("by process " + std::to_string(internal::ProcessId()) + " (writer)") != std::string::npos,
+        opened.ToString());
+  }
+
   TEST_CASE("concurrency: two handles on one file in one process") {
     TempDir dir;
     const std::string path = dir.File("s.mkv");

@@ -103,11 +103,23 @@ void RwLock::UnlockShared() {
 
 // ---------------------------------------------------------------- LockManager
 
+uint64_t LockManager::WriterPidFromFile() const {
+  uint64_t size = 0;
+  std::unique_ptr<Mapping> header;
+  if (!file_->Size(&size).ok() || size < format::kHeapOffset || !file_->Map(format::kHeapOffset, false, &header).ok()) {
+    return 0;
+  }
+  const auto* c = reinterpret_cast<const format::ControlPage*>(header->data() + format::kControlOffset);
+  return c->magic == format::kControlMagic ? c->writer_pid.load(std::memory_order_relaxed) : 0;
+}
+
 Status LockManager::BusyError(LockMode mode) const {
   std::string holder;
   if (ctl_ != nullptr) {
     uint64_t pid = ctl_->writer_pid.load(std::memory_order_relaxed);
     holder = pid != 0 ? " by process " + std::to_string(pid) + " (writer)" : " by readers";
+  } else if (uint64_t pid = WriterPidFromFile(); pid != 0) {
+    holder = " by process " + std::to_string(pid) + " (writer)";
   }
   return Status(Code::kBusy, file_->path() + ": " + (mode == LockMode::kExclusive ? "write" : "read") +
                                  " lock not granted within " + std::to_string(timeout_.count()) +

@@ -145,6 +145,10 @@ class LockManager {
   // them to take it.
   void LetWaitersIn();
   Status BusyError(LockMode mode) const;
+  // While a handle opens, its control page is not mapped yet: the writer's
+  // pid for BusyError, from a read-only mapping of the file's header made
+  // for the message alone (0 when unknown).
+  uint64_t WriterPidFromFile() const;
   // File::WaitWord/WakeWord on a word of the control page.
   void Wait(std::atomic<uint32_t>* word, uint32_t expected, std::chrono::microseconds timeout) {
     file_->WaitWord(word, format::ControlOffsetOf(ctl_, word), expected, timeout);
