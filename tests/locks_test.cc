@@ -368,7 +368,9 @@ TEST_SUITE("locks") {
     MESSAGE("300 read guards under a process putting without pause (" << puts << " puts in all): median " << waits[150]
                                                                       << " ms, p99 " << waits[297] << " ms, max "
                                                                       << waits.back() << " ms");
-    CHECK(puts > 3000);  // the writer really ran alongside
+    // The writer really ran alongside: many puts per open. (A fixed 3000
+    // failed under TSan, where the child made 2816 in the whole run.)
+    CHECK(puts > 40 * 10);
     CHECK(waits[150] < 50);
     CHECK(waits.back() < 1000);
   }
@@ -412,7 +414,9 @@ TEST_SUITE("locks") {
     std::sort(waits.begin(), waits.end());
     MESSAGE("40 opens under a process putting without pause (" << puts << " puts in all): median " << waits[20]
                                                                << " ms, max " << waits.back() << " ms");
-    CHECK(puts > 3000);  // the writer really ran alongside
+    // The writer really ran alongside: many puts per open. (A fixed 3000
+    // failed under TSan, where the child made 2816 in the whole run.)
+    CHECK(puts > 40 * 10);
     CHECK(waits.back() < 1000);
   }
 
