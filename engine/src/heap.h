@@ -15,7 +15,7 @@
 // to its new end (Mapping::Withdraw and Restore). So a reader holding sizes
 // from before a cut reads zeros there, and its check of the sequence number
 // sends it round again.
-
+//
 // Undo log. Every change a write makes to a structure that already existed
 // (a slot, a page-map entry, an allocation bit, a control-page word) is first
 // recorded in the undo log in the file, so that a process killed in the middle

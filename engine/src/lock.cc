@@ -114,13 +114,10 @@ uint64_t LockManager::WriterPidFromFile() const {
 }
 
 Status LockManager::BusyError(LockMode mode) const {
-  std::string holder;
-  if (ctl_ != nullptr) {
-    uint64_t pid = ctl_->writer_pid.load(std::memory_order_relaxed);
-    holder = pid != 0 ? " by process " + std::to_string(pid) + " (writer)" : " by readers";
-  } else if (uint64_t pid = WriterPidFromFile(); pid != 0) {
-    holder = " by process " + std::to_string(pid) + " (writer)";
-  }
+  const uint64_t pid = ctl_ != nullptr ? ctl_->writer_pid.load(std::memory_order_relaxed) : WriterPidFromFile();
+  const std::string holder = pid != 0          ? " by process " + std::to_string(pid) + " (writer)"
+                             : ctl_ != nullptr ? " by readers"
+                                               : "";
   return Status(Code::kBusy, file_->path() + ": " + (mode == LockMode::kExclusive ? "write" : "read") +
                                  " lock not granted within " + std::to_string(timeout_.count()) +
                                  " ms; the store is held" + holder);

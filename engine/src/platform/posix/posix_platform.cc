@@ -219,7 +219,7 @@ class PosixMapping final : public Mapping {
   void Advise(uint64_t offset, uint64_t length, PageHint size) override {
 #if defined(MADV_HUGEPAGE)
     if (offset >= length_) return;
-    const uint64_t begin = (offset + PageSize() - 1) & ~(PageSize() - 1);
+    const uint64_t begin = RoundUpToPage(offset);
     const uint64_t end = std::min(length_, offset + length) & ~(PageSize() - 1);
     if (begin >= end) return;
     // Hints: a kernel without transparent huge pages refuses them (EINVAL),
