@@ -270,10 +270,13 @@ Status StoreImpl::InitializeNew(uint64_t capacity) {
 }
 
 Status StoreImpl::ChooseMeta(const MetaPage** chosen) const {
-  const uint8_t* base = maps_->Current()->base;
   uint64_t file_size = 0;
   Status s = file_->Size(&file_size);
-  if (!s.ok()) return s;
+  return s.ok() ? ChooseMeta(file_size, chosen) : s;
+}
+
+Status StoreImpl::ChooseMeta(uint64_t file_size, const MetaPage** chosen) const {
+  const uint8_t* base = maps_->Current()->base;
   const MetaPage* best = nullptr;
   std::string problems[2];
   int bad_magic = 0, newer = 0;
@@ -413,7 +416,8 @@ Status StoreImpl::Attach() {
   s = maps_->Cover(size);
   if (!s.ok()) return s;
   const MetaPage* meta_in_file = nullptr;
-  s = ChooseMeta(&meta_in_file);
+  // `size` holds while the lock does: no fstat per check below.
+  s = ChooseMeta(size, &meta_in_file);
   if (!s.ok()) return s;
   const MetaPage meta = *meta_in_file;
   seed_ = meta.hash_seed;
@@ -440,7 +444,7 @@ Status StoreImpl::Attach() {
     if (read_only_) {
       // Usable as it is only when nothing changed since the checkpoint.
       bool clean = ctl_->magic == kControlMagic && ctl_->hash_seed == meta.hash_seed && ctl_->dirty == 0 &&
-                   ctl_->generation == meta.generation && ValidateControl().ok() &&
+                   ctl_->generation == meta.generation && ValidateControl(size).ok() &&
                    ctl_->pagemap_offset.load() == meta.pagemap_offset && ctl_->table_shift.load() == meta.table_shift &&
                    ctl_->undo_count.load() == 0 &&
                    std::memcmp(maps_->Current()->base + meta.pagemap_offset,
@@ -455,7 +459,7 @@ Status StoreImpl::Attach() {
       if (!s.ok()) return s;
     }
   } else {
-    s = ValidateControl();
+    s = ValidateControl(size);
     if (!s.ok()) return s;
     const bool interrupted = ctl_->undo_count.load() != 0 || (ctl_->seq.load() & 1) != 0 ||
                              ctl_->release_pending != 0 || meta.generation > ctl_->generation;

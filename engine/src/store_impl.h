@@ -105,6 +105,7 @@ class StoreImpl {
   Status InitializeIfEmpty();
   Status Attach();
   Status ChooseMeta(const format::MetaPage** meta) const;
+  Status ChooseMeta(uint64_t file_size, const format::MetaPage** meta) const;  // the file's size just read
   // Checks that the control page's offsets and sizes lie in the file and agree,
   // and that the undo log, and the control page it would restore, do too.
   Status ValidateControl() const;
