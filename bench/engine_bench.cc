@@ -1,7 +1,7 @@
 // engine_bench: point reads and writes of mapkv beside an in-memory
 // absl::flat_hash_map<std::string, std::string>, measured in the same run.
 //
-//   engine_bench [--n N] [--runs R] [--dir DIR] [--key 16] [--value 100]
+//   engine_bench [--n N] [--runs R] [--dir DIR] [--key 16] [--value 100] [--help]
 //
 // Workloads (keys in random order, fresh store per run, engines interleaved):
 //   fill       N puts of new keys
@@ -16,6 +16,7 @@
 // It prints the median ns/op of R runs for each engine, the ratio mapkv/absl,
 // the file size against the raw bytes (keys + values), and this machine's
 // latency of one dependent random load (the floor a get's two loads sit on).
+#include <CLI/CLI.hpp>
 #include <absl/container/flat_hash_map.h>
 #include <sys/stat.h>
 
@@ -93,23 +94,18 @@ double DependentLoadNs() {
 
 int main(int argc, char** argv) {
   Config cfg;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    std::string a = argv[i];
-    if (a == "--n")
-      cfg.n = std::strtoull(argv[i + 1], nullptr, 10);
-    else if (a == "--runs")
-      cfg.runs = std::atoi(argv[i + 1]);
-    else if (a == "--dir")
-      cfg.dir = argv[i + 1];
-    else if (a == "--key")
-      cfg.key = std::strtoull(argv[i + 1], nullptr, 10);
-    else if (a == "--value")
-      cfg.value = std::strtoull(argv[i + 1], nullptr, 10);
-    else {
-      std::fprintf(stderr, "engine_bench: unknown option %s\n", a.c_str());
-      return 2;
-    }
-  }
+  CLI::App app("mapkv's point reads and writes beside an in-memory absl::flat_hash_map, in one run.",
+               "engine_bench");
+  app.add_option("--n", cfg.n, "keys per store")->check(CLI::Range(size_t{1}, size_t{1} << 32))->capture_default_str();
+  app.add_option("--runs", cfg.runs, "runs; figures are medians over them")
+      ->check(CLI::Range(1, 1000))
+      ->capture_default_str();
+  app.add_option("--dir", cfg.dir, "directory for the store file")->capture_default_str();
+  app.add_option("--key", cfg.key, "key size in bytes")->check(CLI::Range(size_t{8}, size_t{4096}))->capture_default_str();
+  app.add_option("--value", cfg.value, "value size in bytes")
+      ->check(CLI::Range(size_t{0}, size_t{1} << 20))
+      ->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
   const size_t n = cfg.n;
   std::vector<std::string> keys(n), absent(n);
   for (size_t i = 0; i < n; ++i) {

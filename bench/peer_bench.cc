@@ -5,7 +5,7 @@
 //   peer_bench [--n 1000000] [--runs 3] [--dir DIR] [--out DIR] [--label NAME]
 //              [--engines mapkv,LMDB,...] [--key 16] [--value 100]
 //              [--txn-batch 1000] [--txn1-ops 100000] [--reopens 5]
-//              [--mp-seconds 3] [--no-mp] [--only get,miss,...]
+//              [--mp-seconds 3] [--no-mp] [--only get,miss,...] [--help]
 //
 // Each run gives every engine a fresh store and runs, in this order:
 //   fill            N puts of new keys, random order
@@ -60,6 +60,8 @@
 #include <sstream>
 #include <string>
 #include <vector>
+
+#include <CLI/CLI.hpp>
 
 #include "adapters/adapter.h"
 #include "miss_latency.h"
@@ -828,16 +830,6 @@ class Bench {
   mapkv_bench::MissLatency latency_;
 };
 
-std::vector<std::string> Split(const std::string& s) {
-  std::vector<std::string> v;
-  std::stringstream ss(s);
-  std::string item;
-  while (std::getline(ss, item, ',')) {
-    if (!item.empty()) v.push_back(item);
-  }
-  return v;
-}
-
 }  // namespace
 }  // namespace bench
 
@@ -847,52 +839,41 @@ int main(int argc, char** argv) {
     if (i > 0) cfg.command.push_back(' ');
     cfg.command.append(argv[i]);
   }
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    if (a == "--no-mp") {
-      cfg.mp = false;
-      continue;
-    }
-    if (i + 1 >= argc) {
-      std::fprintf(stderr, "peer_bench: %s needs a value (see the comment at the top of peer_bench.cc)\n", a.c_str());
-      return 2;
-    }
-    const char* v = argv[++i];
-    if (a == "--n") {
-      cfg.n = std::strtoull(v, nullptr, 10);
-    } else if (a == "--runs") {
-      cfg.runs = std::atoi(v);
-    } else if (a == "--dir") {
-      cfg.dir = v;
-    } else if (a == "--out") {
-      cfg.out = v;
-    } else if (a == "--label") {
-      cfg.label = v;
-    } else if (a == "--engines") {
-      cfg.engines = bench::Split(v);
-    } else if (a == "--only") {
-      cfg.only = bench::Split(v);
-    } else if (a == "--key") {
-      cfg.key = std::strtoull(v, nullptr, 10);
-    } else if (a == "--value") {
-      cfg.value = std::strtoull(v, nullptr, 10);
-    } else if (a == "--txn-batch") {
-      cfg.txn_batch = std::strtoull(v, nullptr, 10);
-    } else if (a == "--txn1-ops") {
-      cfg.txn1_ops = std::strtoull(v, nullptr, 10);
-    } else if (a == "--reopens") {
-      cfg.reopens = std::atoi(v);
-    } else if (a == "--mp-seconds") {
-      cfg.mp_seconds = std::atof(v);
-    } else {
-      std::fprintf(stderr, "peer_bench: unknown option %s\n", a.c_str());
-      return 2;
-    }
-  }
-  if (cfg.n < 2 || cfg.runs < 1 || cfg.key < 8 || cfg.txn_batch < 1 || cfg.reopens < 1 || cfg.mp_seconds <= 0) {
-    std::fprintf(stderr, "peer_bench: need --n >= 2, --runs >= 1, --key >= 8, --txn-batch >= 1, --reopens >= 1\n");
-    return 2;
-  }
+  CLI::App app("mapkv against embedded peers on the same workloads in one run (see peer_bench.cc's header).",
+               "peer_bench");
+  app.add_option("--n", cfg.n, "keys per store")->check(CLI::Range(uint64_t{2}, uint64_t{1} << 36))->capture_default_str();
+  app.add_option("--runs", cfg.runs, "runs; figures are medians over them")
+      ->check(CLI::Range(1, 1000))
+      ->capture_default_str();
+  app.add_option("--dir", cfg.dir, "where the stores go (a real disk, not tmpfs)")->capture_default_str();
+  app.add_option("--out", cfg.out, "write <label>.md, .csv and .dat into this directory");
+  app.add_option("--label", cfg.label, "base name of the report files (default results-N<n>)");
+  app.add_option("--engines", cfg.engines, "engines to run, comma-separated (default: all built in)")->delimiter(',');
+  std::vector<std::string> workloads;
+  for (const bench::Metric& m : bench::kNsMetrics) workloads.emplace_back(m.key);
+  app.add_option("--only", cfg.only, "workloads to run after the fill, comma-separated (default: all)")
+      ->delimiter(',')
+      ->check(CLI::IsMember(workloads));
+  app.add_option("--key", cfg.key, "key size in bytes")->check(CLI::Range(size_t{8}, size_t{4096}))->capture_default_str();
+  app.add_option("--value", cfg.value, "value size in bytes")
+      ->check(CLI::Range(size_t{0}, size_t{1} << 20))
+      ->capture_default_str();
+  app.add_option("--txn-batch", cfg.txn_batch, "writes per transaction for LMDB and SQLite")
+      ->check(CLI::Range(uint64_t{1}, uint64_t{1} << 32))
+      ->capture_default_str();
+  app.add_option("--txn1-ops", cfg.txn1_ops, "puts in the one-put-per-transaction workload")
+      ->check(CLI::Range(uint64_t{1}, uint64_t{1} << 32))
+      ->capture_default_str();
+  app.add_option("--reopens", cfg.reopens, "reopens timed after the first")
+      ->check(CLI::Range(1, 1000))
+      ->capture_default_str();
+  app.add_option("--mp-seconds", cfg.mp_seconds, "length of the multi-process run")
+      ->check(CLI::Range(0.01, 3600.0))
+      ->capture_default_str();
+  bool no_mp = false;
+  app.add_flag("--no-mp", no_mp, "leave out the multi-process run");
+  CLI11_PARSE(app, argc, argv);
+  cfg.mp = !no_mp;
   if (cfg.label.empty()) {
     cfg.label = cfg.n % 1000000 == 0 ? "results-N" + std::to_string(cfg.n / 1000000) + "M"
                                      : "results-N" + std::to_string(cfg.n);

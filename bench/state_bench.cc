@@ -1,7 +1,7 @@
 // state_bench: the costs of saving process state with mapkv, beside LMDB in
 // the same run (issue: atomic batches, counters).
 //
-//   state_bench [--n N] [--runs R] [--dir DIR]
+//   state_bench [--n N] [--runs R] [--dir DIR] [--help]
 //
 // Workloads (16-byte keys in random order, fresh stores per run, engines
 // interleaved; medians of R runs):
@@ -15,6 +15,7 @@
 // a killed process) does each increment as one write transaction (get, add,
 // put, commit), as an application would, and `put` as one transaction per
 // put. The report gives ns/op and the ratios the issue asks for.
+#include <CLI/CLI.hpp>
 #include <lmdb.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -193,19 +194,13 @@ double LmdbIncr(const std::string& path, const std::vector<std::string>& keys, c
 
 int main(int argc, char** argv) {
   Config c;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    std::string a = argv[i];
-    if (a == "--n") {
-      c.n = std::strtoull(argv[i + 1], nullptr, 10);
-    } else if (a == "--runs") {
-      c.runs = std::atoi(argv[i + 1]);
-    } else if (a == "--dir") {
-      c.dir = argv[i + 1];
-    } else {
-      Die("unknown argument " + a + " (use --n N --runs R --dir DIR)");
-    }
-  }
-  if (c.n == 0 || c.runs <= 0) Die("--n and --runs must be positive");
+  CLI::App app("The costs of saving process state with mapkv, beside LMDB in one run.", "state_bench");
+  app.add_option("--n", c.n, "operations per workload")->check(CLI::Range(size_t{1}, size_t{1} << 32))->capture_default_str();
+  app.add_option("--runs", c.runs, "runs; figures are medians over them")
+      ->check(CLI::Range(1, 1000))
+      ->capture_default_str();
+  app.add_option("--dir", c.dir, "directory for the store files")->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
   std::mt19937_64 rng(42);
   std::vector<std::string> keys(c.n);
   for (size_t i = 0; i < c.n; ++i) keys[i] = Key16(i);

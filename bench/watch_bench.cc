@@ -1,7 +1,7 @@
 // watch_bench: wake-up latency of Store::WaitForChange across processes,
 // beside a pipe round trip measured in the same run.
 //
-//   watch_bench [--samples N] [--dir DIR] [--rounds R]
+//   watch_bench [--samples N] [--dir DIR] [--rounds R] [--help]
 //
 // Two processes (fork, each with its own handle on one store). For each
 // sample the watcher announces it is about to wait (a word in a shared
@@ -24,6 +24,7 @@
 // and 200,000 overwrites that change the value's size (a new record per
 // put) on each store. Reported: the median ns per put of each and their
 // ratio (ring / no ring), per kind.
+#include <CLI/CLI.hpp>
 #include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -84,11 +85,14 @@ double Percentile(std::vector<double> v, double p) {
 int main(int argc, char** argv) {
   size_t samples = 5000, rounds = 9;
   std::string dir = "/tmp";
-  for (int i = 1; i + 1 < argc; i += 2) {
-    if (std::strcmp(argv[i], "--samples") == 0) samples = std::strtoull(argv[i + 1], nullptr, 10);
-    if (std::strcmp(argv[i], "--dir") == 0) dir = argv[i + 1];
-    if (std::strcmp(argv[i], "--rounds") == 0) rounds = std::strtoull(argv[i + 1], nullptr, 10);
-  }
+  CLI::App app("Cross-process wake-up latency of WaitForChange beside a pipe round trip, and the change ring's cost to a put.",
+               "watch_bench");
+  app.add_option("--samples", samples, "wake-ups timed")->check(CLI::Range(size_t{1}, size_t{1} << 24))->capture_default_str();
+  app.add_option("--rounds", rounds, "rounds of the put-overhead comparison")
+      ->check(CLI::Range(size_t{1}, size_t{1000}))
+      ->capture_default_str();
+  app.add_option("--dir", dir, "directory for the store files")->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
   const std::string path = dir + "/watch_bench." + std::to_string(::getpid()) + ".mkv";
   {
     mapkv::Store s;
