@@ -16,10 +16,10 @@
 // It prints the median ns/op of R runs for each engine, the ratio mapkv/absl,
 // the file size against the raw bytes (keys + values), and this machine's
 // latency of one dependent random load (the floor a get's two loads sit on).
-#include <CLI/CLI.hpp>
 #include <absl/container/flat_hash_map.h>
 #include <sys/stat.h>
 
+#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -94,14 +94,15 @@ double DependentLoadNs() {
 
 int main(int argc, char** argv) {
   Config cfg;
-  CLI::App app("mapkv's point reads and writes beside an in-memory absl::flat_hash_map, in one run.",
-               "engine_bench");
+  CLI::App app("mapkv's point reads and writes beside an in-memory absl::flat_hash_map, in one run.", "engine_bench");
   app.add_option("--n", cfg.n, "keys per store")->check(CLI::Range(size_t{1}, size_t{1} << 32))->capture_default_str();
   app.add_option("--runs", cfg.runs, "runs; figures are medians over them")
       ->check(CLI::Range(1, 1000))
       ->capture_default_str();
   app.add_option("--dir", cfg.dir, "directory for the store file")->capture_default_str();
-  app.add_option("--key", cfg.key, "key size in bytes")->check(CLI::Range(size_t{8}, size_t{4096}))->capture_default_str();
+  app.add_option("--key", cfg.key, "key size in bytes")
+      ->check(CLI::Range(size_t{8}, size_t{4096}))
+      ->capture_default_str();
   app.add_option("--value", cfg.value, "value size in bytes")
       ->check(CLI::Range(size_t{0}, size_t{1} << 20))
       ->capture_default_str();

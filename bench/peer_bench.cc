@@ -45,6 +45,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -60,8 +61,6 @@
 #include <sstream>
 #include <string>
 #include <vector>
-
-#include <CLI/CLI.hpp>
 
 #include "adapters/adapter.h"
 #include "miss_latency.h"
@@ -841,7 +840,9 @@ int main(int argc, char** argv) {
   }
   CLI::App app("mapkv against embedded peers on the same workloads in one run (see peer_bench.cc's header).",
                "peer_bench");
-  app.add_option("--n", cfg.n, "keys per store")->check(CLI::Range(uint64_t{2}, uint64_t{1} << 36))->capture_default_str();
+  app.add_option("--n", cfg.n, "keys per store")
+      ->check(CLI::Range(uint64_t{2}, uint64_t{1} << 36))
+      ->capture_default_str();
   app.add_option("--runs", cfg.runs, "runs; figures are medians over them")
       ->check(CLI::Range(1, 1000))
       ->capture_default_str();
@@ -854,7 +855,9 @@ int main(int argc, char** argv) {
   app.add_option("--only", cfg.only, "workloads to run after the fill, comma-separated (default: all)")
       ->delimiter(',')
       ->check(CLI::IsMember(workloads));
-  app.add_option("--key", cfg.key, "key size in bytes")->check(CLI::Range(size_t{8}, size_t{4096}))->capture_default_str();
+  app.add_option("--key", cfg.key, "key size in bytes")
+      ->check(CLI::Range(size_t{8}, size_t{4096}))
+      ->capture_default_str();
   app.add_option("--value", cfg.value, "value size in bytes")
       ->check(CLI::Range(size_t{0}, size_t{1} << 20))
       ->capture_default_str();

@@ -15,11 +15,11 @@
 // a killed process) does each increment as one write transaction (get, add,
 // put, commit), as an application would, and `put` as one transaction per
 // put. The report gives ns/op and the ratios the issue asks for.
-#include <CLI/CLI.hpp>
 #include <lmdb.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
@@ -195,7 +195,9 @@ double LmdbIncr(const std::string& path, const std::vector<std::string>& keys, c
 int main(int argc, char** argv) {
   Config c;
   CLI::App app("The costs of saving process state with mapkv, beside LMDB in one run.", "state_bench");
-  app.add_option("--n", c.n, "operations per workload")->check(CLI::Range(size_t{1}, size_t{1} << 32))->capture_default_str();
+  app.add_option("--n", c.n, "operations per workload")
+      ->check(CLI::Range(size_t{1}, size_t{1} << 32))
+      ->capture_default_str();
   app.add_option("--runs", c.runs, "runs; figures are medians over them")
       ->check(CLI::Range(1, 1000))
       ->capture_default_str();

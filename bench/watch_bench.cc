@@ -24,11 +24,11 @@
 // and 200,000 overwrites that change the value's size (a new record per
 // put) on each store. Reported: the median ns per put of each and their
 // ratio (ring / no ring), per kind.
-#include <CLI/CLI.hpp>
 #include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -85,9 +85,12 @@ double Percentile(std::vector<double> v, double p) {
 int main(int argc, char** argv) {
   size_t samples = 5000, rounds = 9;
   std::string dir = "/tmp";
-  CLI::App app("Cross-process wake-up latency of WaitForChange beside a pipe round trip, and the change ring's cost to a put.",
-               "watch_bench");
-  app.add_option("--samples", samples, "wake-ups timed")->check(CLI::Range(size_t{1}, size_t{1} << 24))->capture_default_str();
+  CLI::App app(
+      "Cross-process wake-up latency of WaitForChange beside a pipe round trip, and the change ring's cost to a put.",
+      "watch_bench");
+  app.add_option("--samples", samples, "wake-ups timed")
+      ->check(CLI::Range(size_t{1}, size_t{1} << 24))
+      ->capture_default_str();
   app.add_option("--rounds", rounds, "rounds of the put-overhead comparison")
       ->check(CLI::Range(size_t{1}, size_t{1000}))
       ->capture_default_str();
