@@ -1,8 +1,16 @@
 // shm_test.cc: named shared-memory stores ("shm:NAME"): shm_open on Linux,
 // a paging-file-backed section on Windows. Same API, format and locking as a
 // file store; what differs is the lifetime (see Store::RemoveShared).
+#ifdef _WIN32
+#ifndef NOMINMAX
+#define NOMINMAX
+#endif
+#include <windows.h>
+#endif
+
 #include <atomic>
 #include <chrono>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -209,6 +217,53 @@ TEST_SUITE("shm") {
     CHECK(Store::Open(name, options, &gone).code() == Code::kNotFound);
     CHECK(Store::RemoveShared(name).ok());  // only the lock file was left
     CHECK(Store::RemoveShared(name.substr(4)).code() == Code::kNotFound);
+  }
+
+  // Sets an environment variable of this process for a scope (Win32's copy,
+  // which GetTempPathW reads).
+  class ScopedEnv {
+   public:
+    ScopedEnv(const wchar_t* name, const std::string& value) : name_(name) {
+      wchar_t old[32768];
+      const DWORD n = ::GetEnvironmentVariableW(name, old, 32768);
+      had_ = n > 0 && n < 32768;
+      if (had_) old_.assign(old, n);
+      const std::wstring wide(value.begin(), value.end());  // ASCII test paths
+      REQUIRE(::SetEnvironmentVariableW(name, wide.c_str()));
+    }
+    ~ScopedEnv() { ::SetEnvironmentVariableW(name_, had_ ? old_.c_str() : nullptr); }
+
+   private:
+    const wchar_t* name_;
+    std::wstring old_;
+    bool had_ = false;
+  };
+
+  TEST_CASE("shm: on Windows two handles lock the same file whatever their %TEMP%") {
+    // The lock file used to be %TEMP%\mapkv-shm-NAME.lock: a process with
+    // another TEMP (an MSYS2 shell's) locked another file and wrote while a
+    // writer held the lock.
+    const std::string name = UniqueStoreName("temp");
+    RemoveAtEnd cleanup{name};
+    Store writer = OpenShm(name, true);
+    REQUIRE(writer.Put("k", "v").ok());
+    TempDir elsewhere;
+    ScopedEnv tmp(L"TMP", elsewhere.path());
+    ScopedEnv temp(L"TEMP", elsewhere.path());
+    Status opened;
+    REQUIRE(writer
+                .Update("k",
+                        [&](std::optional<std::string_view>, std::string*) {
+                          // The write lock is held here: another handle's open waits for it.
+                          Options quick;
+                          quick.create_if_missing = false;
+                          quick.lock_timeout = std::chrono::milliseconds(50);
+                          Store other;
+                          opened = Store::Open(name, quick, &other);
+                          return Store::UpdateAction::kKeep;
+                        })
+                .ok());
+    CHECK_MESSAGE(opened.code() == Code::kBusy, opened.ToString());
   }
 #endif
 }

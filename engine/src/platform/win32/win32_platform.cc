@@ -51,8 +51,10 @@
 //    (VirtualAlloc MEM_COMMIT, never decommitted) and raises the length;
 //    each view commits its own range too, which is a no-op for pages already
 //    committed by another process. Locks are LockFileEx locks on a small
-//    file "%TEMP%\mapkv-shm-NAME.lock" (a section cannot be locked). The
-//    section lives while any process has it open.
+//    file "<LocalAppData>\mapkv\shm-NAME.lock" (a section cannot be
+//    locked), the user's local application data folder as the user's profile
+//    names it, not %TEMP%, which processes set differently. The section
+//    lives while any process has it open.
 //  - Every error goes through Win32Status(), which builds
 //    "<path>: <call>(<detail>): <system text> (error N)" from GetLastError
 //    and FormatMessageW, and maps the error to a Code.
@@ -64,12 +66,15 @@
 #endif
 #include <windows.h>
 //
+#include <knownfolders.h>
+#include <shlobj.h>
 #include <synchapi.h>
 #include <winternl.h>
 
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <limits>
 #include <map>
@@ -683,11 +688,30 @@ Status CheckSharedName(const std::string& name) {
 
 std::wstring SectionName(const std::string& name) { return Widen("Local\\mapkv-" + name); }
 
-Status LockFilePath(const std::string& name, std::string* out) {
-  wchar_t dir[MAX_PATH + 1];
-  const DWORD n = ::GetTempPathW(MAX_PATH + 1, dir);
-  if (n == 0 || n > MAX_PATH) return Win32Status("shm:" + name, "GetTempPathW", "", ::GetLastError());
-  *out = Narrow(dir, n) + "mapkv-shm-" + name + ".lock";
+// Every process that opens "shm:NAME" must lock the same file, so its
+// directory comes from the user's profile (SHGetKnownFolderPath reads it
+// from the registry), not from the environment: %TEMP% differs between
+// processes that set it themselves (MSYS2 and Cygwin shells, build tools),
+// and two such processes would each hold "the" write lock. `create_dir`
+// creates <LocalAppData>\mapkv when missing (an open; removal does not).
+Status LockFilePath(const std::string& name, bool create_dir, std::string* out) {
+  PWSTR folder = nullptr;
+  const HRESULT hr = ::SHGetKnownFolderPath(FOLDERID_LocalAppData, 0, nullptr, &folder);
+  if (FAILED(hr)) {
+    ::CoTaskMemFree(folder);
+    char code[16];
+    std::snprintf(code, sizeof code, "0x%08lX", static_cast<unsigned long>(hr));
+    return Status(Code::kIoError, "shm:" + name +
+                                      ": SHGetKnownFolderPath(LocalAppData) failed (HRESULT " + code +
+                                      "); the lock file of a named store lives there");
+  }
+  const std::wstring dir = std::wstring(folder) + L"\\mapkv";
+  ::CoTaskMemFree(folder);
+  const std::string dir_narrow = Narrow(dir.data(), dir.size());
+  if (create_dir && !::CreateDirectoryW(dir.c_str(), nullptr) && ::GetLastError() != ERROR_ALREADY_EXISTS) {
+    return Win32Status("shm:" + name, "CreateDirectoryW", dir_narrow + " (for the lock file)", ::GetLastError());
+  }
+  *out = dir_narrow + "\\shm-" + name + ".lock";
   return Status::Ok();
 }
 
@@ -903,7 +927,7 @@ Status File::OpenShared(const std::string& name, const FileSpec& spec, std::uniq
     return Win32Status(path, "VirtualAlloc", "MEM_COMMIT, header", err);
   }
   std::string lock_path;
-  Status s = LockFilePath(name, &lock_path);
+  Status s = LockFilePath(name, /*create_dir=*/true, &lock_path);
   UniqueHandle lock_file;
   if (s.ok()) {
     FileSpec lock_spec;
@@ -932,10 +956,12 @@ Status File::RemoveShared(const std::string& name) {
                                    "last process that has it open closes it");
   }
   std::string lock_path;
-  if (Status s = LockFilePath(name, &lock_path); !s.ok()) return s;
+  if (Status s = LockFilePath(name, /*create_dir=*/false, &lock_path); !s.ok()) return s;
   if (!::DeleteFileW(Widen(lock_path).c_str())) {
     const DWORD err = ::GetLastError();
-    if (err == ERROR_FILE_NOT_FOUND) return Status(Code::kNotFound, path + ": no such named shared store");
+    if (err == ERROR_FILE_NOT_FOUND || err == ERROR_PATH_NOT_FOUND) {
+      return Status(Code::kNotFound, path + ": no such named shared store");
+    }
     return Win32Status(path, "DeleteFileW", lock_path, err);
   }
   return Status::Ok();
