@@ -701,8 +701,7 @@ Status LockFilePath(const std::string& name, bool create_dir, std::string* out) 
     ::CoTaskMemFree(folder);
     char code[16];
     std::snprintf(code, sizeof code, "0x%08lX", static_cast<unsigned long>(hr));
-    return Status(Code::kIoError, "shm:" + name +
-                                      ": SHGetKnownFolderPath(LocalAppData) failed (HRESULT " + code +
+    return Status(Code::kIoError, "shm:" + name + ": SHGetKnownFolderPath(LocalAppData) failed (HRESULT " + code +
                                       "); the lock file of a named store lives there");
   }
   const std::wstring dir = std::wstring(folder) + L"\\mapkv";
