@@ -27,6 +27,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstring>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
@@ -159,10 +160,23 @@ int PutStreamChild(const std::vector<std::string>& args) {
   return 0;
 }
 
+// args: path, marker. Holds the write lock inside an Update callback, says
+// so, and sleeps until killed.
+int UpdateHolderChild(const std::vector<std::string>& args) {
+  Store s;
+  if (!Store::Open(args[0], Patient(), &s).ok()) return 3;
+  Status updated = s.Update("k", [&](std::optional<std::string_view>, std::string*) {
+    Touch(args[1]);
+    ::sleep(60);
+    return Store::UpdateAction::kKeep;
+  });
+  return updated.ok() ? 4 : 5;
+}
+
 [[maybe_unused]] const bool kRegistered =
     RegisterChild("locks.guard", GuardHolderChild) && RegisterChild("locks.waiter", WaiterChild) &&
     RegisterChild("locks.busy", BusyWriterChild) && RegisterChild("locks.stream", GuardStreamChild) &&
-    RegisterChild("locks.puts", PutStreamChild);
+    RegisterChild("locks.puts", PutStreamChild) && RegisterChild("locks.update", UpdateHolderChild);
 
 double Ms(Clock::duration d) { return std::chrono::duration<double, std::milli>(d).count(); }
 
@@ -242,6 +256,42 @@ TEST_SUITE("locks") {
       CheckClean(store);
     }
     CHECK_MESSAGE(caught >= 1, "never caught the writer inside a write");
+  }
+
+  TEST_CASE("locks: a write that times out names a live writer's process, and readers after that writer was killed") {
+    TempDir dir;
+    const std::string path = dir.File("s.mkv");
+    Store reader = MustOpen(path, Patient());
+    REQUIRE(reader.Put("k", "v").ok());
+    Options quick;
+    quick.lock_timeout = std::chrono::milliseconds(50);
+    Store other = MustOpen(path, quick);
+    ControlView ctl(path);
+    const int pid = SpawnChild("locks.update", {path, dir.File("ready")});
+    REQUIRE(pid > 0);
+    REQUIRE(WaitForFile(dir.File("ready")));
+    const std::string named = "by process " + std::to_string(pid) + " (writer)";
+    Status live = other.Put("blocked", "1");
+    CHECK(live.code() == Code::kBusy);
+    CHECK_MESSAGE(live.message().find(named) != std::string::npos, live.ToString());
+
+    ::kill(pid, SIGKILL);
+    CHECK(WaitChild(pid) == 128 + SIGKILL);
+    // The killed writer's pid stays in the control page ...
+    REQUIRE(ctl->writer_pid.load() == static_cast<uint64_t>(pid));
+    // ... but only readers hold the lock now (before: "by process <pid> (writer)").
+    ReadGuard guard;
+    REQUIRE(guard.Lock(reader).ok());
+    Status behind_readers = other.Put("blocked", "2");
+    guard.Unlock();
+    CHECK(behind_readers.code() == Code::kBusy);
+    CHECK_MESSAGE(behind_readers.message().find("by readers") != std::string::npos, behind_readers.ToString());
+    CHECK_MESSAGE(behind_readers.message().find(std::to_string(pid)) == std::string::npos, behind_readers.ToString());
+    // The lock is free again: the write goes through.
+    CHECK(other.Put("blocked", "3").ok());
+    std::string v;
+    CHECK(reader.Get("blocked", &v).ok());
+    CHECK(v == "3");
   }
 
   TEST_CASE("locks: a process killed while waiting for the lock slows nobody") {

@@ -113,11 +113,22 @@ uint64_t LockManager::WriterPidFromFile() const {
   return c->magic == format::kControlMagic ? c->writer_pid.load(std::memory_order_relaxed) : 0;
 }
 
+bool LockManager::WriterHoldsFile() const {
+  bool acquired = false;
+  if (!file_->TryLock(kRwLockByte, 1, LockMode::kShared, &acquired).ok()) return true;  // unknown: keep the name
+  if (acquired) file_->Unlock(kRwLockByte, 1).IgnoreError();
+  return !acquired;
+}
+
 Status LockManager::BusyError(LockMode mode) const {
-  const uint64_t pid = ctl_ != nullptr ? ctl_->writer_pid.load(std::memory_order_relaxed) : WriterPidFromFile();
-  const std::string holder = pid != 0          ? " by process " + std::to_string(pid) + " (writer)"
-                             : ctl_ != nullptr ? " by readers"
-                                               : "";
+  uint64_t pid = ctl_ != nullptr ? ctl_->writer_pid.load(std::memory_order_relaxed) : WriterPidFromFile();
+  // A writer that was killed leaves its pid in the control page; the lock
+  // went with it. Only a write can time out behind readers.
+  const bool writer = mode == LockMode::kShared || WriterHoldsFile();
+  if (!writer) pid = 0;
+  const std::string holder = pid != 0 ? " by process " + std::to_string(pid) + " (writer)"
+                             : writer ? " by a writer"
+                                      : " by readers";
   return Status(Code::kBusy, file_->path() + ": " + (mode == LockMode::kExclusive ? "write" : "read") +
                                  " lock not granted within " + std::to_string(timeout_.count()) +
                                  " ms; the store is held" + holder);

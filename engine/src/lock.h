@@ -144,7 +144,12 @@ class LockManager {
   // write let the file lock go to waiters, waits up to kHandoff for one of
   // them to take it.
   void LetWaitersIn();
+  // Names who holds the lock a wait for `mode` timed out on. Called holding
+  // no lock on kRwLockByte.
   Status BusyError(LockMode mode) const;
+  // Probes kRwLockByte with a shared try-lock (let go at once): false when
+  // only readers (or nobody) hold it.
+  bool WriterHoldsFile() const;
   // While a handle opens, its control page is not mapped yet: the writer's
   // pid for BusyError, from a read-only mapping of the file's header made
   // for the message alone (0 when unknown).
