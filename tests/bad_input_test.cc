@@ -10,6 +10,7 @@
 #include <xxhash.h>
 
 #include <algorithm>
+#include <bit>
 #include <chrono>
 #include <cstddef>
 #include <cstring>
@@ -596,6 +597,61 @@ TEST_SUITE("bad_input") {
     WriteFileBytes(path, good);
     Store store = MustOpen(path);
     CheckClean(store);
+  }
+
+  // Damage that every read path tolerates but Check must name: a record
+  // whose flags are not 0 (its checksum does not cover the header), and an
+  // allocation-map granule marked freed but not used.
+  TEST_CASE(
+      "bad input: Check reports record flags that are not 0 and allocation-map bits marked freed on an unused "
+      "granule") {
+    namespace format = internal::format;
+    TempDir dir;
+    const std::string path = dir.File("s.mkv");
+    const std::string key = "the-only-key-with-this-name";
+    {
+      Store store = MustOpen(path);
+      for (int i = 0; i < 100; ++i) REQUIRE(store.Put("key" + std::to_string(i), "v").ok());
+      REQUIRE(store.Put(key, "value").ok());
+    }
+    const std::string good = ReadFileBytes(path);
+    auto check_problems = [&](const std::string& image) {
+      WriteFileBytes(path, image);
+      Store store = MustOpen(path, ReadOnly());
+      CheckReport report;
+      REQUIRE(store.Check(&report).ok());
+      return ProblemsText(report);
+    };
+    {
+      std::string image = good;
+      const size_t at = image.find(key);
+      REQUIRE(at != std::string::npos);
+      const uint16_t flags = 4;
+      std::memcpy(image.data() + at - format::kRecordHeaderSize + offsetof(format::RecordHeader, flags), &flags, 2);
+      const std::string problems = check_problems(image);
+      CHECK_MESSAGE(problems.find("record flags are 4") != std::string::npos, problems);
+    }
+    {
+      std::string image = good;
+      format::ControlPage ctl;
+      std::memcpy(static_cast<void*>(&ctl), image.data() + format::kControlOffset, sizeof ctl);
+      // A word past the header with a granule that is not used.
+      bool done = false;
+      for (uint64_t w = format::kHeapOffset / 1024; w < ctl.alloc_words && !done; ++w) {
+        format::AllocWord word;
+        const size_t at = ctl.alloc_offset + w * sizeof word;
+        std::memcpy(&word, image.data() + at, sizeof word);
+        if (word.used == ~uint64_t{0}) continue;
+        word.freed |= uint64_t{1} << std::countr_one(word.used);
+        std::memcpy(image.data() + at, &word, sizeof word);
+        done = true;
+      }
+      REQUIRE(done);
+      const std::string problems = check_problems(image);
+      CHECK_MESSAGE(problems.find("1 granules marked fresh or freed but not used") != std::string::npos, problems);
+    }
+    const std::string problems = check_problems(good);
+    CHECK_MESSAGE(problems.empty(), problems);
   }
 
   // A control page whose entry count was damaged to 0 (in this boot, so it

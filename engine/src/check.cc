@@ -167,6 +167,8 @@ Status StoreImpl::Check(CheckReport* report) const {
     RecordHeader h;
     std::memcpy(&h, rec.header, sizeof h);
     if (RecordChecksum(h, rec.key()) != h.checksum) problem(where + ": record checksum mismatch");
+    // The checksum does not cover the header's flags.
+    if (h.flags != 0) problem(where + ": record flags are " + std::to_string(h.flags) + " (0 in this format version)");
     const uint64_t hash = HashKey(std::string_view(reinterpret_cast<const char*>(rec.key()), rec.key_size), seed_);
     if (HashTag(hash) != SlotTag(slot)) problem(where + ": slot tag does not match the key's hash");
     const auto dist = static_cast<int64_t>((i - (hash >> (64 - r.shift))) & r.mask());
@@ -195,6 +197,20 @@ Status StoreImpl::Check(CheckReport* report) const {
   if (leaked != 0) {
     problem(std::to_string(leaked * kGranule) + " bytes allocated but used by nothing (first at offset " +
             std::to_string(first_leak * kGranule) + ")");
+  }
+  // fresh and freed mark used granules only (docs/FORMAT.md's state table;
+  // fresh and freed together is a granule freed by the write that took it,
+  // left so by a writer killed after its commit).
+  uint64_t stateless = 0, first_stateless = 0;
+  for (uint64_t w = 0; w < claimed.size(); ++w) {
+    const uint64_t bad = (m[w].fresh | m[w].freed) & ~m[w].used;
+    if (bad != 0 && stateless == 0) first_stateless = w * 64 + static_cast<uint64_t>(std::countr_zero(bad));
+    stateless += static_cast<uint64_t>(std::popcount(bad));
+  }
+  if (stateless != 0) {
+    problem("allocation map: " + std::to_string(stateless) +
+            " granules marked fresh or freed but not used (first at offset " +
+            std::to_string(first_stateless * kGranule) + ")");
   }
   // Past the end of the file the map must be clear: growth takes that space
   // as free without looking.

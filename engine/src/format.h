@@ -113,8 +113,10 @@ inline constexpr uint64_t RecordGranules(uint64_t key_size, uint64_t value_size)
 //   free            used=0
 //   checkpointed    used=1 fresh=0 freed=0   (referenced by the last checkpoint)
 //   fresh           used=1 fresh=1           (allocated since the last checkpoint)
-//   pending free    used=1 freed=1           (freed since the last checkpoint, but the
+//   pending free    used=1 fresh=0 freed=1   (freed since the last checkpoint, but the
 //                                             checkpoint still references it)
+//   freed fresh     used=1 fresh=1 freed=1   (freed by the write that allocated it;
+//                                             free at its commit)
 // Freeing a fresh granule makes it free at once; freeing a checkpointed one makes
 // it pending, and a checkpoint turns pending granules free. So space the last
 // checkpoint needs is never reused before the next checkpoint is durable.
