@@ -702,16 +702,22 @@ Status StoreImpl::Write(const WriteBatch& batch, const WriteOptions& options) {
       auto key_of = [&](const WriteBatch::Op& op) {
         return std::string_view(batch.data_.data() + op.offset, op.key_size);
       };
-      // Each op's key is hashed and its home slot starts loading kBatchAhead
-      // ops before the op runs, so that the miss overlaps the ops in between
-      // (a single Put starts its own before it takes the lock). A prefetch
-      // changes nothing, so a table that grows meanwhile only wastes it.
-      constexpr size_t kBatchAhead = 4;
+      // A two-stage pipeline hides both of an op's dependent misses behind
+      // the ops before it: kBatchAhead ops ahead its key is hashed and its
+      // home slot starts loading; kBatchAhead / 2 ops ahead that slot, loaded
+      // by then, names the record whose lines start loading (a single Put
+      // starts its slot's miss before it takes the lock). A prefetch changes
+      // nothing, so a table that grows or a slot that moves meanwhile only
+      // wastes it.
+      constexpr size_t kBatchAhead = 8;
       uint64_t hashes[kBatchAhead];  // op j's hash at j % kBatchAhead
       auto look_ahead = [&](size_t j) {
-        if (j >= ops.size()) return;
-        hashes[j % kBatchAhead] = HashKey(key_of(ops[j]), seed_);
-        table_->Reader().PrefetchHome(hashes[j % kBatchAhead]);
+        if (j < ops.size()) {
+          hashes[j % kBatchAhead] = HashKey(key_of(ops[j]), seed_);
+          table_->Reader().PrefetchHome(hashes[j % kBatchAhead]);
+        }
+        const size_t k = j - kBatchAhead / 2;
+        if (j >= kBatchAhead / 2 && k < ops.size()) table_->Reader().PrefetchHomeRecord(hashes[k % kBatchAhead]);
       };
       for (size_t j = 0; j < kBatchAhead; ++j) look_ahead(j);
       for (size_t i = 0; i < ops.size(); ++i) {
