@@ -39,8 +39,9 @@ namespace {
 
 // ---- the deterministic operation sequence ---------------------------------
 
-// kBatch: large batches (50 to 200 operations) over a growing key space, so
-// kills land inside long batches and inside the table rebuilds they cause.
+// kBatch: large batches (50 to 200 operations, one in 16 of 3000 to 5000)
+// over a growing key space, so kills land inside long batches, in page-level
+// undo, and inside the table rebuilds they cause.
 enum class Mode { kPlain, kGrowth, kCompact, kBatch };
 
 Mode ParseMode(const std::string& s) {
@@ -74,7 +75,9 @@ class OpGen {
       op.kind = Op::kFlushAsync;
     } else if (mode_ == Mode::kBatch && r < 60) {
       op.kind = Op::kBatch;
-      const uint64_t n = 50 + rng_.Uniform(151);
+      // One batch in 16 is long enough to log more entries than its table
+      // has bytes, and switches to page-level undo (Heap::bulk).
+      const uint64_t n = rng_.Uniform(16) == 0 ? 3000 + rng_.Uniform(2000) : 50 + rng_.Uniform(151);
       for (uint64_t k = 0; k < n; ++k) {
         if (rng_.Uniform(5) == 0) {
           op.changes.emplace_back(Key(), std::nullopt);
@@ -511,8 +514,18 @@ TEST_SUITE("crash") {
     }
     if (scenario == 4) {
       // A large batch after the checkpoint: its pages may reach the disk in
-      // any subset, and none of it was made durable.
+      // any subset, and none of it was made durable. It starts by replacing
+      // every key of the synchronous batch, so that it logs more entries than
+      // the table has bytes while the table keeps its size, and switches to
+      // page-level undo (Heap::bulk) over pages the writes since the
+      // checkpoint already changed.
       WriteBatch batch;
+      for (int i = 0; i < 20000; ++i) {
+        const std::string k = "sb" + std::to_string(i);
+        const std::string v = "r:" + std::to_string(i) + rng.Bytes(rng.Uniform(60));
+        batch.Put(k, v);
+        pm.later_values[k].insert(v);
+      }
       for (int i = 0; i < 30000; ++i) {
         const std::string k = (i % 3 == 0 ? "sb" : "lb") + std::to_string(i);
         const std::string v = "l:" + std::to_string(i) + rng.Bytes(rng.Uniform(80));
