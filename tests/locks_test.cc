@@ -84,6 +84,13 @@ Options Patient() {
   return o;
 }
 
+// Gives up on a held lock after 50 ms (kBusy).
+Options Quick() {
+  Options o;
+  o.lock_timeout = std::chrono::milliseconds(50);
+  return o;
+}
+
 // ---- children ---------------------------------------------------------------
 
 // args: path, marker. Holds a read guard, says so, and sleeps until killed.
@@ -206,9 +213,7 @@ TEST_SUITE("locks") {
     const std::string path = dir.File("s.mkv");
     Store store = MustOpen(path, Patient());
     REQUIRE(store.Put("k", "v").ok());
-    Options quick;
-    quick.lock_timeout = std::chrono::milliseconds(50);
-    Store other = MustOpen(path, quick);
+    Store other = MustOpen(path, Quick());
     const int pid = SpawnChild("locks.guard", {path, dir.File("ready")});
     REQUIRE(pid > 0);
     REQUIRE(WaitForFile(dir.File("ready")));
@@ -263,9 +268,7 @@ TEST_SUITE("locks") {
     const std::string path = dir.File("s.mkv");
     Store reader = MustOpen(path, Patient());
     REQUIRE(reader.Put("k", "v").ok());
-    Options quick;
-    quick.lock_timeout = std::chrono::milliseconds(50);
-    Store other = MustOpen(path, quick);
+    Store other = MustOpen(path, Quick());
     ControlView ctl(path);
     const int pid = SpawnChild("locks.update", {path, dir.File("ready")});
     REQUIRE(pid > 0);

@@ -712,12 +712,13 @@ Status StoreImpl::Write(const WriteBatch& batch, const WriteOptions& options) {
       constexpr size_t kBatchAhead = 8;
       uint64_t hashes[kBatchAhead];  // op j's hash at j % kBatchAhead
       auto look_ahead = [&](size_t j) {
+        const TableReader r = table_->Reader();  // after the op before, which may have grown the table
         if (j < ops.size()) {
           hashes[j % kBatchAhead] = HashKey(key_of(ops[j]), seed_);
-          table_->Reader().PrefetchHome(hashes[j % kBatchAhead]);
+          r.PrefetchHome(hashes[j % kBatchAhead]);
         }
         const size_t k = j - kBatchAhead / 2;
-        if (j >= kBatchAhead / 2 && k < ops.size()) table_->Reader().PrefetchHomeRecord(hashes[k % kBatchAhead]);
+        if (j >= kBatchAhead / 2 && k < ops.size()) r.PrefetchHomeRecord(hashes[k % kBatchAhead]);
       };
       for (size_t j = 0; j < kBatchAhead; ++j) look_ahead(j);
       for (size_t i = 0; i < ops.size(); ++i) {
