@@ -198,20 +198,9 @@ Status StoreImpl::Check(CheckReport* report) const {
     problem(std::to_string(leaked * kGranule) + " bytes allocated but used by nothing (first at offset " +
             std::to_string(first_leak * kGranule) + ")");
   }
-  // fresh and freed mark used granules only (docs/FORMAT.md's state table;
-  // fresh and freed together is a granule freed by the write that took it,
-  // left so by a writer killed after its commit).
-  uint64_t stateless = 0, first_stateless = 0;
-  for (uint64_t w = 0; w < claimed.size(); ++w) {
-    const uint64_t bad = (m[w].fresh | m[w].freed) & ~m[w].used;
-    if (bad != 0 && stateless == 0) first_stateless = w * 64 + static_cast<uint64_t>(std::countr_zero(bad));
-    stateless += static_cast<uint64_t>(std::popcount(bad));
-  }
-  if (stateless != 0) {
-    problem("allocation map: " + std::to_string(stateless) +
-            " granules marked fresh or freed but not used (first at offset " +
-            std::to_string(first_stateless * kGranule) + ")");
-  }
+  // A free granule's fresh and freed bits are not checked: they mean nothing
+  // (docs/FORMAT.md), and a writer killed while it releases a run (MarkRange
+  // stores used, fresh and freed one after another) leaves them set.
   // Past the end of the file the map must be clear: growth takes that space
   // as free without looking.
   uint64_t marked_beyond = 0;

@@ -110,9 +110,9 @@ inline constexpr uint64_t RecordGranules(uint64_t key_size, uint64_t value_size)
 
 // ---- allocation map -----------------------------------------------------------
 // One word triple per 64 granules (1 KiB of file). A granule is
-//   free            used=0
+//   free            used=0                   (fresh and freed mean nothing; see below)
 //   checkpointed    used=1 fresh=0 freed=0   (referenced by the last checkpoint)
-//   fresh           used=1 fresh=1           (allocated since the last checkpoint)
+//   fresh           used=1 fresh=1 freed=0   (allocated since the last checkpoint)
 //   pending free    used=1 fresh=0 freed=1   (freed since the last checkpoint, but the
 //                                             checkpoint still references it)
 //   freed fresh     used=1 fresh=1 freed=1   (freed by the write that allocated it;
@@ -120,6 +120,10 @@ inline constexpr uint64_t RecordGranules(uint64_t key_size, uint64_t value_size)
 // Freeing a fresh granule makes it free at once; freeing a checkpointed one makes
 // it pending, and a checkpoint turns pending granules free. So space the last
 // checkpoint needs is never reused before the next checkpoint is durable.
+// Making a run free stores used, fresh and freed one after another, so a writer
+// killed in between leaves a free granule with fresh or freed set; readers of
+// the map look at fresh and freed only where used is set, and an allocation
+// sets all three.
 struct AllocWord {
   uint64_t used;
   uint64_t fresh;
