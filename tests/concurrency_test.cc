@@ -622,6 +622,10 @@ TEST_SUITE("concurrency") {
     const std::string path = dir.File("s.mkv");
     Store store = MustOpen(path);
     REQUIRE(store.Put("k", "parent").ok());
+    // Idle long enough that the lock keeper lets the lock go and waits on its
+    // condition variable: the child's copy of it then counts a waiter that
+    // the child does not have (closing the inherited handle once hung on it).
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
     std::fflush(nullptr);
     const pid_t pid = ::fork();
     REQUIRE(pid >= 0);

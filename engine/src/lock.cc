@@ -221,18 +221,23 @@ void LockManager::ReleaseFile(bool wake) {
 LockManager::~LockManager() { StopKeeper(); }
 
 void LockManager::StopKeeper() {
+  if (keeper_.joinable() && ForkGeneration() != keeper_fork_generation_) {
+    // A forked child has the object but not the thread, and the thread may
+    // have held file_mu_ or waited on keeper_cv_ at the fork: touch neither,
+    // and leave the copy of the condition variable undestroyed. The lock
+    // itself is the parent's (a shared open file description).
+    keeper_.detach();
+    (void)keeper_cv_.release();
+    return;
+  }
   {
     std::lock_guard<std::mutex> lock(file_mu_);
     keeper_stop_ = true;
   }
-  keeper_cv_.notify_all();
+  keeper_cv_->notify_all();
   if (keeper_.joinable()) {
-    if (ForkGeneration() == keeper_fork_generation_) {
-      if (ctl_ != nullptr) Wake(&ctl_->lock_waiters, ctl_->lock_waiters.load());  // no change: the current value
-      keeper_.join();
-    } else {
-      keeper_.detach();  // a forked child has the object but not the thread
-    }
+    if (ctl_ != nullptr) Wake(&ctl_->lock_waiters, ctl_->lock_waiters.load());  // no change: the current value
+    keeper_.join();
   }
   std::lock_guard<std::mutex> lock(file_mu_);
   // In a forked child the lock is the parent's (a shared open file
@@ -259,7 +264,7 @@ void LockManager::KeeperLoop() {
       // here idle is stored before the predicate reads sticky_, so either it
       // sees sticky_ set or the writer sees idle and notifies under file_mu_.
       keeper_idle_.store(true);
-      keeper_cv_.wait(lock, [&] { return sticky_.load() || keeper_stop_.load(); });
+      keeper_cv_->wait(lock, [&] { return sticky_.load() || keeper_stop_.load(); });
       keeper_idle_.store(false);
       continue;
     }
@@ -385,7 +390,7 @@ void LockManager::UnlockWrite(bool may_stick) {
   sticky_.store(true);
   if (keeper_idle_.load()) {
     std::lock_guard<std::mutex> lock(file_mu_);
-    keeper_cv_.notify_one();
+    keeper_cv_->notify_one();
   }
   rw_.Unlock();
 }

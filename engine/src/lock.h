@@ -43,6 +43,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <memory>
 #include <mutex>
 #include <thread>
 
@@ -188,7 +189,10 @@ class LockManager {
   std::atomic<bool> keeper_started_{false};
   std::atomic<uint64_t> writes_{0};  // sticky writes so far; unchanged over kStickyIdle = idle
   const uint64_t pid_ = ProcessId();
-  std::condition_variable keeper_cv_;
+  // On the heap: a forked child must not destroy the parent's copy (a
+  // keeper that was waiting on it at the fork stays counted in it, and
+  // destroying it would wait for that waiter forever); StopKeeper leaks it.
+  std::unique_ptr<std::condition_variable> keeper_cv_ = std::make_unique<std::condition_variable>();
   std::thread keeper_;
   std::atomic<bool> keeper_stop_{false};
   uint64_t keeper_fork_generation_ = 0;
