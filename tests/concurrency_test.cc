@@ -626,7 +626,8 @@ TEST_SUITE("concurrency") {
     REQUIRE(store.Put("k", "parent").ok());
     // Idle long enough that the lock keeper lets the lock go and waits on its
     // condition variable: the child's copy of it then counts a waiter that
-    // the child does not have (closing the inherited handle once hung on it).
+    // the child does not have. (A child once hung for 900 s under ASan; this
+    // state is the suspected cause, not a reproduced one.)
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
     std::fflush(nullptr);
     const pid_t pid = ::fork();
