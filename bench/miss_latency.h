@@ -1,9 +1,10 @@
 // miss_latency: what one cache miss costs on this machine, for reading the
 // benchmark's figures. A random get in a store much larger than the caches
-// costs about one such miss (the CPU overlaps one get's second miss with the
-// next get's first), and a put at least two in a row (the slot, then the
-// record it points to), so this is the scale against which peer_bench's
-// nanoseconds are read, and why the same build gives other figures elsewhere.
+// costs two such misses in a row (the slot, then the record it points to), or
+// about one where the CPU's reorder window reaches from one get's second miss
+// to the next get's first (bench/README.md, sessions 7 and 17); a put at least
+// two. This is the scale against which peer_bench's nanoseconds are read, and
+// why the same build gives other figures elsewhere.
 #ifndef MAPKV_BENCH_MISS_LATENCY_H_
 #define MAPKV_BENCH_MISS_LATENCY_H_
 
