@@ -5,13 +5,17 @@
 //   peer_bench [--n 1000000] [--runs 3] [--dir DIR] [--out DIR] [--label NAME]
 //              [--engines mapkv,LMDB,...] [--key 16] [--value 100]
 //              [--txn-batch 1000] [--txn1-ops 100000] [--reopens 5]
-//              [--mp-seconds 3] [--no-mp] [--only get,miss,...] [--help]
+//              [--fresh-opens 3] [--mp-seconds 3] [--no-mp]
+//              [--only get,miss,...] [--help]
 //
 // Each run gives every engine a fresh store and runs, in this order:
 //   fill            N puts of new keys, random order
 //   (close; the files' size against the raw bytes N*(key+value))
 //   reopen          open the existing store and serve one get (the first
 //                   reopen after the writer closed, then the median of --reopens)
+//   fresh open      the same in a new process (fork, then exec of peer_bench
+//                   with --open-child), the median of --fresh-opens: what a
+//                   program resuming its state after a restart waits for
 //   get             N gets of present keys, random order
 //   miss            N gets of absent keys
 //   overwrite       N puts over present keys, random order
@@ -93,9 +97,16 @@ struct Config {
   uint64_t txn_batch = 1000;
   uint64_t txn1_ops = 100000;
   int reopens = 5;
+  int fresh_opens = 3;
   double mp_seconds = 3;
   bool mp = true;
   std::string command;
+  // --open-child: this process is a fresh-open child; it opens the store of
+  // engine `child_engine` in `child_dir`, gets key `child_key`, prints the
+  // microseconds it took and exits.
+  std::string child_engine;
+  std::string child_dir;
+  uint64_t child_key = 0;
 };
 
 struct Factory {
@@ -349,6 +360,43 @@ class Bench {
     return cfg_.only.empty() || std::find(cfg_.only.begin(), cfg_.only.end(), workload) != cfg_.only.end();
   }
 
+  // Open and first get of the store in `dir` in a new process (fork, then
+  // exec of this program with --open-child), in microseconds as the child
+  // measured them.
+  double FreshOpen(const char* engine, const std::string& dir, uint64_t key) const {
+    std::error_code ec;
+    const std::string self = fs::read_symlink("/proc/self/exe", ec).string();
+    if (ec) Fail(engine, "fresh open", "cannot find this program (/proc/self/exe): " + ec.message());
+    int fds[2];
+    if (::pipe(fds) != 0) Fail(engine, "fresh open", "pipe failed");
+    std::fflush(nullptr);
+    const pid_t pid = ::fork();
+    if (pid < 0) Fail(engine, "fresh open", "fork failed");
+    if (pid == 0) {
+      ::dup2(fds[1], STDOUT_FILENO);
+      ::close(fds[0]);
+      ::close(fds[1]);
+      const std::string n = std::to_string(cfg_.n), k = std::to_string(cfg_.key), v = std::to_string(cfg_.value),
+                        i = std::to_string(key);
+      ::execl(self.c_str(), self.c_str(), "--open-child", engine, "--child-dir", dir.c_str(), "--child-key", i.c_str(),
+              "--n", n.c_str(), "--key", k.c_str(), "--value", v.c_str(), static_cast<char*>(nullptr));
+      std::_Exit(127);
+    }
+    ::close(fds[1]);
+    std::string line;
+    char buf[128];
+    ssize_t got;
+    while ((got = ::read(fds[0], buf, sizeof(buf))) > 0) line.append(buf, static_cast<size_t>(got));
+    ::close(fds[0]);
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+    double us = -1;
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0 || std::sscanf(line.c_str(), "%lf", &us) != 1 || us < 0) {
+      Fail(engine, "fresh open", "the child process failed (its error is above); it printed '" + line + "'");
+    }
+    return us;
+  }
+
   void Record(const std::string& metric, const char* engine, double v) { results_[metric][engine].push_back(v); }
   // ns/op on the wall clock as `metric`, on process CPU time as cpu_<metric>.
   void RecordOps(const std::string& metric, const char* engine, const Stamp& a, const Stamp& b, uint64_t ops) {
@@ -414,6 +462,17 @@ class Bench {
       opens.erase(opens.begin());
       Record("reopen_us", f.name, Median(opens));
       std::fprintf(stderr, " reopen %.0fus", Median(opens));
+      if (cfg_.fresh_opens > 0) {
+        e->Close();  // some engines lock their files for one process
+        std::vector<double> fresh;
+        for (int k = 0; k < cfg_.fresh_opens; ++k) {
+          fresh.push_back(FreshOpen(f.name, dir, read_order_[static_cast<uint64_t>(k + 7) % n]));
+        }
+        Record("reopen_fresh_us", f.name, Median(fresh));
+        std::fprintf(stderr, " fresh %.0fus", Median(fresh));
+        e = f.make();
+        e->Open(params);
+      }
     }
 
     uint64_t found = 0;
@@ -742,6 +801,10 @@ class Bench {
     for (const Factory& f : engines_) o << " " << Fmt(Med("reopen_us", f.name), "%.1f") << " |";
     o << "\n| first reopen after the writer closed, us |";
     for (const Factory& f : engines_) o << " " << Fmt(Med("reopen_first_us", f.name), "%.1f") << " |";
+    if (cfg_.fresh_opens > 0) {
+      o << "\n| the same in a new process, us (median of " << cfg_.fresh_opens << ") |";
+      for (const Factory& f : engines_) o << " " << Fmt(Med("reopen_fresh_us", f.name), "%.1f") << " |";
+    }
     o << "\n| disk blocks after fill / raw bytes |";
     for (const Factory& f : engines_) o << " " << Fmt(Med("file_allocated", f.name), "%.2f") << " |";
     o << "\n| file length after fill / raw bytes |";
@@ -855,6 +918,35 @@ class Bench {
 };
 
 }  // namespace
+// --open-child: times one open and first get of an existing store in this
+// process, which has just started, and prints the microseconds on stdout.
+int OpenChild(const Config& cfg) {
+  std::vector<Factory> all = AllEngines();
+  auto it = std::find_if(all.begin(), all.end(), [&](const Factory& f) { return cfg.child_engine == f.name; });
+  if (it == all.end()) {
+    std::fprintf(stderr, "peer_bench: --open-child: engine '%s' is not built in\n", cfg.child_engine.c_str());
+    return 2;
+  }
+  try {
+    Keys keys(cfg.key);
+    std::string out;
+    std::unique_ptr<Engine> e = it->make();
+    OpenParams params{cfg.child_dir, cfg.n, cfg.key, cfg.value, false};
+    const Stamp t0 = Now();
+    e->Open(params);
+    const bool found = e->Get(keys.Get(cfg.child_key), &out);
+    const Stamp t1 = Now();
+    Check(found, it->name, "get after a fresh open");
+    Check(out.size() == cfg.value, it->name, "value size after a fresh open");
+    e->Close();
+    std::printf("%.2f\n", Micros(t0, t1));
+  } catch (const BenchError& err) {
+    std::fprintf(stderr, "peer_bench: --open-child: %s\n", err.what());
+    return 1;
+  }
+  return 0;
+}
+
 }  // namespace bench
 
 int main(int argc, char** argv) {
@@ -895,6 +987,12 @@ int main(int argc, char** argv) {
   app.add_option("--reopens", cfg.reopens, "reopens timed after the first")
       ->check(CLI::Range(1, 1000))
       ->capture_default_str();
+  app.add_option("--fresh-opens", cfg.fresh_opens, "reopens timed in a new process each (0: none)")
+      ->check(CLI::Range(0, 1000))
+      ->capture_default_str();
+  app.add_option("--open-child", cfg.child_engine, "(internal) time one open in this process and exit")->group("");
+  app.add_option("--child-dir", cfg.child_dir, "(internal) the store's directory for --open-child")->group("");
+  app.add_option("--child-key", cfg.child_key, "(internal) the key index --open-child reads")->group("");
   app.add_option("--mp-seconds", cfg.mp_seconds, "length of the multi-process run")
       ->check(CLI::Range(0.01, 3600.0))
       ->capture_default_str();
@@ -906,5 +1004,6 @@ int main(int argc, char** argv) {
     cfg.label = cfg.n % 1000000 == 0 ? "results-N" + std::to_string(cfg.n / 1000000) + "M"
                                      : "results-N" + std::to_string(cfg.n);
   }
+  if (!cfg.child_engine.empty()) return bench::OpenChild(cfg);
   return bench::Bench(std::move(cfg)).Main();
 }
