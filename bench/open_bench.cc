@@ -15,7 +15,6 @@
 // It prints its figures on one line to a pipe; the parent reports medians
 // and ranges over the children.
 #include <sys/resource.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -28,6 +27,7 @@
 #include <vector>
 
 #include "mapkv/store.h"
+#include "run_self.h"
 
 namespace {
 
@@ -88,29 +88,11 @@ int Child(const std::string& path, uint64_t n, uint64_t seed) {
 }
 
 // Runs one child and parses its line into `first` and `again`.
-void RunChild(const std::string& self, const std::string& path, uint64_t n, uint64_t seed, Step* first, Step* again) {
-  int fds[2];
-  if (::pipe(fds) != 0) Die("pipe failed");
-  const pid_t pid = ::fork();
-  if (pid < 0) Die("fork failed");
-  if (pid == 0) {
-    ::dup2(fds[1], STDOUT_FILENO);
-    ::close(fds[0]);
-    ::close(fds[1]);
-    const std::string ns = std::to_string(n), ss = std::to_string(seed);
-    ::execl(self.c_str(), self.c_str(), "--child", path.c_str(), "--n", ns.c_str(), "--seed", ss.c_str(),
-            static_cast<char*>(nullptr));
-    std::_Exit(127);
-  }
-  ::close(fds[1]);
+void RunChild(const std::string& path, uint64_t n, uint64_t seed, Step* first, Step* again) {
   std::string line;
-  char buf[256];
-  ssize_t got;
-  while ((got = ::read(fds[0], buf, sizeof(buf))) > 0) line.append(buf, static_cast<size_t>(got));
-  ::close(fds[0]);
-  int status = 0;
-  ::waitpid(pid, &status, 0);
-  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) Die("a child process failed (its error is above)");
+  const std::string error =
+      bench::RunSelf({"--child", path, "--n", std::to_string(n), "--seed", std::to_string(seed)}, &line);
+  if (!error.empty()) Die(error);
   if (std::sscanf(line.c_str(), "%lf %lf %ld %ld %lf %lf %ld %ld", &first->open_us, &first->get_us, &first->open_faults,
                   &first->get_faults, &again->open_us, &again->get_us, &again->open_faults, &again->get_faults) != 8) {
     Die("a child's report could not be read: '" + line + "'");
@@ -155,9 +137,6 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   if (!child_path.empty()) return Child(child_path, n, seed);
 
-  std::error_code ec;
-  const std::string self = std::filesystem::read_symlink("/proc/self/exe", ec).string();
-  if (ec) Die("cannot find this program's path (/proc/self/exe): " + ec.message());
   const std::string path = dir + "/open_bench-" + std::to_string(::getpid()) + ".mkv";
   {
     mapkv::Store store;
@@ -174,10 +153,11 @@ int main(int argc, char** argv) {
   std::vector<Step> first, again;
   for (int p = 0; p < procs; ++p) {
     Step f, a;
-    RunChild(self, path, n, static_cast<uint64_t>(p) * 104729 + 1, &f, &a);
+    RunChild(path, n, static_cast<uint64_t>(p) * 104729 + 1, &f, &a);
     first.push_back(f);
     again.push_back(a);
   }
+  std::error_code ec;
   std::filesystem::remove(path, ec);
   std::printf("open_bench: a store of %llu keys (16-byte keys, 100-byte values), %d fresh processes\n\n",
               static_cast<unsigned long long>(n), procs);

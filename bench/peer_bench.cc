@@ -70,6 +70,7 @@
 
 #include "adapters/adapter.h"
 #include "miss_latency.h"
+#include "run_self.h"
 
 namespace bench {
 
@@ -143,6 +144,12 @@ std::vector<Factory> AllEngines() {
   f.push_back({"GDBM", MakeGdbm});
 #endif
   return f;
+}
+
+// The engine of that name among `all`, or nullptr.
+const Factory* FindEngine(const std::vector<Factory>& all, const std::string& name) {
+  auto it = std::find_if(all.begin(), all.end(), [&](const Factory& f) { return name == f.name; });
+  return it == all.end() ? nullptr : &*it;
 }
 
 // splitmix64's finalizer: a bijection on 64 bits.
@@ -273,14 +280,14 @@ class Bench {
       engines_ = all;
     } else {
       for (const std::string& want : cfg_.engines) {
-        auto it = std::find_if(all.begin(), all.end(), [&](const Factory& f) { return want == f.name; });
-        if (it == all.end()) {
+        const Factory* found = FindEngine(all, want);
+        if (found == nullptr) {
           std::fprintf(stderr, "peer_bench: engine '%s' is not built in; built in:", want.c_str());
           for (const Factory& f : all) std::fprintf(stderr, " %s", f.name);
           std::fprintf(stderr, "\n");
           return 2;
         }
-        engines_.push_back(*it);
+        engines_.push_back(*found);
       }
     }
     if (engines_.empty() || std::string(engines_[0].name) != "mapkv") {
@@ -364,35 +371,15 @@ class Bench {
   // exec of this program with --open-child), in microseconds as the child
   // measured them.
   double FreshOpen(const char* engine, const std::string& dir, uint64_t key) const {
-    std::error_code ec;
-    const std::string self = fs::read_symlink("/proc/self/exe", ec).string();
-    if (ec) Fail(engine, "fresh open", "cannot find this program (/proc/self/exe): " + ec.message());
-    int fds[2];
-    if (::pipe(fds) != 0) Fail(engine, "fresh open", "pipe failed");
-    std::fflush(nullptr);
-    const pid_t pid = ::fork();
-    if (pid < 0) Fail(engine, "fresh open", "fork failed");
-    if (pid == 0) {
-      ::dup2(fds[1], STDOUT_FILENO);
-      ::close(fds[0]);
-      ::close(fds[1]);
-      const std::string n = std::to_string(cfg_.n), k = std::to_string(cfg_.key), v = std::to_string(cfg_.value),
-                        i = std::to_string(key);
-      ::execl(self.c_str(), self.c_str(), "--open-child", engine, "--child-dir", dir.c_str(), "--child-key", i.c_str(),
-              "--n", n.c_str(), "--key", k.c_str(), "--value", v.c_str(), static_cast<char*>(nullptr));
-      std::_Exit(127);
-    }
-    ::close(fds[1]);
     std::string line;
-    char buf[128];
-    ssize_t got;
-    while ((got = ::read(fds[0], buf, sizeof(buf))) > 0) line.append(buf, static_cast<size_t>(got));
-    ::close(fds[0]);
-    int status = 0;
-    ::waitpid(pid, &status, 0);
+    const std::string error =
+        RunSelf({"--open-child", engine, "--child-dir", dir, "--child-key", std::to_string(key), "--n",
+                 std::to_string(cfg_.n), "--key", std::to_string(cfg_.key), "--value", std::to_string(cfg_.value)},
+                &line);
+    if (!error.empty()) Fail(engine, "fresh open", error);
     double us = -1;
-    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0 || std::sscanf(line.c_str(), "%lf", &us) != 1 || us < 0) {
-      Fail(engine, "fresh open", "the child process failed (its error is above); it printed '" + line + "'");
+    if (std::sscanf(line.c_str(), "%lf", &us) != 1 || us < 0) {
+      Fail(engine, "fresh open", "the child's report could not be read: '" + line + "'");
     }
     return us;
   }
@@ -918,12 +905,13 @@ class Bench {
 };
 
 }  // namespace
+
 // --open-child: times one open and first get of an existing store in this
 // process, which has just started, and prints the microseconds on stdout.
 int OpenChild(const Config& cfg) {
   std::vector<Factory> all = AllEngines();
-  auto it = std::find_if(all.begin(), all.end(), [&](const Factory& f) { return cfg.child_engine == f.name; });
-  if (it == all.end()) {
+  const Factory* it = FindEngine(all, cfg.child_engine);
+  if (it == nullptr) {
     std::fprintf(stderr, "peer_bench: --open-child: engine '%s' is not built in\n", cfg.child_engine.c_str());
     return 2;
   }
