@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "format.h"
+#include "heap.h"
 #include "store_test_helpers.h"
 
 namespace mapkv::test {
@@ -687,6 +688,42 @@ TEST_SUITE("crash") {
   // is the dead checkpoint's, so nothing it references may have been reused
   // or changed in place by the later writes.
 #ifndef _WIN32  // tampers with the file through mmap(2) (listed in tests/CMakeLists.txt)
+  void PutKeys(Store & a, int n, Model* model) {
+    for (int i = 0; i < n; ++i) {
+      const std::string k = "key" + std::to_string(i), v = "v0." + std::to_string(i);
+      REQUIRE(a.Put(k, v).ok());
+      (*model)[k] = v;
+    }
+  }
+
+  // Kills a child process in the middle of `batch` on `path` once the batch's
+  // undo log holds at least `entries` entries. Returns the log's length the
+  // child left behind.
+  uint64_t KillChildInBatch(const std::string& path, const WriteBatch& batch, uint64_t entries) {
+    const pid_t child = ::fork();
+    REQUIRE(child >= 0);
+    if (child == 0) {
+      Store b;
+      if (!Store::Open(path, Options{}, &b).ok()) ::_exit(2);
+      (void)b.Write(batch);
+      ::_exit(3);  // the batch ended before the parent saw it running
+    }
+    const ControlView ctl(path);
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while (ctl->undo_count.load() < entries && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+    const bool in_batch = ctl->undo_count.load() >= entries;
+    ::kill(child, SIGKILL);
+    int status = 0;
+    REQUIRE(::waitpid(child, &status, 0) == child);
+    REQUIRE_MESSAGE(in_batch, "the child's batch was not seen logging " << entries << " entries within 60 s");
+    REQUIRE_MESSAGE((WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL), "the child ended before the kill");
+    const uint64_t left = ctl->undo_count.load();
+    REQUIRE(left >= entries);  // the dead writer's log is still there
+    return left;
+  }
+
   // A close that finds itself alone takes the write lock to compact the tail
   // and checkpoint. When another process was killed in the middle of a
   // write, that write must be rolled back first, as every write does, and
@@ -696,45 +733,65 @@ TEST_SUITE("crash") {
     const std::string path = dir.File("s.mkv");
     Store a = MustOpen(path);
     Model model;
-    for (int i = 0; i < 2000; ++i) {
-      const std::string k = "key" + std::to_string(i), v = "v0." + std::to_string(i);
-      REQUIRE(a.Put(k, v).ok());
-      model[k] = v;
-    }
-    const pid_t child = ::fork();
-    REQUIRE(child >= 0);
-    if (child == 0) {
-      Store b;
-      if (!Store::Open(path, Options{}, &b).ok()) ::_exit(2);
-      WriteBatch batch;
-      for (int i = 0; i < 400000; ++i) batch.Put("batch" + std::to_string(i), std::string(100, 'b'));
-      for (int i = 0; i < 2000; ++i) batch.Erase("key" + std::to_string(i));
-      (void)b.Write(batch);
-      ::_exit(3);  // the batch ended before the parent saw it running
-    }
-    // Kill the child once its batch is under way: its undo log holds entries.
-    const int fd = ::open(path.c_str(), O_RDONLY);
-    REQUIRE(fd >= 0);
-    void* mem = ::mmap(nullptr, kPage * 4, PROT_READ, MAP_SHARED, fd, 0);
-    ::close(fd);
-    REQUIRE(mem != MAP_FAILED);
-    const auto* ctl = reinterpret_cast<const internal::format::ControlPage*>(static_cast<uint8_t*>(mem) +
-                                                                             internal::format::kControlOffset);
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-    while (ctl->undo_count.load() < 1000 && std::chrono::steady_clock::now() < deadline) {
-      std::this_thread::sleep_for(std::chrono::microseconds(200));
-    }
-    const bool in_batch = ctl->undo_count.load() >= 1000;
-    ::kill(child, SIGKILL);
-    int status = 0;
-    REQUIRE(::waitpid(child, &status, 0) == child);
-    REQUIRE_MESSAGE(in_batch, "the child's batch was not seen running within 60 s");
-    REQUIRE_MESSAGE((WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL), "the child ended before the kill");
-    REQUIRE(ctl->undo_count.load() != 0);  // the dead writer's log is still there
-    ::munmap(mem, kPage * 4);
-
+    PutKeys(a, 2000, &model);
+    WriteBatch batch;
+    for (int i = 0; i < 400000; ++i) batch.Put("batch" + std::to_string(i), std::string(100, 'b'));
+    for (int i = 0; i < 2000; ++i) batch.Erase("key" + std::to_string(i));
+    KillChildInBatch(path, batch, 1000);
     REQUIRE(a.Close().ok());  // alone now: compacts the tail and checkpoints
     Store c = MustOpen(path);
+    CheckClean(c);
+    CHECK(Dump(c) == model);
+  }
+
+  // The recovery of a killed writer can itself be killed. Its rollback
+  // restores words it depends on (the chain of undo chunks' head, the file's
+  // and the allocation map's sizes): killed past them, a rollback that
+  // started over from the first entry found a chain of length 0 and refused
+  // the store as corrupt for the rest of the boot. Each recovery here is
+  // stopped by the testing hook after a number of entries, as a kill there
+  // would leave it, and the next one finishes the work.
+  TEST_CASE("crash: a recovery killed in the middle of its rollback is finished by the next writer") {
+    TempDir dir;
+    const std::string path = dir.File("s.mkv");
+    Model model;
+    {
+      Store a = MustOpen(path);
+      PutKeys(a, 10000, &model);
+    }
+    // Overwrites of present keys, each logged (new records go in new table
+    // pages, which need no undo): the log runs into its chain of chunks.
+    WriteBatch batch;
+    for (int round = 0; round < 40; ++round) {
+      for (int i = 0; i < 10000; ++i) batch.Put("key" + std::to_string(i), "b" + std::to_string(round));
+    }
+    uint64_t left = KillChildInBatch(path, batch, internal::format::kUndoCapacity + 2000);
+    const ControlView ctl(path);
+    // Past the chain's head (logged in the fixed part, just before it filled),
+    // then a few entries more, then the rest.
+    for (const uint64_t keep : {uint64_t{100}, uint64_t{40}}) {
+      REQUIRE(left > keep);
+      const uint64_t stop = left - keep;
+      const pid_t child = ::fork();
+      REQUIRE(child >= 0);
+      if (child == 0) {
+        internal::SetRollbackStopForTesting(stop);
+        Store b;
+        const Status s = Store::Open(path, Options{}, &b);
+        if (!s.ok()) std::fprintf(stderr, "open in the recovering child: %s\n", s.ToString().c_str());
+        ::_exit(s.ok() ? 0 : 1);  // the hook ends the process first when the recovery runs
+      }
+      int status = 0;
+      REQUIRE(::waitpid(child, &status, 0) == child);
+      REQUIRE_MESSAGE(
+          (WIFEXITED(status) && WEXITSTATUS(status) == internal::kRollbackStopExit),
+          "the recovery was not stopped after " << stop << " of " << left << " entries (status " << status << ")");
+      CHECK(ctl->undo_count.load() == keep);  // the entries applied are uncounted
+      CHECK(ctl->undo_chain == 0);            // restored: the chain is no longer needed
+      left = keep;
+    }
+    Store c = MustOpen(path);  // finishes the rollback
+    CHECK(ctl->undo_count.load() == 0);
     CheckClean(c);
     CHECK(Dump(c) == model);
   }

@@ -59,25 +59,6 @@ bool WaitForFile(const std::string& path) {
   return true;
 }
 
-// The control page of `path`, mapped shared (the live values other processes see).
-class ControlView {
- public:
-  explicit ControlView(const std::string& path) {
-    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    REQUIRE(fd >= 0);
-    mem_ = ::mmap(nullptr, kControlOffset + 4096, PROT_READ, MAP_SHARED, fd, 0);
-    ::close(fd);
-    REQUIRE(mem_ != MAP_FAILED);
-  }
-  ~ControlView() { ::munmap(mem_, kControlOffset + 4096); }
-  const ControlPage* operator->() const {
-    return reinterpret_cast<const ControlPage*>(static_cast<const uint8_t*>(mem_) + kControlOffset);
-  }
-
- private:
-  void* mem_ = nullptr;
-};
-
 Options Patient() {
   Options o;
   o.lock_timeout = std::chrono::milliseconds(30000);

@@ -12,6 +12,7 @@
 #include <string>
 #include <string_view>
 
+#include "format.h"
 #include "mapkv/store.h"
 #include "platform/platform.h"
 #include "test_util.h"
@@ -35,6 +36,23 @@ inline bool LongRunsEnabled() {
       return;                                                                                \
     }                                                                                        \
   } while (0)
+
+// The control page of `path`, mapped shared through the platform layer: the
+// live values other processes see.
+class ControlView {
+ public:
+  explicit ControlView(const std::string& path) {
+    REQUIRE(internal::File::Open(path, internal::FileSpec{.read_only = true}, &file_).ok());
+    REQUIRE(file_->Map(internal::format::kControlOffset + 4096, false, &map_).ok());
+  }
+  const internal::format::ControlPage* operator->() const {
+    return reinterpret_cast<const internal::format::ControlPage*>(map_->data() + internal::format::kControlOffset);
+  }
+
+ private:
+  std::unique_ptr<internal::File> file_;
+  std::unique_ptr<internal::Mapping> map_;
+};
 
 inline Store MustOpen(const std::string& path, const Options& options = {}) {
   Store store;

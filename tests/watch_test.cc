@@ -45,23 +45,6 @@ bool WaitUntil(const std::function<bool()>& done, std::chrono::milliseconds limi
   return true;
 }
 
-// The control page of `path`, mapped shared through the platform layer: the
-// live counts other processes see.
-class ControlView {
- public:
-  explicit ControlView(const std::string& path) {
-    REQUIRE(internal::File::Open(path, internal::FileSpec{.read_only = true}, &file_).ok());
-    REQUIRE(file_->Map(internal::format::kControlOffset + 4096, false, &map_).ok());
-  }
-  const internal::format::ControlPage* operator->() const {
-    return reinterpret_cast<const internal::format::ControlPage*>(map_->data() + internal::format::kControlOffset);
-  }
-
- private:
-  std::unique_ptr<internal::File> file_;
-  std::unique_ptr<internal::Mapping> map_;
-};
-
 Options Ring(uint64_t capacity) {
   Options o;
   o.change_ring_capacity = capacity;

@@ -42,8 +42,8 @@ Status StoreImpl::Checkpoint() {
     if (s.ok()) s = heap_->SetWord(&ctl_->snapshot_slot_bytes[k], need);
   }
   if (!s.ok()) {
-    heap_->Rollback();
-    return s;
+    Status r = heap_->Rollback();
+    return r.ok() ? s : r;
   }
   uint8_t* base = heap_->base();
   std::memcpy(base + ctl_->snapshot_slot_offset[k], base + ctl_->pagemap_offset.load(), need);

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <bit>
+#include <cstdlib>
 #include <cstring>
 #include <iterator>
 #include <string>
@@ -296,14 +297,24 @@ void Heap::DropChain() {
   ctl_->undo_chain = 0;
 }
 
+namespace {
+uint64_t rollback_stop_for_testing = 0;  // SetRollbackStopForTesting
+}  // namespace
+
+void SetRollbackStopForTesting(uint64_t entries) { rollback_stop_for_testing = entries; }
+
 bool Heap::LogExtents(uint64_t count, std::vector<std::pair<uint64_t, uint64_t>>* extents) const {
   extents->clear();
   const uint64_t file_size = ctl_->file_size.load(std::memory_order_relaxed);
+  // More entries than the file could hold is a damaged count; refused before
+  // the walk, which would otherwise follow a looping chain for that long.
+  if (count > kUndoCapacity + file_size / kUndoEntrySize) return false;
   extents->emplace_back(kUndoOffset, std::min(count, kUndoCapacity));
   uint64_t left = count - extents->back().second;
   uint64_t off = ctl_->undo_chain;
-  while (left > 0) {
-    if (off < kHeapOffset || off % kGranule != 0 || off > file_size - sizeof(UndoChunk)) return false;
+  for (uint64_t hops = 0; left > 0; ++hops) {
+    if (hops > file_size / kPageSize || off < kHeapOffset || off % kGranule != 0 || off > file_size - sizeof(UndoChunk))
+      return false;
     const auto* chunk = At<UndoChunk>(off);
     const uint64_t cap = chunk->capacity;
     if (cap == 0 || cap > (file_size - off) / kUndoEntrySize - 1) return false;
@@ -313,6 +324,28 @@ bool Heap::LogExtents(uint64_t count, std::vector<std::pair<uint64_t, uint64_t>>
     off = chunk->next;
   }
   return true;
+}
+
+bool Heap::EntryInRange(const UndoEntry& e, uint64_t fs) const {
+  const uint64_t granules = ctl_->alloc_words * kGranulesPerAllocWord;
+  const uint64_t target = TargetOf(e);
+  const uint64_t value = e.value;
+  switch (KindOf(e)) {
+    case UndoKind::kWord:
+      return target % 8 == 0 && target <= fs && 8 <= fs - target;
+    case UndoKind::kAllocated:
+    case UndoKind::kFreed:
+      return target <= granules && value <= granules - target;
+    case UndoKind::kFreedPages: {
+      if (target < kHeapOffset || target > fs || value > (fs - target) / 4) return false;
+      const uint32_t* pm = At<uint32_t>(target);
+      for (uint64_t p = 0; p < value; ++p) {
+        if ((uint64_t{pm[p]} + 1) * kGranulesPerPage > granules) return false;
+      }
+      return true;
+    }
+  }
+  return false;
 }
 
 void Heap::ApplyUndo(const UndoEntry& e) {
@@ -335,22 +368,63 @@ void Heap::ApplyUndo(const UndoEntry& e) {
   }
 }
 
-void Heap::Rollback() {
+Status Heap::Rollback() {
   const uint64_t n = ctl_->undo_count.load(std::memory_order_acquire);
   std::vector<std::pair<uint64_t, uint64_t>> extents;
   // The extents are taken before any entry is applied: undoing the chain's
   // head pointer or a chunk's allocation changes no entry, but the walk
   // must not depend on them. A chain that does not hold n entries was
   // refused by ValidateLog before recovery; a running write built its own.
-  if (LogExtents(n, &extents)) {
-    for (auto it = extents.rbegin(); it != extents.rend(); ++it) {
-      const UndoEntry* log = At<UndoEntry>(it->first);
-      for (uint64_t i = it->second; i > 0; --i) ApplyUndo(log[i - 1]);
+  if (!LogExtents(n, &extents)) return BadLog("the chain of chunks no longer holds its entries");
+  // Resumable: the count comes down with each entry applied, so a rollback
+  // killed halfway leaves the entries still to apply and a control page as
+  // it was when the first of them was logged (the chain's head, the file's
+  // and the allocation map's sizes that the walk and the checks depend on
+  // included). The next lock holder goes on from there. Each entry is checked
+  // against the state it is applied to, which the entries after it may have
+  // changed since ValidateLog saw them: a damaged log stops here, with the
+  // entries not applied still counted, instead of writing outside the file.
+  // The bound is the file's own size, mapped whole, not file_size as the
+  // entries restore it: a map moved into the grown tail is restored after the
+  // size that was logged after it.
+  uint64_t limit = 0;
+  Status s = file_->Size(&limit);
+  if (s.ok()) s = maps_->Cover(limit);
+  if (!s.ok()) return s;
+  uint64_t left = n;
+  for (auto it = extents.rbegin(); it != extents.rend(); ++it) {
+    const UndoEntry* log = At<UndoEntry>(it->first);
+    for (uint64_t i = it->second; i > 0; --i, --left) {
+      const UndoEntry& e = log[i - 1];
+      if (!EntryInRange(e, limit) || !AllocMapInFile(limit)) {
+        return BadLog("entry " + std::to_string(left - 1) + " (kind " + std::to_string(static_cast<int>(KindOf(e))) +
+                      ", target " + std::to_string(TargetOf(e)) + ", value " + std::to_string(e.value) +
+                      ") is out of range for the state the entries after it leave (file size " +
+                      std::to_string(ctl_->file_size.load(std::memory_order_relaxed)) + ", allocation map at " +
+                      std::to_string(ctl_->alloc_offset) + ", " + std::to_string(ctl_->alloc_words) + " words)");
+      }
+      ApplyUndo(e);
+      std::atomic_signal_fence(std::memory_order_seq_cst);
+      ctl_->undo_count.store(left - 1, std::memory_order_release);
+      std::atomic_signal_fence(std::memory_order_seq_cst);
+      if (rollback_stop_for_testing != 0 && n - (left - 1) == rollback_stop_for_testing) {
+        std::_Exit(kRollbackStopExit);
+      }
     }
   }
   ctl_->undo_chain = 0;
-  ctl_->undo_count.store(0, std::memory_order_release);
   ResetWriteState();
+  return Status::Ok();
+}
+
+bool Heap::AllocMapInFile(uint64_t fs) const {
+  const uint64_t off = ctl_->alloc_offset;
+  const uint64_t words = ctl_->alloc_words;
+  return off >= kHeapOffset && off % kGranule == 0 && off <= fs && words <= (fs - off) / sizeof(AllocWord);
+}
+
+Status Heap::BadLog(const std::string& what) const {
+  return Status(Code::kCorruption, file_->path() + ": control page: undo log: " + what);
 }
 
 void Heap::RollBackCopy(uint64_t offset, uint8_t* copy, uint64_t size) const {
@@ -371,9 +445,7 @@ void Heap::RollBackCopy(uint64_t offset, uint8_t* copy, uint64_t size) const {
 Status Heap::ValidateLog() const {
   const uint64_t count = ctl_->undo_count.load();
   const uint64_t fs = ctl_->file_size.load();
-  auto bad = [&](const std::string& what) {
-    return Status(Code::kCorruption, file_->path() + ": control page: undo log: " + what);
-  };
+  auto bad = [&](const std::string& what) { return BadLog(what); };
   std::vector<std::pair<uint64_t, uint64_t>> extents;
   if (!LogExtents(count, &extents)) {
     return bad(std::to_string(count) + " entries, but the chain of chunks at offset " +
@@ -394,33 +466,11 @@ Status Heap::ValidateLog() const {
       off = chunk->next;
     }
   }
-  const uint64_t granules = ctl_->alloc_words * kGranulesPerAllocWord;
   uint64_t index = 0;
   for (auto [off, n] : extents) {
     const UndoEntry* log = At<UndoEntry>(off);
     for (uint64_t i = 0; i < n; ++i, ++index) {
-      const uint64_t target = TargetOf(log[i]);
-      const uint64_t value = log[i].value;
-      bool ok = false;
-      switch (KindOf(log[i])) {
-        case UndoKind::kWord:
-          ok = target % 8 == 0 && target + 8 <= fs;
-          break;
-        case UndoKind::kAllocated:
-        case UndoKind::kFreed:
-          ok = target <= granules && value <= granules - target;
-          break;
-        case UndoKind::kFreedPages:
-          ok = target >= kHeapOffset && target <= fs && value <= (fs - target) / 4;
-          if (ok) {
-            const uint32_t* pm = At<uint32_t>(target);
-            for (uint64_t p = 0; p < value && ok; ++p) ok = (uint64_t{pm[p]} + 1) * kGranulesPerPage <= granules;
-          }
-          break;
-        default:
-          ok = false;
-      }
-      if (!ok) return bad("entry " + std::to_string(index) + " out of range");
+      if (!EntryInRange(log[i], fs)) return bad("entry " + std::to_string(index) + " out of range");
     }
   }
   return Status::Ok();

@@ -162,12 +162,19 @@ class Heap {
   // space it freed reusable.
   void Commit();
   // Applies the undo log in reverse and clears it. Used on a failed write and
-  // by recovery after a killed writer (whose log ValidateLog accepted).
-  void Rollback();
+  // by recovery after a killed writer (whose log ValidateLog accepted). Each
+  // entry applied is uncounted at once, so a rollback killed halfway is
+  // finished by the next one. kCorruption, with the entries not applied
+  // still counted, when an entry is out of range for the state the entries
+  // after it left (a damaged log).
+  Status Rollback();
   uint64_t undo_count() const { return ctl_->undo_count.load(std::memory_order_relaxed); }
   // Checks that the log's entries, the fixed part and the chain of chunks,
   // lie inside the file and the allocation map; names the first bad one.
   Status ValidateLog() const;
+  // Does the entry's target lie in the first `file_size` bytes of the file
+  // and in the allocation map as it is now?
+  bool EntryInRange(const format::UndoEntry& e, uint64_t file_size) const;
   // Applies the log's word entries that fall in [offset, offset + size) to
   // `copy`, a copy of those bytes, as Rollback would apply them to the file.
   // Only after ValidateLog accepted the log.
@@ -277,6 +284,9 @@ class Heap {
                 format::ControlOffsetOf(ctl_, word),
             value};
   }
+  // Does the allocation map lie in the first `file_size` bytes of the file?
+  bool AllocMapInFile(uint64_t file_size) const;
+  Status BadLog(const std::string& what) const;
   // Entries kept free for linking the next chunk: its allocation may grow the
   // file and move the allocation map, about eight entries.
   static constexpr uint64_t kChunkReserve = 64;
@@ -324,6 +334,12 @@ class Heap {
   uint64_t prefault_from_ = 0;
   uint64_t prefault_to_ = 0;
 };
+
+// Testing only (tests/crash_test.cc): when `entries` is not 0, a Rollback
+// ends the process with std::_Exit(kRollbackStopExit) once it has applied
+// that many entries, leaving the file as a kill at that point would.
+inline constexpr int kRollbackStopExit = 77;
+void SetRollbackStopForTesting(uint64_t entries);
 
 }  // namespace mapkv::internal
 

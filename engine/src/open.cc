@@ -303,7 +303,7 @@ Status StoreImpl::ChooseMeta(uint64_t file_size, const MetaPage** chosen) const 
                 path_ + ": both meta pages are damaged (slot 0: " + problems[0] + "; slot 1: " + problems[1] + ")");
 }
 
-Status StoreImpl::CheckControlPage(const ControlPage& c, uint64_t file_size, const char* which) const {
+Status StoreImpl::CheckControlPage(const ControlPage& c, uint64_t file_size, const char* which, bool mid_write) const {
   auto bad = [&](const std::string& what) {
     return Status(Code::kCorruption, path_ + ": control page" + which + ": " + what);
   };
@@ -315,17 +315,20 @@ Status StoreImpl::CheckControlPage(const ControlPage& c, uint64_t file_size, con
     return bad("the file is " + std::to_string(file_size) + " bytes but the store had grown to " + std::to_string(fs) +
                " (truncated by another program?)");
   }
-  const uint64_t shift = c.table_shift.load();
-  if (shift < kMinTableShift || shift > kMaxTableShift) return bad("bad table size (2^" + std::to_string(shift) + ")");
-  if (!in_file(c.pagemap_offset.load(), PagemapBytes(static_cast<uint32_t>(shift)))) return bad("page map out of file");
-  if (c.pagemap_offset.load() % kGranule != 0 || c.alloc_offset % kGranule != 0) {
-    return bad("misaligned page map or allocation map");
-  }
-  if (c.alloc_words == 0 || c.alloc_words > (uint64_t{1} << 40) ||
+  if (c.alloc_offset % kGranule != 0 || c.alloc_words == 0 || c.alloc_words > (uint64_t{1} << 40) ||
       !in_file(c.alloc_offset, c.alloc_words * sizeof(AllocWord)) ||
       c.alloc_words * kGranulesPerAllocWord * kGranule < fs) {
     return bad("allocation map out of file");
   }
+  // The rest may be half changed in the middle of a write (a table rebuild
+  // stores its size, page map and page-map size one after another, and a
+  // rollback restores them in the other order); only what the rollback reads
+  // is checked above, and the rest where the rollback would leave it.
+  if (mid_write) return Status::Ok();
+  const uint64_t shift = c.table_shift.load();
+  if (shift < kMinTableShift || shift > kMaxTableShift) return bad("bad table size (2^" + std::to_string(shift) + ")");
+  if (!in_file(c.pagemap_offset.load(), PagemapBytes(static_cast<uint32_t>(shift)))) return bad("page map out of file");
+  if (c.pagemap_offset.load() % kGranule != 0) return bad("misaligned page map");
   if (c.heap_end > fs || c.heap_end < kHeapOffset)
     return bad("heap end " + std::to_string(c.heap_end) + " out of the heap");
   if (c.entries.load() >= (uint64_t{1} << shift)) return bad("more entries than slots");
@@ -374,10 +377,13 @@ Status StoreImpl::ValidateControl() const {
 }
 
 Status StoreImpl::ValidateControl(uint64_t file_size) const {
-  Status s = CheckControlPage(*ctl_, file_size, "");
+  // A killed writer's page is checked as its undo log would leave it (below);
+  // as it is, only where the rollback reads it.
+  const bool mid_write = ctl_->undo_count.load() != 0;
+  Status s = CheckControlPage(*ctl_, file_size, "", mid_write);
   // Every undo entry must stay inside the file and the allocation map.
   if (s.ok()) s = heap_->ValidateLog();
-  if (!s.ok() || ctl_->undo_count.load() == 0) return s;
+  if (!s.ok() || !mid_write) return s;
   // The log of a killed writer restores control-page words too: the page it
   // would leave must be as sound as this one (a fuzzed log restored a table
   // of 2^70 slots). Checked on a copy, before recovery changes anything.
@@ -501,12 +507,28 @@ Status StoreImpl::RecoverKilledWriter() {
   // Called with the write lock held; the writer that held it before is dead.
   // It may have died after its commit, before freeing its log's chunks.
   if (ctl_->undo_count.load() == 0 && ctl_->undo_chain != 0) heap_->DropChain();
-  heap_->Rollback();
+  Status s = heap_->Rollback();
+  if (!s.ok()) return s;
   const MetaPage* meta = nullptr;
-  Status s = ChooseMeta(&meta);
+  s = ChooseMeta(&meta);
   if (!s.ok()) return s;
   if (ctl_->release_pending != 0 || meta->generation > ctl_->generation) {
     // A checkpoint wrote its meta page and died before (or while) releasing.
+    if (ctl_->release_pending == 0) {
+      // It may have died before its meta page was synced: the page is in the
+      // page cache, maybe not on disk. Releasing now would let later writes
+      // reuse space the meta page on disk still names, so the page is synced
+      // first, as the checkpoint would have (everything it names was synced
+      // before it was written). Failing that, it is wiped as the checkpoint
+      // wipes it, and the previous checkpoint stays the newest.
+      const uint64_t slot = kMetaOffset[meta->generation & 1];
+      s = maps_->Flush(slot, kPageSize, /*sync=*/true);
+      if (!s.ok()) {
+        std::memset(maps_->Current()->base + slot, 0, sizeof(MetaPage));
+        maps_->Flush(slot, kPageSize, /*sync=*/true).IgnoreError();  // the error reported is s
+        return s;
+      }
+    }
     heap_->ReleaseAll();
     ctl_->generation = std::max(meta->generation, ctl_->release_pending);
     ctl_->dirty = 0;

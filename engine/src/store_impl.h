@@ -110,7 +110,10 @@ class StoreImpl {
   // and that the undo log, and the control page it would restore, do too.
   Status ValidateControl() const;
   Status ValidateControl(uint64_t file_size) const;  // the file's size just read
-  Status CheckControlPage(const format::ControlPage& c, uint64_t file_size, const char* which) const;
+  // mid_write: the page of a killed writer, checked only where its rollback
+  // reads it (the file's size and the allocation map).
+  Status CheckControlPage(const format::ControlPage& c, uint64_t file_size, const char* which,
+                          bool mid_write = false) const;
   // The allocation map the control page names marks the header and its own
   // extent as used. After ValidateControl, before anything allocates or
   // frees: a fresh write lock (TakeOverWriteLock), recovery of a killed
@@ -250,8 +253,11 @@ Status StoreImpl::RunWrite(Body&& body, Heap::WriteScope scope) {
     ctl_->dirty = 1;
     heap_->Commit();
     PublishChanges();
-  } else {
-    heap_->Rollback();
+  } else if (Status r = heap_->Rollback(); !r.ok()) {
+    // The write's own log no longer reads back (damaged by another program):
+    // the seqlock stays odd, so that readers go to the lock and the next lock
+    // holder reports it, instead of reading a half-undone write.
+    return r;
   }
   SeqEnd();
   WakeWatchers();
