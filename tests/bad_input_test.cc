@@ -599,6 +599,36 @@ TEST_SUITE("bad_input") {
     CheckClean(store);
   }
 
+  // The control page's file_size and snapshot slots need not be multiples of
+  // 16. Check marked a slot's granules in a table sized for the whole
+  // granules of file_size only, and one that ends in the last, partial
+  // granule wrote past that table.
+  TEST_CASE("bad input: Check names a snapshot slot in the last partial granule of an odd file size") {
+    namespace format = internal::format;
+    TempDir dir;
+    const std::string path = dir.File("s.mkv");
+    {
+      Store store = MustOpen(path);
+      for (int i = 0; i < 3000; ++i) REQUIRE(store.Put("key" + std::to_string(i), std::string(40, 'v')).ok());
+    }
+    std::string image = ReadFileBytes(path);
+    const uint64_t size = image.size();
+    image.append(8, '\0');  // the file, 8 bytes longer
+    auto* ctl = reinterpret_cast<format::ControlPage*>(image.data() + format::kControlOffset);
+    REQUIRE(ctl->alloc_words * format::kGranulesPerAllocWord * format::kGranule >= size + 8);
+    ctl->file_size.store(size + 8);
+    ctl->snapshot_slot_offset[1] = size;
+    ctl->snapshot_slot_bytes[1] = 8;
+    WriteFileBytes(path, image);
+    Store store = MustOpen(path);
+    CheckReport report;
+    REQUIRE(store.Check(&report).ok());
+    CHECK(!report.ok());
+    CHECK_MESSAGE(ProblemsText(report).find("at offset " + std::to_string(size) + " (8 bytes) is outside the file") !=
+                      std::string::npos,
+                  ProblemsText(report));
+  }
+
   // Damage that every read path tolerates but Check must name: a record
   // whose flags are not 0 (its checksum does not cover the header). And what
   // is not damage: a free granule with its fresh and freed bits set, which a

@@ -251,6 +251,38 @@ TEST_CASE("watch: ChangesSince filters by key and prefix, keeps long keys as sta
   CHECK(none.ChangesSince(0, {}, &out, &next).code() == Code::kNotSupported);
 }
 
+// The ring is not checksummed. An entry that says its key is not truncated
+// but longer than the bytes it keeps made the key filter compare that many
+// bytes of a 40-byte copy.
+TEST_CASE("watch: a damaged ring entry whose key size and truncation flag disagree is Corruption") {
+  TempDir dir;
+  const std::string path = dir.File("s.mkv");
+  Store s = MustOpen(path, Ring(64));
+  REQUIRE(s.Put("short", "v").ok());
+  {
+    std::unique_ptr<internal::File> file;
+    std::unique_ptr<internal::Mapping> map;
+    REQUIRE(internal::File::Open(path, internal::FileSpec{}, &file).ok());
+    REQUIRE(file->Map(FileSize(path), true, &map).ok());
+    const auto* ctl =
+        reinterpret_cast<const internal::format::ControlPage*>(map->data() + internal::format::kControlOffset);
+    REQUIRE(ctl->ring_offset != 0);
+    auto* e = reinterpret_cast<internal::format::ChangeEntry*>(map->data() + ctl->ring_offset);  // sequence 1
+    REQUIRE(e->seq == 1);
+    REQUIRE(e->key_size == 5);
+    e->key_size = 5000;  // flags still say "not truncated"
+  }
+  const std::string long_key(5000, 'k');
+  std::vector<Change> out;
+  uint64_t next = 0;
+  for (const ChangeFilter& f : {ChangeFilter::Key(long_key), ChangeFilter::Prefix(long_key), ChangeFilter{}}) {
+    const Status st = s.ChangesSince(0, f, &out, &next);
+    CHECK(st.code() == Code::kCorruption);
+    CHECK(st.message().find("change ring entry 1 is damaged") != std::string::npos);
+    CHECK(out.empty());
+  }
+}
+
 TEST_CASE("watch: WaitForChange times out, returns at once when behind, and needs a writable handle") {
   TempDir dir;
   const std::string path = dir.File("s.mkv");
@@ -421,6 +453,56 @@ TEST_CASE("concurrency: watch a killed waiting watcher costs writers nothing and
   REQUIRE(s.Put("k", "late").ok());
   CHECK(WaitChild(late) == 0);
   CHECK(ReadResult(dir.File("late")).seq == 203);
+}
+
+// The waiter byte's lock is the handle's, not the thread's. Two threads of
+// one handle waiting: the first to leave released the handle's lock while
+// the second was still counted, and a writer's repair then zeroed the count
+// under it (its leaving wrapped the count to 2^32 - 1, and the next watcher's
+// count of "0" was never woken). A writer on the watching handle itself
+// converted that handle's own shared lock and did the same.
+TEST_CASE("concurrency: watch threads waiting on one handle keep the count right while writers repair it") {
+  TempDir dir;
+  const std::string path = dir.File("s.mkv");
+  Store watcher = MustOpen(path);
+  Store other = MustOpen(path);
+  REQUIRE(watcher.Put("k", "v").ok());
+  ControlView ctl(path);
+  // Enough rounds for several repair attempts by each writer (one every few
+  // dozen wakes).
+  for (Store* writer : {&other, &watcher}) {
+    const std::string who = writer == &other ? "another handle" : "the watching handle";
+    for (int round = 0; round < 200; ++round) {
+      const uint64_t since = watcher.ChangeSeq();
+      Status long_wait;
+      std::thread t([&] { long_wait = watcher.WaitForChange(since, 20s, nullptr); });
+      const bool counted = WaitUntil([&] { return ctl->change_waiters.load() == 1; });
+      if (writer == &other && counted) {
+        // A second thread of the handle waits and leaves while the first waits on.
+        CHECK(watcher.WaitForChange(since, 1ms, nullptr).code() == Code::kTimedOut);
+      }
+      const Status put = writer->Put("k", std::to_string(round));
+      t.join();
+      REQUIRE(put.ok());
+      REQUIRE_MESSAGE(counted, "writer: " << who << ", round " << round << ": the waiting thread was not counted");
+      CHECK(long_wait.ok());
+      const uint32_t left = ctl->change_waiters.load();
+      REQUIRE_MESSAGE(left == 0,
+                      "writer: " << who << ", round " << round << ": " << left << " watchers counted, none waits");
+    }
+  }
+  // And a watcher is still woken at once.
+  const uint64_t since = watcher.ChangeSeq();
+  Status last;
+  std::thread t([&] { last = watcher.WaitForChange(since, 20s, nullptr); });
+  const bool counted = WaitUntil([&] { return ctl->change_waiters.load() == 1; });
+  const auto t0 = Clock::now();
+  const Status put = other.Put("k", "last");
+  t.join();
+  REQUIRE(put.ok());
+  CHECK(counted);
+  CHECK(last.ok());
+  CHECK(SecondsSince(t0) < 10);
 }
 
 TEST_CASE("concurrency: watch many watcher processes on one store are all woken by one put") {

@@ -2,6 +2,7 @@
 // writes and batches. See store_impl.h for the read and write protocols.
 #include <algorithm>
 #include <cstring>
+#include <limits>
 #include <optional>
 #include <thread>
 #include <vector>
@@ -15,15 +16,23 @@ using internal::StoreImpl;
 
 // ---------------------------------------------------------------- WriteBatch
 
+namespace {
+// A key of 4 GiB or more is kept as one of 2^32 - 1 bytes: still too long,
+// so Write refuses the batch, where a cast would wrap to a short valid key.
+uint32_t OpKeySize(std::string_view key) {
+  return static_cast<uint32_t>(std::min<size_t>(key.size(), std::numeric_limits<uint32_t>::max()));
+}
+}  // namespace
+
 void WriteBatch::Put(std::string_view key, std::string_view value) {
-  ops_.push_back(Op{false, static_cast<uint32_t>(key.size()), data_.size(), value.size()});
+  ops_.push_back(Op{false, OpKeySize(key), data_.size(), value.size()});
   data_.append(key);
   data_.append(value);
   bytes_ += key.size() + value.size();
 }
 
 void WriteBatch::Erase(std::string_view key) {
-  ops_.push_back(Op{true, static_cast<uint32_t>(key.size()), data_.size(), 0});
+  ops_.push_back(Op{true, OpKeySize(key), data_.size(), 0});
   data_.append(key);
   bytes_ += key.size();
 }

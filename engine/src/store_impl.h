@@ -26,6 +26,7 @@
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <span>
 #include <string>
@@ -161,6 +162,10 @@ class StoreImpl {
   void WakeWatchers();
   // Advances change_futex and wakes every watcher sleeping on it.
   void BumpChangeWord();
+  // A thread of this handle starts or ends waiting in WaitForChange: counts
+  // it in change_waiters, and holds the waiter byte while any is counted.
+  Status CountWatcher() const;
+  void UncountWatcher() const;
 
   // store.cc
   Status CheckUsable() const {
@@ -243,6 +248,12 @@ class StoreImpl {
   bool last_put_in_place_ = false;
   bool wake_pending_ = false;   // PublishChanges advanced change_published; WakeWatchers to run
   uint64_t watcher_wakes_ = 0;  // wakes issued by this handle (under the write lock): paces the repair
+  // The waiter byte's lock belongs to the handle, not to a thread: the first
+  // of its threads to wait takes it shared, the last to leave releases it,
+  // and the handle repairs the count only while none of its threads waits
+  // (its own exclusive attempt would convert its shared lock, not test it).
+  mutable std::mutex watch_mu_;
+  mutable uint32_t own_watchers_ = 0;  // guarded by watch_mu_
 };
 
 template <typename Body>

@@ -153,10 +153,29 @@ void StoreImpl::WakeWatchers() {
   // Every live counted watcher holds the byte shared from before it counts
   // itself until after it uncounts itself: when we get it exclusively, the
   // count is that of watchers killed while waiting.
+  std::lock_guard<std::mutex> own(watch_mu_);
+  if (own_watchers_ != 0) return;  // counted, and this handle holds the byte for them
   bool alone = false;
   if (!file_->TryLock(kChangeWaiterByte, 1, LockMode::kExclusive, &alone).ok() || !alone) return;
   ctl_->change_waiters.store(0, std::memory_order_release);
   file_->Unlock(kChangeWaiterByte, 1).IgnoreError();
+}
+
+Status StoreImpl::CountWatcher() const {
+  std::lock_guard<std::mutex> own(watch_mu_);
+  if (own_watchers_ == 0) {
+    Status s = file_->Lock(kChangeWaiterByte, 1, LockMode::kShared);
+    if (!s.ok()) return s;
+  }
+  ++own_watchers_;
+  ctl_->change_waiters.fetch_add(1, std::memory_order_seq_cst);
+  return Status::Ok();
+}
+
+void StoreImpl::UncountWatcher() const {
+  std::lock_guard<std::mutex> own(watch_mu_);
+  ctl_->change_waiters.fetch_sub(1, std::memory_order_seq_cst);
+  if (--own_watchers_ == 0) file_->Unlock(kChangeWaiterByte, 1).IgnoreError();
 }
 
 Status StoreImpl::WaitForChange(uint64_t since, std::chrono::milliseconds timeout, uint64_t* seq) const {
@@ -173,9 +192,8 @@ Status StoreImpl::WaitForChange(uint64_t since, std::chrono::milliseconds timeou
                                            "the store's control page); this one is read-only");
   }
   const auto deadline = Clock::now() + timeout;
-  s = file_->Lock(kChangeWaiterByte, 1, LockMode::kShared);
+  s = CountWatcher();
   if (!s.ok()) return s;
-  ctl_->change_waiters.fetch_add(1, std::memory_order_seq_cst);
   bool changed = false;
   while (true) {
     // The futex word before the sequence: a writer that publishes after this
@@ -193,8 +211,7 @@ Status StoreImpl::WaitForChange(uint64_t since, std::chrono::milliseconds timeou
         &ctl_->change_futex, ControlOffsetOf(ctl_, &ctl_->change_futex), word,
         std::chrono::duration_cast<std::chrono::microseconds>(deadline - now) + std::chrono::microseconds(1));
   }
-  ctl_->change_waiters.fetch_sub(1, std::memory_order_seq_cst);
-  file_->Unlock(kChangeWaiterByte, 1).IgnoreError();
+  UncountWatcher();
   if (seq != nullptr) *seq = cur;
   if (changed) return Status::Ok();
   return Status(Code::kTimedOut, path_ + ": no change within " + std::to_string(timeout.count()) + " ms");
@@ -252,9 +269,13 @@ MAPKV_OPTIMISTIC Status StoreImpl::ChangesSince(uint64_t since, const ChangeFilt
     if (before != q || after != q) {
       return rescan("entry " + std::to_string(q) + " was overwritten by a newer change or a rolled-back write");
     }
-    if (copy.key_size == 0 || copy.key_size > kMaxKeySize || (copy.op != kChangePut && copy.op != kChangeErase)) {
-      return Status(Code::kCorruption,
-                    path_ + ": change ring entry " + std::to_string(q) + " is damaged (bad key size or operation)");
+    // The truncation flag must agree with the size: Matches reads key_size
+    // stored bytes of an entry that says it is not truncated.
+    const bool truncated = (copy.flags & kChangeKeyTruncated) != 0;
+    if (copy.key_size == 0 || copy.key_size > kMaxKeySize || truncated != (copy.key_size > kChangeKeyBytes) ||
+        (copy.op != kChangePut && copy.op != kChangeErase)) {
+      return Status(Code::kCorruption, path_ + ": change ring entry " + std::to_string(q) +
+                                           " is damaged (bad key size, truncation flag or operation)");
     }
     if (!Matches(filter, want_hash, copy)) continue;
     Change c;
