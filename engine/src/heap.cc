@@ -479,7 +479,10 @@ Status Heap::ValidateLog() const {
 // ---------------------------------------------------------------- allocator
 
 void Heap::MarkRange(uint64_t g, uint64_t n, bool used, bool fresh, bool freed) {
-  AllocWord* m = map();
+  MarkRangeIn(map(), g, n, used, fresh, freed);
+}
+
+void Heap::MarkRangeIn(AllocWord* m, uint64_t g, uint64_t n, bool used, bool fresh, bool freed) {
   while (n > 0) {
     uint64_t w = g / kGranulesPerAllocWord;
     uint64_t b = g % kGranulesPerAllocWord;
@@ -604,14 +607,16 @@ Status Heap::Grow(uint64_t need_end) {
     const uint64_t old_words = ctl_->alloc_words;
     std::memcpy(fresh_map, At<AllocWord>(old_off), old_words * sizeof(AllocWord));
     std::memset(static_cast<void*>(fresh_map + old_words), 0, map_bytes - old_words * sizeof(AllocWord));
+    // The new map owns its own granules before it becomes the map: from the
+    // switch on, every state a kill can leave, going forward or rolling back,
+    // has a map that marks itself used (open checks that before it recovers).
+    // Rolled back, the switch takes the whole copy with it, so the marks
+    // need no undo entry.
+    MarkRangeIn(fresh_map, map_off / kGranule, map_bytes / kGranule, true, true, false);
     Status s = SetWord(&ctl_->alloc_offset, map_off);
     if (s.ok()) s = SetWord(&ctl_->alloc_words, map_words);
     if (!s.ok()) return s;
-    // Now in the new map: it owns its own granules, and the old map is garbage.
-    uint64_t g = map_off / kGranule;
-    s = Log(UndoKind::kAllocated, g, map_bytes / kGranule);
-    if (!s.ok()) return s;
-    MarkRange(g, map_bytes / kGranule, true, true, false);
+    // Now in the new map; the old one is garbage.
     if (new_size > file_size) {
       s = Log(UndoKind::kWord, OffsetOf(&ctl_->file_size), file_size);
       if (!s.ok()) return s;

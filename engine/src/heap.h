@@ -306,6 +306,7 @@ class Heap {
   void ResetWriteState();
   void ApplyUndo(const format::UndoEntry& e);
   void MarkRange(uint64_t granule, uint64_t n, bool used, bool fresh, bool freed);
+  static void MarkRangeIn(format::AllocWord* map, uint64_t granule, uint64_t n, bool used, bool fresh, bool freed);
   void SetFreed(uint64_t granule, uint64_t n, bool freed);
   void NoteFree(uint64_t granule, uint64_t n);
   bool FindRun(uint64_t from, uint64_t to, uint64_t n, uint64_t align, uint64_t* found) const;

@@ -352,21 +352,37 @@ Status StoreImpl::CheckControlPage(const ControlPage& c, uint64_t file_size, con
   return Status::Ok();
 }
 
+void StoreImpl::RolledBackControl(unsigned char* copy) const {
+  std::memcpy(copy, static_cast<const void*>(ctl_), sizeof(ControlPage));
+  heap_->RollBackCopy(kControlOffset, copy, sizeof(ControlPage));
+}
+
 Status StoreImpl::CheckAllocMapMarks() const {
   // Its place is checked with the control page; this checks that what lies
   // there is an allocation map. A damaged alloc_offset that still lies in
   // the file names other bytes, and a write would allocate over live
   // records by them. The header's granules and the map's own are used.
-  const AllocWord* m = heap_->map();
+  uint64_t offset = ctl_->alloc_offset;
+  uint64_t words = ctl_->alloc_words;
+  if (ctl_->undo_count.load() != 0) {
+    // A killed writer may have been moving the map, whose offset and size
+    // are two words switched one after the other (and restored so by a
+    // rollback): the map checked is the one its rollback leaves in force,
+    // which nothing changed after the switch.
+    alignas(ControlPage) unsigned char copy[sizeof(ControlPage)];
+    RolledBackControl(copy);
+    offset = reinterpret_cast<const ControlPage*>(copy)->alloc_offset;
+    words = reinterpret_cast<const ControlPage*>(copy)->alloc_words;
+  }
+  const auto* m = reinterpret_cast<const AllocWord*>(maps_->Current()->base + offset);
   bool sound = true;
   for (uint64_t w = 0; w < kHeapOffset / kGranule / kGranulesPerAllocWord; ++w) sound &= m[w].used == ~uint64_t{0};
   auto used = [&](uint64_t g) { return ((m[g / kGranulesPerAllocWord].used >> (g % kGranulesPerAllocWord)) & 1) != 0; };
-  const uint64_t first = ctl_->alloc_offset / kGranule;
-  const uint64_t end = (ctl_->alloc_offset + RoundUp(ctl_->alloc_words * sizeof(AllocWord), kPageSize)) / kGranule;
-  sound &= used(first) && (end <= ctl_->alloc_words * kGranulesPerAllocWord ? used(end - 1) : false);
+  const uint64_t first = offset / kGranule;
+  const uint64_t end = (offset + RoundUp(words * sizeof(AllocWord), kPageSize)) / kGranule;
+  sound &= used(first) && (end <= words * kGranulesPerAllocWord ? used(end - 1) : false);
   if (sound) return Status::Ok();
-  return Status(Code::kCorruption, path_ + ": control page: the allocation map at offset " +
-                                       std::to_string(ctl_->alloc_offset) +
+  return Status(Code::kCorruption, path_ + ": control page: the allocation map at offset " + std::to_string(offset) +
                                        " does not mark the file's header and itself as used (a damaged alloc_offset?)");
 }
 
@@ -388,10 +404,9 @@ Status StoreImpl::ValidateControl(uint64_t file_size) const {
   // would leave must be as sound as this one (a fuzzed log restored a table
   // of 2^70 slots). Checked on a copy, before recovery changes anything.
   alignas(ControlPage) unsigned char copy[sizeof(ControlPage)];
-  std::memcpy(copy, static_cast<const void*>(ctl_), sizeof(ControlPage));
-  auto* rolled_back = reinterpret_cast<ControlPage*>(copy);
-  heap_->RollBackCopy(kControlOffset, copy, sizeof(copy));
-  return CheckControlPage(*rolled_back, file_size, " as the killed writer's undo log would leave it");
+  RolledBackControl(copy);
+  return CheckControlPage(*reinterpret_cast<const ControlPage*>(copy), file_size,
+                          " as the killed writer's undo log would leave it");
 }
 
 Status StoreImpl::Attach() {

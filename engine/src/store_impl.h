@@ -121,6 +121,9 @@ class StoreImpl {
   // writer at open, Check. Not at every open: it touches three pages that
   // a reader never needs (27 -> 36 us for an open with a first get).
   Status CheckAllocMapMarks() const;
+  // Copies the control page into `copy` (sizeof(ControlPage) bytes) as the
+  // undo log of a killed writer would leave it. After ValidateLog.
+  void RolledBackControl(unsigned char* copy) const;
   Status RecoverKilledWriter();
   Status RecoverFromCheckpoint(const format::MetaPage& meta);
   Status RebuildAllocMap();
