@@ -467,12 +467,17 @@ TEST_SUITE("locks") {
     // longer for them).
     const auto run_start = Clock::now();
     uint64_t puts = 0;
+    uint64_t kept = 0;  // puts after which this process still held the lock
     while (Clock::now() - run_start < std::chrono::milliseconds(50) || puts <= 1000) {
       REQUIRE(store.Put("k" + std::to_string(puts % 1000), std::string(100, 'v')).ok());
       ++puts;
+      kept += ctl->writer_pid.load() == static_cast<uint64_t>(::getpid()) ? 1 : 0;
     }
     const double run_ms = Ms(Clock::now() - run_start);
-    CHECK(ctl->writer_pid.load() == static_cast<uint64_t>(::getpid()));  // kept between the writes
+    // Kept between the writes. Not after every one: a thread descheduled for
+    // over a millisecond between two puts (a loaded machine) rightly finds
+    // the lock given back.
+    CHECK_MESSAGE(kept * 2 > puts, "the lock was held after " << kept << " of " << puts << " puts");
     // Another open file description asks whether byte 0 (the writer/reader
     // lock) could be locked exclusively now.
     const int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
