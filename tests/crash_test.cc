@@ -744,6 +744,42 @@ TEST_SUITE("crash") {
     CHECK(Dump(c) == model);
   }
 
+  // 10,000 keys written and closed, then a child killed in a batch that
+  // overwrites each of them 40 times, once its undo log holds `entries`
+  // entries. Overwrites of present keys are each logged (new records go in
+  // new table pages, which need no undo), so the log runs into its chain of
+  // chunks and through growths of the file. Returns the log's length.
+  uint64_t KilledOverwriteBatch(const std::string& path, uint64_t entries, Model* model) {
+    {
+      Store a = MustOpen(path);
+      PutKeys(a, 10000, model);
+    }
+    WriteBatch batch;
+    for (int round = 0; round < 40; ++round) {
+      for (int i = 0; i < 10000; ++i) batch.Put("key" + std::to_string(i), "b" + std::to_string(round));
+    }
+    return KillChildInBatch(path, batch, entries);
+  }
+
+  // A child opens `path` writable and its recovery is stopped by the testing
+  // hook once it has applied `entries` undo entries, as a kill there would
+  // leave it; the child must have been stopped so.
+  void StopRecoveryAfter(const std::string& path, uint64_t entries) {
+    const pid_t child = ::fork();
+    REQUIRE(child >= 0);
+    if (child == 0) {
+      internal::SetRollbackStopForTesting(entries);
+      Store b;
+      const Status s = Store::Open(path, Options{}, &b);
+      if (!s.ok()) std::fprintf(stderr, "open in the recovering child: %s\n", s.ToString().c_str());
+      ::_exit(s.ok() ? 0 : 1);  // the hook ends the process first when the recovery runs
+    }
+    int status = 0;
+    REQUIRE(::waitpid(child, &status, 0) == child);
+    REQUIRE_MESSAGE((WIFEXITED(status) && WEXITSTATUS(status) == internal::kRollbackStopExit),
+                    "the recovery was not stopped after " << entries << " entries (status " << status << ")");
+  }
+
   // The recovery of a killed writer can itself be killed. Its rollback
   // restores words it depends on (the chain of undo chunks' head, the file's
   // and the allocation map's sizes): killed past them, a rollback that
@@ -755,37 +791,13 @@ TEST_SUITE("crash") {
     TempDir dir;
     const std::string path = dir.File("s.mkv");
     Model model;
-    {
-      Store a = MustOpen(path);
-      PutKeys(a, 10000, &model);
-    }
-    // Overwrites of present keys, each logged (new records go in new table
-    // pages, which need no undo): the log runs into its chain of chunks.
-    WriteBatch batch;
-    for (int round = 0; round < 40; ++round) {
-      for (int i = 0; i < 10000; ++i) batch.Put("key" + std::to_string(i), "b" + std::to_string(round));
-    }
-    uint64_t left = KillChildInBatch(path, batch, internal::format::kUndoCapacity + 2000);
+    uint64_t left = KilledOverwriteBatch(path, internal::format::kUndoCapacity + 2000, &model);
     const ControlView ctl(path);
     // Past the chain's head (logged in the fixed part, just before it filled),
     // then a few entries more, then the rest.
     for (const uint64_t keep : {uint64_t{100}, uint64_t{40}}) {
       REQUIRE(left > keep);
-      const uint64_t stop = left - keep;
-      const pid_t child = ::fork();
-      REQUIRE(child >= 0);
-      if (child == 0) {
-        internal::SetRollbackStopForTesting(stop);
-        Store b;
-        const Status s = Store::Open(path, Options{}, &b);
-        if (!s.ok()) std::fprintf(stderr, "open in the recovering child: %s\n", s.ToString().c_str());
-        ::_exit(s.ok() ? 0 : 1);  // the hook ends the process first when the recovery runs
-      }
-      int status = 0;
-      REQUIRE(::waitpid(child, &status, 0) == child);
-      REQUIRE_MESSAGE(
-          (WIFEXITED(status) && WEXITSTATUS(status) == internal::kRollbackStopExit),
-          "the recovery was not stopped after " << stop << " of " << left << " entries (status " << status << ")");
+      StopRecoveryAfter(path, left - keep);
       CHECK(ctl->undo_count.load() == keep);  // the entries applied are uncounted
       CHECK(ctl->undo_chain == 0);            // restored: the chain is no longer needed
       left = keep;
@@ -831,15 +843,7 @@ TEST_SUITE("crash") {
     TempDir dir;
     const std::string path = dir.File("s.mkv");
     Model model;
-    {
-      Store a = MustOpen(path);
-      PutKeys(a, 10000, &model);
-    }
-    WriteBatch batch;
-    for (int round = 0; round < 40; ++round) {
-      for (int i = 0; i < 10000; ++i) batch.Put("key" + std::to_string(i), "b" + std::to_string(round));
-    }
-    const uint64_t n = KillChildInBatch(path, batch, 40000);
+    const uint64_t n = KilledOverwriteBatch(path, 40000, &model);
     const std::string image = ReadFileBytes(path);
     const std::vector<format::UndoEntry> log = ReadUndoLog(image);
     const uint64_t alloc_offset_word = format::kControlOffset + offsetof(format::ControlPage, alloc_offset);
@@ -853,17 +857,7 @@ TEST_SUITE("crash") {
     for (uint64_t j = move + 5; j >= move && j <= move + 5; --j) {
       CAPTURE(j);
       WriteFileBytes(path, image);
-      const pid_t child = ::fork();
-      REQUIRE(child >= 0);
-      if (child == 0) {
-        internal::SetRollbackStopForTesting(n - j);
-        Store b;
-        (void)Store::Open(path, Options{}, &b);
-        ::_exit(0);
-      }
-      int status = 0;
-      REQUIRE(::waitpid(child, &status, 0) == child);
-      REQUIRE((WIFEXITED(status) && WEXITSTATUS(status) == internal::kRollbackStopExit));
+      StopRecoveryAfter(path, n - j);
       Store c;
       const Status s = Store::Open(path, Options{}, &c);
       REQUIRE_MESSAGE(s.ok(), "open after a recovery stopped at entry " << j << " (the map's move is entry " << move
