@@ -42,7 +42,7 @@ Status StoreImpl::Checkpoint() {
     if (s.ok()) s = heap_->SetWord(&ctl_->snapshot_slot_bytes[k], need);
   }
   if (!s.ok()) {
-    Status r = heap_->Rollback();
+    Status r = RollBackWrite();
     return r.ok() ? s : r;
   }
   uint8_t* base = heap_->base();

@@ -5,6 +5,7 @@
 #include <limits>
 #include <optional>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "racy.h"
@@ -524,7 +525,13 @@ Status StoreImpl::TakeOverWriteLock() {
   return s;
 }
 
-void StoreImpl::EndWrite() { locks_->UnlockWrite(); }
+void StoreImpl::EndWrite() { locks_->UnlockWrite(/*may_stick=*/!std::exchange(drop_write_lock_, false)); }
+
+Status StoreImpl::RollBackWrite() {
+  Status s = heap_->Rollback();
+  if (!s.ok()) drop_write_lock_ = true;
+  return s;
+}
 
 void StoreImpl::SeqBegin() {
   const uint64_t seq = ctl_->seq.load(std::memory_order_relaxed);

@@ -186,6 +186,12 @@ class StoreImpl {
   // when it fails.
   Status TakeOverWriteLock();
   void EndWrite();
+  // Takes back the running write (Heap::Rollback). A log that no longer reads
+  // back (damaged by another program) stays counted, and EndWrite then gives
+  // the file lock back to the OS instead of keeping it: the next holder, this
+  // handle included, recovers and reports the damage, where a sticky write
+  // would have logged and committed on top of the half-undone one.
+  Status RollBackWrite();
   void SeqBegin();
   void SeqEnd();
   Status EnsureMapped() const;
@@ -249,8 +255,9 @@ class StoreImpl {
   // rewrite in place. Put then looks up first (in-place rewrites of the same
   // keys tend to come in runs); otherwise it writes the record first.
   bool last_put_in_place_ = false;
-  bool wake_pending_ = false;   // PublishChanges advanced change_published; WakeWatchers to run
-  uint64_t watcher_wakes_ = 0;  // wakes issued by this handle (under the write lock): paces the repair
+  bool wake_pending_ = false;     // PublishChanges advanced change_published; WakeWatchers to run
+  bool drop_write_lock_ = false;  // RollBackWrite failed: EndWrite does not keep the lock
+  uint64_t watcher_wakes_ = 0;    // wakes issued by this handle (under the write lock): paces the repair
   // The waiter byte's lock belongs to the handle, not to a thread: the first
   // of its threads to wait takes it shared, the last to leave releases it,
   // and the handle repairs the count only while none of its threads waits
@@ -267,10 +274,9 @@ Status StoreImpl::RunWrite(Body&& body, Heap::WriteScope scope) {
     ctl_->dirty = 1;
     heap_->Commit();
     PublishChanges();
-  } else if (Status r = heap_->Rollback(); !r.ok()) {
-    // The write's own log no longer reads back (damaged by another program):
-    // the seqlock stays odd, so that readers go to the lock and the next lock
-    // holder reports it, instead of reading a half-undone write.
+  } else if (Status r = RollBackWrite(); !r.ok()) {
+    // The seqlock stays odd too, so that readers go to the lock (and the
+    // recovery that reports the damage) instead of reading a half-undone write.
     return r;
   }
   SeqEnd();
