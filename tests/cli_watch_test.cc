@@ -133,6 +133,16 @@ TEST_CASE("watch: mapkv watch --key and --prefix filter; --timeout exits 1; usag
   CHECK(r.err.find("excludes") != std::string::npos);
   r = RunWatch({path, "--count", "x"});
   CHECK(r.code == 2);
+  // A key no change can have: refused at once, not waited for.
+  r = RunWatch({path, "--key", "", "--count", "1"});
+  CHECK(r.code == 2);
+  CHECK(r.err.find("empty key") != std::string::npos);
+  r = RunWatch({path, "--key", std::string(65537, 'k'), "--timeout", "5"});
+  CHECK(r.code == 2);
+  CHECK(r.err.find("key of 65537 bytes") != std::string::npos);
+  r = RunWatch({path, "--prefix", std::string(65537, 'k'), "--timeout", "5"});
+  CHECK(r.code == 2);
+  CHECK(r.err.find("prefix of 65537 bytes") != std::string::npos);
   r = RunWatch({dir.File("missing.mkv"), "--timeout", "1"});
   CHECK(r.code == 3);
   CHECK(r.err.find("missing.mkv") != std::string::npos);

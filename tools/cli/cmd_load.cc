@@ -141,12 +141,13 @@ class Progress {
   Clock::time_point last_ = start_ - std::chrono::seconds(1);
 };
 
-// Pairs waiting to be written, written as WriteBatch chunks of chunk() pairs.
+// Pairs waiting to be written, written as WriteBatch chunks of chunk() pairs,
+// or fewer when their bytes reach kChunkBytes (large values).
 class Loader {
  public:
   explicit Loader(Store* store) : store_(store) {}
-  size_t pending() const { return pairs_.size(); }
-  size_t chunk() const { return chunk_; }
+  // Time to write the pairs held.
+  bool Full() const { return pairs_.size() >= chunk_ || arena_.size() >= kChunkBytes; }
   uint64_t loaded() const { return loaded_; }
 
   void Add(std::string_view key, std::string_view value) {
@@ -186,7 +187,10 @@ class Loader {
   std::string arena_;
   std::vector<Pair> pairs_;
   WriteBatch batch_;
-  size_t chunk_ = 512;  // pairs per batch: bounds the memory held, amortizes the lock
+  size_t chunk_ = 512;  // pairs per batch: amortizes the lock
+  // Bytes per batch: bounds the memory held (the pairs, and their copy in the
+  // batch) when values are large.
+  static constexpr size_t kChunkBytes = size_t{64} << 20;
   uint64_t loaded_ = 0;
 };
 
@@ -258,7 +262,7 @@ int RunLoad(const LoadOptions& o) {
       }
     }
     loader.Add(key, value);
-    if (loader.pending() >= loader.chunk()) {
+    if (loader.Full()) {
       s = loader.Flush();
       if (!s.ok()) {
         progress.Finish();

@@ -52,6 +52,13 @@ void AppendChange(std::string* out, const Change& c) {
 }
 
 int RunWatch(const WatchOptions& o) {
+  // A key no change can have would wait for ever (or report "no change").
+  if (o.key_option->count() > 0 && !CheckKeyArgument(o.file, o.key)) return kExitUsage;
+  if (o.prefix_option->count() > 0 && o.prefix.size() > kMaxKeySize) {
+    PrintError(o.file, "prefix of " + std::to_string(o.prefix.size()) + " bytes (keys are 1 to " +
+                           std::to_string(kMaxKeySize) + " bytes)");
+    return kExitUsage;
+  }
   Store store;
   Options options;
   options.create_if_missing = false;
