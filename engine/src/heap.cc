@@ -572,12 +572,20 @@ Status Heap::Grow(uint64_t need_end) {
   uint64_t map_off = 0, map_words = 0, map_bytes = 0;
   if (relocate) {
     map_off = RoundUp(std::max(need_end, ctl_->heap_end), kPageSize);
-    const uint64_t span = std::max(new_size, map_off + new_size / 32 + kPageSize);
-    // A quarter more than the file: the map costs 2.3% of what it covers, and
-    // moving it (a copy) every time the file grows by a quarter is cheap.
-    map_words = RoundUp(span + span / 4, kGranulesPerAllocWord * kGranule) / (kGranulesPerAllocWord * kGranule);
-    map_bytes = RoundUp(map_words * sizeof(AllocWord), kPageSize);
-    new_size = std::max(new_size, RoundGrowth(RoundUp(map_off + map_bytes, 64 * 1024)));
+    // The map goes after the request, which may make the file longer again
+    // (and, with large pages, round it up by up to 2 MiB): sized again until
+    // it covers the file it ends in.
+    for (;;) {
+      const uint64_t span = std::max(new_size, map_off + new_size / 32 + kPageSize);
+      // A quarter more than the file: the map costs 2.3% of what it covers,
+      // and moving it (a copy) every time the file grows by a quarter is cheap.
+      map_words = RoundUp(span + span / 4, kGranulesPerAllocWord * kGranule) / (kGranulesPerAllocWord * kGranule);
+      map_bytes = RoundUp(map_words * sizeof(AllocWord), kPageSize);
+      const uint64_t end = std::max(new_size, RoundGrowth(RoundUp(map_off + map_bytes, 64 * 1024)));
+      const bool covers = end <= map_words * kGranulesPerAllocWord * kGranule;
+      new_size = end;
+      if (covers) break;
+    }
   }
   if (new_size > file_size) {
     Status s = file_->Reserve(new_size);
