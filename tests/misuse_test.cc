@@ -12,8 +12,11 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstring>
+#include <stdexcept>
 #include <string>
+#include <thread>
 
 #include "store_test_helpers.h"
 
@@ -43,6 +46,32 @@ TEST_SUITE("misuse") {
   // and the program's next print would land in the store's first bytes (its
   // meta page). The store must take a higher descriptor, and descriptor 1
   // must not reach the file.
+  // ForEach holds the read lock while it calls back; an exception from the
+  // callback left it held (the thread's later writes were refused as unsafe,
+  // other threads' writes waited for ever).
+  TEST_CASE("misuse: a ForEach callback that throws gives the read lock back") {
+    TempDir dir;
+    const std::string path = dir.File("s.mkv");
+    Store store = MustOpen(path);
+    for (int i = 0; i < 10; ++i) REQUIRE(store.Put("k" + std::to_string(i), "v").ok());
+    bool thrown = false;
+    try {
+      (void)store.ForEach("", [](std::string_view, std::string_view) -> bool { throw std::runtime_error("stop"); });
+    } catch (const std::runtime_error&) {
+      thrown = true;
+    }
+    REQUIRE(thrown);
+    CHECK(store.Put("after", "1").ok());  // this thread holds no read lock
+    Status other;
+    std::thread t([&] { other = store.Put("other", "2"); });
+    t.join();
+    CHECK(other.ok());
+    Options patient;
+    patient.lock_timeout = std::chrono::milliseconds(2000);
+    Store second = MustOpen(path, patient);  // another handle: the file lock is free
+    CHECK(second.Put("second", "3").ok());
+  }
+
   TEST_CASE("misuse: a store opened while standard output is closed does not receive what the program prints") {
     TempDir dir;
     const std::string path = dir.File("s.mkv");

@@ -104,6 +104,12 @@ TEST_SUITE("shm") {
     excl.error_if_exists = true;
     Store c;
     CHECK(Store::Open(name, excl, &c).code() == Code::kInvalidArgument);
+    // Also without create_if_missing (only creation was exclusive before).
+    excl.create_if_missing = false;
+    const Status s = Store::Open(name, excl, &c);
+    CHECK(s.code() == Code::kInvalidArgument);
+    CHECK(s.message().find("already exists") != std::string::npos);
+    CHECK(!c.is_open());
   }
 
   TEST_CASE("shm: a missing store without create_if_missing is NotFound") {

@@ -321,6 +321,34 @@ TEST_CASE("watch: WaitForChange times out, returns at once when behind, and need
   CHECK(out.size() == 2);
 }
 
+// now + timeout overflowed the steady clock for the largest timeouts and
+// wrapped to a deadline in the past: "wait for ever" timed out at once.
+TEST_CASE("watch: WaitForChange and lock waits with the largest timeouts wait, not time out at once") {
+  TempDir dir;
+  const std::string path = dir.File("s.mkv");
+  Options forever;
+  forever.lock_timeout = std::chrono::milliseconds::max();
+  Store s = MustOpen(path, forever);
+  REQUIRE(s.Put("k", "v").ok());
+  const uint64_t since = s.ChangeSeq();
+  Status waited;
+  std::thread t([&] { waited = s.WaitForChange(since, std::chrono::milliseconds::max(), nullptr); });
+  ControlView ctl(path);
+  const bool counted = WaitUntil([&] { return ctl->change_waiters.load() == 1; });
+  // Another handle, also waiting "for ever" for the file lock this one keeps
+  // for a moment after its put (sticky).
+  Store other = MustOpen(path, forever);
+  const Status put = other.Put("k", "w");
+  t.join();
+  REQUIRE(counted);
+  CHECK(put.ok());
+  CHECK(waited.ok());
+  for (int i = 0; i < 20; ++i) {
+    REQUIRE(s.Put("a", std::to_string(i)).ok());
+    CHECK(other.Put("b", std::to_string(i)).ok());  // contended: waits for the sticky holder
+  }
+}
+
 TEST_CASE("watch: after a simulated reboot the sequence is the checkpoint's and older history says rescan") {
   TempDir dir;
   const std::string path = dir.File("s.mkv");

@@ -20,19 +20,10 @@ namespace mapkv::internal {
 
 using namespace format;  // NOLINT
 
-namespace {
-
-struct ReadLock {
-  const StoreImpl* store;
-  ~ReadLock() { store->UnlockRead(); }
-};
-
-}  // namespace
-
 Status StoreImpl::GetStats(Stats* st) const {
   Status s = LockRead();
   if (!s.ok()) return s;
-  ReadLock unlock{this};
+  ReadUnlocker unlock{this};
   *st = Stats{};
   const MetaPage* meta = nullptr;
   s = ChooseMeta(&meta);
@@ -79,7 +70,7 @@ Status StoreImpl::GetStats(Stats* st) const {
 Status StoreImpl::Check(CheckReport* report) const {
   Status s = LockRead();
   if (!s.ok()) return s;
-  ReadLock unlock{this};
+  ReadUnlocker unlock{this};
   *report = CheckReport{};
   auto problem = [&](std::string text) { report->problems.push_back(std::move(text)); };
 

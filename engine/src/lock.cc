@@ -139,7 +139,7 @@ Status LockManager::AcquireFile(LockMode mode) {
   Status s = file_->TryLock(kRwLockByte, 1, mode, &acquired);
   if (!s.ok() || acquired) return s;
 
-  const auto deadline = Clock::now() + timeout_;
+  const auto deadline = DeadlineAfter(timeout_);
   // Counted only while holding the waiter byte, so a waiter that dies is
   // known to be gone (RepairWaiterCounts). A read-only handle cannot write
   // the counts, and an opening one has no control page yet: they hold their
@@ -439,7 +439,7 @@ void LockManager::UnlockRead() {
 }
 
 Status LockManager::JoinPresence() {
-  const auto deadline = Clock::now() + timeout_;
+  const auto deadline = DeadlineAfter(timeout_);
   while (true) {
     bool acquired = false;
     Status s = file_->TryLock(kPresenceByte, 1, LockMode::kShared, &acquired);

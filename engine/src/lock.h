@@ -90,6 +90,17 @@ class RwLock {
   std::atomic<uint32_t> state_{0};
 };
 
+// now + timeout on the steady clock, or the clock's last instant when that
+// would overflow it: a timeout of milliseconds::max() waits for ever rather
+// than wrapping to a deadline in the past.
+inline std::chrono::steady_clock::time_point DeadlineAfter(std::chrono::milliseconds timeout) {
+  using Clock = std::chrono::steady_clock;
+  const Clock::time_point now = Clock::now();
+  if (timeout.count() <= 0) return now;
+  const auto room = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::time_point::max() - now);
+  return timeout >= room ? Clock::time_point::max() : now + std::chrono::duration_cast<Clock::duration>(timeout);
+}
+
 class LockManager {
  public:
   LockManager(File* file, std::chrono::milliseconds timeout) : file_(file), timeout_(timeout) {}

@@ -149,6 +149,10 @@ Status StoreImpl::OpenShared(const std::string& path, const Options& options, st
   spec.exclusive = options.error_if_exists;
   std::unique_ptr<File> file;
   Status s = File::OpenShared(name, spec, &file);
+  // Exclusive creation refuses an existing store; without creation it must
+  // be refused here, as a file path's open does.
+  if (s.ok() && options.error_if_exists && !spec.create)
+    return Status(Code::kInvalidArgument, path + ": already exists");
   if (s.IsNotFound()) {
     return Status(Code::kNotFound, path + ": no such shared-memory store" +
                                        (options.create_if_missing ? "" : " (and create_if_missing is off)"));

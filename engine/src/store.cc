@@ -162,9 +162,8 @@ Status Store::ForEach(std::string_view prefix,
   if (!impl_) return Closed();
   Status s = impl_->LockRead();
   if (!s.ok()) return s;
-  s = impl_->GuardedForEach(prefix, fn);
-  impl_->UnlockRead();
-  return s;
+  const internal::StoreImpl::ReadUnlocker unlock{impl_.get()};
+  return impl_->GuardedForEach(prefix, fn);
 }
 
 // ---------------------------------------------------------------- ReadGuard
@@ -397,6 +396,7 @@ MAPKV_OPTIMISTIC void StoreImpl::PrefetchHomeUnlocked(uint64_t hash) const {
   // A long write, or a dead writer: read under the lock.
   s = LockRead();
   if (!s.ok()) return s;
+  const ReadUnlocker unlock{this};
   std::string_view view;
   s = GuardedGet(key, &view);
   if (s.ok()) {
@@ -406,7 +406,6 @@ MAPKV_OPTIMISTIC void StoreImpl::PrefetchHomeUnlocked(uint64_t hash) const {
     *found = false;
     s = Status::Ok();
   }
-  UnlockRead();
   return s;
 }
 
@@ -915,6 +914,7 @@ MAPKV_OPTIMISTIC Status StoreImpl::MultiGet(std::span<const std::string_view> ke
   // A long write, or a dead writer: read under the lock.
   s = LockRead();
   if (!s.ok()) return s;
+  const ReadUnlocker unlock{this};
   for (size_t i = 0; s.ok() && i < keys.size(); ++i) {
     std::string_view view;
     s = GuardedGet(keys[i], &view);
@@ -925,7 +925,6 @@ MAPKV_OPTIMISTIC Status StoreImpl::MultiGet(std::span<const std::string_view> ke
       s = Status::Ok();
     }
   }
-  UnlockRead();
   return s;
 }
 

@@ -91,6 +91,13 @@ class StoreImpl {
   // Read guard support: the caller holds the read lock.
   Status LockRead() const;
   void UnlockRead() const;
+  // Gives back a read lock LockRead took when it goes out of scope, an
+  // exception passing through included (a ForEach callback's, or bad_alloc
+  // while a value is copied out).
+  struct ReadUnlocker {
+    const StoreImpl* store;
+    ~ReadUnlocker() { store->UnlockRead(); }
+  };
   Status GuardedGet(std::string_view key, std::string_view* value) const;
   Status GuardedForEach(std::string_view prefix,
                         const std::function<bool(std::string_view, std::string_view)>& fn) const;

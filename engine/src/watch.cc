@@ -191,7 +191,7 @@ Status StoreImpl::WaitForChange(uint64_t since, std::chrono::milliseconds timeou
                                            ": WaitForChange needs a writable handle (a waiter counts itself in "
                                            "the store's control page); this one is read-only");
   }
-  const auto deadline = Clock::now() + timeout;
+  const auto deadline = DeadlineAfter(timeout);
   s = CountWatcher();
   if (!s.ok()) return s;
   bool changed = false;

@@ -21,7 +21,7 @@ namespace mapkv {
 enum class Code : uint8_t {
   kOk = 0,
   kNotFound,          // the key (or file, for open without create) does not exist
-  kInvalidArgument,   // bad argument: empty key, key over 64 KiB, value over 1 GiB...
+  kInvalidArgument,   // bad argument: empty key, key over 64 KiB, value over 1 GiB, a closed handle...
   kCorruption,        // the file is not a valid store, or a structure/checksum check failed
   kVersionTooNew,     // the file's format major version is newer than this library's
   kIoError,           // an operating-system call failed (the message names it and errno text)
@@ -31,7 +31,7 @@ enum class Code : uint8_t {
   kTimedOut,          // a wait (WaitForChange) ended without the event
   kWrongType,         // a typed get/increment found a value of the wrong size
   kOutOfRange,        // an increment would overflow; nothing was changed
-  kAborted,           // a compare-and-swap saw another value, or the handle was closed
+  kAborted,           // a compare-and-swap saw another value
   kNotSupported,      // the operation is not available for this store or platform
   kUnsafeUse,         // misuse the library refuses: a handle used after fork, etc.
   kRescan,            // a watcher fell behind the change ring; rescan the store

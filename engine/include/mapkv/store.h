@@ -307,9 +307,9 @@ class Store {
 
   // ---- watch: cross-process change notification (docs/DESIGN.md, "Watch").
 
-  // The change sequence number: advanced by one for every put and erase of
-  // every committed write (a batch of n operations advances it by n, all at
-  // once), in every process; persistent (checkpointed with the data). One
+  // The change sequence number: advanced by one for every put and every
+  // erase that removes a key, of every committed write (a batch of n such
+  // operations advances it by n, all at once), in every process; persistent (checkpointed with the data). One
   // load from the mapping: no lock, no system call. 0 for a closed handle.
   uint64_t ChangeSeq() const;
 
