@@ -710,12 +710,19 @@ Status StoreImpl::TrimIfAlone() {
   if (s.ok()) s = ChooseMeta(&meta);
   const uint64_t target =
       s.ok() ? heap_->RoundGrowth(RoundUp(std::max(heap_->HighestUsedEnd(), meta->heap_end), 64 * 1024)) : 0;
-  if (s.ok() && target < ctl_->file_size.load() && ctl_->undo_count.load() == 0) {
+  // Never past the store's length (the allocation map covers no more), but
+  // the file's own length may be longer than the store: a cut that Windows
+  // put off and a Compact gave up, one that failed, or a recovery from a
+  // checkpoint that ignored a tail its map does not cover.
+  const uint64_t cut = std::min(target, ctl_->file_size.load());
+  uint64_t file_length = 0;
+  if (s.ok()) s = file_->Size(&file_length);
+  if (s.ok() && cut < std::max(ctl_->file_size.load(), file_length) && ctl_->undo_count.load() == 0) {
     // Alone: no other handle maps the file, so shortening it cannot fault
     // anyone. Nothing is allocated past the target, so the high-water mark
     // may come down to it.
-    ctl_->heap_end = std::min(ctl_->heap_end, target);
-    s = CutFile(target);
+    ctl_->heap_end = std::min(ctl_->heap_end, cut);
+    s = CutFile(cut);
   }
   if (s.ok() && ctl_->dirty == 0) ctl_->tail_checked_seq = ctl_->change_seq.load() + 1;
   locks_->UnlockWrite(false);

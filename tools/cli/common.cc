@@ -7,6 +7,7 @@
 #include <cstring>
 #include <filesystem>
 #include <limits>
+#include <optional>
 #include <system_error>
 #include <type_traits>
 
@@ -63,6 +64,14 @@ bool IsStoreFile(const std::string& file, const std::string& path) {
   if (file == path) return true;
   std::error_code ec;  // set (and false returned) when either does not exist
   return std::filesystem::equivalent(PathOf(file), PathOf(path), ec) && !ec;
+}
+
+std::optional<uint64_t> FileLength(const std::string& file) {
+  if (file.rfind("shm:", 0) == 0) return std::nullopt;
+  std::error_code ec;
+  const uintmax_t n = std::filesystem::file_size(PathOf(file), ec);
+  if (ec) return std::nullopt;
+  return static_cast<uint64_t>(n);
 }
 
 Status OpenReadOnly(const std::string& file, Store* store) {

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <functional>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -78,6 +79,9 @@ bool CheckKeyArgument(std::string_view file, std::string_view key);
 // exist and are one file (a link, another spelling), by device and inode
 // (by volume and file index on Windows). A shm:NAME store has no file.
 bool IsStoreFile(const std::string& file, const std::string& path);
+// The length of the store file `file`; nullopt for a shm:NAME store or a
+// file that cannot be stat'ed.
+std::optional<uint64_t> FileLength(const std::string& file);
 
 // Opens for a command that only reads: read_only, never creates.
 Status OpenReadOnly(const std::string& file, Store* store);

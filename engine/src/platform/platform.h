@@ -114,6 +114,12 @@ class File {
 
   // Sets the exact length. Only safe while no other handle maps the file.
   virtual Status Truncate(uint64_t size) = 0;
+  // Gives up a shortening that Truncate could not do yet and put off to this
+  // handle's end (Windows: the handle's own views map the file): the file
+  // keeps its length. For a handle that stops being alone: another handle
+  // may then use the bytes past the store's length, and this one must
+  // follow its growth. Nothing to do where Truncate never puts off (POSIX).
+  virtual void KeepLength() {}
 
   // fdatasync / FlushFileBuffers.
   virtual Status Sync() = 0;

@@ -528,6 +528,8 @@ class Win32File final : public File {
     return Win32Status(path_, "SetFileInformationByHandle", "FileEndOfFileInfo, " + Bytes(size), err);
   }
 
+  void KeepLength() override { pending_truncate_ = kNoTruncate; }
+
   Status Sync() override {
     if (read_only_) return Status::Ok();  // FlushFileBuffers needs write access; nothing to write back
     if (!::FlushFileBuffers(h_.get())) return Win32Status(path_, "FlushFileBuffers", "", ::GetLastError());
