@@ -445,11 +445,10 @@ void Heap::RollBackCopy(uint64_t offset, uint8_t* copy, uint64_t size) const {
 Status Heap::ValidateLog() const {
   const uint64_t count = ctl_->undo_count.load();
   const uint64_t fs = ctl_->file_size.load();
-  auto bad = [&](const std::string& what) { return BadLog(what); };
   std::vector<std::pair<uint64_t, uint64_t>> extents;
   if (!LogExtents(count, &extents)) {
-    return bad(std::to_string(count) + " entries, but the chain of chunks at offset " +
-               std::to_string(ctl_->undo_chain) + " leaves the file or holds fewer");
+    return BadLog(std::to_string(count) + " entries, but the chain of chunks at offset " +
+                  std::to_string(ctl_->undo_chain) + " leaves the file or holds fewer");
   }
   // A committed write's leftover chain (count 0) is freed by DropChain: it
   // must lie in the file too.
@@ -458,11 +457,11 @@ Status Heap::ValidateLog() const {
     uint64_t off = ctl_->undo_chain;
     for (uint64_t hops = 0; off != 0; ++hops) {
       if (hops > fs / kPageSize || off < kHeapOffset || off % kGranule != 0 || off > fs - sizeof(UndoChunk))
-        return bad("leftover chain of chunks leaves the file");
+        return BadLog("leftover chain of chunks leaves the file");
       const auto* chunk = At<UndoChunk>(off);
       if (chunk->capacity == 0 || chunk->capacity > (fs - off) / kUndoEntrySize - 1)
-        return bad("leftover chunk at offset " + std::to_string(off) + " has a bad capacity (" +
-                   std::to_string(chunk->capacity) + " entries in a file of " + std::to_string(fs) + " bytes)");
+        return BadLog("leftover chunk at offset " + std::to_string(off) + " has a bad capacity (" +
+                      std::to_string(chunk->capacity) + " entries in a file of " + std::to_string(fs) + " bytes)");
       off = chunk->next;
     }
   }
@@ -470,7 +469,7 @@ Status Heap::ValidateLog() const {
   for (auto [off, n] : extents) {
     const UndoEntry* log = At<UndoEntry>(off);
     for (uint64_t i = 0; i < n; ++i, ++index) {
-      if (!EntryInRange(log[i], fs)) return bad("entry " + std::to_string(index) + " out of range");
+      if (!EntryInRange(log[i], fs)) return BadLog("entry " + std::to_string(index) + " out of range");
     }
   }
   return Status::Ok();
