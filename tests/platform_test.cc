@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <cctype>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -770,6 +771,90 @@ TEST_SUITE("platform") {
     CHECK(File::RemoveShared(name).code() == Code::kNotFound);
   }
 #endif
+
+#ifdef _WIN32
+  // Section names are case-sensitive, NTFS file names are not: two stores
+  // whose names differ only in case must not share a lock file.
+  TEST_CASE("Windows: named stores whose names differ only in case lock apart") {
+    const std::string name = UniqueShmName("Case");
+    std::string lower = name;
+    std::transform(lower.begin(), lower.end(), lower.begin(), [](unsigned char c) { return std::tolower(c); });
+    REQUIRE(lower != name);
+    std::unique_ptr<File> upper_file, lower_file;
+    REQUIRE(File::OpenShared(name, FileSpec{.create = true, .exclusive = true}, &upper_file).ok());
+    REQUIRE(File::OpenShared(lower, FileSpec{.create = true, .exclusive = true}, &lower_file).ok());
+    bool acquired = false;
+    REQUIRE(upper_file->TryLock(0, 1, LockMode::kExclusive, &acquired).ok());
+    CHECK(acquired);
+    REQUIRE(lower_file->TryLock(0, 1, LockMode::kExclusive, &acquired).ok());
+    CHECK(acquired);
+    upper_file.reset();
+    lower_file.reset();
+    CHECK(File::RemoveShared(name).ok());
+    CHECK(File::RemoveShared(lower).ok());
+  }
+
+  // A process between creating the section and opening the lock file, or
+  // one whose section another process cannot see, holds the lock file
+  // open: RemoveShared must not take it from under it (with another lock
+  // file in its place, two processes would each hold "the" write lock).
+  TEST_CASE("Windows: RemoveShared leaves a lock file that a handle holds open") {
+    const std::string name = UniqueShmName("held");
+    std::string lock_path;
+    REQUIRE(File::SharedLockPath(name, &lock_path).ok());
+    CHECK(lock_path.rfind("\\\\?\\", 0) == 0);  // long-path form: not cut at MAX_PATH
+    {
+      std::unique_ptr<File> created;  // also creates <LocalAppData>\mapkv
+      REQUIRE(File::OpenShared(name, FileSpec{.create = true, .exclusive = true}, &created).ok());
+    }
+    std::unique_ptr<File> holder = MustOpen(lock_path, kOpenExisting);  // no section now
+    CHECK(RemoveShared_Busy(name));
+    std::unique_ptr<File> still;
+    CHECK(File::Open(lock_path, kOpenExisting, &still).ok());
+    still.reset();
+    holder.reset();
+    CHECK(File::RemoveShared(name).ok());
+    CHECK(File::Open(lock_path, kOpenExisting, &still).code() == Code::kNotFound);
+    CHECK(File::RemoveShared(name).code() == Code::kNotFound);
+  }
+#endif
+
+  // A store shrinks (compaction) and may grow again; what the growth adds
+  // must read as zeros, as a new file's bytes do, whether the backend could
+  // really shorten (POSIX, a named store on Linux) or only lowered the
+  // length (a named store on Windows, a mapped file on Windows).
+  TEST_CASE("a shortened then regrown file or named store reads zeros past the short length") {
+    constexpr uint64_t kLong = 256 << 10, kShort = 64 << 10, kAgain = 192 << 10;
+    auto check_regrowth = [&](File& file) {
+      REQUIRE(file.Reserve(kLong).ok());
+      std::unique_ptr<Mapping> map;
+      REQUIRE(file.Map(kLong, true, &map).ok());
+      std::memset(map->data(), 0x5a, kLong);
+      REQUIRE(file.Truncate(kShort).ok());  // on Windows the view makes a file's shortening wait
+      CHECK(SizeOf(file) == kShort);
+      REQUIRE(file.Reserve(kAgain).ok());
+      CHECK(SizeOf(file) == kAgain);
+      std::unique_ptr<Mapping> again;
+      REQUIRE(file.Map(kAgain, false, &again).ok());
+      REQUIRE(again->length() >= kAgain);
+      const uint8_t* p = again->data();
+      CHECK(std::count(p, p + kShort, 0x5a) == static_cast<std::ptrdiff_t>(kShort));
+      CHECK(std::count(p + kShort, p + kAgain, 0) == static_cast<std::ptrdiff_t>(kAgain - kShort));
+    };
+    SUBCASE("a file") {
+      TempDir dir;
+      std::unique_ptr<File> file = MustOpen(dir.File("f"), kCreate);
+      check_regrowth(*file);
+    }
+    SUBCASE("a named store") {
+      const std::string name = UniqueShmName("regrow");
+      std::unique_ptr<File> file;
+      REQUIRE(File::OpenShared(name, FileSpec{.create = true, .exclusive = true}, &file).ok());
+      check_regrowth(*file);
+      file.reset();
+      CHECK(File::RemoveShared(name).ok());
+    }
+  }
 
   TEST_CASE("bad shared-memory names are InvalidArgument") {
     std::unique_ptr<File> file;

@@ -100,6 +100,11 @@ class File {
 
   // Removes a named shared-memory object. kNotFound when it does not exist.
   static Status RemoveShared(const std::string& name);
+#ifdef _WIN32
+  // The file whose byte-range locks guard named store `name` (a section
+  // cannot be locked); RemoveShared removes it.
+  static Status SharedLockPath(const std::string& name, std::string* path);
+#endif
 
   virtual const std::string& path() const = 0;
   virtual bool read_only() const = 0;
@@ -108,7 +113,8 @@ class File {
 
   // Makes the file at least `size` bytes long with the disk space reserved
   // (posix_fallocate), so writes through the mapping cannot fault for lack of
-  // space. A full disk or a file-size limit (RLIMIT_FSIZE, checked first so
+  // space. The bytes it adds read as zeros, also where a Truncate shortened
+  // the file before. A full disk or a file-size limit (RLIMIT_FSIZE, checked first so
   // no SIGXFSZ is raised) gives kNoSpace and leaves the length unchanged.
   virtual Status Reserve(uint64_t size) = 0;
 

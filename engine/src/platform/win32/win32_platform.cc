@@ -48,10 +48,11 @@
 //    "Local\mapkv-NAME" created with SEC_RESERVE at kSharedMax + header
 //    bytes; the first 64 KiB (one allocation granule) hold the store's
 //    current length, the store bytes follow. Growing commits pages
-//    (VirtualAlloc MEM_COMMIT, never decommitted) and raises the length;
-//    each view commits its own range too, which is a no-op for pages already
-//    committed by another process. Locks are LockFileEx locks on a small
-//    file "<LocalAppData>\mapkv\shm-NAME.lock" (a section cannot be
+//    (VirtualAlloc MEM_COMMIT, never decommitted) and raises the length,
+//    zeroing what a shortening left ("high" in the header: the most the
+//    length ever was); each view commits its own range too, which is a
+//    no-op for pages already committed by another process. Locks are LockFileEx locks on a small
+//    file "<LocalAppData>\mapkv\shm-NAME-HASH.lock" (a section cannot be
 //    locked), the user's local application data folder as the user's profile
 //    names it, not %TEMP%, which processes set differently. The section
 //    lives while any process has it open.
@@ -72,6 +73,7 @@
 #include <winternl.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
@@ -83,6 +85,7 @@
 #include <thread>
 #include <utility>
 
+#include "hash.h"
 #include "platform/platform.h"
 
 namespace mapkv::internal {
@@ -478,9 +481,11 @@ class Win32File final : public File {
     if (Status s = Size(&current); !s.ok()) return s;
     if (size <= current) return Status::Ok();
     if (pending_truncate_ != kNoTruncate) {
-      // The file is still longer than the store: use what is there first.
+      // The file is still longer than the store: use what is there first,
+      // zeroed, as a file shortened and grown again reads.
       uint64_t real = 0;
       if (Status s = RealSize(&real); !s.ok()) return s;
+      if (Status s = WriteZeros(current, std::min(size, real)); !s.ok()) return s;
       if (size <= real) {
         pending_truncate_ = size;
         return Status::Ok();
@@ -614,6 +619,24 @@ class Win32File final : public File {
     return Status::Ok();
   }
 
+  // Writes zeros over [from, to) through the handle (coherent with the
+  // views, which share the system cache's pages).
+  Status WriteZeros(uint64_t from, uint64_t to) {
+    static constexpr char kZeros[64 * 1024] = {};
+    while (from < to) {
+      const DWORD n = static_cast<DWORD>(std::min<uint64_t>(to - from, sizeof kZeros));
+      OVERLAPPED at{};
+      at.Offset = static_cast<DWORD>(from);
+      at.OffsetHigh = static_cast<DWORD>(from >> 32);
+      DWORD wrote = 0;
+      if (!::WriteFile(h_.get(), kZeros, n, &wrote, &at) || wrote != n) {
+        return Win32Status(path_, "WriteFile", "zeros at offset " + std::to_string(from), ::GetLastError());
+      }
+      from += n;
+    }
+    return Status::Ok();
+  }
+
   Status SetLength(uint64_t size) {
     FILE_END_OF_FILE_INFO eof{};
     eof.EndOfFile.QuadPart = static_cast<LONGLONG>(size);
@@ -676,6 +699,9 @@ Status OpenHandle(const std::string& path, const FileSpec& spec, UniqueHandle* o
 
 struct SharedHeader {
   std::atomic<uint64_t> length;  // the store's current length in bytes
+  // The most bytes the store ever had: a shortening cannot decommit pages,
+  // so growth back into [length, high) zeroes what it reuses.
+  std::atomic<uint64_t> high;
 };
 
 Status CheckSharedName(const std::string& name) {
@@ -696,6 +722,12 @@ std::wstring SectionName(const std::string& name) { return Widen("Local\\mapkv-"
 // processes that set it themselves (MSYS2 and Cygwin shells, build tools),
 // and two such processes would each hold "the" write lock. `create_dir`
 // creates <LocalAppData>\mapkv when missing (an open; removal does not).
+//
+// The file is named after NAME and the hash of its exact bytes: section
+// names are case-sensitive but NTFS file names are not, and "shm:Foo" and
+// "shm:foo" are two stores that must not share a lock. The path carries the
+// \\?\ prefix, so a long name under a long profile path is not cut at
+// MAX_PATH (260 characters).
 Status LockFilePath(const std::string& name, bool create_dir, std::string* out) {
   PWSTR folder = nullptr;
   const HRESULT hr = ::SHGetKnownFolderPath(FOLDERID_LocalAppData, 0, nullptr, &folder);
@@ -712,8 +744,38 @@ Status LockFilePath(const std::string& name, bool create_dir, std::string* out) 
   if (create_dir && !::CreateDirectoryW(dir.c_str(), nullptr) && ::GetLastError() != ERROR_ALREADY_EXISTS) {
     return Win32Status("shm:" + name, "CreateDirectoryW", dir_narrow + " (for the lock file)", ::GetLastError());
   }
-  *out = dir_narrow + "\\shm-" + name + ".lock";
+  char hash[17];
+  std::snprintf(hash, sizeof hash, "%016llx", static_cast<unsigned long long>(XXH3_64bits(name.data(), name.size())));
+  // A drive path takes \\?\, a UNC path (\\server\share) \\?\UNC\.
+  const bool unc = dir_narrow.rfind("\\\\", 0) == 0;
+  *out = (unc ? "\\\\?\\UNC" + dir_narrow.substr(1) : "\\\\?\\" + dir_narrow) + "\\shm-" + name + "-" + hash + ".lock";
   return Status::Ok();
+}
+
+// Opens (creating it, even for a reader) the lock file of a named store.
+// A RemoveShared in another process holds it unshared for a moment while it
+// checks and removes it: that refusal is waited out, for up to 5 s.
+Status OpenLockFile(const std::string& store_path, const std::string& lock_path, UniqueHandle* out) {
+  const std::wstring wpath = Widen(lock_path);
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  for (;;) {
+    UniqueHandle h(::CreateFileW(wpath.c_str(), GENERIC_READ | GENERIC_WRITE,
+                                 FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE, nullptr, OPEN_ALWAYS,
+                                 FILE_ATTRIBUTE_NORMAL, nullptr));
+    if (h.valid()) {
+      *out = std::move(h);
+      return Status::Ok();
+    }
+    // ERROR_ACCESS_DENIED: also a file being removed (delete pending).
+    const DWORD err = ::GetLastError();
+    if ((err != ERROR_SHARING_VIOLATION && err != ERROR_ACCESS_DENIED) || std::chrono::steady_clock::now() > give_up) {
+      break;
+    }
+    ::Sleep(1);
+  }
+  // The same open once more, for its error in OpenHandle's words.
+  Status s = OpenHandle(lock_path, FileSpec{.create = true}, out);
+  return s.ok() ? s : Status(s.code(), store_path + ": lock file: " + s.message());
 }
 
 class Win32SharedFile final : public File {
@@ -749,14 +811,18 @@ class Win32SharedFile final : public File {
                                         std::to_string(kSharedMax) + " bytes)");
     }
     // Commit the pages through a temporary view (commits belong to the
-    // section), then publish the new length.
+    // section), zero what a shortening left behind, then publish the new
+    // length. The engine grows and shortens a store only under its write
+    // lock, so no other handle writes past the length meanwhile.
     const uint64_t span = RoundUp(size, kPage);
     void* view = nullptr;
     if (Status s = CommitView(span, true, &view); !s.ok()) return s;
+    const uint64_t cur = header_->length.load(std::memory_order_acquire);
+    const uint64_t reused_end = std::min(size, header_->high.load(std::memory_order_acquire));
+    if (reused_end > cur) std::memset(static_cast<uint8_t*>(view) + cur, 0, reused_end - cur);
     ::UnmapViewOfFile(view);
-    uint64_t cur = header_->length.load(std::memory_order_acquire);
-    while (cur < size && !header_->length.compare_exchange_weak(cur, size, std::memory_order_acq_rel)) {
-    }
+    if (header_->high.load(std::memory_order_relaxed) < size) header_->high.store(size, std::memory_order_release);
+    header_->length.store(size, std::memory_order_release);
     return Status::Ok();
   }
 
@@ -930,12 +996,7 @@ Status File::OpenShared(const std::string& name, const FileSpec& spec, std::uniq
   std::string lock_path;
   Status s = LockFilePath(name, /*create_dir=*/true, &lock_path);
   UniqueHandle lock_file;
-  if (s.ok()) {
-    FileSpec lock_spec;
-    lock_spec.create = true;  // the lock file is created even by readers
-    s = OpenHandle(lock_path, lock_spec, &lock_file);
-    if (!s.ok()) s = Status(s.code(), path + ": lock file: " + s.message());
-  }
+  if (s.ok()) s = OpenLockFile(path, lock_path, &lock_file);
   if (!s.ok()) {
     ::UnmapViewOfFile(header);
     return s;
@@ -947,25 +1008,44 @@ Status File::OpenShared(const std::string& name, const FileSpec& spec, std::uniq
   return Status::Ok();
 }
 
+Status File::SharedLockPath(const std::string& name, std::string* path) {
+  if (Status s = CheckSharedName(name); !s.ok()) return s;
+  return LockFilePath(name, /*create_dir=*/false, path);
+}
+
+// The lock file goes only while no process has the store open, and no
+// opener can come between the check and the removal: the file is opened
+// with no sharing, which fails while any handle has it open and makes a
+// racing opener's open fail (it retries) until it is gone, and the section
+// is looked for while that handle is held.
 Status File::RemoveShared(const std::string& name) {
   if (Status s = CheckSharedName(name); !s.ok()) return s;
   const std::string path = "shm:" + name;
-  UniqueHandle section(::OpenFileMappingW(FILE_MAP_READ, FALSE, SectionName(name).c_str()));
-  if (section.valid()) {
-    return Status(Code::kBusy, path +
-                                   ": still open in a process; on Windows a named shared store disappears when the "
-                                   "last process that has it open closes it");
-  }
+  const Status busy(Code::kBusy, path +
+                                     ": still open in a process; on Windows a named shared store disappears when the "
+                                     "last process that has it open closes it");
   std::string lock_path;
   if (Status s = LockFilePath(name, /*create_dir=*/false, &lock_path); !s.ok()) return s;
-  if (!::DeleteFileW(Widen(lock_path).c_str())) {
-    const DWORD err = ::GetLastError();
-    if (err == ERROR_FILE_NOT_FOUND || err == ERROR_PATH_NOT_FOUND) {
-      return Status(Code::kNotFound, path + ": no such named shared store");
-    }
-    return Win32Status(path, "DeleteFileW", lock_path, err);
+  UniqueHandle lock_file(::CreateFileW(Widen(lock_path).c_str(), GENERIC_READ | DELETE, 0, nullptr, OPEN_EXISTING,
+                                       FILE_ATTRIBUTE_NORMAL, nullptr));
+  const DWORD open_err = lock_file.valid() ? ERROR_SUCCESS : ::GetLastError();
+  if (open_err == ERROR_SHARING_VIOLATION) return busy;
+  if (open_err != ERROR_SUCCESS && open_err != ERROR_FILE_NOT_FOUND && open_err != ERROR_PATH_NOT_FOUND) {
+    return Win32Status(path, "CreateFileW", lock_path + " (GENERIC_READ|DELETE, no sharing)", open_err);
   }
-  return Status::Ok();
+  UniqueHandle section(::OpenFileMappingW(FILE_MAP_READ, FALSE, SectionName(name).c_str()));
+  const DWORD section_err = section.valid() ? ERROR_SUCCESS : ::GetLastError();
+  if (section_err == ERROR_SUCCESS) return busy;  // a process is still opening it
+  if (section_err != ERROR_FILE_NOT_FOUND) {
+    return Win32Status(path, "OpenFileMappingW", "to see whether the store is open", section_err);
+  }
+  if (!lock_file.valid()) return Status(Code::kNotFound, path + ": no such named shared store");
+  FILE_DISPOSITION_INFO remove{};
+  remove.DeleteFile = TRUE;
+  if (!::SetFileInformationByHandle(lock_file.get(), FileDispositionInfo, &remove, sizeof remove)) {
+    return Win32Status(path, "SetFileInformationByHandle", "FileDispositionInfo, " + lock_path, ::GetLastError());
+  }
+  return Status::Ok();  // removed as the handle closes
 }
 
 // ---- Free functions -------------------------------------------------------
