@@ -1057,6 +1057,49 @@ TEST_SUITE("store") {
     CheckClean(store);
   }
 
+  // checkpoint_on_close = false is for closes that must be fast or must not
+  // write (mapkv watch): such a close leaves the trimming to a later close.
+  TEST_CASE("store: a close with checkpoint_on_close off moves no record and keeps the file's length") {
+    TempDir dir;
+    const std::string path = dir.File("s.mkv");
+    const std::string value(100, 'v');
+    Options options;
+    options.initial_capacity = 40000;  // records, not a rebuilt table, at the top (as above)
+    options.large_pages = false;
+    {
+      Store store = MustOpen(path, options);
+      for (int i = 0; i < 20000; ++i) REQUIRE(store.Put(Key16(i), value).ok());
+    }
+    auto durable_bytes = [&] {  // all but the control page's live counters
+      std::string bytes = ReadFileBytes(path);
+      bytes.erase(internal::format::kControlOffset, internal::format::kHeapOffset - internal::format::kControlOffset);
+      return bytes;
+    };
+    options.checkpoint_on_close = false;
+    std::string before;
+    {
+      Store store = MustOpen(path, options);
+      for (int i = 0; i < 10000; ++i) REQUIRE(store.Erase(Key16(i)).ok());
+      REQUIRE(store.Flush(FlushMode::kSync).ok());
+      before = durable_bytes();
+      REQUIRE(store.Close().ok());
+    }
+    CHECK(durable_bytes() == before);
+    // The same close with the default option does trim: the case above was
+    // one a close would have changed.
+    options.checkpoint_on_close = true;
+    {
+      Store store = MustOpen(path, options);
+      std::string v;
+      REQUIRE(store.Get(Key16(15000), &v).ok());
+      REQUIRE(store.Close().ok());
+    }
+    CHECK(FileSize(path) * 5 < before.size() * 4);
+    Store store = MustOpen(path, options);
+    CHECK(store.size() == 10000);
+    CheckClean(store);
+  }
+
   TEST_CASE("store: a store closed after one put opens read-only after a restart") {
     // The allocation map of a new store is its highest extent, with no hole
     // below that fits it: the close must not leave the store marked dirty.

@@ -39,12 +39,6 @@ namespace {
 
 uint64_t RoundUp(uint64_t x, uint64_t to) { return (x + to - 1) / to * to; }
 
-#ifdef _WIN32
-constexpr const char* kPathSeparators = "/\\";
-#else
-constexpr const char* kPathSeparators = "/";
-#endif
-
 uint64_t MetaChecksum(const MetaPage& m) { return XXH3_64bits(&m, offsetof(MetaPage, checksum)); }
 
 uint64_t RandomSeed() {
@@ -240,7 +234,7 @@ Status StoreImpl::InitializeNew(uint64_t capacity) {
 
   Status s = file_->Reserve(size);
   if (!s.ok()) return s;
-  maps_ = std::make_unique<MapSet>(file_.get(), true, options_.large_pages);
+  maps_ = std::make_unique<MapSet>(file_.get(), true, options_.large_pages && kLargePageMappings);
   s = maps_->Cover(size);
   if (!s.ok()) return s;
   maps_->KeepSmall(kHeapOffset, map_bytes);
@@ -437,7 +431,7 @@ Status StoreImpl::Attach() {
                                            ": on a network file system, where shared mappings and "
                                            "file locks are not coherent; mapkv refuses it");
   }
-  maps_ = std::make_unique<MapSet>(file_.get(), !read_only_, options_.large_pages);
+  maps_ = std::make_unique<MapSet>(file_.get(), !read_only_, options_.large_pages && kLargePageMappings);
   s = maps_->Cover(size);
   if (!s.ok()) return s;
   const MetaPage* meta_in_file = nullptr;
@@ -677,7 +671,10 @@ Status StoreImpl::RebuildAllocMap() {
 }
 
 Status StoreImpl::TrimIfAlone() {
-  if (read_only_ || !locks_->TryBecomeAlone()) return Status::Ok();
+  // A close that does not checkpoint writes nothing: moving records down
+  // would leave the store dirty, and the closes that want speed (the
+  // option's purpose) or no writes (mapkv watch) turn checkpoints off.
+  if (read_only_ || !options_.checkpoint_on_close || !locks_->TryBecomeAlone()) return Status::Ok();
   bool fresh = false;
   Status s = locks_->LockWrite(&fresh);
   if (!s.ok()) return s;
@@ -687,7 +684,7 @@ Status StoreImpl::TrimIfAlone() {
   if (s.ok()) s = ValidateControl();  // a file cut by another program: touch nothing past its end
   const bool unchanged = ctl_->tail_checked_seq != 0 && ctl_->tail_checked_seq == ctl_->change_seq.load() + 1;
   if (s.ok() && !unchanged) s = CompactTail();
-  if (s.ok() && options_.checkpoint_on_close) {
+  if (s.ok()) {
     s = Checkpoint();  // also frees what CompactTail moved away from
     if (s.ok() && !unchanged && SnapshotOnTop()) s = RehomeSnapshots(kHeapOffset / kGranule);
     const uint64_t map_end = ctl_->alloc_offset + RoundUp(ctl_->alloc_words * sizeof(AllocWord), kPageSize);

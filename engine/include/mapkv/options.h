@@ -51,6 +51,9 @@ struct Options {
   // Every open. On the close of the last handle of a writable store,
   // checkpoint it (a synchronous flush), so the file on disk is complete
   // and a later power cut cannot take back what this process wrote.
+  // Off, the close writes nothing at all: the last handle's close also
+  // leaves the trimming of the file (moving the highest records down and
+  // cutting it) to a later close that checkpoints.
   // Default: true. Turn off for short-lived handles that must close fast.
   bool checkpoint_on_close = true;
 
