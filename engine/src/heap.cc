@@ -750,7 +750,10 @@ Status Heap::MoveMap() {
     return Status(Code::kCorruption, file_->path() + ": the allocation map at offset " + std::to_string(old_off) +
                                          " is marked free in itself");
   }
-  // The copy carries the new extent's own allocation, made in the old map.
+  // Small pages for the map wherever it goes (MapSet::KeepSmall), asked
+  // before the copy first touches them. The copy carries the new extent's
+  // own allocation, made in the old map.
+  maps_->KeepSmall(g * kGranule, bytes);
   std::memcpy(At<AllocWord>(g * kGranule), At<AllocWord>(old_off), ctl_->alloc_words * sizeof(AllocWord));
   s = SetWord(&ctl_->alloc_offset, g * kGranule);
   if (!s.ok()) return s;

@@ -239,8 +239,10 @@ MAPKV_OPTIMISTIC Status StoreImpl::ChangesSince(uint64_t since, const ChangeFilt
   const uint64_t offset = RacyLoad(&ctl_->ring_offset);
   const uint64_t floor = RacyLoad(&ctl_->ring_floor);
   if (cap == 0) {
-    return Status(Code::kNotSupported,
-                  path_ + ": the store keeps no change ring (created with change_ring_capacity = 0)");
+    return Status(
+        Code::kNotSupported,
+        path_ +
+            ": the store keeps no change ring (every write so far came through handles with change_ring_capacity = 0)");
   }
   if (since < floor) {
     return rescan("the ring starts after sequence " + std::to_string(floor) +

@@ -2,10 +2,10 @@
 //
 // Every fallible call returns a Status (or fills an out-parameter and returns
 // a Status). The engine never throws; callers who prefer exceptions wrap calls
-// in OrThrow(). A Status carries a stable Code (safe to switch on, and mapped
-// one-to-one to CLI exit codes) and a one-line message that names the file and
-// the step that failed, e.g.
-//   "/var/lib/app/state.mkv: not a mapkv store (bad magic in both meta pages)"
+// in OrThrow(). A Status carries a stable Code (safe to switch on; the CLI
+// maps it to an exit code, several codes to one) and a one-line message that
+// names the file and the step that failed, e.g.
+//   "/var/lib/app/state.mkv: not a mapkv store (no meta page has the mapkv magic)"
 #ifndef MAPKV_STATUS_H_
 #define MAPKV_STATUS_H_
 

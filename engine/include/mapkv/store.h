@@ -149,7 +149,8 @@ class Store {
   // changed. Returns kOk, kNotFound (no file and no create),
   // kInvalidArgument (bad options, error_if_exists, a directory), kCorruption
   // (not a store, damaged header), kVersionTooNew, kPermissionDenied,
-  // kIoError, kNoSpace, kBusy.
+  // kIoError, kNoSpace, kBusy, kNotSupported (a network file system, where
+  // shared mappings and locks are not coherent).
   //
   // A path "shm:NAME" names a shared-memory store instead of a file: shared
   // by every process that opens the same name, with no file behind it (POSIX
@@ -319,7 +320,9 @@ class Store {
   // futex word of the shared mapping: no polling, no CPU while idle; a
   // writer wakes sleepers only when one is counted, so a put with nobody
   // waiting makes no system call. Needs a writable handle (the waiter counts
-  // itself in the file's control page): kNotSupported on a read-only one.
+  // itself in the file's control page): kNotSupported on a read-only one
+  // (unless the sequence has already moved, kOk, or the timeout is 0,
+  // kTimedOut: neither needs to wait).
   Status WaitForChange(uint64_t since, std::chrono::milliseconds timeout, uint64_t* seq = nullptr) const;
 
   // Appends to *out (cleared first) the changes with a sequence number in
@@ -328,8 +331,9 @@ class Store {
   // No lock. Returns kRescan when some change after `since` is no longer in
   // the ring (the watcher fell more than Options::change_ring_capacity
   // changes behind, or history was lost to a recovery): read the store
-  // afresh and go on from ChangeSeq(). kNotSupported when the store keeps
-  // no ring (created with change_ring_capacity = 0).
+  // afresh and go on from ChangeSeq(). kNotSupported when the store has no
+  // ring yet: every write so far came through handles opened with
+  // change_ring_capacity = 0 (the first change by another handle makes one).
   Status ChangesSince(uint64_t since, const ChangeFilter& filter, std::vector<Change>* out, uint64_t* next) const;
 
   // The store's 64-bit hash of `key` (the Change::key_hash of its changes).

@@ -174,6 +174,21 @@ class File {
   virtual void WakeWord(std::atomic<uint32_t>* word, uint64_t offset, uint32_t seen) = 0;
 };
 
+// What differs between the systems beyond File, as constants (here, so
+// that the core itself never tests _WIN32).
+#ifdef _WIN32
+inline constexpr const char* kPathSeparators = "/\\";
+#else
+inline constexpr const char* kPathSeparators = "/";
+#endif
+// Whether Mapping::Advise(kLarge) can give a file mapping 2 MiB pages
+// (Options::large_pages does nothing where it cannot).
+#ifdef __linux__
+inline constexpr bool kLargePageMappings = true;
+#else
+inline constexpr bool kLargePageMappings = false;
+#endif
+
 // Atomically replaces `to` with `from` (rename(2) / MoveFileEx).
 Status RenameFile(const std::string& from, const std::string& to);
 // Gives the file at `from` the second name `to`, failing with kInvalidArgument
