@@ -67,7 +67,10 @@ inline constexpr uint64_t kGranulesPerPage = kPageSize / kGranule;
 inline constexpr uint32_t kSlotBytes = 8;
 inline constexpr uint64_t kSlotsPerPage = kPageSize / kSlotBytes;  // 512
 inline constexpr uint32_t kSlotsPerPageShift = 9;
-inline constexpr uint32_t kOffsetBits = 38;             // granule index: records start below 4 TiB
+inline constexpr uint32_t kOffsetBits = 38;  // granule index: records start below 4 TiB
+// The largest file: every record then starts below 4 TiB, and every page
+// number fits a u32. Heap::Grow refuses to pass it (kNoSpace).
+inline constexpr uint64_t kMaxFileSize = uint64_t{1} << (kOffsetBits + kGranuleShift);
 inline constexpr uint32_t kTagBits = 64 - kOffsetBits;  // 26: home slot known up to 2^26 slots
 inline constexpr uint64_t kOffsetMask = (uint64_t{1} << kOffsetBits) - 1;
 inline constexpr uint32_t kMinTableShift = 9;  // one page

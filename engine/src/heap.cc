@@ -66,9 +66,14 @@ Status MapSet::Cover(uint64_t bytes) {
     return Status(Code::kIoError, file_->path() + ": mapping covers " + std::to_string(view->length()) + " bytes, " +
                                       std::to_string(bytes) + " needed");
   }
-  current_.store(view.get(), std::memory_order_release);
+  // Kept first, published last: a push that throws (out of memory) leaves
+  // the current view as it was, never pointing at a view freed meanwhile.
+  View* fresh = view.get();
+  mappings_.reserve(mappings_.size() + 1);
+  views_.reserve(views_.size() + 1);
   mappings_.push_back(std::move(mapping));
   views_.push_back(std::move(view));
+  current_.store(fresh, std::memory_order_release);
   return Status::Ok();
 }
 
@@ -585,6 +590,11 @@ Status Heap::Grow(uint64_t need_end) {
       new_size = end;
       if (covers) break;
     }
+  }
+  if (new_size > kMaxFileSize) {
+    return Status(Code::kNoSpace, file_->path() + ": the store would grow to " + std::to_string(new_size) +
+                                      " bytes, past the format's limit of " + std::to_string(kMaxFileSize) +
+                                      " (4 TiB)");
   }
   if (new_size > file_size) {
     Status s = file_->Reserve(new_size);

@@ -485,9 +485,19 @@ Status StoreImpl::BeginWrite() {
   s = locks_->LockWrite(&fresh);
   if (!s.ok()) return s;
   // Kept from this handle's own last write (sticky): nobody else wrote since,
-  // so there is nothing to map or recover.
-  if (!fresh) return Status::Ok();
-  s = TakeOverWriteLock();
+  // so there is nothing to map or recover, unless that write was left
+  // unfinished (a rollback that failed drops the lock, but a write that
+  // somehow left its log must never be committed over).
+  if (!fresh && ctl_->undo_count.load(std::memory_order_relaxed) == 0 &&
+      (ctl_->seq.load(std::memory_order_relaxed) & 1) == 0) {
+    return Status::Ok();
+  }
+  try {
+    s = TakeOverWriteLock();
+  } catch (...) {  // out of memory: the lock goes back as for an error
+    locks_->UnlockWrite(false);
+    throw;
+  }
   if (!s.ok()) locks_->UnlockWrite(false);
   return s;
 }
@@ -525,6 +535,17 @@ Status StoreImpl::TakeOverWriteLock() {
 }
 
 void StoreImpl::EndWrite() { locks_->UnlockWrite(/*may_stick=*/!std::exchange(drop_write_lock_, false)); }
+
+void StoreImpl::AbandonWrite() noexcept {
+  try {
+    if (RollBackWrite().ok()) {
+      SeqEnd();
+      return;
+    }
+  } catch (...) {
+  }
+  drop_write_lock_ = true;
+}
 
 Status StoreImpl::RollBackWrite() {
   Status s = heap_->Rollback();
@@ -653,6 +674,7 @@ Status StoreImpl::Put(std::string_view key, std::string_view value) {
   PrefetchHomeUnlocked(hash);
   s = BeginWrite();
   if (!s.ok()) return s;
+  WriteEnder end{this};
   if (!last_put_in_place_) {
     // A new key, or a record the last checkpoint holds: the put needs a new
     // record either way, and writing it before the lookup (the record does
@@ -660,7 +682,6 @@ Status StoreImpl::Put(std::string_view key, std::string_view value) {
     bool in_place = false;
     s = RunWrite([&] { return ApplyPutWriteFirst(key, value, hash, &in_place); });
     last_put_in_place_ = s.ok() && in_place;
-    EndWrite();
     return s;
   }
   // A value of the same size over a record of this checkpoint epoch is
@@ -675,7 +696,6 @@ Status StoreImpl::Put(std::string_view key, std::string_view value) {
   } else {
     s = RunWrite([&] { return ApplyPut(key, value, hash, &lookup); });
   }
-  EndWrite();
   return s;
 }
 
@@ -683,19 +703,21 @@ Status StoreImpl::Erase(std::string_view key) {
   Status s = CheckKey(path_, key);
   if (s.ok()) s = BeginWrite();
   if (!s.ok()) return s;
-  const uint64_t hash = HashKey(key, seed_);
   bool found = false;
-  // An absent key is looked up first: erasing it changes nothing, so it
-  // must not make a write (which would leave the store to checkpoint).
-  uint64_t index;
-  RecordRef rec;
-  const TableReader::Result lookup = table_->Reader().Find(key, hash, &index, &rec);
-  if (lookup == TableReader::Result::kBad) {
-    s = ProbeLeftFile();
-  } else if (lookup == TableReader::Result::kFound) {
-    s = RunWrite([&] { return ApplyErase(key, hash, &found); });
+  {
+    WriteEnder end{this};
+    const uint64_t hash = HashKey(key, seed_);
+    // An absent key is looked up first: erasing it changes nothing, so it
+    // must not make a write (which would leave the store to checkpoint).
+    uint64_t index;
+    RecordRef rec;
+    const TableReader::Result lookup = table_->Reader().Find(key, hash, &index, &rec);
+    if (lookup == TableReader::Result::kBad) {
+      s = ProbeLeftFile();
+    } else if (lookup == TableReader::Result::kFound) {
+      s = RunWrite([&] { return ApplyErase(key, hash, &found); });
+    }
   }
-  EndWrite();
   if (s.ok() && !found) return Status::KeyNotFound();
   return s;
 }
@@ -711,6 +733,7 @@ Status StoreImpl::Write(const WriteBatch& batch, const WriteOptions& options) {
   if (batch.ops_.empty() && !options.sync) return CheckWritable();
   Status s = BeginWrite();
   if (!s.ok()) return s;
+  WriteEnder end{this};
   if (!batch.ops_.empty()) {
     s = RunWrite([&] {
       const std::vector<WriteBatch::Op>& ops = batch.ops_;
@@ -759,7 +782,6 @@ Status StoreImpl::Write(const WriteBatch& batch, const WriteOptions& options) {
       s = Status(s.code(), s.message() + " (the batch was applied, but is not yet safe from a power cut)");
     }
   }
-  EndWrite();
   return s;
 }
 
@@ -768,10 +790,7 @@ Status StoreImpl::ReadModifyWrite(std::string_view key, Decide&& decide) {
   Status s = CheckKey(path_, key);
   if (s.ok()) s = BeginWrite();
   if (!s.ok()) return s;
-  struct Ender {
-    StoreImpl* self;
-    ~Ender() { self->EndWrite(); }
-  } ender{this};
+  WriteEnder end{this};
   // Under the write lock nothing changes the table: plain reads are exact.
   std::optional<std::string_view> current;
   const uint64_t hash = HashKey(key, seed_);
@@ -936,9 +955,8 @@ Status StoreImpl::Flush(FlushMode mode) {
   }
   Status s = BeginWrite();
   if (!s.ok()) return s;
-  s = Checkpoint();
-  EndWrite();
-  return s;
+  WriteEnder end{this};
+  return Checkpoint();
 }
 
 }  // namespace internal

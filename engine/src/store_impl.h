@@ -193,6 +193,15 @@ class StoreImpl {
   // when it fails.
   Status TakeOverWriteLock();
   void EndWrite();
+  // Ends the write at the end of its scope, also when an exception passes.
+  struct WriteEnder {
+    StoreImpl* self;
+    ~WriteEnder() { self->EndWrite(); }
+  };
+  // RunWrite's way out when its body throws: rolls the write back and ends
+  // the seqlock's write; when the rollback fails too (or throws), leaves
+  // both for the next holder of the lock, which EndWrite then gives back.
+  void AbandonWrite() noexcept;
   // Takes back the running write (Heap::Rollback). A log that no longer reads
   // back (damaged by another program) stays counted, and EndWrite then gives
   // the file lock back to the OS instead of keeping it: the next holder, this
@@ -275,8 +284,17 @@ class StoreImpl {
 
 template <typename Body>
 Status StoreImpl::RunWrite(Body&& body, Heap::WriteScope scope) {
-  Status s = heap_->Begin(scope);
-  if (s.ok()) s = body();
+  Status s;
+  try {
+    s = heap_->Begin(scope);
+    if (s.ok()) s = body();
+  } catch (...) {
+    // Only memory running out throws in a write (a container's growth, a
+    // message): the write is undone like a failed one, and the exception
+    // goes on to the caller, whose scope ends the write.
+    AbandonWrite();
+    throw;
+  }
   if (s.ok()) {
     ctl_->dirty = 1;
     heap_->Commit();

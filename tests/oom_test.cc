@@ -1,0 +1,172 @@
+// oom_test.cc: memory running out in the middle of a write.
+//
+// The engine returns a Status for everything it can foresee, but a container
+// that grows or a message it builds can throw std::bad_alloc. Such a write
+// must be undone like a failed one, the exception must reach the caller, and
+// the handle's write lock must be given back.
+//
+// This file replaces the global operator new of the test binary: with
+// g_allocations_left at -1 (always, outside these tests) it is malloc; set
+// to n >= 0, the (n+1)th allocation from then on throws std::bad_alloc.
+#include <atomic>
+#include <cstdlib>
+#include <new>
+#include <string>
+
+#include "store_test_helpers.h"
+
+namespace {
+std::atomic<long> g_allocations_left{-1};
+}  // namespace
+
+void* operator new(std::size_t n) {
+  if (g_allocations_left.load(std::memory_order_relaxed) >= 0 &&
+      g_allocations_left.fetch_sub(1, std::memory_order_relaxed) == 0) {
+    throw std::bad_alloc();
+  }
+  if (void* p = std::malloc(n == 0 ? 1 : n)) return p;
+  throw std::bad_alloc();
+}
+// GCC inlines these into the allocators of this file and then takes the
+// free() for one of a pointer from new, which here is malloc's.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
+#endif
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+
+namespace mapkv::test {
+namespace {
+
+TEST_SUITE("oom") {
+  // A batch is tried with the nth allocation inside it failing, for growing
+  // n, until one goes through whole. Each failed try must leave the store as
+  // it was, and the next write of the same thread must work.
+  TEST_CASE("oom: a write that runs out of memory is undone, throws, and gives the write lock back") {
+    TempDir dir;
+    const std::string path = dir.File("s.mkv");
+    Options options;
+    options.initial_capacity = 1000;  // the batch rebuilds the table (a resize inside the write)
+    Store store = MustOpen(path, options);
+    Model model;
+    for (int i = 0; i < 2000; ++i) {
+      const std::string k = Key16(static_cast<uint64_t>(i));
+      REQUIRE(store.Put(k, "v0-" + std::to_string(i)).ok());
+      model[k] = "v0-" + std::to_string(i);
+    }
+    // Checkpointed: the batch copies table pages before it changes them and
+    // defers the frees of the records it replaces (both kept in containers).
+    REQUIRE(store.Flush(FlushMode::kSync).ok());
+
+    WriteBatch batch;
+    Model after = model;
+    for (int i = 0; i < 6000; ++i) {
+      const std::string k = Key16(static_cast<uint64_t>(i));
+      if (i % 10 == 3) {
+        batch.Erase(k);
+        after.erase(k);
+      } else {
+        batch.Put(k, "v1-" + std::to_string(i) + std::string(static_cast<size_t>(i % 50), 'x'));
+        after[k] = "v1-" + std::to_string(i) + std::string(static_cast<size_t>(i % 50), 'x');
+      }
+    }
+
+    int thrown = 0;
+    bool applied = false;
+    for (long n = 0; n < 100000 && !applied; n = n < 16 ? n + 1 : n * 2) {
+      CAPTURE(n);
+      Status s;
+      bool threw = false;
+      g_allocations_left.store(n);
+      try {
+        s = store.Write(batch);
+      } catch (const std::bad_alloc&) {
+        threw = true;
+      }
+      g_allocations_left.store(-1);
+      if (!threw) {
+        REQUIRE_MESSAGE(s.ok(), s.ToString());
+        applied = true;
+        break;
+      }
+      ++thrown;
+      {
+        // Undone at once, not left for the next writer to recover: no undo
+        // log, no write in progress for readers.
+        ControlView ctl(path);
+        CHECK(ctl->undo_count.load() == 0);
+        CHECK((ctl->seq.load() & 1) == 0);
+      }
+      // The store is as before the batch, and sound.
+      REQUIRE(Dump(store) == model);
+      CheckClean(store);
+      // The lock came back: a second handle writes, and so does this thread
+      // (kUnsafeUse if the thrown write had kept the lock). This put, right
+      // before the next try, leaves the lock kept by this handle (sticky),
+      // so that the try's allocations are the write's own, not those of
+      // taking the lock over.
+      Store other = MustOpen(path);
+      REQUIRE(other.Put("probe2", std::to_string(n)).ok());
+      model["probe2"] = std::to_string(n);
+      after["probe2"] = std::to_string(n);
+      REQUIRE(other.Close().ok());
+      REQUIRE(store.Put("probe", std::to_string(n)).ok());
+      model["probe"] = std::to_string(n);
+      after["probe"] = std::to_string(n);
+    }
+    MESSAGE(thrown << " tries ran out of memory inside the batch before one went through");
+    CHECK(thrown > 0);
+    REQUIRE(applied);
+    CHECK(Dump(store) == after);
+    CheckClean(store);
+    REQUIRE(store.Close().ok());
+    Store again = MustOpen(path);
+    CHECK(Dump(again) == after);
+  }
+
+  TEST_CASE("oom: single puts and erases that run out of memory leave the store and its lock usable") {
+    TempDir dir;
+    const std::string path = dir.File("s.mkv");
+    Store store = MustOpen(path);
+    Model model;
+    for (int i = 0; i < 500; ++i) {
+      REQUIRE(store.Put(Key16(static_cast<uint64_t>(i)), "v").ok());
+      model[Key16(static_cast<uint64_t>(i))] = "v";
+    }
+    REQUIRE(store.Flush(FlushMode::kSync).ok());
+    int thrown = 0;
+    for (int i = 0; i < 3000; ++i) {
+      const std::string k = Key16(static_cast<uint64_t>(i % 700));
+      const bool erase = i % 4 == 1;
+      const std::string v = "w" + std::to_string(i);
+      Status s;
+      bool threw = false;
+      g_allocations_left.store(i % 3);
+      try {
+        s = erase ? store.Erase(k) : store.Put(k, v);
+      } catch (const std::bad_alloc&) {
+        threw = true;
+      }
+      g_allocations_left.store(-1);
+      if (threw) {
+        ++thrown;
+      } else if (erase) {
+        REQUIRE((s.ok() || s.IsNotFound()));
+        model.erase(k);
+      } else {
+        REQUIRE_MESSAGE(s.ok(), s.ToString());
+        model[k] = v;
+      }
+      if (i % 100 == 0) REQUIRE(Dump(store) == model);
+    }
+    MESSAGE(thrown << " of 3000 writes ran out of memory");
+    CHECK(Dump(store) == model);
+    CheckClean(store);
+    REQUIRE(store.Close().ok());
+    Store again = MustOpen(path);
+    CHECK(Dump(again) == model);
+  }
+}
+
+}  // namespace
+}  // namespace mapkv::test
