@@ -7,8 +7,8 @@
 //
 // This file replaces the global operator new of the test binary: with
 // g_allocations_left at -1 (always, outside these tests) it is malloc; set
-// to n >= 0, the (n+1)th allocation from then on throws std::bad_alloc.
-#include <atomic>
+// to n >= 0, the calling thread's (n+1)th allocation from then on throws
+// std::bad_alloc.
 #include <cstdlib>
 #include <new>
 #include <string>
@@ -16,14 +16,14 @@
 #include "store_test_helpers.h"
 
 namespace {
-std::atomic<long> g_allocations_left{-1};
+// Per thread: only the test's own calls fail, never an allocation of a
+// thread the engine runs (which would end the process, as nothing there
+// catches).
+thread_local long g_allocations_left = -1;
 }  // namespace
 
 void* operator new(std::size_t n) {
-  if (g_allocations_left.load(std::memory_order_relaxed) >= 0 &&
-      g_allocations_left.fetch_sub(1, std::memory_order_relaxed) == 0) {
-    throw std::bad_alloc();
-  }
+  if (g_allocations_left >= 0 && g_allocations_left-- == 0) throw std::bad_alloc();
   if (void* p = std::malloc(n == 0 ? 1 : n)) return p;
   throw std::bad_alloc();
 }
@@ -77,13 +77,13 @@ TEST_SUITE("oom") {
       CAPTURE(n);
       Status s;
       bool threw = false;
-      g_allocations_left.store(n);
+      g_allocations_left = n;
       try {
         s = store.Write(batch);
       } catch (const std::bad_alloc&) {
         threw = true;
       }
-      g_allocations_left.store(-1);
+      g_allocations_left = -1;
       if (!threw) {
         REQUIRE_MESSAGE(s.ok(), s.ToString());
         applied = true;
@@ -141,13 +141,13 @@ TEST_SUITE("oom") {
       const std::string v = "w" + std::to_string(i);
       Status s;
       bool threw = false;
-      g_allocations_left.store(i % 3);
+      g_allocations_left = i % 3;
       try {
         s = erase ? store.Erase(k) : store.Put(k, v);
       } catch (const std::bad_alloc&) {
         threw = true;
       }
-      g_allocations_left.store(-1);
+      g_allocations_left = -1;
       if (threw) {
         ++thrown;
       } else if (erase) {

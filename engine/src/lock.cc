@@ -155,6 +155,19 @@ Status LockManager::AcquireFile(LockMode mode) {
   } else if (uncounted && ctl_ != nullptr) {
     Wake(&ctl_->lock_waiters, ctl_->lock_waiters.load(std::memory_order_acquire));
   }
+  // The waiter uncounts itself however the wait ends, also when memory runs
+  // out in it (Windows allocates in its lock table and its wait events).
+  struct Uncount {
+    LockManager* self;
+    LockMode mode;
+    bool counters, uncounted;
+    ~Uncount() {
+      try {
+        self->EndWaiting(mode, counters, uncounted);
+      } catch (...) {  // only the wake can throw (out of memory); the counts are down by then
+      }
+    }
+  } uncount{this, mode, counters, uncounted};
   while (true) {
     uint32_t seen = ctl_ != nullptr ? ctl_->lock_released.load(std::memory_order_acquire) : 0;
     s = file_->TryLock(kRwLockByte, 1, mode, &acquired);
@@ -171,6 +184,10 @@ Status LockManager::AcquireFile(LockMode mode) {
       std::this_thread::sleep_for(std::min<Clock::duration>(wait, std::chrono::milliseconds(1)));
     }
   }
+  return s;
+}
+
+void LockManager::EndWaiting(LockMode mode, bool counters, bool uncounted) {
   if (counters) {
     if (mode == LockMode::kExclusive) ctl_->writers_waiting.fetch_sub(1, std::memory_order_acq_rel);
     const uint32_t before = ctl_->lock_waiters.fetch_sub(1, std::memory_order_acq_rel);
@@ -179,7 +196,6 @@ Status LockManager::AcquireFile(LockMode mode) {
   } else if (uncounted) {
     file_->Unlock(kReadOnlyWaiterByte, 1).IgnoreError();
   }
-  return s;
 }
 
 bool LockManager::ReadOnlyWaiterHeld() {
@@ -310,12 +326,21 @@ Status LockManager::LockWrite(bool* fresh) {
                                         "(a ReadGuard, or a ForEach or Update callback's) would wait for "
                                         "itself");
   }
+  // The one allocation, made before anything is taken: memory running out
+  // must not leave a lock held that the caller does not know of.
+  t_writes.reserve(t_writes.size() + 1);
   rw_.Lock();
   const bool held = sticky_.exchange(false);  // rw_ is held exclusively: nobody else changes it
   if (fresh != nullptr) *fresh = !held;
   if (!held) {
-    if (handoff_) LetWaitersIn();
-    Status s = AcquireFile(LockMode::kExclusive);
+    Status s;
+    try {
+      if (handoff_) LetWaitersIn();
+      s = AcquireFile(LockMode::kExclusive);
+    } catch (...) {  // out of memory: nothing is taken but rw_
+      rw_.Unlock();
+      throw;
+    }
     if (!s.ok()) {
       rw_.Unlock();
       return s;
@@ -401,6 +426,7 @@ Status LockManager::LockRead() {
                                         ": a read asked for by the thread that holds the handle's write lock "
                                         "(from inside an Update callback?) would wait for itself");
   }
+  t_reads.reserve(t_reads.size() + 1);  // before anything is taken (as in LockWrite)
   if (Holds(t_reads, this)) {
     rw_.LockSharedNested();
   } else {
@@ -408,19 +434,24 @@ Status LockManager::LockRead() {
   }
   std::lock_guard<std::mutex> lock(file_mu_);
   if (shared_holders_ == 0 && !sticky_) {
-    // Let a waiting writer of another process go first, for a bounded time.
-    if (ctl_ != nullptr) {
-      RepairWaiterCounts();
-      const auto until = Clock::now() + kReaderHoldBack;
-      while (ctl_->writers_waiting.load(std::memory_order_acquire) > 0 && Clock::now() < until) {
-        uint32_t seen = ctl_->lock_released.load(std::memory_order_acquire);
-        Wait(&ctl_->lock_released, seen, std::chrono::milliseconds(1));
+    try {
+      // Let a waiting writer of another process go first, for a bounded time.
+      if (ctl_ != nullptr) {
+        RepairWaiterCounts();
+        const auto until = Clock::now() + kReaderHoldBack;
+        while (ctl_->writers_waiting.load(std::memory_order_acquire) > 0 && Clock::now() < until) {
+          uint32_t seen = ctl_->lock_released.load(std::memory_order_acquire);
+          Wait(&ctl_->lock_released, seen, std::chrono::milliseconds(1));
+        }
       }
-    }
-    Status s = AcquireFile(LockMode::kShared);
-    if (!s.ok()) {
+      Status s = AcquireFile(LockMode::kShared);
+      if (!s.ok()) {
+        rw_.UnlockShared();
+        return s;
+      }
+    } catch (...) {  // out of memory: nothing is taken but rw_
       rw_.UnlockShared();
-      return s;
+      throw;
     }
   }
   ++shared_holders_;

@@ -138,6 +138,10 @@ class LockManager {
 
  private:
   Status AcquireFile(LockMode mode);
+  // AcquireFile's end of waiting: uncounts the waiter and gives its waiter
+  // byte back (`counters`: counted in the control page; `uncounted`: held
+  // the read-only waiter byte instead).
+  void EndWaiting(LockMode mode, bool counters, bool uncounted);
   // True when a read-only handle waits (holds kReadOnlyWaiterByte): a probe,
   // two system calls when none does.
   bool ReadOnlyWaiterHeld();

@@ -289,51 +289,58 @@ class RangeLocks {
     if (Status s = CheckRange(*path_, offset, length); !s.ok()) return s;
     std::lock_guard<std::mutex> lock(mu_);
     const auto key = std::make_pair(offset, length);
-    const auto it = held_.find(key);
+    auto it = held_.find(key);
     if (it != held_.end() && it->second == mode) {
       *acquired = true;
       return Status::Ok();
     }
-    if (it == held_.end() && mode == LockMode::kShared) {
+    // A new range's entry is made before its lock is taken, and dropped if
+    // the lock is not granted: the entry is the one allocation, and memory
+    // running out must not leave a lock taken that the table does not know.
+    const bool fresh = it == held_.end();
+    if (fresh) it = held_.emplace(key, mode).first;
+    if (fresh && mode == LockMode::kShared) {
       DWORD err = 0;
-      if (!Acquire(offset, length, mode, &err)) return NotGranted(err, offset, length, mode);
-      held_[key] = mode;
+      if (!Acquire(offset, length, mode, &err)) {
+        held_.erase(it);
+        return NotGranted(err, offset, length, mode);
+      }
       *acquired = true;
       return Status::Ok();
     }
-    // An exclusive acquisition or a conversion: under the gate.
-    if (Status s = Gate(offset, length, true); !s.ok()) return s;
-    Status result;
-    if (it != held_.end()) {
-      const LockMode old = it->second;
-      Release(offset, length);
-      held_.erase(it);
-      DWORD err = 0;
-      if (Acquire(offset, length, mode, &err)) {
-        held_[key] = mode;
-        *acquired = true;
-      } else {
-        result = NotGranted(err, offset, length, mode);
-        DWORD back_err = 0;
-        // Cannot conflict: any other exclusive acquirer needs the gate we hold.
-        if (Acquire(offset, length, old, &back_err)) {
-          held_[key] = old;
-        } else {
-          result = Win32Status(*path_, "LockFileEx",
-                               "restoring the lock after a failed conversion, " + Range(offset, length), back_err);
-        }
-      }
-    } else {
-      DWORD err = 0;
-      if (Acquire(offset, length, mode, &err)) {
-        held_[key] = mode;
-        *acquired = true;
-      } else {
-        result = NotGranted(err, offset, length, mode);
-      }
+    // An exclusive acquisition or a conversion: under the gate, given back
+    // however this ends.
+    if (Status s = Gate(offset, length, true); !s.ok()) {
+      if (fresh) held_.erase(it);
+      return s;
     }
-    Gate(offset, length, false).IgnoreError();
-    return result;
+    struct Ungate {
+      RangeLocks* self;
+      uint64_t offset, length;
+      ~Ungate() { self->Gate(offset, length, false).IgnoreError(); }
+    } ungate{this, offset, length};
+    DWORD err = 0;
+    if (fresh) {
+      if (!Acquire(offset, length, mode, &err)) {
+        held_.erase(it);
+        return NotGranted(err, offset, length, mode);
+      }
+      *acquired = true;
+      return Status::Ok();
+    }
+    const LockMode old = it->second;
+    Release(offset, length);
+    if (Acquire(offset, length, mode, &err)) {
+      it->second = mode;
+      *acquired = true;
+      return Status::Ok();
+    }
+    DWORD back_err = 0;
+    // Cannot conflict: any other exclusive acquirer needs the gate we hold.
+    if (Acquire(offset, length, old, &back_err)) return NotGranted(err, offset, length, mode);
+    held_.erase(it);
+    return Win32Status(*path_, "LockFileEx", "restoring the lock after a failed conversion, " + Range(offset, length),
+                       back_err);
   }
 
   Status Unlock(uint64_t offset, uint64_t length) {
