@@ -617,7 +617,7 @@ TEST_SUITE("concurrency") {
 #if defined(MAPKV_TSAN)
     // The child opens a fresh handle, which starts a thread; ThreadSanitizer
     // cannot follow thread creation after a multi-threaded fork ("dup thread").
-    MESSAGE("SKIPPED under ThreadSanitizer: thread creation after a multi-threaded fork is not supported by TSan");
+    MESSAGE("SKIPPED: under ThreadSanitizer: thread creation after a multi-threaded fork is not supported by TSan");
     return;
 #endif
     TempDir dir;

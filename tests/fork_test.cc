@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <optional>
 #include <string>
 #include <system_error>
 #include <thread>
@@ -31,18 +32,24 @@ TEST_CASE("fork: a writer that dies leaves no lock behind in the child it forked
   const pid_t writer = fork();
   REQUIRE(writer >= 0);
   if (writer == 0) {
-    // The writer: holds the (sticky) write lock after a put, forks a long
-    // sleeper, tells the parent the sleeper's pid, then is killed.
+    // The writer: inside an Update, which holds the write lock until its
+    // callback returns (a sticky lock after a put could already be given
+    // back), forks a long sleeper, tells the parent the sleeper's pid, and
+    // waits there to be killed.
     Store s;
-    if (!Store::Open(path, {}, &s).ok() || !s.Put("k", "v1").ok()) _exit(10);
-    const pid_t sleeper = fork();
-    if (sleeper == 0) {
-      sleep(20);
-      _exit(0);
-    }
-    if (write(ready[1], &sleeper, sizeof sleeper) != sizeof sleeper) _exit(11);
-    pause();  // killed by the parent while holding the lock
-    _exit(12);
+    if (!Store::Open(path, {}, &s).ok()) _exit(10);
+    (void)s.Update("k", [&](std::optional<std::string_view>, std::string*) {
+      const pid_t sleeper = fork();
+      if (sleeper == 0) {
+        sleep(20);
+        _exit(0);
+      }
+      if (write(ready[1], &sleeper, sizeof sleeper) != sizeof sleeper) _exit(11);
+      pause();  // killed by the parent while holding the lock
+      _exit(12);
+      return Store::UpdateAction::kKeep;
+    });
+    _exit(13);
   }
   close(ready[1]);
   pid_t sleeper = 0;
@@ -51,6 +58,7 @@ TEST_CASE("fork: a writer that dies leaves no lock behind in the child it forked
   kill(writer, SIGKILL);
   int status = 0;
   REQUIRE(waitpid(writer, &status, 0) == writer);
+  REQUIRE(WIFSIGNALED(status));    // killed in its callback, not ended by an error (exit 10-13)
   REQUIRE(kill(sleeper, 0) == 0);  // the child still lives
 
   Options options;

@@ -649,8 +649,10 @@ TEST_SUITE("platform") {
     CHECK(BootId() == id);
     CHECK(id != std::array<uint8_t, 16>{});
 
-#ifndef _WIN32  // (under Wine the Linux file is readable too, but means nothing to Windows)
-    if (std::FILE* f = std::fopen("/proc/sys/kernel/random/boot_id", "r")) {
+#if defined(__linux__)  // (under Wine the Linux file is readable too, but means nothing to Windows)
+    std::FILE* f = std::fopen("/proc/sys/kernel/random/boot_id", "r");
+    REQUIRE_MESSAGE(f != nullptr, "cannot read /proc/sys/kernel/random/boot_id");
+    {
       char text[64] = {};
       const bool read = std::fgets(text, sizeof(text), f) != nullptr;
       std::fclose(f);

@@ -184,6 +184,22 @@ TEST_SUITE("shm") {
     REQUIRE(store.Get("after", &v).ok());
     CHECK(v == "kill");
     CheckClean(store);
+    // Every value is one the holder wrote whole: "k<j>" holds some i with
+    // i % 1000 == j, nothing torn, nothing half-undone.
+    int keys = 0;
+    REQUIRE(store
+                .ForEach("k",
+                         [&](std::string_view k, std::string_view value) {
+                           ++keys;
+                           CAPTURE(k);
+                           CAPTURE(value);
+                           const std::string digits(value);
+                           REQUIRE((!digits.empty() && digits.find_first_not_of("0123456789") == std::string::npos));
+                           CHECK(std::stoull(digits) % 1000 == std::stoull(std::string(k.substr(1))));
+                           return true;
+                         })
+                .ok());
+    CHECK(keys > 0);
   }
 
 #ifndef _WIN32

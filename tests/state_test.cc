@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <climits>
 #include <cstring>
 #include <optional>
@@ -38,6 +39,18 @@ uint64_t LastLogged(const std::string& log) {
   const size_t begin = end == 0 ? std::string::npos : text.rfind('\n', end - 1);
   const size_t from = begin == std::string::npos ? 0 : begin + 1;
   return std::stoull(text.substr(from, end - from));
+}
+
+// Waits (up to 20 s) until the child's log names a value past `after`: the
+// child has opened the store and is writing, so a kill from now on lands in
+// its writes. False when it never got there.
+bool WaitLogged(const std::string& log, uint64_t after) {
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (LastLogged(log) <= after) {
+    if (std::chrono::steady_clock::now() > give_up) return false;
+    ::usleep(1000);
+  }
+  return true;
 }
 
 // ---- children ---------------------------------------------------------------
@@ -518,7 +531,10 @@ TEST_SUITE("concurrency") {
     const int kIncrements = 100000;
     std::vector<int> pids;
     const auto start = Clock::now();
-    for (int p = 0; p < 4; ++p) pids.push_back(SpawnChild("increment", {path, "2", std::to_string(kIncrements)}));
+    for (int p = 0; p < 4; ++p) {
+      pids.push_back(SpawnChild("increment", {path, "2", std::to_string(kIncrements)}));
+      REQUIRE(pids.back() > 0);
+    }
     for (int pid : pids) CHECK(WaitChild(pid) == 0);
     MESSAGE("800000 contended increments: " << SecondsSince(start) << " s");
     Store store = MustOpen(path);
@@ -534,7 +550,10 @@ TEST_SUITE("concurrency") {
       REQUIRE(store.Put("cas", "0").ok());
     }
     std::vector<int> pids;
-    for (int p = 0; p < 4; ++p) pids.push_back(SpawnChild("cas", {path, "3000"}));
+    for (int p = 0; p < 4; ++p) {
+      pids.push_back(SpawnChild("cas", {path, "3000"}));
+      REQUIRE(pids.back() > 0);
+    }
     for (int pid : pids) CHECK(WaitChild(pid) == 0);
     Store store = MustOpen(path);
     std::string v;
@@ -616,12 +635,20 @@ TEST_SUITE("crash") {
     const std::string log = dir.File("acked.log");
     Rng rng(5);
     int64_t last = 0;
+    int advanced = 0;  // rounds in which the child acknowledged increments
     for (int round = 0; round < 30; ++round) {
+      CAPTURE(round);
+      const uint64_t before = LastLogged(log);
       const int pid = SpawnChild("counter", {path, log});
-      ::usleep(static_cast<useconds_t>(2000 + rng.Uniform(40000)));
+      REQUIRE(pid > 0);
+      // Killed while it increments: once its first increment of the round
+      // is acknowledged, after a random time more.
+      REQUIRE_MESSAGE(WaitLogged(log, before), "the child acknowledged no increment in 20 s");
+      ::usleep(static_cast<useconds_t>(rng.Uniform(40000)));
       ::kill(pid, SIGKILL);
-      WaitChild(pid);
+      CHECK(WaitChild(pid) == 128 + SIGKILL);  // not ended by an error of its own
       const int64_t acked = static_cast<int64_t>(LastLogged(log));
+      advanced += acked > static_cast<int64_t>(before);
       Options o;
       o.verify_checksums = true;  // a torn in-place change would fail its checksum
       Store store = MustOpen(path, o);
@@ -629,7 +656,6 @@ TEST_SUITE("crash") {
       int64_t n = 0;
       Status s = store.GetValue("n", &n);
       if (acked > 0) REQUIRE_MESSAGE(s.ok(), s.ToString());
-      CAPTURE(round);
       CHECK(n >= acked);
       CHECK(n >= last);
       // At most one increment returned without reaching the log, in this
@@ -637,6 +663,8 @@ TEST_SUITE("crash") {
       CHECK(n <= std::max(acked, last) + 1);
       last = n;
     }
+    CHECK(advanced == 30);
+    CHECK(last >= 30);
   }
 
   TEST_CASE("crash: a writer killed during large batches leaves each batch whole or absent") {
@@ -645,14 +673,18 @@ TEST_SUITE("crash") {
     const std::string log = dir.File("acked.log");
     Rng rng(99);
     uint64_t last_seen = 0;
-    int kills = 0;
+    int advanced = 0;  // rounds in which the child acknowledged batches
     for (int round = 0; round < 25; ++round) {
+      CAPTURE(round);
+      const uint64_t before = LastLogged(log);
       const int pid = SpawnChild("batch-writer", {path, log});
-      ::usleep(static_cast<useconds_t>(50000 + rng.Uniform(250000)));
+      REQUIRE(pid > 0);
+      REQUIRE_MESSAGE(WaitLogged(log, before), "the child acknowledged no batch in 20 s");
+      ::usleep(static_cast<useconds_t>(rng.Uniform(250000)));
       ::kill(pid, SIGKILL);
-      WaitChild(pid);
-      ++kills;
+      CHECK(WaitChild(pid) == 128 + SIGKILL);  // not ended by an error of its own
       const uint64_t acked = LastLogged(log);
+      advanced += acked > before;
       Store store = MustOpen(path);
       CheckClean(store);
       // Every key of the group holds the same version: the newest batch that
@@ -670,7 +702,6 @@ TEST_SUITE("crash") {
                              return true;
                            })
                   .ok());
-      CAPTURE(round);
       CAPTURE(acked);
       CHECK(same);
       if (seen > 0) CHECK(seen == kGroupKeys);
@@ -679,7 +710,10 @@ TEST_SUITE("crash") {
       CHECK(version >= last_seen);
       last_seen = version;
     }
-    MESSAGE(kills << " kills during batches of " << kGroupKeys << " puts; last version " << last_seen);
+    MESSAGE(advanced << " of 25 rounds acknowledged batches of " << kGroupKeys << " puts before the kill; last version "
+                     << last_seen);
+    CHECK(advanced == 25);
+    CHECK(last_seen >= 25);
   }
 }
 

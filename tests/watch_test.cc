@@ -611,6 +611,8 @@ TEST_CASE("concurrency: watch a writer killed inside a batch leaves no ring reco
   REQUIRE(WaitUntil([&] { return ctl->undo_count.load() > 1000; }));
   KillChild(pid);
   CHECK(WaitChild(pid) == kKilledExitCode);
+  // The kill landed inside a batch (not between two): its undo log is there.
+  REQUIRE(ctl->undo_count.load() > 0);
   const uint64_t committed = s.ChangeSeq();
   CHECK((committed - 100) % 50000 == 0);  // whole batches only
   REQUIRE(s.Put("after", "v").ok());      // recovers the killed writer first
