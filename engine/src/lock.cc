@@ -345,7 +345,10 @@ Status LockManager::LockWrite(bool* fresh) {
       rw_.Unlock();
       return s;
     }
-    RepairWaiterCounts();
+    try {
+      RepairWaiterCounts();  // best effort: a later lock holder repairs them
+    } catch (...) {
+    }
   }
   if (ctl_ != nullptr && ctl_writable_) ctl_->writer_pid.store(pid_, std::memory_order_relaxed);
   t_writes.push_back(this);
@@ -380,8 +383,8 @@ bool LockManager::StartKeeper() {
     keeper_fork_generation_ = ForkGeneration();
     try {
       keeper_ = std::thread([this] { KeeperLoop(); });
-    } catch (const std::system_error&) {
-      return false;  // out of threads (EAGAIN): the caller lets the lock go
+    } catch (...) {
+      return false;  // out of threads (EAGAIN) or memory: the caller lets the lock go
     }
   }
   keeper_started_.store(true, std::memory_order_release);

@@ -35,7 +35,7 @@ void Prefaulter::Request(Mapping* mapping, uint64_t offset, uint64_t length) {
       fork_generation_ = ForkGeneration();
       try {
         thread_ = std::thread(Run, &shared);
-      } catch (const std::system_error&) {
+      } catch (...) {
         // No thread to be had (a process or memory limit): the writer takes
         // its page faults as it would without prefaulting.
         no_thread_ = true;

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 #include <limits>
+#include <new>
 #include <optional>
 #include <thread>
 #include <utility>
@@ -416,7 +417,12 @@ Status StoreImpl::LockRead() const {
     s = locks_->LockRead();
     if (!s.ok()) return s;
     if (ctl_->undo_count.load(std::memory_order_acquire) == 0 && (ctl_->seq.load(std::memory_order_acquire) & 1) == 0) {
-      s = EnsureMapped();
+      try {
+        s = EnsureMapped();
+      } catch (...) {  // out of memory mapping a grown file: the lock goes back
+        locks_->UnlockRead();
+        throw;
+      }
       if (!s.ok()) locks_->UnlockRead();
       return s;
     }
@@ -777,7 +783,12 @@ Status StoreImpl::Write(const WriteBatch& batch, const WriteOptions& options) {
     });
   }
   if (s.ok() && options.sync) {
-    s = Checkpoint();
+    try {
+      s = Checkpoint();
+    } catch (const std::bad_alloc&) {
+      // The batch is in: a status, not an exception that would say it failed.
+      s = Status(Code::kIoError, path_ + ": out of memory in the checkpoint");
+    }
     if (!s.ok()) {
       s = Status(s.code(), s.message() + " (the batch was applied, but is not yet safe from a power cut)");
     }

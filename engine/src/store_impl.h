@@ -208,6 +208,17 @@ class StoreImpl {
   // handle included, recovers and reports the damage, where a sticky write
   // would have logged and committed on top of the half-undone one.
   Status RollBackWrite();
+  // RollBackWrite for a write that failed: when the rollback itself throws
+  // (out of memory), the lock is given back to the OS with the log as it is,
+  // for the next holder to finish, and the exception goes on.
+  Status RollBackOrDrop() {
+    try {
+      return RollBackWrite();
+    } catch (...) {
+      drop_write_lock_ = true;
+      throw;
+    }
+  }
   void SeqBegin();
   void SeqEnd();
   Status EnsureMapped() const;
@@ -299,7 +310,7 @@ Status StoreImpl::RunWrite(Body&& body, Heap::WriteScope scope) {
     ctl_->dirty = 1;
     heap_->Commit();
     PublishChanges();
-  } else if (Status r = RollBackWrite(); !r.ok()) {
+  } else if (Status r = RollBackOrDrop(); !r.ok()) {
     // The seqlock stays odd too, so that readers go to the lock (and the
     // recovery that reports the damage) instead of reading a half-undone write.
     return r;

@@ -241,7 +241,8 @@ class WordEvents {
 
   bool Wait(std::atomic<uint32_t>* word, uint64_t offset, uint32_t expected, std::chrono::microseconds timeout) {
     if (word->load(std::memory_order_acquire) != expected) return true;
-    UniqueHandle event(::CreateEventW(nullptr, TRUE, FALSE, Name(offset, expected).c_str()));
+    EventName name;
+    UniqueHandle event(::CreateEventW(nullptr, TRUE, FALSE, Name(offset, expected, &name)));
     if (!event.valid()) {
       // No event (out of handles?): sleep briefly; the caller re-checks.
       ::Sleep(1);
@@ -261,13 +262,33 @@ class WordEvents {
   }
 
   void Wake(uint64_t offset, uint32_t seen) {
-    UniqueHandle event(::OpenEventW(EVENT_MODIFY_STATE, FALSE, Name(offset, seen).c_str()));
+    EventName name;
+    UniqueHandle event(::OpenEventW(EVENT_MODIFY_STATE, FALSE, Name(offset, seen, &name)));
     if (event.valid()) ::SetEvent(event.get());
   }
 
  private:
-  std::wstring Name(uint64_t offset, uint32_t value) const {
-    return prefix_ + std::to_wstring(offset) + L"-" + std::to_wstring(value);
+  // Built on the stack: waits and wakes run on paths (unlocks, destructors,
+  // the keeper thread) that must not fail for lack of memory. The prefix is
+  // at most about 230 characters (a 200-character shm name).
+  using EventName = std::array<wchar_t, 320>;
+  const wchar_t* Name(uint64_t offset, uint32_t value, EventName* out) const {
+    size_t n = std::min(prefix_.size(), out->size() - 48);
+    std::copy_n(prefix_.data(), n, out->data());
+    auto append = [&](uint64_t v) {
+      wchar_t digits[20];
+      int k = 0;
+      do {
+        digits[k++] = static_cast<wchar_t>(L'0' + v % 10);
+        v /= 10;
+      } while (v != 0);
+      while (k > 0) (*out)[n++] = digits[--k];
+    };
+    append(offset);
+    (*out)[n++] = L'-';
+    append(value);
+    (*out)[n] = L'\0';
+    return out->data();
   }
 
   std::wstring prefix_;
@@ -745,8 +766,18 @@ Status LockFilePath(const std::string& name, bool create_dir, std::string* out) 
     return Status(Code::kIoError, "shm:" + name + ": SHGetKnownFolderPath(LocalAppData) failed (HRESULT " + code +
                                       "); the lock file of a named store lives there");
   }
-  const std::wstring dir = std::wstring(folder) + L"\\mapkv";
+  std::wstring dir = std::wstring(folder) + L"\\mapkv";
   ::CoTaskMemFree(folder);
+  // The \\?\ form below turns off Win32's path normalization: normalize
+  // first (a profile folder redirected to "D:/x/../Local" is still valid).
+  if (const DWORD n = ::GetFullPathNameW(dir.c_str(), 0, nullptr, nullptr); n != 0) {
+    std::wstring full(n, L'\0');
+    const DWORD got = ::GetFullPathNameW(dir.c_str(), n, full.data(), nullptr);
+    if (got != 0 && got < n) {
+      full.resize(got);
+      dir = std::move(full);
+    }
+  }
   const std::string dir_narrow = Narrow(dir.data(), dir.size());
   if (create_dir && !::CreateDirectoryW(dir.c_str(), nullptr) && ::GetLastError() != ERROR_ALREADY_EXISTS) {
     return Win32Status("shm:" + name, "CreateDirectoryW", dir_narrow + " (for the lock file)", ::GetLastError());
@@ -773,11 +804,15 @@ Status OpenLockFile(const std::string& store_path, const std::string& lock_path,
       *out = std::move(h);
       return Status::Ok();
     }
-    // ERROR_ACCESS_DENIED: also a file being removed (delete pending).
+    // ERROR_ACCESS_DENIED: also a file being removed (delete pending),
+    // unless the path is a directory or a read-only file (for good).
     const DWORD err = ::GetLastError();
-    if ((err != ERROR_SHARING_VIOLATION && err != ERROR_ACCESS_DENIED) || std::chrono::steady_clock::now() > give_up) {
-      break;
+    bool passing = err == ERROR_SHARING_VIOLATION;
+    if (err == ERROR_ACCESS_DENIED) {
+      const DWORD attrs = ::GetFileAttributesW(wpath.c_str());
+      passing = attrs == INVALID_FILE_ATTRIBUTES || (attrs & (FILE_ATTRIBUTE_DIRECTORY | FILE_ATTRIBUTE_READONLY)) == 0;
     }
+    if (!passing || std::chrono::steady_clock::now() > give_up) break;
     ::Sleep(1);
   }
   // The same open once more, for its error in OpenHandle's words.
