@@ -736,6 +736,14 @@ TEST_SUITE("store") {
     CHECK(Store::Open("", {}, &store).code() == Code::kInvalidArgument);
     CHECK(Store::Open(dir.File("no/such/dir/s.mkv"), {}, &store).code() == Code::kNotFound);
     CHECK(ReadFileBytes(path) == reopened);
+    // A table that would pass the format's 4 TiB limit: refused before any
+    // byte is reserved, and no file is left behind.
+    Options huge;
+    huge.initial_capacity = uint64_t{1} << 42;
+    const Status too_big = Store::Open(dir.File("huge.mkv"), huge, &store);
+    CHECK(too_big.code() == Code::kInvalidArgument);
+    CHECK_MESSAGE(too_big.message().find("4 TiB") != std::string::npos, too_big.ToString());
+    CHECK_FALSE(std::filesystem::exists(dir.File("huge.mkv")));
 
 #ifndef _WIN32
     // file_mode applies to a new file (before the umask).
@@ -1058,7 +1066,8 @@ TEST_SUITE("store") {
   }
 
   // checkpoint_on_close = false is for closes that must be fast or must not
-  // write (mapkv watch): such a close leaves the trimming to a later close.
+  // write (mapkv watch): such a close leaves the moving of records to a
+  // later close (here nothing is free at the file's end to cut either).
   TEST_CASE("store: a close with checkpoint_on_close off moves no record and keeps the file's length") {
     TempDir dir;
     const std::string path = dir.File("s.mkv");

@@ -591,6 +591,9 @@ Status Heap::Grow(uint64_t need_end) {
       if (covers) break;
     }
   }
+  if (new_size > kMaxFileSize && !relocate && need_end <= kMaxFileSize) {
+    new_size = kMaxFileSize;  // the last growth: less headroom than usual
+  }
   if (new_size > kMaxFileSize) {
     return Status(Code::kNoSpace, file_->path() + ": the store would grow to " + std::to_string(new_size) +
                                       " bytes, past the format's limit of " + std::to_string(kMaxFileSize) +

@@ -104,6 +104,14 @@ Status StoreImpl::Open(std::string_view path_view, const Options& options, std::
                                               std::to_string(options.change_ring_capacity) + " is over the limit of " +
                                               std::to_string(kMaxRingCapacity) + " entries");
   }
+  // The largest table that fits the format's 4 TiB (kMaxFileSize) with room
+  // to spare: 2^38 slots, 2 TiB.
+  constexpr uint64_t kMaxInitialCapacity = (uint64_t{1} << 38) / kMaxLoadDen * kMaxLoadNum;
+  if (options.initial_capacity > kMaxInitialCapacity) {
+    return Status(Code::kInvalidArgument, path + ": initial_capacity " + std::to_string(options.initial_capacity) +
+                                              " is over the limit of " + std::to_string(kMaxInitialCapacity) +
+                                              " entries (a store is at most 4 TiB)");
+  }
   if (path.compare(0, kSharedPrefix.size(), kSharedPrefix) == 0) return OpenShared(path, options, out);
   FileSpec spec;
   spec.read_only = options.read_only;
@@ -671,20 +679,27 @@ Status StoreImpl::RebuildAllocMap() {
 }
 
 Status StoreImpl::TrimIfAlone() {
-  // A close that does not checkpoint writes nothing: moving records down
-  // would leave the store dirty, and the closes that want speed (the
-  // option's purpose) or no writes (mapkv watch) turn checkpoints off.
-  if (read_only_ || !options_.checkpoint_on_close || !locks_->TryBecomeAlone()) return Status::Ok();
+  if (read_only_ || !locks_->TryBecomeAlone()) return Status::Ok();
   bool fresh = false;
   Status s = locks_->LockWrite(&fresh);
   if (!s.ok()) return s;
+  struct Unlock {  // also when memory runs out below
+    LockManager* locks;
+    ~Unlock() { locks->UnlockWrite(false); }
+  } unlock{locks_.get()};
   // A process killed in the middle of a write is recovered first, as by any
-  // write: the close's own writes would otherwise commit its undo log.
-  if (fresh) s = TakeOverWriteLock();
+  // write: the close's own writes would otherwise commit its undo log. (The
+  // same for this handle's own write left unfinished, as BeginWrite.)
+  if (fresh || ctl_->undo_count.load() != 0 || (ctl_->seq.load() & 1) != 0) s = TakeOverWriteLock();
   if (s.ok()) s = ValidateControl();  // a file cut by another program: touch nothing past its end
   const bool unchanged = ctl_->tail_checked_seq != 0 && ctl_->tail_checked_seq == ctl_->change_seq.load() + 1;
-  if (s.ok() && !unchanged) s = CompactTail();
-  if (s.ok()) {
+  // A close that does not checkpoint moves no record (that would leave the
+  // store dirty): the closes that want speed (the option's purpose) or no
+  // writes (mapkv watch) turn checkpoints off. It still cuts what is free
+  // at the file's end below, which changes no byte of the store.
+  const bool trim = options_.checkpoint_on_close;
+  if (s.ok() && trim && !unchanged) s = CompactTail();
+  if (s.ok() && trim) {
     s = Checkpoint();  // also frees what CompactTail moved away from
     if (s.ok() && !unchanged && SnapshotOnTop()) s = RehomeSnapshots(kHeapOffset / kGranule);
     const uint64_t map_end = ctl_->alloc_offset + RoundUp(ctl_->alloc_words * sizeof(AllocWord), kPageSize);
@@ -721,15 +736,29 @@ Status StoreImpl::TrimIfAlone() {
     ctl_->heap_end = std::min(ctl_->heap_end, cut);
     s = CutFile(cut);
   }
-  if (s.ok() && ctl_->dirty == 0) ctl_->tail_checked_seq = ctl_->change_seq.load() + 1;
-  locks_->UnlockWrite(false);
+  if (s.ok() && trim && ctl_->dirty == 0) ctl_->tail_checked_seq = ctl_->change_seq.load() + 1;
   return s;
 }
 
 Status StoreImpl::Close() {
   if (!file_) return Status::Ok();
   Status s;
-  if (ctl_ != nullptr && fork_generation_ == ForkGeneration()) s = TrimIfAlone();
+  if (ctl_ != nullptr && fork_generation_ == ForkGeneration()) {
+    try {
+      s = TrimIfAlone();
+    } catch (...) {
+      // Out of memory in the close's trim: the store is left as a process
+      // killed at that point would leave it (the next writer recovers it),
+      // and the handle closes all the same; a close never throws (~Store
+      // calls it).
+      try {
+        s = Status(Code::kIoError, path_ +
+                                       ": out of memory while trimming the store at close (left for the next "
+                                       "writer to recover, as after a killed process)");
+      } catch (...) {
+      }
+    }
+  }
   if (locks_ && fork_generation_ != ForkGeneration()) {
     // A forked child: the parent's threads (the lock keeper, waiting writers)
     // are not here, but the mutexes and condition variables they held or

@@ -27,7 +27,8 @@ struct Options {
 
   // At creation only. Number of entries to size the hash table for, so a
   // store whose size is known up front never rehashes. 0 picks a small
-  // table that grows on demand. Default: 0.
+  // table that grows on demand. At most 3 * 2^36 (a 2 TiB table; a store is
+  // at most 4 TiB): more is kInvalidArgument, at every open. Default: 0.
   uint64_t initial_capacity = 0;
 
   // At creation only. Permission bits of a new file (before the umask).
@@ -51,9 +52,9 @@ struct Options {
   // Every open. On the close of the last handle of a writable store,
   // checkpoint it (a synchronous flush), so the file on disk is complete
   // and a later power cut cannot take back what this process wrote.
-  // Off, the close writes nothing at all: the last handle's close also
-  // leaves the trimming of the file (moving the highest records down and
-  // cutting it) to a later close that checkpoints.
+  // Off, the close changes no data: the last handle's close moves no
+  // record down (that is left to a later close that checkpoints) and only
+  // cuts free space at the file's end.
   // Default: true. Turn off for short-lived handles that must close fast.
   bool checkpoint_on_close = true;
 
