@@ -150,6 +150,9 @@ TEST_SUITE("oom") {
       g_allocations_left = -1;
       if (threw) {
         ++thrown;
+        ControlView ctl(path);  // undone at once (as in the batch case above)
+        CHECK(ctl->undo_count.load() == 0);
+        CHECK((ctl->seq.load() & 1) == 0);
       } else if (erase) {
         REQUIRE((s.ok() || s.IsNotFound()));
         model.erase(k);
@@ -160,6 +163,7 @@ TEST_SUITE("oom") {
       if (i % 100 == 0) REQUIRE(Dump(store) == model);
     }
     MESSAGE(thrown << " of 3000 writes ran out of memory");
+    CHECK(thrown > 0);
     CHECK(Dump(store) == model);
     CheckClean(store);
     REQUIRE(store.Close().ok());

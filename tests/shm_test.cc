@@ -174,7 +174,11 @@ TEST_SUITE("shm") {
       std::this_thread::sleep_for(std::chrono::milliseconds(5));
     }
     REQUIRE(v == "running");
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));  // let it write for a while
+    // Let it write for a while: at least its first key, then 50 ms more.
+    while (Clock::now() < deadline && !store.Get("k0", &v).ok()) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
     KillChild(pid);
     CHECK(WaitChild(pid) == kKilledExitCode);
     // The killed writer's lock is gone and its unfinished write is undone.

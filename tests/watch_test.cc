@@ -110,9 +110,9 @@ int GrowerChild(const std::vector<std::string>& args) {
 int BatchChild(const std::vector<std::string>& args) {
   Store s;
   if (!Store::Open(args[0], Ring(1 << 17), &s).ok()) return 3;
+  WriteBatch b;  // built once: the child is nearly always inside a Write
+  for (uint64_t i = 0; i < std::stoull(args[1]); ++i) b.Put("dead/" + std::to_string(i), "v");
   for (;;) {
-    WriteBatch b;
-    for (uint64_t i = 0; i < std::stoull(args[1]); ++i) b.Put("dead/" + std::to_string(i), "v");
     if (!s.Write(b).ok()) return 4;
   }
 }
@@ -305,7 +305,11 @@ TEST_CASE("watch: WaitForChange times out, returns at once when behind, and need
     std::this_thread::sleep_for(50ms);
     CHECK(s.Put("k", "w").ok());
   });
+  // Woken, not timed out: a lost wake-up would return kOk only at the
+  // deadline (WaitForChange reads the sequence once more then).
+  const auto t_wake = Clock::now();
   CHECK(s.WaitForChange(1, 20s, &seq).ok());
+  CHECK(SecondsSince(t_wake) < 5);
   CHECK(seq == 2);
   writer.join();
   Options ro;
@@ -480,7 +484,9 @@ TEST_CASE("concurrency: watch a killed waiting watcher costs writers nothing and
   REQUIRE(WaitUntil([&] { return ctl->change_waiters.load() == 1; }));
   REQUIRE(s.Put("k", "late").ok());
   CHECK(WaitChild(late) == 0);
-  CHECK(ReadResult(dir.File("late")).seq == 203);
+  const WaitResult late_result = ReadResult(dir.File("late"));
+  CHECK(late_result.seq == 203);
+  CHECK(late_result.wall_us < 5'000'000);  // woken by the put, not by its 20 s deadline
 }
 
 // The waiter byte's lock is the handle's, not the thread's. Two threads of
@@ -509,9 +515,12 @@ TEST_CASE("concurrency: watch threads waiting on one handle keep the count right
         // A second thread of the handle waits and leaves while the first waits on.
         CHECK(watcher.WaitForChange(since, 1ms, nullptr).code() == Code::kTimedOut);
       }
+      const auto t_put = Clock::now();
       const Status put = writer->Put("k", std::to_string(round));
       t.join();
       REQUIRE(put.ok());
+      // Woken by the put: a lost wake-up ends only at the 20 s deadline.
+      CHECK_MESSAGE(SecondsSince(t_put) < 5, "writer: " << who << ", round " << round << ": not woken");
       REQUIRE_MESSAGE(counted, "writer: " << who << ", round " << round << ": the waiting thread was not counted");
       CHECK(long_wait.ok());
       const uint32_t left = ctl->change_waiters.load();
@@ -602,17 +611,22 @@ TEST_CASE("concurrency: watch a writer killed inside a batch leaves no ring reco
   const std::string path = dir.File("s.mkv");
   Store s = MustOpen(path, Ring(1 << 17));
   for (int i = 0; i < 100; ++i) REQUIRE(s.Put("before/" + std::to_string(i), "v").ok());
-  const int pid = SpawnChild("watch.batch", {path, "50000"});
-  REQUIRE(pid > 0);
-  // Kill it inside a batch: once its first batch committed, while a later
-  // one has written part of its log (and of its ring entries).
   ControlView ctl(path);
-  REQUIRE(WaitUntil([&] { return s.ChangeSeq() >= 100 + 50000; }));
-  REQUIRE(WaitUntil([&] { return ctl->undo_count.load() > 1000; }));
-  KillChild(pid);
-  CHECK(WaitChild(pid) == kKilledExitCode);
-  // The kill landed inside a batch (not between two): its undo log is there.
-  REQUIRE(ctl->undo_count.load() > 0);
+  // Kill it inside a batch: once its first batch committed, while a later
+  // one has written part of its log (and of its ring entries). A kill that
+  // a descheduled test lands between two batches is tried again.
+  for (int attempt = 0; attempt < 5 && ctl->undo_count.load() == 0; ++attempt) {
+    const uint64_t before = s.ChangeSeq();
+    const int pid = SpawnChild("watch.batch", {path, "50000"});
+    REQUIRE(pid > 0);
+    const bool committed_one = WaitUntil([&] { return s.ChangeSeq() >= before + 50000; });
+    const bool inside = committed_one && WaitUntil([&] { return ctl->undo_count.load() > 1000; });
+    KillChild(pid);
+    CHECK(WaitChild(pid) == kKilledExitCode);
+    REQUIRE(committed_one);
+    REQUIRE(inside);
+  }
+  REQUIRE(ctl->undo_count.load() > 0);  // the kill landed inside a batch
   const uint64_t committed = s.ChangeSeq();
   CHECK((committed - 100) % 50000 == 0);  // whole batches only
   REQUIRE(s.Put("after", "v").ok());      // recovers the killed writer first
