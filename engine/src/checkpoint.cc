@@ -31,15 +31,21 @@ Status StoreImpl::Checkpoint() {
   const int k = static_cast<int>(gen & 1);
   const uint64_t need = ctl_->pagemap_bytes;
 
-  Status s = heap_->Begin();
-  if (s.ok() && ctl_->snapshot_slot_bytes[k] < need) {
-    uint64_t g = 0;
-    s = heap_->Allocate(need / kGranule, 1, &g);
-    if (s.ok() && ctl_->snapshot_slot_bytes[k] != 0) {
-      s = heap_->Free(ctl_->snapshot_slot_offset[k] / kGranule, ctl_->snapshot_slot_bytes[k] / kGranule);
+  Status s;
+  try {
+    s = heap_->Begin();
+    if (s.ok() && ctl_->snapshot_slot_bytes[k] < need) {
+      uint64_t g = 0;
+      s = heap_->Allocate(need / kGranule, 1, &g);
+      if (s.ok() && ctl_->snapshot_slot_bytes[k] != 0) {
+        s = heap_->Free(ctl_->snapshot_slot_offset[k] / kGranule, ctl_->snapshot_slot_bytes[k] / kGranule);
+      }
+      if (s.ok()) s = heap_->SetWord(&ctl_->snapshot_slot_offset[k], g * kGranule);
+      if (s.ok()) s = heap_->SetWord(&ctl_->snapshot_slot_bytes[k], need);
     }
-    if (s.ok()) s = heap_->SetWord(&ctl_->snapshot_slot_offset[k], g * kGranule);
-    if (s.ok()) s = heap_->SetWord(&ctl_->snapshot_slot_bytes[k], need);
+  } catch (...) {  // out of memory (a growth's mapping): undone as a failed step is
+    AbandonWrite();
+    throw;
   }
   if (!s.ok()) {
     Status r = RollBackWrite();

@@ -196,16 +196,22 @@ Status StoreImpl::Compact() {
   if (!s.ok()) return s;
   ctl_->alloc_cursor = kHeapOffset / kGranule;
   if (locks_->TryBecomeAlone()) {
-    const uint64_t target = heap_->RoundGrowth((ctl_->heap_end + 65535) / 65536 * 65536);
-    if (target < ctl_->file_size.load()) s = CutFile(target);
-    // Not alone from here on. A shortening the OS put off (Windows, while
-    // this handle's own views exist) would be done when this handle is
-    // destroyed, over bytes another process may have written since (its
+    // Not alone from the end of this block on, however it ends (also when
+    // memory runs out in the cut). A shortening the OS put off (Windows,
+    // while this handle's own views exist) would be done when this handle
+    // is destroyed, over bytes another process may have written since (its
     // growth up to the file's old length changes no length to notice); the
     // file keeps its length instead, and a close that finds itself alone
     // cuts it then.
-    file_->KeepLength();
-    locks_->EndAlone();
+    struct EndAlone {
+      StoreImpl* self;
+      ~EndAlone() {
+        self->file_->KeepLength();
+        self->locks_->EndAlone();
+      }
+    } end_alone{this};
+    const uint64_t target = heap_->RoundGrowth((ctl_->heap_end + 65535) / 65536 * 65536);
+    if (target < ctl_->file_size.load()) s = CutFile(target);
   }
   return s;
 }

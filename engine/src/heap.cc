@@ -722,7 +722,12 @@ Status Heap::FreePages(uint64_t pagemap, uint64_t pages) {
 }
 
 uint64_t Heap::ReleasedMapChecksum() const {
-  XXH3_state_t* state = XXH3_createState();
+  // On the stack (xxhash.h is inlined whole, so the state's type is
+  // complete): XXH3_createState would malloc, and return null when memory
+  // is short.
+  alignas(64) XXH3_state_t state_storage;
+  XXH3_state_t* state = &state_storage;
+  XXH3_INITSTATE(state);
   XXH3_64bits_reset(state);
   const AllocWord* m = map();
   AllocWord buf[256];
@@ -732,9 +737,7 @@ uint64_t Heap::ReleasedMapChecksum() const {
     for (uint64_t j = 0; j < k; ++j) buf[j] = AllocWord{m[i + j].used & ~m[i + j].freed, 0, 0};
     XXH3_64bits_update(state, buf, k * sizeof(AllocWord));
   }
-  uint64_t h = XXH3_64bits_digest(state);
-  XXH3_freeState(state);
-  return h;
+  return XXH3_64bits_digest(state);
 }
 
 void Heap::ReleaseAll() {

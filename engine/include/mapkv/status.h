@@ -4,11 +4,12 @@
 // a Status). The engine throws nothing of its own; callers who prefer
 // exceptions wrap calls in OrThrow(). Only memory running out reaches the
 // caller as std::bad_alloc (from a container or a message the engine builds);
-// a write it interrupts is undone first (a checkpoint's, in Flush or Compact,
-// is left for the next writer to recover, as after a kill) and the lock is
-// given back. See docs/DESIGN.md for what is not covered yet. A Status carries a stable Code (safe to switch on; the
-// CLI maps it to an exit code, several codes to one) and a one-line message that names the file and the step that
-// failed, e.g.
+// a write it interrupts is undone first and the lock is given back. See
+// docs/DESIGN.md for what is not covered yet.
+//
+// A Status carries a stable Code (safe to switch on; the CLI maps it to an
+// exit code, several codes to one) and a one-line message that names the
+// file and the step that failed, e.g.
 //   "/var/lib/app/state.mkv: not a mapkv store (no meta page has the mapkv magic)"
 #ifndef MAPKV_STATUS_H_
 #define MAPKV_STATUS_H_
