@@ -53,6 +53,23 @@ bool WaitLogged(const std::string& log, uint64_t after) {
   return true;
 }
 
+// One round of a kill test: starts child `name` (args: path, log), waits
+// until it acknowledged a write past `before`, lets it go on for a random
+// time below `max_delay_us`, kills it (also when it never got going: no
+// child is left behind) and checks that it died of the kill, not of an
+// error of its own. Returns the last value the log acknowledges.
+uint64_t KillWhileWriting(const std::string& name, const std::string& path, const std::string& log, uint64_t before,
+                          uint64_t max_delay_us, Rng* rng) {
+  const int pid = SpawnChild(name, {path, log});
+  REQUIRE(pid > 0);
+  const bool writing = WaitLogged(log, before);
+  if (writing) ::usleep(static_cast<useconds_t>(rng->Uniform(max_delay_us)));
+  ::kill(pid, SIGKILL);
+  REQUIRE_MESSAGE(writing, "child " << name << " acknowledged no write in 20 s");
+  CHECK(WaitChild(pid) == 128 + SIGKILL);
+  return LastLogged(log);
+}
+
 // ---- children ---------------------------------------------------------------
 
 // args: path, threads, increments per thread. Every thread of the process
@@ -639,16 +656,9 @@ TEST_SUITE("crash") {
     for (int round = 0; round < 30; ++round) {
       CAPTURE(round);
       const uint64_t before = LastLogged(log);
-      const int pid = SpawnChild("counter", {path, log});
-      REQUIRE(pid > 0);
       // Killed while it increments: once its first increment of the round
       // is acknowledged, after a random time more.
-      const bool writing = WaitLogged(log, before);
-      if (writing) ::usleep(static_cast<useconds_t>(rng.Uniform(40000)));
-      ::kill(pid, SIGKILL);  // also when it never got going: no child left behind
-      REQUIRE_MESSAGE(writing, "the child acknowledged no increment in 20 s");
-      CHECK(WaitChild(pid) == 128 + SIGKILL);  // not ended by an error of its own
-      const int64_t acked = static_cast<int64_t>(LastLogged(log));
+      const int64_t acked = static_cast<int64_t>(KillWhileWriting("counter", path, log, before, 40000, &rng));
       advanced += acked > static_cast<int64_t>(before);
       Options o;
       o.verify_checksums = true;  // a torn in-place change would fail its checksum
@@ -678,14 +688,7 @@ TEST_SUITE("crash") {
     for (int round = 0; round < 25; ++round) {
       CAPTURE(round);
       const uint64_t before = LastLogged(log);
-      const int pid = SpawnChild("batch-writer", {path, log});
-      REQUIRE(pid > 0);
-      const bool writing = WaitLogged(log, before);
-      if (writing) ::usleep(static_cast<useconds_t>(rng.Uniform(250000)));
-      ::kill(pid, SIGKILL);  // also when it never got going: no child left behind
-      REQUIRE_MESSAGE(writing, "the child acknowledged no batch in 20 s");
-      CHECK(WaitChild(pid) == 128 + SIGKILL);  // not ended by an error of its own
-      const uint64_t acked = LastLogged(log);
+      const uint64_t acked = KillWhileWriting("batch-writer", path, log, before, 250000, &rng);
       advanced += acked > before;
       Store store = MustOpen(path);
       CheckClean(store);

@@ -709,20 +709,18 @@ Status StoreImpl::Erase(std::string_view key) {
   Status s = CheckKey(path_, key);
   if (s.ok()) s = BeginWrite();
   if (!s.ok()) return s;
+  WriteEnder end{this};
+  const uint64_t hash = HashKey(key, seed_);
   bool found = false;
-  {
-    WriteEnder end{this};
-    const uint64_t hash = HashKey(key, seed_);
-    // An absent key is looked up first: erasing it changes nothing, so it
-    // must not make a write (which would leave the store to checkpoint).
-    uint64_t index;
-    RecordRef rec;
-    const TableReader::Result lookup = table_->Reader().Find(key, hash, &index, &rec);
-    if (lookup == TableReader::Result::kBad) {
-      s = ProbeLeftFile();
-    } else if (lookup == TableReader::Result::kFound) {
-      s = RunWrite([&] { return ApplyErase(key, hash, &found); });
-    }
+  // An absent key is looked up first: erasing it changes nothing, so it
+  // must not make a write (which would leave the store to checkpoint).
+  uint64_t index;
+  RecordRef rec;
+  const TableReader::Result lookup = table_->Reader().Find(key, hash, &index, &rec);
+  if (lookup == TableReader::Result::kBad) {
+    s = ProbeLeftFile();
+  } else if (lookup == TableReader::Result::kFound) {
+    s = RunWrite([&] { return ApplyErase(key, hash, &found); });
   }
   if (s.ok() && !found) return Status::KeyNotFound();
   return s;
