@@ -9,9 +9,13 @@
 // g_allocations_left at -1 (always, outside these tests) it is malloc; set
 // to n >= 0, the calling thread's (n+1)th allocation from then on throws
 // std::bad_alloc.
+#include <algorithm>
+#include <atomic>
 #include <cstdlib>
+#include <filesystem>
 #include <new>
 #include <string>
+#include <vector>
 
 #include "store_test_helpers.h"
 
@@ -37,6 +41,48 @@ void operator delete(void* p, std::size_t) noexcept { std::free(p); }
 
 namespace mapkv::test {
 namespace {
+
+// Runs `open` with the nth allocation failing, for n = 0, 1, 2, ... until
+// an open goes through; after each one that threw, runs `after_throw(n)`.
+// Returns how many threw.
+template <typename Open, typename AfterThrow>
+int CountDownOpens(Open&& open, AfterThrow&& after_throw) {
+  int thrown = 0;
+  for (long n = 0; n < 100000; ++n) {
+    CAPTURE(n);
+    bool threw = false;
+    Status s;
+    Store store;
+    g_allocations_left = n;
+    try {
+      s = open(&store);
+    } catch (const std::bad_alloc&) {
+      threw = true;
+    }
+    g_allocations_left = -1;
+    if (!threw) {
+      REQUIRE_MESSAGE(s.ok(), s.ToString());
+      REQUIRE(store.Close().ok());
+      return thrown;
+    }
+    ++thrown;
+    after_throw(n);
+  }
+  FAIL("no open went through in 100000 tries");
+  return thrown;
+}
+
+// The names in `dir` other than `keep`, sorted, each followed by a space.
+std::string OtherFiles(const std::string& dir, const std::string& keep) {
+  std::vector<std::string> names;
+  for (const auto& e : std::filesystem::directory_iterator(dir)) {
+    if (e.path().filename().string() != keep) names.push_back(e.path().filename().string());
+  }
+  std::sort(names.begin(), names.end());
+  std::string text;
+  for (const std::string& name : names) text += name + " ";
+  return text;
+}
 
 TEST_SUITE("oom") {
   // A batch is tried with the nth allocation inside it failing, for growing
@@ -169,6 +215,99 @@ TEST_SUITE("oom") {
     REQUIRE(store.Close().ok());
     Store again = MustOpen(path);
     CHECK(Dump(again) == model);
+  }
+
+  // An open allocates (names, messages, the handle's parts) before, while and
+  // after it builds, maps and recovers a store. Out of memory at any of those
+  // points must leave no half-made file and nothing that the next open
+  // takes for damage.
+  TEST_CASE("oom: creating a store that runs out of memory leaves no file behind or a whole store") {
+    TempDir dir;
+    const std::string path = dir.File("s.mkv");
+    const int thrown = CountDownOpens([&](Store* store) { return Store::Open(path, Options{}, store); },
+                                      [&](long) {
+                                        // No temporary file left over; the
+                                        // store either does not exist or
+                                        // opens and is sound.
+                                        CHECK(OtherFiles(dir.path(), "s.mkv") == "");
+                                        if (std::filesystem::exists(path)) {
+                                          Store again = MustOpen(path);
+                                          CheckClean(again);
+                                          REQUIRE(again.Close().ok());
+                                          std::filesystem::remove(path);
+                                        }
+                                      });
+    MESSAGE(thrown << " creations ran out of memory before one went through");
+    CHECK(thrown > 0);
+  }
+
+  TEST_CASE("oom: creating a named store that runs out of memory leaves it empty or whole") {
+    static std::atomic<int> counter{0};
+    const std::string name =
+        "shm:mapkv-oom-" + std::to_string(internal::ProcessId()) + "-" + std::to_string(counter.fetch_add(1));
+    Store::RemoveShared(name).IgnoreError();
+    Options options;
+    options.initial_capacity = 5000;
+    const int thrown = CountDownOpens([&](Store* store) { return Store::Open(name, options, store); },
+                                      [&](long) {
+                                        // The next open finds the store new
+                                        // (empty, initialized by it) or
+                                        // whole, never half built.
+                                        Store again;
+                                        Status s = Store::Open(name, options, &again);
+                                        REQUIRE_MESSAGE(s.ok(), s.ToString());
+                                        CheckClean(again);
+                                        REQUIRE(again.Put("k", "v").ok());
+                                        REQUIRE(again.Close().ok());
+                                        REQUIRE(Store::RemoveShared(name).ok());
+                                      });
+    REQUIRE(Store::RemoveShared(name).ok());
+    MESSAGE(thrown << " creations ran out of memory before one went through");
+    CHECK(thrown > 0);
+  }
+
+  TEST_CASE("oom: opening a store after a reboot that runs out of memory leaves it to the next open") {
+    TempDir dir;
+    const std::string path = dir.File("s.mkv");
+    const std::string cut = dir.File("cut.mkv");
+    Model model;
+    {
+      Store store = MustOpen(path);
+      for (int i = 0; i < 300; ++i) {
+        REQUIRE(store.Put(Key16(static_cast<uint64_t>(i)), "v" + std::to_string(i)).ok());
+        model[Key16(static_cast<uint64_t>(i))] = "v" + std::to_string(i);
+      }
+      REQUIRE(store.Flush(FlushMode::kSync).ok());
+      // Changes after the checkpoint, which the "reboot" loses: the open
+      // rebuilds the live state from the meta page, the allocation map
+      // included (its checksum no longer matches).
+      for (int i = 200; i < 300; ++i) REQUIRE(store.Erase(Key16(static_cast<uint64_t>(i))).ok());
+      for (int i = 0; i < 50; ++i) REQUIRE(store.Put(Key16(static_cast<uint64_t>(i)), "lost").ok());
+      // The file as a power cut would leave it, after the OS wrote it all.
+      WriteFileBytes(cut, ReadFileBytes(path));
+      REQUIRE(store.Close().ok());
+    }
+    BootIdGuard reboot(7);
+    const int thrown = CountDownOpens([&](Store* store) { return Store::Open(cut, Options{}, store); },
+                                      [&](long) {
+                                        // What the open left opens (a
+                                        // copy, so that the next try
+                                        // starts from the same file) and
+                                        // holds the checkpoint.
+                                        const std::string copy = dir.File("copy.mkv");
+                                        WriteFileBytes(copy, ReadFileBytes(cut));
+                                        {
+                                          Store again = MustOpen(copy);
+                                          CHECK(Dump(again) == model);
+                                        }
+                                        std::filesystem::remove(copy);
+                                        CHECK(OtherFiles(dir.path(), "s.mkv") == "cut.mkv ");
+                                      });
+    MESSAGE(thrown << " opens ran out of memory before one went through");
+    CHECK(thrown > 0);
+    Store again = MustOpen(cut);
+    CHECK(Dump(again) == model);
+    CheckClean(again);
   }
 }
 

@@ -198,11 +198,19 @@ void LockManager::EndWaiting(LockMode mode, bool counters, bool uncounted) {
   }
 }
 
-bool LockManager::ReadOnlyWaiterHeld() {
-  bool free = false;
-  if (!file_->TryLock(kReadOnlyWaiterByte, 1, LockMode::kExclusive, &free).ok()) return false;
-  if (free) file_->Unlock(kReadOnlyWaiterByte, 1).IgnoreError();
-  return !free;
+bool LockManager::ReadOnlyWaiterHeld() noexcept {
+  // Called by the keeper thread, where an exception would end the process.
+  // TryLock allocates on Windows (its table of held ranges); out of memory,
+  // the answer is "held", which lets the lock go (the keeper) or waits out
+  // the hand-off's bounded time (LetWaitersIn).
+  try {
+    bool free = false;
+    if (!file_->TryLock(kReadOnlyWaiterByte, 1, LockMode::kExclusive, &free).ok()) return false;
+    if (free) file_->Unlock(kReadOnlyWaiterByte, 1).IgnoreError();
+    return !free;
+  } catch (...) {
+    return true;
+  }
 }
 
 void LockManager::RepairWaiterCounts() {
@@ -234,7 +242,14 @@ void LockManager::ReleaseFile(bool wake) {
   }
 }
 
-LockManager::~LockManager() { StopKeeper(); }
+LockManager::~LockManager() {
+  StopKeeper();
+  // A hold this thread never gave back (a bug elsewhere) must not outlive
+  // the object: a new LockManager at the same address would inherit it, and
+  // its first lock would be refused as one that waits for itself.
+  std::erase(t_reads, this);
+  std::erase(t_writes, this);
+}
 
 void LockManager::StopKeeper() {
   if (keeper_.joinable() && ForkGeneration() != keeper_fork_generation_) {

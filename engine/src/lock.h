@@ -144,7 +144,7 @@ class LockManager {
   void EndWaiting(LockMode mode, bool counters, bool uncounted);
   // True when a read-only handle waits (holds kReadOnlyWaiterByte): a probe,
   // two system calls when none does.
-  bool ReadOnlyWaiterHeld();
+  bool ReadOnlyWaiterHeld() noexcept;
   // Zeroes the waiter counts when every process they count has died waiting.
   void RepairWaiterCounts();
   // Unlocks the rw byte and bumps ctl->lock_released, waking its sleepers

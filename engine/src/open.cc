@@ -131,11 +131,18 @@ Status StoreImpl::Open(std::string_view path_view, const Options& options, std::
   if (!s.ok()) return s;
   std::unique_ptr<StoreImpl> impl(new StoreImpl(path, options));
   impl->file_ = std::move(file);
-  s = impl->Attach();
+  try {
+    s = impl->Attach();
+  } catch (...) {
+    // Out of memory: Attach left the store as a process killed at that
+    // point would (its recovery steps are made to be taken over).
+    impl->DropParts();
+    throw;
+  }
   if (!s.ok()) {
     // Never attached: Close (run by the destructor) must not checkpoint or
     // trim a file that failed validation; a failed open changes nothing.
-    impl->ctl_ = nullptr;
+    impl->DropParts();
     return s;
   }
   *out = std::move(impl);
@@ -162,10 +169,15 @@ Status StoreImpl::OpenShared(const std::string& path, const Options& options, st
   if (!s.ok()) return s;
   std::unique_ptr<StoreImpl> impl(new StoreImpl(path, options));
   impl->file_ = std::move(file);
-  if (!options.read_only) s = impl->InitializeIfEmpty();
-  if (s.ok()) s = impl->Attach();
+  try {
+    if (!options.read_only) s = impl->InitializeIfEmpty();
+    if (s.ok()) s = impl->Attach();
+  } catch (...) {  // out of memory, as in Open
+    impl->DropParts();
+    throw;
+  }
   if (!s.ok()) {
-    impl->ctl_ = nullptr;  // as in Open: a failed open changes nothing more
+    impl->DropParts();  // as in Open: a failed open changes nothing more
     return s;
   }
   *out = std::move(impl);
@@ -181,19 +193,32 @@ Status StoreImpl::InitializeIfEmpty() {
   LockManager init_lock(file_.get(), options_.lock_timeout);
   s = init_lock.LockWrite();
   if (!s.ok()) return s;
+  struct Unlocker {  // also when the build runs out of memory
+    LockManager* lock;
+    ~Unlocker() { lock->UnlockWrite(false); }
+  } unlocker{&init_lock};
   s = file_->Size(&size);
   if (s.ok() && size == 0) {
+    // A half-built store must not be taken for a damaged one: whatever stops
+    // the build, an error or running out of memory, the store goes back to
+    // empty (and the Unlocker lets go of the lock after that).
+    struct Undo {
+      StoreImpl* self;
+      bool done = false;
+      ~Undo() {
+        // Attach maps and validates the store again, as any opener does.
+        self->DropParts();
+        if (done) return;
+        try {
+          self->file_->Truncate(0).IgnoreError();
+        } catch (...) {  // its error message could not be made either
+        }
+      }
+    } undo{this};
     s = InitializeNew(options_.initial_capacity);
     if (s.ok()) s = file_->Sync();
-    // Attach maps and validates the store again, as any opener does.
-    table_.reset();
-    heap_.reset();
-    maps_.reset();
-    ctl_ = nullptr;
-    // A half-built store must not be taken for a damaged one: back to empty.
-    if (!s.ok()) file_->Truncate(0).IgnoreError();
+    undo.done = s.ok();
   }
-  init_lock.UnlockWrite(false);
   return s;
 }
 
@@ -211,16 +236,26 @@ Status StoreImpl::CreateNew(const std::string& path, const Options& options) {
   spec.exclusive = true;
   spec.mode = options.file_mode;
   std::unique_ptr<StoreImpl> impl(new StoreImpl(tmp, options));
-  Status s = File::Open(tmp, spec, &impl->file_);
-  if (!s.ok()) {
-    // Report the target, not our temporary name.
-    return Status(s.code(), path + ": cannot create the store: " + s.message());
+  Status s;
+  bool not_made = false;  // File::Open failed: the file is not ours to remove
+  try {
+    s = File::Open(tmp, spec, &impl->file_);
+    if (!s.ok()) {
+      not_made = true;
+      // Report the target, not our temporary name.
+      return Status(s.code(), path + ": cannot create the store: " + s.message());
+    }
+    s = impl->InitializeNew(options.initial_capacity);
+    if (s.ok()) s = impl->file_->Sync();
+  } catch (...) {
+    // Out of memory (File::Open may run out after it made the file): no
+    // temporary file is left behind.
+    impl->DropParts();
+    impl->file_.reset();
+    if (!not_made) RemoveFile(tmp).IgnoreError();
+    throw;
   }
-  s = impl->InitializeNew(options.initial_capacity);
-  if (s.ok()) s = impl->file_->Sync();
-  impl->heap_.reset();
-  impl->table_.reset();
-  impl->maps_.reset();
+  impl->DropParts();
   impl->file_.reset();
   if (s.ok()) s = LinkFile(tmp, path);
   RemoveFile(tmp).IgnoreError();
@@ -738,6 +773,13 @@ Status StoreImpl::TrimIfAlone() {
   }
   if (s.ok() && trim && ctl_->dirty == 0) ctl_->tail_checked_seq = ctl_->change_seq.load() + 1;
   return s;
+}
+
+void StoreImpl::DropParts() noexcept {
+  table_.reset();
+  heap_.reset();
+  maps_.reset();
+  ctl_ = nullptr;
 }
 
 Status StoreImpl::Close() {

@@ -135,6 +135,11 @@ class StoreImpl {
   Status RecoverFromCheckpoint(const format::MetaPage& meta);
   Status RebuildAllocMap();
   Status InitializeNew(uint64_t capacity);
+  // Lets go of the mapping and the parts built on it, and of the control
+  // page, without the work of a close (no trim, no checkpoint): for a handle
+  // whose open failed or ran out of memory, and for the builders of a new
+  // store, which map it again.
+  void DropParts() noexcept;
   Status TrimIfAlone();
 
   // compact.cc
