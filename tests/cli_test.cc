@@ -613,8 +613,9 @@ TEST_SUITE("cli") {
         "{\"key\": \"b64len3\", \"value_base64\": \"/v8A\"}",
         "{\"key\": \"b64len4\", \"value_base64\": \"/v8AAQ==\"}",
         "{\"key\": \"binval\", \"value_base64\": \"gA==\"}",  // 'v' sorts before 0xff
-        "{\"key_base64\": \"" + Base64(std::string("bin\xff", 4)) +
-            "\", \"value\": \"\\u0000\\u0001\\u0002\"}",  // control characters are UTF-8
+        // Control characters are UTF-8, but escaped 6 bytes each (more than 3
+        // times their size) they go in base64.
+        "{\"key_base64\": \"" + Base64(std::string("bin\xff", 4)) + "\", \"value_base64\": \"AAEC\"}",
         "{\"key\": \"empty\", \"value\": \"\"}",
         "{\"key\": \"plain\", \"value\": \"hello\"}",
         "{\"key\": \"quote\\\"back\\\\slash\", \"value\": \"tab\\tnl\\ncr\\rbs\\bff\\f\\u0001\\u001f\x7f/\"}",
@@ -656,6 +657,33 @@ TEST_SUITE("cli") {
       CAPTURE(i);
       CHECK(esc_lines[i]["value"].get<std::string>() == values[i]);
     }
+
+    // UTF-8 with control characters stays a JSON string while escaping at
+    // most triples it ("\x01ab": 8 bytes escaped for 3), else it is base64
+    // ("\x01a": 7 for 2), so that no value makes a line longer than about 3
+    // times its size (a 1 GiB value of control bytes would be 6 GiB escaped,
+    // past what load can parse).
+    const std::string h = dir.File("controls.mkv");
+    {
+      Store store = OpenStore(h);
+      REQUIRE(store
+                  .Put("a",
+                       "\x01"
+                       "ab")
+                  .ok());
+      REQUIRE(store.Put("b", "\x01a").ok());
+      REQUIRE(store.Put("c", std::string(1 << 20, '\x02')).ok());
+    }
+    const CliResult ctl = RunCli({"dump", h});
+    REQUIRE(ctl.code == 0);
+    const auto ctl_lines = ParseLines(ctl.out);
+    REQUIRE(ctl_lines.size() == 3);
+    CHECK(ctl_lines[0]["value"] ==
+          "\x01"
+          "ab");
+    CHECK(ctl_lines[1]["value_base64"] == Base64("\x01a"));
+    CHECK(ctl_lines[2]["value_base64"] == Base64(std::string(1 << 20, '\x02')));
+    CHECK(ctl.out.size() < (1 << 20) / 3 * 4 + 200);
 
     // -o OUT writes the same bytes to a file, nothing to stdout.
     const std::string out = dir.File("out.jsonl");

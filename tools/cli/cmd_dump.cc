@@ -112,8 +112,9 @@ Command SetupDump(CLI::App& app) {
   CLI::App* sub = app.add_subcommand(
       "dump",
       "Write every pair as JSON Lines, sorted by key bytes: {\"key\": \"...\", \"value\": \"...\"}. A key or "
-      "value that is not valid UTF-8 is written as \"key_base64\" / \"value_base64\" (standard base64) "
-      "instead. `mapkv load` reads this format back.");
+      "value that is not valid UTF-8, or that escaping would make more than 3 times as long (mostly control "
+      "characters), is written as \"key_base64\" / \"value_base64\" (standard base64) instead. `mapkv load` "
+      "reads this format back.");
   sub->add_option("FILE", o->file, "Store file")->required();
   sub->add_option("-o,--output", o->out, "Write to OUT instead of standard output (not FILE itself)")->type_name("OUT");
   return {sub, [o] { return RunDump(*o); }};

@@ -63,7 +63,11 @@ class LineReader {
         scan_ -= begin_;
         begin_ = 0;
       }
-      if (end_ == capacity_) {  // one line fills the buffer: grow it
+      if (end_ == capacity_) {           // one line fills the buffer: grow it
+        if (capacity_ > kMaxJsonLine) {  // no JSON parser here reads it
+          too_long_ = true;
+          return false;
+        }
         std::unique_ptr<char[]> old = std::move(buf_);
         Allocate(capacity_ * 2);
         std::memcpy(buf_.get(), old.get(), end_);
@@ -79,6 +83,8 @@ class LineReader {
     }
   }
   int error() const { return error_; }
+  // Next returned false at a line longer than kMaxJsonLine bytes.
+  bool too_long() const { return too_long_; }
   uint64_t consumed() const { return consumed_; }  // bytes of the lines returned so far
 
  private:
@@ -95,6 +101,7 @@ class LineReader {
   size_t scan_ = 0;   // searched for '\n' up to here
   size_t end_ = 0;    // bytes read
   bool eof_ = false;
+  bool too_long_ = false;
   int error_ = 0;
   uint64_t consumed_ = 0;
 };
@@ -273,7 +280,18 @@ int RunLoad(const LoadOptions& o) {
     }
   }
   if (rc == kExitOk) {
-    if (reader.error() != 0) {
+    if (reader.too_long()) {
+      s = loader.Flush();  // the lines before it stay loaded
+      progress.Finish();
+      if (!s.ok()) {
+        rc = Fail(o.file, s);
+      } else {
+        PrintError(input_name + ":" + std::to_string(line_no + 1),
+                   "longer than " + std::to_string(kMaxJsonLine) +
+                       " bytes, the most a line may have (no line that dump writes is)");
+        rc = kExitUsage;
+      }
+    } else if (reader.error() != 0) {
       s = loader.Flush();
       progress.Finish();
       PrintError(input_name, "read failed after line " + std::to_string(line_no) + ": " + ErrnoText(reader.error()));

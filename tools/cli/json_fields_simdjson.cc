@@ -19,7 +19,14 @@ bool JsonFields::Parse(std::string_view line, std::vector<JsonField>* fields, st
   fields->clear();
   simdjson::dom::element doc;
   if (auto err = impl_->parser.parse(line.data(), line.size(), /*realloc_if_needed=*/false).get(doc)) {
-    *error = std::string("not valid JSON: ") + simdjson::error_message(err);
+    if (err == simdjson::MEMALLOC) {
+      *error = "out of memory for parsing the line (" + std::to_string(line.size()) + " bytes)";
+    } else if (err == simdjson::CAPACITY) {
+      *error = "the line has " + std::to_string(line.size()) + " bytes, more than the " + std::to_string(kMaxJsonLine) +
+               " a line may have";
+    } else {
+      *error = std::string("not valid JSON: ") + simdjson::error_message(err);
+    }
     return false;
   }
   simdjson::dom::object obj;

@@ -6,8 +6,18 @@
 
 namespace mapkv::cli {
 
+namespace {
+
+// A JSON string when `s` is valid UTF-8 and escaping does not make it more
+// than 3 times as long: text stays readable, and bytes that are mostly
+// control characters (6 bytes each as \u00xx) do not make a line of up to
+// 6 GiB, which the loader could not read (kMaxJsonLine).
+bool AsJsonString(std::string_view s) { return IsValidUtf8(s) && JsonStringSize(s) - 2 <= 3 * uint64_t{s.size()}; }
+
+}  // namespace
+
 void AppendJsonLine(std::string* out, std::string_view key, std::string_view value) {
-  if (IsValidUtf8(key)) {
+  if (AsJsonString(key)) {
     out->append("{\"key\": ");
     AppendJsonString(out, key);
   } else {
@@ -15,7 +25,7 @@ void AppendJsonLine(std::string* out, std::string_view key, std::string_view val
     AppendBase64(out, key);
     out->push_back('"');
   }
-  if (IsValidUtf8(value)) {
+  if (AsJsonString(value)) {
     out->append(", \"value\": ");
     AppendJsonString(out, value);
   } else {

@@ -1,8 +1,10 @@
 // json_lines.h: the JSON Lines format of `mapkv dump` and `mapkv load`.
 //
 // One pair per line: {"key": "...", "value": "..."}, each as a JSON string
-// when it is valid UTF-8, else as "key_base64" / "value_base64" holding its
-// standard base64. Writing is by hand (text.h); reading goes through
+// when it is valid UTF-8 and escaping at most triples it, else as
+// "key_base64" / "value_base64" holding its standard base64. So a line is at
+// most about 3 times its pair's bytes (3 GiB for the largest value), within
+// kMaxJsonLine. Writing is by hand (text.h); reading goes through
 // JsonFields (json_fields.h: simdjson, or nlohmann-json on Windows).
 #ifndef MAPKV_TOOLS_CLI_JSON_LINES_H_
 #define MAPKV_TOOLS_CLI_JSON_LINES_H_
@@ -23,6 +25,9 @@ void AppendJsonLine(std::string* out, std::string_view key, std::string_view val
 // Readable bytes a line given to JsonLineParser::Parse must be followed by
 // (simdjson's SIMDJSON_PADDING; their content does not matter).
 inline constexpr size_t kJsonLinePadding = 64;
+
+// The longest line load reads: simdjson's limit for one document (4 GiB - 1).
+inline constexpr uint64_t kMaxJsonLine = 0xFFFFFFFF;
 
 // Parses lines of the format, strictly: one JSON object per line with exactly
 // one of "key"/"key_base64" and one of "value"/"value_base64", all strings,
