@@ -126,7 +126,7 @@ TEST_SUITE("concurrency") {
     Store store = MustOpen(path);
     constexpr int kThreads = 4;
     constexpr uint64_t kKeys = 20000;
-    std::atomic<uint64_t> bad_reads{0}, failed_writes{0}, reads{0};
+    std::atomic<uint64_t> bad_reads{0}, failed_writes{0}, others_found{0};
     std::atomic<int> running{kThreads};
     std::vector<std::thread> threads;
     for (int t = 0; t < kThreads; ++t) {
@@ -152,7 +152,7 @@ TEST_SUITE("concurrency") {
           const std::string other = ThreadKey(static_cast<int>(rng.Uniform(kThreads)), rng.Uniform(kKeys));
           Status g = store.Get(other, &v);
           if ((g.ok() && !ParseValue(other, v, &ver)) || (!g.ok() && !g.IsNotFound())) bad_reads.fetch_add(1);
-          reads.fetch_add(2);
+          if (g.ok()) others_found.fetch_add(1);
           if (i % 1000 == 999) {
             // A walk sees only well-formed values.
             Status w = store.ForEach("t", [&](std::string_view key, std::string_view value) {
@@ -188,7 +188,10 @@ TEST_SUITE("concurrency") {
     guard_thread.join();
     CHECK(failed_writes.load() == 0);
     CHECK(bad_reads.load() == 0);
-    CHECK(reads.load() == 2 * kThreads * kKeys);
+    // The random reads found keys, so their check saw values (the thread
+    // draws itself a quarter of the time, whatever the scheduling, and about
+    // half of any thread's keys exist when it draws: some 10,000 of 80,000).
+    CHECK(others_found.load() > kThreads * kKeys / 20);
     CHECK(store.size() == kThreads * kKeys);
     const Model all = Dump(store);
     REQUIRE(all.size() == kThreads * kKeys);
@@ -547,7 +550,7 @@ TEST_SUITE("concurrency") {
       CHECK(store.Put("k", "v1").ok());
       wrote = true;
     });
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));  // the writer queues for the lock
+    WaitUntilWriterQueued(store);  // new reads of the handle now hold back for it
     CHECK_FALSE(wrote.load());
     Stats st;
     CHECK(store.GetStats(&st).ok());  // nested under `guard`, on this thread (it hung here)

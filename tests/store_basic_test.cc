@@ -394,7 +394,7 @@ TEST_SUITE("store") {
       CHECK(store.Put("k1", "changed").ok());
       written = true;
     });
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    WaitUntilWriterQueued(store);
     CHECK_FALSE(written.load());
     REQUIRE(guard.Get("k1", &view).ok());
     CHECK(view == "value one");

@@ -11,10 +11,12 @@
 #include <map>
 #include <string>
 #include <string_view>
+#include <thread>
 
 #include "format.h"
 #include "mapkv/store.h"
 #include "platform/platform.h"
+#include "store_impl.h"
 #include "test_util.h"
 
 namespace mapkv::test {
@@ -118,6 +120,18 @@ class BootIdGuard {
 };
 
 using Clock = std::chrono::steady_clock;
+
+// Returns once a thread of this process waits for `store`'s write lock
+// (behind a read guard or callback of the same handle that the caller
+// holds); fails the test after 10 s.
+inline void WaitUntilWriterQueued(const Store& store) {
+  const auto until = Clock::now() + std::chrono::seconds(10);
+  while (internal::StoreImpl::WritersWaitingForTesting(store) == 0) {
+    REQUIRE_MESSAGE(Clock::now() < until, "no writer queued for the handle's lock within 10 s");
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+}
+
 inline double SecondsSince(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }

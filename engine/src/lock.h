@@ -77,6 +77,8 @@ class RwLock {
   void LockSharedNested();
   bool TryLockShared();
   void UnlockShared();
+  // Threads in Lock() that wait for the lock (for tests).
+  uint32_t WaitingWriters() const { return (state_.load() & kWaitMask) >> kWaitShift; }
 
  private:
   // One word, so an uncontended lock or unlock is one atomic operation:
@@ -127,6 +129,9 @@ class LockManager {
   bool HoldsStickyWrite() const { return sticky_.load(std::memory_order_relaxed); }
   Status LockRead();
   void UnlockRead();
+  // Threads of this process waiting for this handle's write lock behind a
+  // holder of the same handle (for tests: "a writer is queued").
+  uint32_t WritersWaitingInProcess() const { return rw_.WaitingWriters(); }
 
   // Takes the presence lock (shared) for the handle's lifetime, waiting while
   // a closing handle holds it exclusively.

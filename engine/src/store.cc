@@ -276,6 +276,10 @@ inline void CopyRacy(std::string* out, const uint8_t* p, uint64_t n) {
 
 }  // namespace
 
+uint32_t StoreImpl::WritersWaitingForTesting(const Store& store) {
+  return store.impl_ && store.impl_->locks_ ? store.impl_->locks_->WritersWaitingInProcess() : 0;
+}
+
 Status StoreImpl::ChecksumError(const RecordRef& rec) const {
   return Status(Code::kCorruption, path_ + ": the record of the key (at offset " +
                                        std::to_string(rec.granule * kGranule) +

@@ -57,6 +57,10 @@ class StoreImpl {
 
   const std::string& path() const { return path_; }
 
+  // For tests: threads of this process waiting for `store`'s write lock
+  // behind a holder of the same handle (0 for a closed handle).
+  static uint32_t WritersWaitingForTesting(const Store& store);
+
   // A get's common case, inline in Store::Get and Store::Contains: one
   // optimistic attempt that probes only the home slot's table page. kSlow:
   // anything out of the ordinary (a writer inside, a grown file, a probe

@@ -341,6 +341,7 @@ class Store {
 
  private:
   friend class ReadGuard;
+  friend class internal::StoreImpl;  // its test hooks
   // kWrongType unless `actual` is `expected` (or, with `array`, a multiple).
   Status CheckTypedSize(std::string_view key, size_t actual, size_t expected, bool array) const;
   std::unique_ptr<internal::StoreImpl> impl_;
