@@ -217,6 +217,50 @@ TEST_SUITE("oom") {
     CHECK(Dump(again) == model);
   }
 
+  TEST_CASE("oom: a WriteBatch that runs out of memory while it copies an op is left as it was") {
+    TempDir dir;
+    Store store = MustOpen(dir.File("s.mkv"));
+    REQUIRE(store.Put("gone", "x").ok());
+    WriteBatch batch;
+    batch.Put("a", "1");
+    batch.Erase("gone");
+    Model expect{{"a", "1"}};
+    int thrown = 0;
+    // Values long enough that appending them reallocates the batch's bytes.
+    for (int i = 0; i < 40; ++i) {
+      const std::string key = "b" + std::to_string(i);
+      const std::string value(size_t{1000} << (i % 12), static_cast<char>('a' + i % 26));
+      const size_t count = batch.Count();
+      const size_t bytes = batch.ByteSize();
+      bool threw = false;
+      g_allocations_left = i % 2;
+      try {
+        if (i % 3 == 2) {
+          batch.Erase(std::string(value.size() % 60000 + 1, 'e'));  // a key that is not there
+        } else {
+          batch.Put(key, value);
+        }
+      } catch (const std::bad_alloc&) {
+        threw = true;
+      }
+      g_allocations_left = -1;
+      if (threw) {
+        ++thrown;
+        CHECK(batch.Count() == count);
+        CHECK(batch.ByteSize() == bytes);
+      } else if (i % 3 != 2) {
+        expect[key] = value;
+      }
+    }
+    MESSAGE(thrown << " of 40 ops ran out of memory");
+    CHECK(thrown > 0);
+    // The ops that went in are whole, and Write applies exactly them. (Before
+    // the fix an op that pointed past the batch's bytes made Write read out
+    // of bounds, which AddressSanitizer reports, or store another op's bytes.)
+    REQUIRE(store.Write(batch).ok());
+    CHECK(Dump(store) == expect);
+  }
+
   // An open allocates (names, messages, the handle's parts) before, while and
   // after it builds, maps and recovers a store. Out of memory at any of those
   // points must leave no half-made file and nothing that the next open

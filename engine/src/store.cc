@@ -26,16 +26,30 @@ uint32_t OpKeySize(std::string_view key) {
 }
 }  // namespace
 
+// Both leave the batch as it was when they throw (out of memory): an op
+// whose bytes were not all appended would have Write copy past the data.
 void WriteBatch::Put(std::string_view key, std::string_view value) {
-  ops_.push_back(Op{false, OpKeySize(key), data_.size(), value.size()});
-  data_.append(key);
-  data_.append(value);
+  const size_t offset = data_.size();
+  try {
+    data_.append(key);
+    data_.append(value);
+    ops_.push_back(Op{false, OpKeySize(key), offset, value.size()});
+  } catch (...) {
+    data_.resize(offset);
+    throw;
+  }
   bytes_ += key.size() + value.size();
 }
 
 void WriteBatch::Erase(std::string_view key) {
-  ops_.push_back(Op{true, OpKeySize(key), data_.size(), 0});
-  data_.append(key);
+  const size_t offset = data_.size();
+  try {
+    data_.append(key);
+    ops_.push_back(Op{true, OpKeySize(key), offset, 0});
+  } catch (...) {
+    data_.resize(offset);
+    throw;
+  }
   bytes_ += key.size();
 }
 

@@ -83,6 +83,8 @@ struct CheckReport {
 // A group of puts and erases that Store::Write applies all or nothing.
 class WriteBatch {
  public:
+  // Copy the key and value into the batch. Out of memory they throw
+  // std::bad_alloc and leave the batch as it was.
   void Put(std::string_view key, std::string_view value);
   void Erase(std::string_view key);
   // A trivially copyable value, stored as its bytes (see Store::PutValue).
