@@ -1230,6 +1230,104 @@ TEST_CASE("store: verify_checksums turns a damaged record into Corruption instea
   CHECK(report.problems.size() == 1);  // Check always verifies
 }
 
+// A value computed from a damaged record would be stored with a good
+// checksum, and a moved copy of one would lose what shows the damage: the
+// read-modify-writes and Compact verify the records they read whatever
+// verify_checksums says, and refuse without changing anything.
+TEST_CASE("store: read-modify-writes and Compact refuse a damaged record and leave it to Check") {
+  TempDir dir;
+  const std::string path = dir.File("s.mkv");
+  const std::string value = "a value whose bytes are unique in the file: 51c8e2";
+  {
+    Store s = MustOpen(path);
+    REQUIRE(s.Put("damaged", value).ok());
+    for (int i = 0; i < 100; ++i) REQUIRE(s.Put(Key16(i), "v" + std::to_string(i)).ok());
+  }
+  std::string image = ReadFileBytes(path);
+  const size_t at = image.find(value);
+  REQUIRE(at != std::string::npos);
+  image[at + 3] = static_cast<char>(image[at + 3] ^ 0x20);
+  WriteFileBytes(path, image);
+  std::string damaged = value;
+  damaged[3] = static_cast<char>(damaged[3] ^ 0x20);
+
+  Store s = MustOpen(path);  // verify_checksums off
+  auto refused = [](const Status& st) {
+    CHECK(st.code() == Code::kCorruption);
+    CHECK(st.message().find("checksum") != std::string::npos);
+  };
+  refused(s.CompareAndSwap("damaged", damaged, "new"));
+  refused(s.Update("damaged", [](std::optional<std::string_view>, std::string* next) {
+    *next = "computed";
+    return Store::UpdateAction::kPut;
+  }));
+  refused(s.Increment("damaged", 1, nullptr));
+  const std::string before = ReadFileBytes(path);
+  refused(s.Compact());
+  // Compact refused before it moved anything: only the live control page
+  // may differ.
+  const std::string after = ReadFileBytes(path);
+  REQUIRE(after.size() == before.size());
+  CHECK(after.compare(0, 8192, before, 0, 8192) == 0);
+  CHECK(after.compare(12288, std::string::npos, before, 12288, std::string::npos) == 0);
+  std::string got;
+  REQUIRE(s.Get("damaged", &got).ok());
+  CHECK(got == damaged);  // still there, still damaged, still found by Check
+  CheckReport report;
+  REQUIRE(s.Check(&report).ok());
+  CHECK(report.problems.size() == 1);
+  CHECK(s.size() == 101);
+}
+
+// The last close compacts the file's tail. A damaged record there stays
+// where it is; the other records move, the close checkpoints and cuts as
+// usual, and then says what it found.
+TEST_CASE("store: a close that finds a damaged record while it compacts the tail still checkpoints, then reports it") {
+  TempDir dir;
+  const std::string path = dir.File("s.mkv");
+  const std::string marker = "unique marker 4be1d0 ";
+  Model model;
+  {
+    Options keep;
+    keep.checkpoint_on_close = false;  // no compaction at this close
+    Store s = MustOpen(path, keep);
+    for (int i = 0; i < 20000; ++i) {
+      REQUIRE(s.Put(Key16(i), std::string(100, 'x')).ok());
+      // Below the top: the file can still be cut above it.
+      if (i == 17000) REQUIRE(s.Put("damaged", marker + std::string(100, 'd')).ok());
+    }
+    for (int i = 0; i < 15000; ++i) REQUIRE(s.Erase(Key16(i)).ok());
+    for (int i = 15000; i < 20000; ++i) model[Key16(i)] = std::string(100, 'x');
+    REQUIRE(s.Flush(FlushMode::kSync).ok());  // the erased records' space is free now
+    REQUIRE(s.Close().ok());
+  }
+  std::string image = ReadFileBytes(path);
+  const size_t at = image.find(marker);
+  REQUIRE(at != std::string::npos);
+  image[at + 30] = static_cast<char>(image[at + 30] ^ 0x01);
+  WriteFileBytes(path, image);
+  const uint64_t size_before = FileSize(path);
+  {
+    Store s = MustOpen(path);
+    const Status st = s.Close();
+    CHECK(st.code() == Code::kCorruption);
+    CHECK(st.message().find("checksum") != std::string::npos);
+  }
+  CHECK(FileSize(path) < size_before);  // the other records moved down and the file was cut
+  Options read_only;
+  read_only.read_only = true;  // works only when the close left the store clean
+  Store s = MustOpen(path, read_only);
+  CheckReport report;
+  REQUIRE(s.Check(&report).ok());
+  CHECK(report.problems.size() == 1);
+  std::string got;
+  for (const auto& [k, v] : model) {
+    REQUIRE(s.Get(k, &got).ok());
+    CHECK(got == v);
+  }
+  CHECK(s.size() == model.size() + 1);
+}
+
 // A get probes the home slot's table page on its fast path and leaves a
 // probe that runs on into the next page to the full lookup. This finds,
 // in the file, entries stored past the end of their home page and absent

@@ -44,6 +44,9 @@ Status StoreImpl::MoveRecord(uint64_t index, bool only_lower, bool* moved) {
   if (!r.Record(SlotGranule(slot), &rec)) {
     return Status(Code::kCorruption, path_ + ": slot " + std::to_string(index) + " points out of the file");
   }
+  // A damaged record is not moved: its copy would lose what Check sees (a
+  // size that runs into the next record, say) while keeping the damage.
+  if (!rec.Intact()) return ChecksumError(rec);
   const uint64_t n = rec.granules();
   uint64_t g;
   Status s = heap_->Allocate(n, 1, &g);
@@ -84,7 +87,22 @@ Status StoreImpl::MoveEverything() {
   return s;
 }
 
-Status StoreImpl::CompactTail() {
+Status StoreImpl::FirstDamagedRecord() const {
+  TableReader r = table_->Reader();
+  for (uint64_t i = 0; i < r.slots(); ++i) {
+    uint64_t slot;
+    RecordRef rec;
+    if (!r.LoadSlot(i, &slot)) return Status(Code::kCorruption, path_ + ": table page out of file");
+    if (slot == 0) continue;
+    if (!r.Record(SlotGranule(slot), &rec)) {
+      return Status(Code::kCorruption, path_ + ": slot " + std::to_string(i) + " points out of the file");
+    }
+    if (!rec.Intact()) return ChecksumError(rec);
+  }
+  return Status::Ok();
+}
+
+Status StoreImpl::CompactTail(Status* damaged) {
   // Worth it only when the holes below the top add up to something.
   const uint64_t top = heap_->HighestUsedEnd();
   uint64_t used = 0;
@@ -99,7 +117,15 @@ Status StoreImpl::CompactTail() {
     for (uint64_t i = 0; i < r.slots(); ++i) {
       uint64_t slot;
       if (!r.LoadSlot(i, &slot)) return Status(Code::kCorruption, path_ + ": table page out of file");
-      if (slot != 0 && SlotGranule(slot) * kGranule >= used) movers.emplace_back(SlotGranule(slot), i);
+      if (slot == 0 || SlotGranule(slot) * kGranule < used) continue;
+      // A damaged record stays where it is (MoveRecord refuses it) and is
+      // reported instead.
+      RecordRef rec;
+      if (r.Record(SlotGranule(slot), &rec) && !rec.Intact()) {
+        if (damaged->ok()) *damaged = ChecksumError(rec);
+        continue;
+      }
+      movers.emplace_back(SlotGranule(slot), i);
     }
   }
   std::sort(movers.begin(), movers.end(), std::greater<>());
@@ -175,6 +201,10 @@ Status StoreImpl::Compact() {
     }
   } finish{this};
 
+  // Moving a damaged record would keep its damage and lose what shows it
+  // (a size that runs into its neighbour): refused before anything moves.
+  s = FirstDamagedRecord();
+  if (!s.ok()) return s;
   heap_->set_append_only(true);
   for (int stage = 0; stage < 2 && s.ok(); ++stage) {
     ctl_->dirty = 1;

@@ -247,6 +247,9 @@ Status StoreImpl::CreateNew(const std::string& path, const Options& options) {
     }
     s = impl->InitializeNew(options.initial_capacity);
     if (s.ok()) s = impl->file_->Sync();
+    impl->DropParts();
+    impl->file_.reset();
+    if (s.ok()) s = LinkFile(tmp, path);  // allocates on Windows (a wide path)
   } catch (...) {
     // Out of memory (File::Open may run out after it made the file): no
     // temporary file is left behind.
@@ -255,10 +258,13 @@ Status StoreImpl::CreateNew(const std::string& path, const Options& options) {
     if (!not_made) RemoveFile(tmp).IgnoreError();
     throw;
   }
-  impl->DropParts();
-  impl->file_.reset();
-  if (s.ok()) s = LinkFile(tmp, path);
-  RemoveFile(tmp).IgnoreError();
+  try {
+    RemoveFile(tmp).IgnoreError();
+  } catch (...) {
+    // Out of memory for the path: once more. Failing again, the exception
+    // reaches the caller with the store made and the temporary name left.
+    RemoveFile(tmp).IgnoreError();
+  }
   return s;
 }
 
@@ -733,7 +739,10 @@ Status StoreImpl::TrimIfAlone() {
   // writes (mapkv watch) turn checkpoints off. It still cuts what is free
   // at the file's end below, which changes no byte of the store.
   const bool trim = options_.checkpoint_on_close;
-  if (s.ok() && trim && !unchanged) s = CompactTail();
+  // A damaged record is left where it is by the compaction; the close
+  // still checkpoints and cuts, and then reports the damage.
+  Status damaged;
+  if (s.ok() && trim && !unchanged) s = CompactTail(&damaged);
   if (s.ok() && trim) {
     s = Checkpoint();  // also frees what CompactTail moved away from
     if (s.ok() && !unchanged && SnapshotOnTop()) s = RehomeSnapshots(kHeapOffset / kGranule);
@@ -771,8 +780,8 @@ Status StoreImpl::TrimIfAlone() {
     ctl_->heap_end = std::min(ctl_->heap_end, cut);
     s = CutFile(cut);
   }
-  if (s.ok() && trim && ctl_->dirty == 0) ctl_->tail_checked_seq = ctl_->change_seq.load() + 1;
-  return s;
+  if (s.ok() && trim && ctl_->dirty == 0 && damaged.ok()) ctl_->tail_checked_seq = ctl_->change_seq.load() + 1;
+  return s.ok() ? damaged : s;
 }
 
 void StoreImpl::DropParts() noexcept {

@@ -826,7 +826,9 @@ Status StoreImpl::ReadModifyWrite(std::string_view key, Decide&& decide) {
   const RecordRef& rec = lookup.rec;
   switch (lookup.result) {
     case TableReader::Result::kFound:
-      if (options_.verify_checksums && !rec.Intact()) return ChecksumError(rec);
+      // Always verified: a value computed from damaged bytes would be
+      // stored with a good checksum, and the damage would be lost from view.
+      if (!rec.Intact()) return ChecksumError(rec);
       current = std::string_view(reinterpret_cast<const char*>(rec.value()), rec.value_size);
       break;
     case TableReader::Result::kAbsent:

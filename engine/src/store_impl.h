@@ -151,7 +151,12 @@ class StoreImpl {
   Status MoveRecord(uint64_t index, bool only_lower, bool* moved);
   // Moves the highest records into holes below them, when the holes add up
   // (before the file is cut at the last close).
-  Status CompactTail();
+  // `*damaged`: set to the error of the first damaged record seen, which
+  // stays where it is while the others move.
+  Status CompactTail(Status* damaged);
+  // kCorruption naming the first record (in slot order) that fails its
+  // checksum or lies out of the file; Ok when there is none.
+  Status FirstDamagedRecord() const;
   // Frees both page-map snapshots and checkpoints twice, so that they are
   // allocated again from `cursor` (the lowest hole that fits, unless the
   // heap is append-only). They move at no other time, and one allocated at
