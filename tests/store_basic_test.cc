@@ -1328,6 +1328,64 @@ TEST_CASE("store: a close that finds a damaged record while it compacts the tail
   CHECK(s.size() == model.size() + 1);
 }
 
+// A slot whose offset bits were damaged so that it points at another key's
+// record: a walk would give that key twice and the slot's own never (a dump
+// made as a backup would be silently incomplete). ForEach checks each
+// record's key against the slot's tag.
+TEST_CASE("store: a walk refuses a table slot that points at another key's record") {
+  using namespace internal::format;  // NOLINT
+  TempDir dir;
+  const std::string path = dir.File("s.mkv");
+  const std::string va = "the value of a, unique: 60b1f7";
+  const std::string vb = "the value of b, unique: 93e2c4";
+  {
+    Store s = MustOpen(path);
+    REQUIRE(s.Put("a", va).ok());
+    REQUIRE(s.Put("b", vb).ok());
+    REQUIRE(s.Put("c", "c").ok());
+  }
+  std::string image = ReadFileBytes(path);
+  MetaPage m0, m1;
+  std::memcpy(&m0, image.data() + kMetaOffset[0], sizeof m0);
+  std::memcpy(&m1, image.data() + kMetaOffset[1], sizeof m1);
+  const uint64_t seed = (m0.magic == kMetaMagic && m0.generation > m1.generation) ? m0.hash_seed : m1.hash_seed;
+  // A record starts kRecordHeaderSize + key bytes before its value.
+  const size_t at_a = image.find(va), at_b = image.find(vb);
+  REQUIRE(at_a != std::string::npos);
+  REQUIRE(at_b != std::string::npos);
+  const uint64_t granule_a = (at_a - kRecordHeaderSize - 1) / kGranule;
+  const uint64_t granule_b = (at_b - kRecordHeaderSize - 1) / kGranule;
+  const uint64_t tag_a = HashTag(XXH3_64bits_withSeed("a", 1, seed));
+  const uint64_t slot_a = tag_a << kOffsetBits | granule_a;
+  size_t slot_at = std::string::npos;
+  for (size_t off = kHeapOffset; off + 8 <= image.size(); off += 8) {
+    uint64_t w;
+    std::memcpy(&w, image.data() + off, 8);
+    if (w == slot_a) {
+      REQUIRE(slot_at == std::string::npos);  // one slot holds it
+      slot_at = off;
+    }
+  }
+  REQUIRE(slot_at != std::string::npos);
+  const uint64_t damaged = tag_a << kOffsetBits | granule_b;
+  std::memcpy(image.data() + slot_at, &damaged, 8);
+  WriteFileBytes(path, image);
+
+  Options read_only;
+  read_only.read_only = true;
+  Store s = MustOpen(path, read_only);
+  Model seen;
+  const Status st = s.ForEach("", [&](std::string_view k, std::string_view v) {
+    seen[std::string(k)] = std::string(v);
+    return true;
+  });
+  CHECK(st.code() == Code::kCorruption);
+  CHECK(st.message().find("table slot") != std::string::npos);
+  CheckReport report;
+  REQUIRE(s.Check(&report).ok());
+  CHECK_FALSE(report.ok());
+}
+
 // A get probes the home slot's table page on its fast path and leaves a
 // probe that runs on into the next page to the full lookup. This finds,
 // in the file, entries stored past the end of their home page and absent

@@ -494,6 +494,14 @@ Status StoreImpl::GuardedForEach(std::string_view prefix,
     // Every record, the prefix's or not: a damaged key may match it or not.
     if (options_.verify_checksums && !rec.Intact()) return ChecksumError(rec);
     std::string_view k(reinterpret_cast<const char*>(rec.key()), rec.key_size);
+    // A slot whose offset was damaged can point at another key's record: the
+    // walk would give that key twice and never the slot's own. The tag (the
+    // top of the key's hash) tells, for the price of hashing each key.
+    if (SlotTag(slot) != HashTag(HashKey(k, seed_))) {
+      return Status(Code::kCorruption, path_ + ": table slot " + std::to_string(i) + " points at the record of key " +
+                                           DescribeKey(k) + " (offset " + std::to_string(rec.granule * kGranule) +
+                                           "), whose hash does not match the slot; `mapkv check` lists the damage");
+    }
     if (k.substr(0, prefix.size()) != prefix) continue;
     if (!fn(k, std::string_view(reinterpret_cast<const char*>(rec.value()), rec.value_size))) break;
   }
