@@ -10,6 +10,7 @@
 #include <xxhash.h>
 
 #include <algorithm>
+#include <atomic>
 #include <bit>
 #include <chrono>
 #include <cstddef>
@@ -732,6 +733,38 @@ TEST_SUITE("bad_input") {
     CHECK(store.Get("key7", &v).ok());
   }
 
+  // A FIFO at the path: an open(2) for reading waits for a writer, so an
+  // open that did not ask for O_NONBLOCK hung there (the CLI's read-only
+  // commands did) before it could say what is wrong.
+  TEST_CASE("bad input: a FIFO at the path is refused at once, read-only or writable") {
+    TempDir dir;
+    const std::string path = dir.File("fifo");
+    REQUIRE(::mkfifo(path.c_str(), 0600) == 0);
+    for (const bool read_only : {true, false}) {
+      CAPTURE(read_only);
+      Options options;
+      options.read_only = read_only;
+      std::atomic<bool> done{false};
+      Status s;
+      std::thread opener([&] {
+        Store store;
+        s = Store::Open(path, options, &store);
+        done = true;
+      });
+      const auto until = Clock::now() + std::chrono::seconds(10);
+      while (!done && Clock::now() < until) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      if (!done) {
+        // Hung in open(2): a writer lets it go on, and the test fails.
+        const int w = ::open(path.c_str(), O_WRONLY | O_NONBLOCK);
+        opener.join();
+        if (w >= 0) ::close(w);
+        FAIL("the open of a FIFO waited for a peer for 10 s");
+      }
+      opener.join();
+      CHECK(s.code() == Code::kInvalidArgument);
+      CHECK(s.message().find("is not a regular file") != std::string::npos);
+    }
+  }
 }  // TEST_SUITE("bad_input")
 
 }  // namespace

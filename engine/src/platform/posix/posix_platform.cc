@@ -540,6 +540,11 @@ Status Adopt(UniqueFd fd, std::string path, bool read_only, std::unique_ptr<File
   if (::fstat(fd.get(), &st) != 0) return ErrnoStatus(path, "fstat", "", errno);
   if (S_ISDIR(st.st_mode)) return InvalidArgument(path, "is a directory");
   if (!S_ISREG(st.st_mode)) return InvalidArgument(path, "is not a regular file");
+  const int flags = ::fcntl(fd.get(), F_GETFL);
+  if (flags == -1) return ErrnoStatus(path, "fcntl", "F_GETFL", errno);
+  if ((flags & O_NONBLOCK) != 0 && ::fcntl(fd.get(), F_SETFL, flags & ~O_NONBLOCK) == -1) {
+    return ErrnoStatus(path, "fcntl", "F_SETFL", errno);
+  }
   *out = std::make_unique<PosixFile>(std::move(fd), std::move(path), read_only);
   return Status::Ok();
 }
@@ -654,13 +659,15 @@ Status File::Open(const std::string& path, const FileSpec& spec, std::unique_ptr
   if (path.empty() || path.find('\0') != std::string::npos) {
     return InvalidArgument(path, "bad file path");
   }
-  UniqueFd fd(::open(path.c_str(), OpenFlags(spec), static_cast<mode_t>(spec.mode)));
+  // O_NONBLOCK: the open of a FIFO (or a device) must not wait for a peer
+  // before Adopt can refuse it as not a regular file (Adopt clears it).
+  UniqueFd fd(::open(path.c_str(), OpenFlags(spec) | O_NONBLOCK, static_cast<mode_t>(spec.mode)));
   if (!fd.valid()) {
     const int err = errno;
     if (err == EEXIST && spec.create && spec.exclusive) {
       return InvalidArgument(path, "already exists");
     }
-    return ErrnoStatus(path, "open", FlagsText(spec), err);
+    return ErrnoStatus(path, "open", FlagsText(spec) + "|O_NONBLOCK", err);
   }
   return Adopt(std::move(fd), path, spec.read_only, out);
 }
