@@ -598,11 +598,11 @@ Status StoreImpl::RecoverKilledWriter() {
   }
   // A writer killed after its commit, before it published its changes
   // (the seqlock was still odd): publish them now. After a rollback the two
-  // are equal already.
-  if (ctl_->change_published.load() != ctl_->change_seq.load()) {
-    ctl_->change_published.store(ctl_->change_seq.load(), std::memory_order_seq_cst);
-    if (ctl_->change_waiters.load() > 0) BumpChangeWord();
-  }
+  // are equal already. One killed after publishing, before its wake (also
+  // odd), woke nobody: watchers are woken either way.
+  const bool published = ctl_->change_published.load() != ctl_->change_seq.load();
+  if (published) ctl_->change_published.store(ctl_->change_seq.load(), std::memory_order_seq_cst);
+  if ((published || (ctl_->seq.load() & 1) != 0) && ctl_->change_waiters.load() > 0) BumpChangeWord();
   uint64_t seq = ctl_->seq.load();
   if (seq & 1) ctl_->seq.store(seq + 1, std::memory_order_release);
   return Status::Ok();

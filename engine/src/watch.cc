@@ -39,6 +39,11 @@ using Clock = std::chrono::steady_clock;
 // Wakes between two attempts to zero a count raised by dead watchers.
 constexpr uint64_t kRepairEvery = 64;
 
+// The longest a waiting watcher sleeps before it looks at the sequence
+// again, woken or not: the latency of a change whose writer was killed
+// after publishing it and before waking the watchers.
+constexpr auto kWatchRecheck = std::chrono::seconds(1);
+
 // Does the change (its stored key bytes, full size and hash) pass `filter`?
 // `want_hash` is the store's hash of filter.text (kKey filters only).
 bool Matches(const ChangeFilter& filter, uint64_t want_hash, const ChangeEntry& e) {
@@ -207,9 +212,11 @@ Status StoreImpl::WaitForChange(uint64_t since, std::chrono::milliseconds timeou
     const auto now = Clock::now();
     if (now >= deadline) break;
     // Spurious returns (a wake meant for another sequence, a signal) loop.
-    file_->WaitWord(
-        &ctl_->change_futex, ControlOffsetOf(ctl_, &ctl_->change_futex), word,
-        std::chrono::duration_cast<std::chrono::microseconds>(deadline - now) + std::chrono::microseconds(1));
+    // A writer killed between its publish and its wake leaves a change that
+    // wakes nobody, so the wait also looks again every kWatchRecheck.
+    const auto slice = std::min<Clock::duration>(deadline - now, kWatchRecheck);
+    file_->WaitWord(&ctl_->change_futex, ControlOffsetOf(ctl_, &ctl_->change_futex), word,
+                    std::chrono::duration_cast<std::chrono::microseconds>(slice) + std::chrono::microseconds(1));
   }
   UncountWatcher();
   if (seq != nullptr) *seq = cur;
