@@ -733,6 +733,37 @@ TEST_SUITE("bad_input") {
     CHECK(store.Get("key7", &v).ok());
   }
 
+  // A killed writer's undo log whose entry rewrites an entry still to be
+  // applied (entry 1 retargets entry 0 at the control page's file_size): each
+  // entry passes its own check, and the rollback would leave the store
+  // claiming 1 GiB past the file's end, which a get then faults on. Refused
+  // before anything is applied, and by the rollback itself.
+  TEST_CASE("bad input: an undo log entry that rewrites the log is Corruption and changes nothing") {
+    using namespace internal::format;  // NOLINT
+    TempDir dir;
+    const std::string path = dir.File("s.mkv");
+    {
+      Store store = MustOpen(path);
+      for (int i = 0; i < 10; ++i) REQUIRE(store.Put(Key16(i), "v").ok());
+    }
+    std::string image = ReadFileBytes(path);
+    ControlPage ctl;
+    std::memcpy(static_cast<void*>(&ctl), image.data() + kControlOffset, sizeof ctl);
+    const UndoEntry log[2] = {
+        {uint64_t{kHeapOffset}, ctl.file_size.load() + (uint64_t{1} << 30)},         // word at 64 KiB, for now
+        {uint64_t{kUndoOffset}, kControlOffset + offsetof(ControlPage, file_size)},  // entry 0's target
+    };
+    std::memcpy(image.data() + kUndoOffset, log, sizeof log);
+    const uint64_t count = 2;
+    std::memcpy(image.data() + kControlOffset + offsetof(ControlPage, undo_count), &count, 8);
+    WriteFileBytes(path, image);
+    Store store;
+    const Status s = Store::Open(path, Options{}, &store);
+    CHECK(s.code() == Code::kCorruption);
+    CHECK(s.message().find("log itself") != std::string::npos);
+    CHECK(ReadFileBytes(path) == image);
+  }
+
   // A FIFO at the path: an open(2) for reading waits for a writer, so an
   // open that did not ask for O_NONBLOCK hung there (the CLI's read-only
   // commands did) before it could say what is wrong.

@@ -304,6 +304,15 @@ void Heap::DropChain() {
 
 namespace {
 uint64_t rollback_stop_for_testing = 0;  // SetRollbackStopForTesting
+
+// True when [off, off + len) meets an extent of the log (LogExtents: offset
+// and entries).
+bool InLog(const std::vector<std::pair<uint64_t, uint64_t>>& extents, uint64_t off, uint64_t len) {
+  for (const auto& [start, count] : extents) {
+    if (off < start + count * kUndoEntrySize && start < off + len) return true;
+  }
+  return false;
+}
 }  // namespace
 
 void SetRollbackStopForTesting(uint64_t entries) { rollback_stop_for_testing = entries; }
@@ -396,17 +405,23 @@ Status Heap::Rollback() {
   Status s = file_->Size(&limit);
   if (s.ok()) s = maps_->Cover(limit);
   if (!s.ok()) return s;
+  // Nothing an entry changes may be part of the log: an entry that rewrote
+  // one not yet applied (its target, or an allocation map placed over the
+  // log) would get past the checks made of it. No write logs a change there.
   uint64_t left = n;
   for (auto it = extents.rbegin(); it != extents.rend(); ++it) {
     const UndoEntry* log = At<UndoEntry>(it->first);
     for (uint64_t i = it->second; i > 0; --i, --left) {
       const UndoEntry& e = log[i - 1];
-      if (!EntryInRange(e, limit) || !AllocMapInFile(limit)) {
-        return BadLog("entry " + std::to_string(left - 1) + " (kind " + std::to_string(static_cast<int>(KindOf(e))) +
-                      ", target " + std::to_string(TargetOf(e)) + ", value " + std::to_string(e.value) +
-                      ") is out of range for the state the entries after it leave (file size " +
-                      std::to_string(ctl_->file_size.load(std::memory_order_relaxed)) + ", allocation map at " +
-                      std::to_string(ctl_->alloc_offset) + ", " + std::to_string(ctl_->alloc_words) + " words)");
+      if (!EntryInRange(e, limit) || !AllocMapInFile(limit) ||
+          InLog(extents, ctl_->alloc_offset, ctl_->alloc_words * sizeof(AllocWord)) ||
+          (KindOf(e) == UndoKind::kWord && InLog(extents, TargetOf(e), 8))) {
+        return BadLog(
+            "entry " + std::to_string(left - 1) + " (kind " + std::to_string(static_cast<int>(KindOf(e))) +
+            ", target " + std::to_string(TargetOf(e)) + ", value " + std::to_string(e.value) +
+            ") is out of range, or changes the log itself, for the state the entries after it leave (file size " +
+            std::to_string(ctl_->file_size.load(std::memory_order_relaxed)) + ", allocation map at " +
+            std::to_string(ctl_->alloc_offset) + ", " + std::to_string(ctl_->alloc_words) + " words)");
       }
       ApplyUndo(e);
       std::atomic_signal_fence(std::memory_order_seq_cst);
@@ -475,6 +490,9 @@ Status Heap::ValidateLog() const {
     const UndoEntry* log = At<UndoEntry>(off);
     for (uint64_t i = 0; i < n; ++i, ++index) {
       if (!EntryInRange(log[i], fs)) return BadLog("entry " + std::to_string(index) + " out of range");
+      if (KindOf(log[i]) == UndoKind::kWord && InLog(extents, TargetOf(log[i]), 8)) {
+        return BadLog("entry " + std::to_string(index) + " would change the log itself");
+      }
     }
   }
   return Status::Ok();

@@ -570,6 +570,10 @@ Status StoreImpl::RecoverKilledWriter() {
   // It may have died after its commit, before freeing its log's chunks.
   if (ctl_->undo_count.load() == 0 && ctl_->undo_chain != 0) heap_->DropChain();
   Status s = heap_->Rollback();
+  // What the log restored is checked as the page was before it: a log that
+  // passed its checks entry by entry must still leave a valid store.
+  if (s.ok()) s = ValidateControl();
+  if (s.ok()) s = CheckAllocMapMarks();
   if (!s.ok()) return s;
   const MetaPage* meta = nullptr;
   s = ChooseMeta(&meta);
