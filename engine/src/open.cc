@@ -22,6 +22,7 @@
 // finds it empty and initializes it while holding the write lock, which
 // every other opener (Attach) takes before it reads anything.
 #include <algorithm>
+#include <chrono>
 #include <cstddef>
 #include <cstring>
 #include <random>
@@ -38,6 +39,20 @@ using namespace format;  // NOLINT
 namespace {
 
 uint64_t RoundUp(uint64_t x, uint64_t to) { return (x + to - 1) / to * to; }
+
+// The change sequence a recovery from a checkpoint restarts at: past every
+// number handed out before the power cut, so that a watcher's number from
+// then reads as lost (kRescan) and is never taken for a new change's. Those
+// numbers are gone with the control page, but no store makes more than one
+// change a nanosecond, so a sequence kept at or below the wall clock in
+// nanoseconds, as this restart keeps it, stays there; the clock now is past
+// all of them. (A clock set back across the reboot loses that guarantee,
+// not more: the checkpoint's own sequence is the least it restarts at.)
+uint64_t RestartSequence(uint64_t checkpoint_seq) {
+  const auto since_epoch = std::chrono::system_clock::now().time_since_epoch();
+  const int64_t now_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(since_epoch).count();
+  return std::max(checkpoint_seq, now_ns > 0 ? static_cast<uint64_t>(now_ns) : 0);
+}
 
 uint64_t MetaChecksum(const MetaPage& m) { return XXH3_64bits(&m, offsetof(MetaPage, checksum)); }
 
@@ -638,8 +653,9 @@ Status StoreImpl::RecoverFromCheckpoint(const MetaPage& meta) {
   ctl_->table_shift.store(meta.table_shift);
   ctl_->pagemap_offset.store(meta.pagemap_offset);
   ctl_->entries.store(meta.entries);
-  ctl_->change_seq.store(meta.change_seq);
-  ctl_->change_published.store(meta.change_seq);
+  const uint64_t restart_seq = RestartSequence(meta.change_seq);
+  ctl_->change_seq.store(restart_seq);
+  ctl_->change_published.store(restart_seq);
   ctl_->change_waiters.store(0);  // no process of an earlier boot waits
   ctl_->reserved_line1.store(0);
   ctl_->writer_pid.store(0);
@@ -660,10 +676,10 @@ Status StoreImpl::RecoverFromCheckpoint(const MetaPage& meta) {
   }
   ctl_->ring_offset = meta.ring_offset;
   ctl_->ring_capacity = meta.ring_capacity;
-  // Ring entries after the checkpoint may be lost or torn, and sequence
-  // numbers after it are handed out again: nothing before this point is
-  // served (a watcher that kept a sequence number across the reboot rescans).
-  ctl_->ring_floor = meta.change_seq;
+  // Ring entries after the checkpoint may be lost or torn: nothing up to the
+  // restart is served (a watcher that kept a sequence number across the
+  // reboot rescans, and no number it kept is handed out again).
+  ctl_->ring_floor = restart_seq;
   std::memcpy(base + meta.pagemap_offset, base + meta.snapshot_offset, ctl_->pagemap_bytes);
   if (heap_->ReleasedMapChecksum() == meta.alloc_checksum) {
     heap_->ReleaseAll();

@@ -314,6 +314,9 @@ class Store {
   // erase that removes a key, of every committed write (a batch of n such
   // operations advances it by n, all at once), in every process; persistent (checkpointed with the data). One
   // load from the mapping: no lock, no system call. 0 for a closed handle.
+  // After a power cut (or an OS crash) the store goes back to its last
+  // checkpoint, and the sequence jumps ahead, to the wall clock in
+  // nanoseconds, so that no number handed out before is handed out again.
   uint64_t ChangeSeq() const;
 
   // Blocks until ChangeSeq() differs from `since` (normally: has passed it),
