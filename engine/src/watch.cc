@@ -24,6 +24,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <thread>
 
 #include "racy.h"
 #include "store_impl.h"
@@ -242,9 +243,23 @@ MAPKV_OPTIMISTIC Status StoreImpl::ChangesSince(uint64_t since, const ChangeFilt
     return rescan("the store is at sequence " + std::to_string(head) +
                   ", behind it: changes were lost in a recovery from a checkpoint");
   }
-  const uint64_t cap = RacyLoad(&ctl_->ring_capacity);
-  const uint64_t offset = RacyLoad(&ctl_->ring_offset);
-  const uint64_t floor = RacyLoad(&ctl_->ring_floor);
+  // The write that makes the ring stores its floor, offset and capacity
+  // one after another, and its rollback puts them back in the other order:
+  // read as a pair of equal snapshots, never a mix (a capacity with the
+  // offset already back at 0 read as a damaged ring).
+  uint64_t cap = 0, offset = 0, floor = 0;
+  for (int attempt = 0;; ++attempt) {
+    cap = RacyLoad(&ctl_->ring_capacity);
+    offset = RacyLoad(&ctl_->ring_offset);
+    floor = RacyLoad(&ctl_->ring_floor);
+    SeqlockReadFence();
+    if ((cap == RacyLoad(&ctl_->ring_capacity) && offset == RacyLoad(&ctl_->ring_offset) &&
+         floor == RacyLoad(&ctl_->ring_floor)) ||
+        attempt == 1000) {
+      break;
+    }
+    std::this_thread::yield();
+  }
   if (cap == 0) {
     return Status(
         Code::kNotSupported,
