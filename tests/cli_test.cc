@@ -1123,11 +1123,11 @@ TEST_SUITE("cli") {
     TempDir dir;
     const std::string f = dir.File("s.mkv");
     REQUIRE(RunCli({"put", f, "k", "v"}).code == 0);
+    REQUIRE(RunCli({"incr", f, "n", "0"}).code == 0);
     const std::string full = "/dev/full";
     const std::string write_failed = "mapkv: <stdout>: write failed: " + std::string(std::strerror(ENOSPC)) + "\n";
     for (const std::vector<std::string>& args : std::vector<std::vector<std::string>>{{"check", f},
                                                                                       {"compact", f},
-                                                                                      {"incr", f, "n"},
                                                                                       {"get", f, "k"},
                                                                                       {"get", f, "n", "--as", "i64"},
                                                                                       {"keys", f},
@@ -1139,7 +1139,14 @@ TEST_SUITE("cli") {
       CHECK(r.code == 3);
       CHECK(ErrText(r) == write_failed);
     }
-    CliResult r = RunCliToFile({"load", f}, full, "{\"key\": \"a\", \"value\": \"1\"}\n");
+    // incr says that the increment was made all the same (a retry would add
+    // twice).
+    CliResult r = RunCliToFile({"incr", f, "n", "5"}, full);
+    CHECK(r.code == 3);
+    CHECK(ErrText(r) == write_failed + "mapkv: " + f +
+                            ": the increment was applied (the counter is now 5); only printing it failed\n");
+    CHECK(RunCli({"incr", f, "n", "0"}).out == "5\n");
+    r = RunCliToFile({"load", f}, full, "{\"key\": \"a\", \"value\": \"1\"}\n");
     CHECK(r.code == 3);
     CHECK(ErrText(r) == write_failed);
     CHECK(RunCli({"get", f, "a"}).out == "1");  // loaded all the same
@@ -1163,6 +1170,11 @@ TEST_SUITE("cli") {
 #endif
 
   TEST_CASE("cli: bad files through get keys dump stats check exit 3 with one line and unchanged bytes") {
+    // An empty FILE argument: the engine's message, not one prefixed by ": ".
+    const CliResult no_path = RunCli({"get", "", "k"});
+    CHECK(no_path.code == 3);
+    CHECK(ErrText(no_path) == "mapkv: store path is empty\n");
+
     TempDir dir;
     const std::string empty = dir.File("empty.mkv");
     WriteFileBytes(empty, "");

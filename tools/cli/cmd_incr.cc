@@ -23,9 +23,20 @@ int RunIncr(const IncrOptions& o) {
   int64_t now = 0;
   s = store.Increment(o.key, o.delta, &now);
   if (!s.ok()) return Fail(o.file, s);
+  // From here on the increment is applied: a failure to close or to print
+  // says so, so that a script that retries on exit 3 does not add twice.
+  const std::string applied = "the increment was applied (the counter is now " + std::to_string(now) + ")";
   s = store.Close();
-  if (!s.ok()) return Fail(o.file, s);
-  return WriteStdout(std::to_string(now) + "\n") ? kExitOk : kExitStore;
+  if (!s.ok()) {
+    const int rc = Fail(o.file, s);
+    PrintError(o.file, applied + "; only the close failed");
+    return rc;
+  }
+  if (!WriteStdout(std::to_string(now) + "\n")) {
+    PrintError(o.file, applied + "; only printing it failed");
+    return kExitStore;
+  }
+  return kExitOk;
 }
 
 }  // namespace
@@ -36,7 +47,8 @@ Command SetupIncr(CLI::App& app) {
       "incr",
       "Add DELTA (default 1, may be negative) to the 64-bit signed counter at KEY (8 bytes, little-endian) and "
       "print the new value. A missing KEY counts as 0; FILE is created if missing. A value that is not 8 bytes, "
-      "or a sum that overflows, is an error (exit 3) and changes nothing.");
+      "or a sum that overflows, is an error (exit 3) and changes nothing. When the increment is made but closing "
+      "the store or printing fails, the exit is 3 too and a message says the increment was applied.");
   sub->add_option("FILE", o->file, "Store file")->required();
   sub->add_option("KEY", o->key, "Key; put `--` before a key that starts with '-'")->required();
   AddIntegerArgument(sub, "DELTA", &o->delta, "Amount to add (default 1), in decimal");

@@ -17,8 +17,9 @@ namespace mapkv::cli {
 
 void PrintError(std::string_view file, std::string_view message) {
   std::string line = "mapkv: ";
-  const bool named =
-      message.size() > file.size() && message.substr(0, file.size()) == file && message[file.size()] == ':';
+  // An empty FILE (an empty argument) names nothing: no ": " for it.
+  const bool named = file.empty() || (message.size() > file.size() && message.substr(0, file.size()) == file &&
+                                      message[file.size()] == ':');
   if (!named) {
     line.append(file);
     line.append(": ");

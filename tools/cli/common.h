@@ -61,8 +61,8 @@ struct Command {
 };
 
 // Prints "mapkv: FILE: MESSAGE" as one line on stderr (a MESSAGE that starts
-// with "FILE:", as the engine's do, is not prefixed again; newlines in it
-// become spaces).
+// with "FILE:", as the engine's do, or an empty FILE, is not prefixed; newlines
+// in it become spaces).
 void PrintError(std::string_view file, std::string_view message);
 // PrintError(file, status.message()); returns ExitCodeFor(status.code()).
 int Fail(std::string_view file, const Status& status);
