@@ -15,6 +15,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstring>
+#include <filesystem>
 #include <string>
 #include <thread>
 #include <vector>
@@ -762,6 +763,22 @@ TEST_SUITE("bad_input") {
     CHECK(s.code() == Code::kCorruption);
     CHECK(s.message().find("log itself") != std::string::npos);
     CHECK(ReadFileBytes(path) == image);
+  }
+
+  // A symbolic link to a missing file: the store cannot be made under the
+  // name, and the error says why instead of blaming create_if_missing.
+  TEST_CASE("bad input: a dangling symbolic link at the path is NotFound with a message that names it") {
+    TempDir dir;
+    const std::string path = dir.File("link.mkv");
+    REQUIRE(::symlink(dir.File("missing.mkv").c_str(), path.c_str()) == 0);
+    Store store;
+    const Status s = Store::Open(path, Options{}, &store);
+    CHECK(s.code() == Code::kNotFound);
+    CHECK(s.message().find("symbolic link") != std::string::npos);
+    CHECK(s.message().find("create_if_missing is off") == std::string::npos);
+    int files = 0;
+    for (const auto& e : std::filesystem::directory_iterator(dir.path())) files += e.path().filename() != "link.mkv";
+    CHECK(files == 0);  // no temporary file left
   }
 
   // A FIFO at the path: an open(2) for reading waits for a writer, so an

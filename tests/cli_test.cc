@@ -685,6 +685,17 @@ TEST_SUITE("cli") {
     CHECK(ctl_lines[2]["value_base64"] == Base64(std::string(1 << 20, '\x02')));
     CHECK(ctl.out.size() < (1 << 20) / 3 * 4 + 200);
 
+    // -o - is standard output (as load's INPUT -); an empty OUT is a usage
+    // error, not standard output.
+    const CliResult dash = RunCli({"dump", f, "-o", "-"});
+    CHECK(dash.code == 0);
+    CHECK(dash.out == r.out);
+    CHECK_FALSE(std::filesystem::exists("-"));
+    const CliResult empty_out = RunCli({"dump", f, "-o", ""});
+    CHECK(empty_out.code == 2);
+    CHECK(empty_out.err.find("OUT is empty") != std::string::npos);
+    CHECK(empty_out.out.empty());
+
     // -o OUT writes the same bytes to a file, nothing to stdout.
     const std::string out = dir.File("out.jsonl");
     const CliResult o = RunCli({"dump", f, "-o", out});
@@ -902,6 +913,7 @@ TEST_SUITE("cli") {
         "{\"key\": \"x\", \"value\": \"y\"} trailing",
         "{\"key\": \"x\", \"value\": \"\xff\"}",  // invalid UTF-8 in a JSON string
         "{\"key\": \"" + std::string(kMaxKeySize + 1, 'k') + "\", \"value\": \"y\"}",
+        "\xEF\xBB\xBF{\"key\": \"x\", \"value\": \"y\"}",  // a byte order mark
     };
     for (const std::string& line : bad) {
       CAPTURE(line.substr(0, 80));
@@ -916,6 +928,14 @@ TEST_SUITE("cli") {
       CHECK(RunCli({"get", g, "first"}).out == "1");
       CHECK(RunCli({"get", g, "third"}).code == 1);
     }
+    r = RunCli({"load", dir.File("bom.mkv")}, "\xEF\xBB\xBF{\"key\": \"x\", \"value\": \"y\"}\n");
+    CHECK(r.code == 2);
+    CHECK(r.err.find("<stdin>:1: starts with a UTF-8 byte order mark") != std::string::npos);
+    // An empty INPUT is a usage error, not standard input.
+    r = RunCli({"load", dir.File("empty-input.mkv"), ""}, "{\"key\": \"x\", \"value\": \"y\"}\n");
+    CHECK(r.code == 2);
+    CHECK(r.err.find("INPUT is empty") != std::string::npos);
+    CHECK_FALSE(std::filesystem::exists(dir.File("empty-input.mkv")));
   }
 
   TEST_CASE("cli: load keeps every batch before a malformed line (more than one batch)") {

@@ -143,6 +143,14 @@ TEST_CASE("watch: mapkv watch --key and --prefix filter; --timeout exits 1; usag
   r = RunWatch({path, "--prefix", std::string(65537, 'k'), "--timeout", "5"});
   CHECK(r.code == 2);
   CHECK(r.err.find("prefix of 65537 bytes") != std::string::npos);
+  // Timeouts past a double's range: too large is out of range, too small a
+  // timeout of zero (both were "not a number of seconds").
+  r = RunWatch({path, "--timeout", std::string(400, '9')});
+  CHECK(r.code == 2);
+  CHECK(r.err.find("is out of range") != std::string::npos);
+  r = RunWatch({path, "--timeout", "0." + std::string(400, '0') + "1"});
+  CHECK(r.code == 1);  // timed out at once
+  CHECK(r.err.empty());
   r = RunWatch({dir.File("missing.mkv"), "--timeout", "1"});
   CHECK(r.code == 3);
   CHECK(r.err.find("missing.mkv") != std::string::npos);

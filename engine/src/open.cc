@@ -142,7 +142,14 @@ Status StoreImpl::Open(std::string_view path_view, const Options& options, std::
     }
     s = File::Open(path, spec, &file);
   }
-  if (s.IsNotFound()) return Status(Code::kNotFound, path + ": no such store (and create_if_missing is off)");
+  if (s.IsNotFound()) {
+    // Still missing after a creation that found the name taken: the name is
+    // a symbolic link to nothing (or the store was removed at that moment).
+    const bool tried = options.create_if_missing && !options.read_only;
+    return Status(Code::kNotFound, path + (tried ? ": no such store, and it cannot be made there: the name is taken "
+                                                   "(a symbolic link to a missing file?)"
+                                                 : ": no such store (and create_if_missing is off)"));
+  }
   if (!s.ok()) return s;
   std::unique_ptr<StoreImpl> impl(new StoreImpl(path, options));
   impl->file_ = std::move(file);

@@ -36,7 +36,8 @@ uint64_t BigEndian8(std::string_view s, size_t from) {
 }
 
 int RunDump(const DumpOptions& o) {
-  if (!o.out.empty() && IsStoreFile(o.file, o.out)) {
+  const bool to_stdout = o.out.empty() || o.out == "-";
+  if (!to_stdout && IsStoreFile(o.file, o.out)) {
     PrintError(o.out, "the output is the store file " + o.file + " itself (dump would overwrite it with JSON)");
     return kExitUsage;
   }
@@ -73,9 +74,9 @@ int RunDump(const DumpOptions& o) {
     return std::string_view(base + a.offset, a.key_size) < std::string_view(base + b.offset, b.key_size);
   });
 
-  const std::string out_name = o.out.empty() ? "<stdout>" : o.out;
+  const std::string out_name = to_stdout ? "<stdout>" : o.out;
   std::FILE* f = stdout;
-  if (!o.out.empty()) {
+  if (!to_stdout) {
     f = std::fopen(o.out.c_str(), "wb");
     if (f == nullptr) {
       PrintError(o.out, "cannot open for writing: " + ErrnoText(errno));
@@ -116,7 +117,10 @@ Command SetupDump(CLI::App& app) {
       "characters), is written as \"key_base64\" / \"value_base64\" (standard base64) instead. `mapkv load` "
       "reads this format back.");
   sub->add_option("FILE", o->file, "Store file")->required();
-  sub->add_option("-o,--output", o->out, "Write to OUT instead of standard output (not FILE itself)")->type_name("OUT");
+  sub->add_option("-o,--output", o->out,
+                  "Write to OUT instead of standard output ('-': standard output; not FILE itself)")
+      ->type_name("OUT")
+      ->check(NotEmpty("OUT", "a file name, or - for standard output"));
   return {sub, [o] { return RunDump(*o); }};
 }
 

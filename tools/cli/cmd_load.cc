@@ -325,7 +325,8 @@ Command SetupLoad(CLI::App& app) {
       "is the first non-blank line, FILE is neither created nor changed). Prints \"loaded N pairs\"; shows progress "
       "on standard error when it is a terminal.");
   sub->add_option("FILE", o->file, "Store file")->required();
-  sub->add_option("INPUT", o->input, "JSON Lines file (default or '-': standard input)");
+  sub->add_option("INPUT", o->input, "JSON Lines file (default or '-': standard input)")
+      ->check(NotEmpty("INPUT", "a file name, or - (or nothing) for standard input"));
   return {sub, [o] { return RunLoad(*o); }};
 }
 

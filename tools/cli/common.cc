@@ -132,7 +132,13 @@ std::string ParseSeconds(const std::string& text, double max, double* out) {
   const char* const what = " is not a number of seconds (digits, optionally a '.' and more digits)";
   if (!ok) return Quoted(text) + what;
   const auto [end, err] = std::from_chars(text.data(), text.data() + text.size(), *out, std::chars_format::fixed);
-  if (err != std::errc() || end != text.data() + text.size()) return Quoted(text) + what;
+  if (end != text.data() + text.size()) return Quoted(text) + what;
+  if (err == std::errc::result_out_of_range) {
+    // Too small for a double is a zero timeout; too large is past `max`.
+    *out = whole.find_first_not_of('0') == std::string_view::npos ? 0.0 : max * 2 + 1;
+  } else if (err != std::errc()) {
+    return Quoted(text) + what;
+  }
   if (*out > max) {
     char limit[32];
     std::snprintf(limit, sizeof limit, "%.0f", max);
@@ -177,5 +183,11 @@ CLI::Option* AddSecondsArgument(CLI::App* app, const std::string& name, double* 
 }
 
 std::string ErrnoText(int err) { return std::strerror(err); }
+
+CLI::Validator NotEmpty(const std::string& name, const std::string& want) {
+  return CLI::Validator(
+      [name, want](std::string& value) { return value.empty() ? name + " is empty: give " + want : std::string(); }, "",
+      "NotEmpty");
+}
 
 }  // namespace mapkv::cli

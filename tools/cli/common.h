@@ -15,6 +15,7 @@
 
 namespace CLI {
 class App;
+class Validator;
 class Option;
 }  // namespace CLI
 
@@ -53,6 +54,9 @@ constexpr int ExitCodeFor(Code code) {
   }
   return kExitStore;
 }
+
+// A CLI11 check that refuses an empty argument: "NAME is empty: give WANT".
+CLI::Validator NotEmpty(const std::string& name, const std::string& want);
 
 // A subcommand: its CLI11 node and what runs it once arguments are parsed.
 struct Command {

@@ -40,6 +40,10 @@ JsonLineParser::JsonLineParser() = default;
 JsonLineParser::~JsonLineParser() = default;
 
 bool JsonLineParser::Parse(std::string_view line, std::string_view* key, std::string_view* value, std::string* error) {
+  if (line.substr(0, 3) == "\xEF\xBB\xBF") {  // the parsers' own message names no cause
+    *error = "starts with a UTF-8 byte order mark, which JSON Lines does not allow (an editor's? remove it)";
+    return false;
+  }
   if (!parser_.Parse(line, &fields_, error)) return false;
   // Which of the fields were seen: key, key_base64, value, value_base64.
   bool seen[4] = {false, false, false, false};
