@@ -224,6 +224,24 @@ class UniqueHandle {
   HANDLE h_ = nullptr;
 };
 
+// A view from MapViewOfFile, unmapped unless released to the object that
+// will own it. Running out of memory between the two must not leak the
+// view: it keeps the file open, and the file's name could not be deleted.
+class UniqueView {
+ public:
+  explicit UniqueView(void* view) : view_(view) {}
+  ~UniqueView() {
+    if (view_ != nullptr) ::UnmapViewOfFile(view_);
+  }
+  UniqueView(const UniqueView&) = delete;
+  UniqueView& operator=(const UniqueView&) = delete;
+  void* get() const { return view_; }
+  void* release() { return std::exchange(view_, nullptr); }
+
+ private:
+  void* view_;
+};
+
 OVERLAPPED At(uint64_t offset) {
   OVERLAPPED ov{};
   ov.Offset = static_cast<DWORD>(offset);
@@ -589,7 +607,9 @@ class Win32File final : public File {
       return Win32Status(path_, "MapViewOfFile", Bytes(span) + (writable ? ", read-write" : ", read-only"),
                          ::GetLastError());
     }
+    UniqueView view(addr);
     *out = std::make_unique<Win32Mapping>(static_cast<uint8_t*>(addr), span, h_.get(), path_);
+    view.release();
     return Status::Ok();
   }
 
@@ -886,7 +906,9 @@ class Win32SharedFile final : public File {
     if (span == 0) return InvalidArgument(path_, "cannot map an empty store");
     void* view = nullptr;
     if (Status s = CommitView(span, writable, &view); !s.ok()) return s;
+    UniqueView guard(view);
     *out = std::make_unique<Win32Mapping>(static_cast<uint8_t*>(view), span, nullptr, path_);
+    guard.release();
     return Status::Ok();
   }
 
@@ -1035,16 +1057,15 @@ Status File::OpenShared(const std::string& name, const FileSpec& spec, std::uniq
     ::UnmapViewOfFile(header);
     return Win32Status(path, "VirtualAlloc", "MEM_COMMIT, header", err);
   }
+  UniqueView header_view(header);
   std::string lock_path;
   Status s = LockFilePath(name, /*create_dir=*/true, &lock_path);
   UniqueHandle lock_file;
   if (s.ok()) s = OpenLockFile(path, lock_path, &lock_file);
-  if (!s.ok()) {
-    ::UnmapViewOfFile(header);
-    return s;
-  }
+  if (!s.ok()) return s;
   auto file = std::make_unique<Win32SharedFile>(std::move(section), static_cast<SharedHeader*>(header),
                                                 std::move(lock_file), path, spec.read_only);
+  header_view.release();  // the file owns it now
   file->events()->SetPrefix(Widen("Local\\mapkv-wait-shm-" + name + "-"));
   *out = std::move(file);
   return Status::Ok();
