@@ -300,6 +300,14 @@ inline constexpr uint8_t kChangeErase = 2;
 inline constexpr uint8_t kChangeKeyTruncated = 1;                // flags bit: key_size > kChangeKeyBytes
 inline constexpr uint64_t kRingCapacityUnit = 64;                // capacity granularity (64 entries = one page)
 inline constexpr uint64_t kMaxRingCapacity = uint64_t{1} << 24;  // 1 GiB of ring
+
+// Change sequence numbers are never handed out twice, across power cuts
+// too: a writer checkpoints once the sequence runs kCheckpointEveryChanges
+// past the newest checkpoint's, so no more than that (plus one write's
+// changes) are ever lost, and a recovery from a checkpoint restarts the
+// sequence kRestartGap past the checkpoint's (docs/FORMAT.md, Recovery).
+inline constexpr uint64_t kCheckpointEveryChanges = uint64_t{1} << 39;
+inline constexpr uint64_t kRestartGap = uint64_t{1} << 40;
 struct ChangeEntry {
   uint64_t seq;                  // sequence number of this change; 0 while being written
   uint64_t key_hash;             // XXH3_64(key, seed = hash_seed), as the table hashes it

@@ -341,6 +341,9 @@ class Heap {
 // that many entries, leaving the file as a kill at that point would.
 inline constexpr int kRollbackStopExit = 77;
 void SetRollbackStopForTesting(uint64_t entries);
+// Testing only (tests/watch_test.cc): writers checkpoint every `changes`
+// changes instead of every kCheckpointEveryChanges (0: back to that).
+void SetCheckpointEveryChangesForTesting(uint64_t changes);
 
 }  // namespace mapkv::internal
 

@@ -22,7 +22,6 @@
 // finds it empty and initializes it while holding the write lock, which
 // every other opener (Attach) takes before it reads anything.
 #include <algorithm>
-#include <chrono>
 #include <cstddef>
 #include <cstring>
 #include <random>
@@ -43,15 +42,16 @@ uint64_t RoundUp(uint64_t x, uint64_t to) { return (x + to - 1) / to * to; }
 // The change sequence a recovery from a checkpoint restarts at: past every
 // number handed out before the power cut, so that a watcher's number from
 // then reads as lost (kRescan) and is never taken for a new change's. Those
-// numbers are gone with the control page, but no store makes more than one
-// change a nanosecond, so a sequence kept at or below the wall clock in
-// nanoseconds, as this restart keeps it, stays there; the clock now is past
-// all of them. (A clock set back across the reboot loses that guarantee,
-// not more: the checkpoint's own sequence is the least it restarts at.)
+// numbers are gone with the control page, but writers checkpoint before the
+// sequence runs kCheckpointEveryChanges past the last checkpoint's (a write
+// of more than 2^39 changes cannot be built in memory), so they are all
+// below the checkpoint's plus kRestartGap. The control page cannot tell a
+// clean shutdown from a cut that came after later writes: the gap is taken
+// after every restart of the machine. (Not a clock: in nanoseconds the
+// sequence would pass 2^53, where JSON readers that keep numbers as doubles
+// round it; with this gap, after 8192 such restarts.)
 uint64_t RestartSequence(uint64_t checkpoint_seq) {
-  const auto since_epoch = std::chrono::system_clock::now().time_since_epoch();
-  const int64_t now_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(since_epoch).count();
-  return std::max(checkpoint_seq, now_ns > 0 ? static_cast<uint64_t>(now_ns) : 0);
+  return checkpoint_seq > ~uint64_t{0} - kRestartGap ? ~uint64_t{0} : checkpoint_seq + kRestartGap;
 }
 
 uint64_t MetaChecksum(const MetaPage& m) { return XXH3_64bits(&m, offsetof(MetaPage, checksum)); }

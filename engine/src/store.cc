@@ -500,7 +500,8 @@ Status StoreImpl::GuardedForEach(std::string_view prefix,
     if (SlotTag(slot) != HashTag(HashKey(k, seed_))) {
       return Status(Code::kCorruption, path_ + ": table slot " + std::to_string(i) + " points at the record of key " +
                                            DescribeKey(k) + " (offset " + std::to_string(rec.granule * kGranule) +
-                                           "), whose hash does not match the slot; `mapkv check` lists the damage");
+                                           "), whose hash does not match the slot (the slot or the record is "
+                                           "damaged); `mapkv check` lists the damage");
     }
     if (k.substr(0, prefix.size()) != prefix) continue;
     if (!fn(k, std::string_view(reinterpret_cast<const char*>(rec.value()), rec.value_size))) break;
@@ -566,7 +567,39 @@ Status StoreImpl::TakeOverWriteLock() {
   return s;
 }
 
-void StoreImpl::EndWrite() { locks_->UnlockWrite(/*may_stick=*/!std::exchange(drop_write_lock_, false)); }
+namespace {
+uint64_t checkpoint_every_changes = kCheckpointEveryChanges;  // SetCheckpointEveryChangesForTesting
+}  // namespace
+
+void SetCheckpointEveryChangesForTesting(uint64_t changes) {
+  checkpoint_every_changes = changes == 0 ? kCheckpointEveryChanges : changes;
+}
+
+void StoreImpl::EndWrite() {
+  if (!drop_write_lock_ && ctl_->change_seq.load(std::memory_order_relaxed) >= checkpoint_due_seq_) CheckpointIfDue();
+  locks_->UnlockWrite(/*may_stick=*/!std::exchange(drop_write_lock_, false));
+}
+
+void StoreImpl::CheckpointIfDue() noexcept {
+  // Under the write lock, after a write that ended (committed or undone).
+  if (ctl_->undo_count.load(std::memory_order_relaxed) != 0 || (ctl_->seq.load(std::memory_order_relaxed) & 1) != 0)
+    return;
+  const auto* meta = reinterpret_cast<const MetaPage*>(heap_->base() + kMetaOffset[ctl_->generation & 1]);
+  if (meta->magic != kMetaMagic || meta->generation != ctl_->generation) return;  // looked at again next write
+  uint64_t since = meta->change_seq;
+  if (ctl_->change_seq.load(std::memory_order_relaxed) - since >= checkpoint_every_changes) {
+    // The sequence may not run further from the last checkpoint (see
+    // kCheckpointEveryChanges). Once in 2^39 changes: a synchronous flush.
+    // Failing, the next write tries again.
+    try {
+      if (!Checkpoint().ok()) return;
+    } catch (...) {  // out of memory: as a failure
+      return;
+    }
+    since = ctl_->change_seq.load(std::memory_order_relaxed);
+  }
+  checkpoint_due_seq_ = since + checkpoint_every_changes;
+}
 
 void StoreImpl::AbandonWrite() noexcept {
   try {

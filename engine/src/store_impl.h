@@ -206,7 +206,10 @@ class StoreImpl {
   // recovers a writer killed in the middle of a write. The caller unlocks
   // when it fails.
   Status TakeOverWriteLock();
+  // Gives the write lock back, after a checkpoint when the change sequence
+  // ran kCheckpointEveryChanges past the last checkpoint's (CheckpointIfDue).
   void EndWrite();
+  void CheckpointIfDue() noexcept;
   // Ends the write at the end of its scope, also when an exception passes.
   struct WriteEnder {
     StoreImpl* self;
@@ -296,9 +299,10 @@ class StoreImpl {
   // rewrite in place. Put then looks up first (in-place rewrites of the same
   // keys tend to come in runs); otherwise it writes the record first.
   bool last_put_in_place_ = false;
-  bool wake_pending_ = false;     // PublishChanges advanced change_published; WakeWatchers to run
-  bool drop_write_lock_ = false;  // RollBackWrite failed: EndWrite does not keep the lock
-  uint64_t watcher_wakes_ = 0;    // wakes issued by this handle (under the write lock): paces the repair
+  bool wake_pending_ = false;        // PublishChanges advanced change_published; WakeWatchers to run
+  bool drop_write_lock_ = false;     // RollBackWrite failed: EndWrite does not keep the lock
+  uint64_t watcher_wakes_ = 0;       // wakes issued by this handle (under the write lock): paces the repair
+  uint64_t checkpoint_due_seq_ = 0;  // EndWrite looks at the last checkpoint's sequence from this one on
   // The waiter byte's lock belongs to the handle, not to a thread: the first
   // of its threads to wait takes it shared, the last to leave releases it,
   // and the handle repairs the count only while none of its threads waits

@@ -178,6 +178,9 @@ class Store {
 
   // Closes the handle: checkpoints when options.checkpoint_on_close and this is
   // the last handle on the file, releases locks and the mapping. Idempotent.
+  // The handle is closed whatever it returns; kCorruption names a damaged
+  // record that the close's compaction of the file's tail found (and left
+  // where it was, after checkpointing everything else).
   Status Close();
   bool is_open() const { return impl_ != nullptr; }
   const std::string& path() const;
@@ -305,7 +308,9 @@ class Store {
   // (at once when no other handle has the file open, else when the last one
   // closes). A series of ordinary crash-safe writes holding the write lock:
   // readers keep reading, a kill leaves a valid store. Needs free disk space
-  // for one more copy of the live data meanwhile. See docs/DESIGN.md.
+  // for one more copy of the live data meanwhile. A damaged record (its
+  // checksum) makes it fail with kCorruption before it moves anything. See
+  // docs/DESIGN.md.
   Status Compact();
 
   // ---- watch: cross-process change notification (docs/DESIGN.md, "Watch").
@@ -314,15 +319,17 @@ class Store {
   // erase that removes a key, of every committed write (a batch of n such
   // operations advances it by n, all at once), in every process; persistent (checkpointed with the data). One
   // load from the mapping: no lock, no system call. 0 for a closed handle.
-  // After a power cut (or an OS crash) the store goes back to its last
-  // checkpoint, and the sequence jumps ahead, to the wall clock in
-  // nanoseconds, so that no number handed out before is handed out again.
+  // After a restart of the machine the sequence jumps 2^40 ahead of the last
+  // checkpoint's (a power cut may have lost changes after it, and no number
+  // handed out before is handed out again); a watcher that kept a number
+  // gets kRescan once.
   uint64_t ChangeSeq() const;
 
   // Blocks until ChangeSeq() differs from `since` (normally: has passed it),
   // or `timeout` passes. Returns kOk with *seq (when given) set to the new
   // sequence number, or kTimedOut (with *seq the unchanged one). Sleeps on a
-  // futex word of the shared mapping: no polling, no CPU while idle; a
+  // futex word of the shared mapping, looking again once a second (a writer
+  // killed before its wake wakes nobody), no CPU to speak of while idle; a
   // writer wakes sleepers only when one is counted, so a put with nobody
   // waiting makes no system call. Needs a writable handle (the waiter counts
   // itself in the file's control page): kNotSupported on a read-only one
