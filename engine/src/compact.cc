@@ -121,7 +121,13 @@ Status StoreImpl::CompactTail(Status* damaged) {
       // A damaged record stays where it is (MoveRecord refuses it) and is
       // reported instead.
       RecordRef rec;
-      if (r.Record(SlotGranule(slot), &rec) && !rec.Intact()) {
+      if (!r.Record(SlotGranule(slot), &rec)) {
+        if (damaged->ok()) {
+          *damaged = Status(Code::kCorruption, path_ + ": slot " + std::to_string(i) + " points out of the file");
+        }
+        continue;
+      }
+      if (!rec.Intact()) {
         if (damaged->ok()) *damaged = ChecksumError(rec);
         continue;
       }

@@ -662,6 +662,11 @@ Status File::Open(const std::string& path, const FileSpec& spec, std::unique_ptr
   // O_NONBLOCK: the open of a FIFO (or a device) must not wait for a peer
   // before Adopt can refuse it as not a regular file (Adopt clears it).
   UniqueFd fd(::open(path.c_str(), OpenFlags(spec) | O_NONBLOCK, static_cast<mode_t>(spec.mode)));
+  if (!fd.valid() && errno == EWOULDBLOCK) {
+    // A lease on the file (Samba's oplocks, an NFS server's delegation):
+    // without O_NONBLOCK the open waits for the lease to be broken.
+    fd = UniqueFd(::open(path.c_str(), OpenFlags(spec), static_cast<mode_t>(spec.mode)));
+  }
   if (!fd.valid()) {
     const int err = errno;
     if (err == EEXIST && spec.create && spec.exclusive) {
