@@ -24,9 +24,7 @@ int RunDel(const DelOptions& o) {
     return kExitNotFound;
   }
   if (!s.ok()) return Fail(o.file, s);
-  s = store.Close();
-  if (!s.ok()) return Fail(o.file, s);
-  return kExitOk;
+  return CloseAfterChange(&store, o.file, "the key was erased");
 }
 
 }  // namespace

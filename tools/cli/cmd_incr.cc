@@ -26,12 +26,7 @@ int RunIncr(const IncrOptions& o) {
   // From here on the increment is applied: a failure to close or to print
   // says so, so that a script that retries on exit 3 does not add twice.
   const std::string applied = "the increment was applied (the counter is now " + std::to_string(now) + ")";
-  s = store.Close();
-  if (!s.ok()) {
-    const int rc = Fail(o.file, s);
-    PrintError(o.file, applied + "; only the close failed");
-    return rc;
-  }
+  if (const int rc = CloseAfterChange(&store, o.file, applied); rc != kExitOk) return rc;
   if (!WriteStdout(std::to_string(now) + "\n")) {
     PrintError(o.file, applied + "; only printing it failed");
     return kExitStore;

@@ -72,7 +72,8 @@ class LineReader {
         Allocate(capacity_ * 2);
         std::memcpy(buf_.get(), old.get(), end_);
       }
-      const ssize_t n = ::read(fd_, buf_.get() + end_, capacity_ - end_);
+      // At most 1 GiB a call: the Windows CRT refuses counts past INT_MAX.
+      const ssize_t n = ::read(fd_, buf_.get() + end_, std::min<size_t>(capacity_ - end_, size_t{1} << 30));
       if (n < 0) {
         if (errno == EINTR) continue;
         error_ = errno;

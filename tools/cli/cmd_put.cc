@@ -57,9 +57,7 @@ int RunPut(PutOptions& o) {
   if (!s.ok()) return FailOpen(o.file, s);
   s = store.Put(o.key, o.value);
   if (!s.ok()) return Fail(o.file, s);
-  s = store.Close();
-  if (!s.ok()) return Fail(o.file, s);
-  return kExitOk;
+  return CloseAfterChange(&store, o.file, "the put was applied");
 }
 
 }  // namespace

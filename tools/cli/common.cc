@@ -35,6 +35,14 @@ int Fail(std::string_view file, const Status& status) {
   return ExitCodeFor(status.code());
 }
 
+int CloseAfterChange(Store* store, std::string_view file, const std::string& applied) {
+  const Status s = store->Close();
+  if (s.ok()) return kExitOk;
+  const int rc = Fail(file, s);
+  PrintError(file, applied + "; only the close failed");
+  return rc;
+}
+
 int FailOpen(std::string_view file, const Status& status) {
   Fail(file, status);
   return kExitStore;

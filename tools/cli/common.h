@@ -70,6 +70,12 @@ struct Command {
 void PrintError(std::string_view file, std::string_view message);
 // PrintError(file, status.message()); returns ExitCodeFor(status.code()).
 int Fail(std::string_view file, const Status& status);
+// Closes `store` after a change that is made (`applied` says what, e.g.
+// "the put was applied"): kExitOk, or, when the close fails (a damaged
+// record its compaction found, a failed checkpoint), its error, then
+// "APPLIED; only the close failed", and its exit code, so that a script does
+// not take exit 3 for a change not made.
+int CloseAfterChange(Store* store, std::string_view file, const std::string& applied);
 // For a failed Store::Open: prints it and returns kExitStore.
 int FailOpen(std::string_view file, const Status& status);
 
