@@ -451,6 +451,14 @@ TEST_CASE("watch: after a simulated reboot the sequence restarts past every numb
     REQUIRE(ch.size() == 4);
     CHECK(ch[0].seq == restart + 1);
     CHECK(ch[0].key == "after0");
+    // A second cut now, before any checkpoint of these four: the restart
+    // must not come back to the same place (the recovery checkpointed the
+    // restarted sequence before it handed out a number past it).
+    const std::string cut = dir.File("cut2.mkv");
+    WriteFileBytes(cut, ReadFileBytes(path));
+    internal::SetBootIdForTesting({2, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16});
+    Store again = MustOpen(cut);
+    CHECK(again.ChangeSeq() == restart + internal::format::kRestartGap);
   }
   internal::ResetBootIdForTesting();
 }

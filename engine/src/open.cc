@@ -547,6 +547,14 @@ Status StoreImpl::Attach() {
     } else {
       s = RecoverFromCheckpoint(meta);
       if (!s.ok()) return s;
+      // The restarted change sequence is made durable before any number
+      // past it is handed out: a second cut before the next checkpoint would
+      // otherwise restart at the same place and hand those numbers out again
+      // (and the forced checkpoint, which measures from the meta page, would
+      // see nothing to do in a store that is not dirty).
+      ctl_->dirty = 1;
+      s = Checkpoint();
+      if (!s.ok()) return s;
     }
   } else {
     s = ValidateControl(size);

@@ -584,19 +584,29 @@ void StoreImpl::CheckpointIfDue() noexcept {
   // Under the write lock, after a write that ended (committed or undone).
   if (ctl_->undo_count.load(std::memory_order_relaxed) != 0 || (ctl_->seq.load(std::memory_order_relaxed) & 1) != 0)
     return;
-  const auto* meta = reinterpret_cast<const MetaPage*>(heap_->base() + kMetaOffset[ctl_->generation & 1]);
-  if (meta->magic != kMetaMagic || meta->generation != ctl_->generation) return;  // looked at again next write
-  uint64_t since = meta->change_seq;
+  // The newest checkpoint's sequence, from its meta page (a damaged one is
+  // looked at again at the next write).
+  auto checkpointed_seq = [this](uint64_t* seq) {
+    const auto* meta = reinterpret_cast<const MetaPage*>(heap_->base() + kMetaOffset[ctl_->generation & 1]);
+    if (meta->magic != kMetaMagic || meta->generation != ctl_->generation ||
+        XXH3_64bits(meta, offsetof(MetaPage, checksum)) != meta->checksum) {
+      return false;
+    }
+    *seq = meta->change_seq;
+    return true;
+  };
+  uint64_t since = 0;
+  if (!checkpointed_seq(&since)) return;
   if (ctl_->change_seq.load(std::memory_order_relaxed) - since >= checkpoint_every_changes) {
     // The sequence may not run further from the last checkpoint (see
     // kCheckpointEveryChanges). Once in 2^39 changes: a synchronous flush.
-    // Failing, the next write tries again.
+    // Failing, the next write tries again. Measured again from the meta
+    // page: a checkpoint with nothing dirty writes none.
     try {
-      if (!Checkpoint().ok()) return;
+      if (!Checkpoint().ok() || !checkpointed_seq(&since)) return;
     } catch (...) {  // out of memory: as a failure
       return;
     }
-    since = ctl_->change_seq.load(std::memory_order_relaxed);
   }
   checkpoint_due_seq_ = since + checkpoint_every_changes;
 }

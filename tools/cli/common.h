@@ -73,7 +73,7 @@ int Fail(std::string_view file, const Status& status);
 // Closes `store` after a change that is made (`applied` says what, e.g.
 // "the put was applied"): kExitOk, or, when the close fails (a damaged
 // record its compaction found, a failed checkpoint), its error, then
-// "APPLIED; only the close failed", and its exit code, so that a script does
+// "APPLIED; only the close failed", and kExitStore, so that a script does
 // not take exit 3 for a change not made.
 int CloseAfterChange(Store* store, std::string_view file, const std::string& applied);
 // For a failed Store::Open: prints it and returns kExitStore.
