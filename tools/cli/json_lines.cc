@@ -8,31 +8,33 @@ namespace mapkv::cli {
 
 namespace {
 
-// A JSON string when `s` is valid UTF-8 and escaping does not make it more
-// than 3 times as long: text stays readable, and bytes that are mostly
-// control characters (6 bytes each as \u00xx) do not make a line of up to
-// 6 GiB, which the loader could not read (kMaxJsonLine).
-bool AsJsonString(std::string_view s) { return IsValidUtf8(s) && JsonStringSize(s) - 2 <= 3 * uint64_t{s.size()}; }
+// Appends `"name": ` and `s` as a JSON string when it is valid UTF-8 and
+// escaping does not make it more than 3 times as long, else `"name_base64": `
+// and its base64: text stays readable, and bytes that are mostly control
+// characters (6 bytes each as \u00xx) do not make a line of up to 6 GiB,
+// which the loader could not read (kMaxJsonLine). The escaped form is
+// written, and taken back in the rare case it is too long.
+void AppendField(std::string* out, std::string_view name, std::string_view s) {
+  const size_t start = out->size();
+  if (IsValidUtf8(s)) {
+    out->append("\"").append(name).append("\": ");
+    const size_t at = out->size();
+    AppendJsonString(out, s);
+    if (out->size() - at - 2 <= 3 * uint64_t{s.size()}) return;
+    out->resize(start);
+  }
+  out->append("\"").append(name).append("_base64\": \"");
+  AppendBase64(out, s);
+  out->push_back('"');
+}
 
 }  // namespace
 
 void AppendJsonLine(std::string* out, std::string_view key, std::string_view value) {
-  if (AsJsonString(key)) {
-    out->append("{\"key\": ");
-    AppendJsonString(out, key);
-  } else {
-    out->append("{\"key_base64\": \"");
-    AppendBase64(out, key);
-    out->push_back('"');
-  }
-  if (AsJsonString(value)) {
-    out->append(", \"value\": ");
-    AppendJsonString(out, value);
-  } else {
-    out->append(", \"value_base64\": \"");
-    AppendBase64(out, value);
-    out->push_back('"');
-  }
+  out->push_back('{');
+  AppendField(out, "key", key);
+  out->append(", ");
+  AppendField(out, "value", value);
   out->append("}\n");
 }
 

@@ -73,24 +73,6 @@ inline bool WordNeedsJsonEscape(uint64_t w) {
   return (has_zero(w ^ (kOnes * '"')) | has_zero(w ^ (kOnes * '\\')) | below_space) != 0;
 }
 
-uint64_t JsonStringSize(std::string_view s) {
-  uint64_t size = 2 + s.size();
-  for (size_t i = 0; i < s.size(); ++i) {
-    while (i + 8 <= s.size()) {  // as in AppendJsonString
-      uint64_t w;
-      std::memcpy(&w, s.data() + i, 8);
-      if (WordNeedsJsonEscape(w)) break;
-      i += 8;
-    }
-    if (i == s.size()) break;
-    const auto c = static_cast<uint8_t>(s[i]);
-    if (c >= 0x20 && c != '"' && c != '\\') continue;
-    const bool short_escape = c == '"' || c == '\\' || c == '\b' || c == '\f' || c == '\n' || c == '\r' || c == '\t';
-    size += short_escape ? 1 : 5;
-  }
-  return size;
-}
-
 void AppendJsonString(std::string* out, std::string_view s) {
   out->push_back('"');
   size_t run = 0;  // start of the pending run of bytes copied as is

@@ -3,7 +3,6 @@
 #ifndef MAPKV_TOOLS_CLI_TEXT_H_
 #define MAPKV_TOOLS_CLI_TEXT_H_
 
-#include <cstdint>
 #include <string>
 #include <string_view>
 
@@ -18,8 +17,6 @@ bool IsValidUtf8(std::string_view s);
 // in lowercase hex); everything else is copied as is, so the output is the
 // same as Python's json.dumps(s, ensure_ascii=False).
 void AppendJsonString(std::string* out, std::string_view s);
-// The bytes AppendJsonString appends for `s`, quotes included.
-uint64_t JsonStringSize(std::string_view s);
 
 // Standard base64 (RFC 4648 alphabet, with '=' padding).
 void AppendBase64(std::string* out, std::string_view bytes);
