@@ -88,18 +88,11 @@ Status StoreImpl::MoveEverything() {
 }
 
 Status StoreImpl::FirstDamagedRecord() const {
-  TableReader r = table_->Reader();
-  for (uint64_t i = 0; i < r.slots(); ++i) {
-    uint64_t slot;
-    RecordRef rec;
-    if (!r.LoadSlot(i, &slot)) return Status(Code::kCorruption, path_ + ": table page out of file");
-    if (slot == 0) continue;
-    if (!r.Record(SlotGranule(slot), &rec)) {
-      return Status(Code::kCorruption, path_ + ": slot " + std::to_string(i) + " points out of the file");
-    }
-    if (!rec.Intact()) return ChecksumError(rec);
-  }
-  return Status::Ok();
+  return WalkRecords(table_->Reader(), [&](uint64_t, uint64_t, const RecordRef& rec, Status* error) {
+    if (rec.Intact()) return true;
+    *error = ChecksumError(rec);
+    return false;
+  });
 }
 
 Status StoreImpl::CompactTail(Status* damaged) {

@@ -738,16 +738,11 @@ Status StoreImpl::RebuildAllocMap() {
   const uint32_t* pm = heap_->At<uint32_t>(r.pagemap);
   for (uint64_t p = 0; p < r.slots() / kSlotsPerPage; ++p) mark(uint64_t{pm[p]} * kPageSize, kPageSize, "table page");
   if (!bad.ok()) return bad;
-  for (uint64_t i = 0; i < r.slots(); ++i) {
-    uint64_t slot;
-    RecordRef rec;
-    if (!r.LoadSlot(i, &slot)) return Status(Code::kCorruption, path_ + ": table page out of file");
-    if (slot == 0) continue;
-    if (!r.Record(SlotGranule(slot), &rec)) {
-      return Status(Code::kCorruption, path_ + ": slot " + std::to_string(i) + " points out of the file");
-    }
+  Status s = WalkRecords(r, [&](uint64_t, uint64_t slot, const RecordRef& rec, Status*) {
     mark(SlotGranule(slot) * kGranule, rec.granules() * kGranule, "record");
-  }
+    return true;
+  });
+  if (!s.ok()) return s;
   if (!bad.ok()) return bad;
   ctl_->heap_end = heap_end;
   ctl_->alloc_cursor = heap_end / kGranule;

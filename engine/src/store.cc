@@ -482,31 +482,26 @@ Status StoreImpl::GuardedGet(std::string_view key, std::string_view* value) cons
 
 Status StoreImpl::GuardedForEach(std::string_view prefix,
                                  const std::function<bool(std::string_view, std::string_view)>& fn) const {
-  TableReader r = ReaderSnapshot();
-  for (uint64_t i = 0; i < r.slots(); ++i) {
-    uint64_t slot;
-    if (!r.LoadSlot(i, &slot)) return Status(Code::kCorruption, path_ + ": table page out of file");
-    if (slot == 0) continue;
-    RecordRef rec;
-    if (!r.Record(SlotGranule(slot), &rec)) {
-      return Status(Code::kCorruption, path_ + ": slot " + std::to_string(i) + " points out of the file");
-    }
+  return WalkRecords(ReaderSnapshot(), [&](uint64_t i, uint64_t slot, const RecordRef& rec, Status* error) {
     // Every record, the prefix's or not: a damaged key may match it or not.
-    if (options_.verify_checksums && !rec.Intact()) return ChecksumError(rec);
+    if (options_.verify_checksums && !rec.Intact()) {
+      *error = ChecksumError(rec);
+      return false;
+    }
     std::string_view k(reinterpret_cast<const char*>(rec.key()), rec.key_size);
     // A slot whose offset was damaged can point at another key's record: the
     // walk would give that key twice and never the slot's own. The tag (the
     // top of the key's hash) tells, for the price of hashing each key.
     if (SlotTag(slot) != HashTag(HashKey(k, seed_))) {
-      return Status(Code::kCorruption, path_ + ": table slot " + std::to_string(i) + " points at the record of key " +
-                                           DescribeKey(k) + " (offset " + std::to_string(rec.granule * kGranule) +
-                                           "), whose hash does not match the slot (the slot or the record is "
-                                           "damaged); `mapkv check` lists the damage");
+      *error = Status(Code::kCorruption, path_ + ": table slot " + std::to_string(i) + " points at the record of key " +
+                                             DescribeKey(k) + " (offset " + std::to_string(rec.granule * kGranule) +
+                                             "), whose hash does not match the slot (the slot or the record is "
+                                             "damaged); `mapkv check` lists the damage");
+      return false;
     }
-    if (k.substr(0, prefix.size()) != prefix) continue;
-    if (!fn(k, std::string_view(reinterpret_cast<const char*>(rec.value()), rec.value_size))) break;
-  }
-  return Status::Ok();
+    if (k.substr(0, prefix.size()) != prefix) return true;
+    return fn(k, std::string_view(reinterpret_cast<const char*>(rec.value()), rec.value_size));
+  });
 }
 
 // ---------------------------------------------------------------- writes

@@ -270,6 +270,11 @@ class StoreImpl {
   bool CanOverwriteInPlace(const RecordRef& rec, std::string_view value) const;
   Status OverwriteInPlace(const RecordRef& rec, std::string_view value, uint64_t hash);
   TableReader ReaderSnapshot() const;
+  // Calls fn(index, slot, rec) for each occupied slot of `r`, in slot order,
+  // while it returns true; fn may set *error and return false. kCorruption
+  // when a table page or a record lies out of the file.
+  template <typename Fn>
+  Status WalkRecords(const TableReader& r, Fn&& fn) const;
   Status ProbeLeftFile() const;  // the Corruption a probe that left the file reports
   // Tells the mappings where the allocation map is (MapSet::KeepSmall).
   void KeepAllocMapSmall() { maps_->KeepSmall(ctl_->alloc_offset, ctl_->alloc_words * sizeof(format::AllocWord)); }
@@ -310,6 +315,22 @@ class StoreImpl {
   mutable std::mutex watch_mu_;
   mutable uint32_t own_watchers_ = 0;  // guarded by watch_mu_
 };
+
+template <typename Fn>
+Status StoreImpl::WalkRecords(const TableReader& r, Fn&& fn) const {
+  Status error;
+  for (uint64_t i = 0; i < r.slots(); ++i) {
+    uint64_t slot;
+    RecordRef rec;
+    if (!r.LoadSlot(i, &slot)) return Status(Code::kCorruption, path_ + ": table page out of file");
+    if (slot == 0) continue;
+    if (!r.Record(format::SlotGranule(slot), &rec)) {
+      return Status(Code::kCorruption, path_ + ": slot " + std::to_string(i) + " points out of the file");
+    }
+    if (!fn(i, slot, rec, &error)) break;
+  }
+  return error;
+}
 
 template <typename Body>
 Status StoreImpl::RunWrite(Body&& body, Heap::WriteScope scope) {
