@@ -1213,11 +1213,7 @@ TEST_SUITE("cli") {
       REQUIRE(store.Flush(FlushMode::kSync).ok());
       REQUIRE(store.Close().ok());
     }
-    std::string bytes = ReadFileBytes(f);
-    const size_t at = bytes.find(marker);
-    REQUIRE(at != std::string::npos);
-    bytes[at + 30] ^= 1;
-    WriteFileBytes(f, bytes);
+    FlipByteOf(f, marker, 30, 0x01);
     CliResult r = RunCli({"put", f, "new", "value"});
     CHECK(r.code == 3);
     CHECK(r.err.find("fails its checksum") != std::string::npos);

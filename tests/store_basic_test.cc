@@ -1187,11 +1187,7 @@ TEST_CASE("store: verify_checksums turns a damaged record into Corruption instea
     REQUIRE(s.Put("damaged", value).ok());
     REQUIRE(s.Put("intact", "another value").ok());
   }
-  std::string image = ReadFileBytes(path);
-  const size_t at = image.find(value);
-  REQUIRE(at != std::string::npos);
-  image[at + 3] = static_cast<char>(image[at + 3] ^ 0x20);
-  WriteFileBytes(path, image);
+  FlipByteOf(path, value, 3, 0x20);
 
   Options verify;
   verify.verify_checksums = true;
@@ -1243,11 +1239,7 @@ TEST_CASE("store: read-modify-writes and Compact refuse a damaged record and lea
     REQUIRE(s.Put("damaged", value).ok());
     for (int i = 0; i < 100; ++i) REQUIRE(s.Put(Key16(i), "v" + std::to_string(i)).ok());
   }
-  std::string image = ReadFileBytes(path);
-  const size_t at = image.find(value);
-  REQUIRE(at != std::string::npos);
-  image[at + 3] = static_cast<char>(image[at + 3] ^ 0x20);
-  WriteFileBytes(path, image);
+  FlipByteOf(path, value, 3, 0x20);
   std::string damaged = value;
   damaged[3] = static_cast<char>(damaged[3] ^ 0x20);
 
@@ -1301,11 +1293,7 @@ TEST_CASE("store: a close that finds a damaged record while it compacts the tail
     REQUIRE(s.Flush(FlushMode::kSync).ok());  // the erased records' space is free now
     REQUIRE(s.Close().ok());
   }
-  std::string image = ReadFileBytes(path);
-  const size_t at = image.find(marker);
-  REQUIRE(at != std::string::npos);
-  image[at + 30] = static_cast<char>(image[at + 30] ^ 0x01);
-  WriteFileBytes(path, image);
+  FlipByteOf(path, marker, 30, 0x01);
   const uint64_t size_before = FileSize(path);
   uint64_t generation_before = 0;
   {

@@ -105,6 +105,16 @@ inline std::string Key16(uint64_t i) {
   return "k" + std::string(15 - digits.size(), '0') + digits;
 }
 
+// Damage for a test: flips `mask` in the byte `offset` bytes into the copy of
+// `unique` in the file at `path` (bytes found in it once).
+inline void FlipByteOf(const std::string& path, std::string_view unique, size_t offset, uint8_t mask) {
+  std::string image = ReadFileBytes(path);
+  const size_t at = image.find(unique);
+  REQUIRE(at != std::string::npos);
+  image[at + offset] = static_cast<char>(image[at + offset] ^ mask);
+  WriteFileBytes(path, image);
+}
+
 // Makes BootId() return another id (a simulated reboot) while alive.
 class BootIdGuard {
  public:
