@@ -387,11 +387,11 @@ TEST_SUITE("bad_input") {
     }
     int rc = WaitForChild(pid, 30);
     if (rc == 10 || rc == 11 || rc == 12) {
-      WARN_MESSAGE(false, "CANNOT TEST unreadable files here: the child could not become uid 65534 or reach "
-                              << path << " (exit code " << rc << ")");
-    } else {
-      CHECK(rc == 0);
+      MESSAGE("SKIPPED: cannot test permissions here: the child could not become uid 65534 or reach "
+              << path << " (exit code " << rc << ")");
+      return;
     }
+    CHECK(rc == 0);
     // Readable but not writable: the read-only open works, the writable one is refused.
     REQUIRE(::chmod(path.c_str(), 0444) == 0);
     std::fflush(nullptr);
@@ -409,10 +409,10 @@ TEST_SUITE("bad_input") {
     }
     rc = WaitForChild(pid2, 30);
     if (rc == 10) {
-      WARN_MESSAGE(false, "CANNOT TEST read-only permissions here: the child could not become uid 65534");
-    } else {
-      CHECK(rc == 0);
+      MESSAGE("SKIPPED: cannot test read-only permissions here: the child could not become uid 65534");
+      return;
     }
+    CHECK(rc == 0);
     REQUIRE(::chmod(path.c_str(), 0600) == 0);
     CHECK(ReadFileBytes(path) == before);
   }

@@ -2,6 +2,7 @@
 // binary while a child process writes: JSON lines, filters, key_base64 and
 // long keys, and the exit codes (0 after N changes, 1 on timeout, 2 usage,
 // 3 store error and falling behind the ring).
+#include <algorithm>
 #include <chrono>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -47,8 +48,9 @@ std::string DecodeKey(const std::string& arg) {
   return out;
 }
 
-// args: path, then key/value pairs ("-" as value: erase; keys may be "hex:..."). Waits until a
-// watcher is counted in the store's control page, then writes them.
+// args: path, then key/value pairs ("-" as value: erase; keys may be "hex:...";
+// "@batch" N: one atomic batch of N puts). Waits until a watcher is counted
+// in the store's control page, then writes them.
 int CliWriterChild(const std::vector<std::string>& args) {
   Store s;
   if (!Store::Open(args[0], {}, &s).ok()) return 3;
@@ -65,8 +67,15 @@ int CliWriterChild(const std::vector<std::string>& args) {
     std::this_thread::sleep_for(1ms);
   }
   for (size_t i = 1; i + 1 < args.size(); i += 2) {
-    const std::string key = DecodeKey(args[i]);
-    Status st = args[i + 1] == "-" ? s.Erase(key) : s.Put(key, args[i + 1]);
+    Status st;
+    if (args[i] == "@batch") {
+      WriteBatch batch;
+      for (int k = 0; k < std::stoi(args[i + 1]); ++k) batch.Put("batch/" + std::to_string(k), "v");
+      st = s.Write(batch);
+    } else {
+      const std::string key = DecodeKey(args[i]);
+      st = args[i + 1] == "-" ? s.Erase(key) : s.Put(key, args[i + 1]);
+    }
     if (!st.ok()) return 7;
   }
   return 0;
@@ -97,6 +106,29 @@ TEST_CASE("watch: mapkv watch prints one JSON line per change and exits 0 after 
   CHECK(lines[3]["key_truncated"] == true);
   CHECK(lines[3]["key_size"] == long_key.size());
   CHECK(r.out.find("{\"seq\": 2, \"op\": \"put\", \"key\": \"cfg\"}\n") == 0);  // the documented spelling
+}
+
+// More changes at once than the store's ring holds: the watcher cannot tell
+// what it missed, says so, and exits 3 (a script then reads the store afresh).
+TEST_CASE("watch: mapkv watch that falls behind the change ring exits 3 and says so") {
+  TempDir dir;
+  const std::string path = dir.File("s.mkv");
+  {
+    Options small_ring;
+    small_ring.change_ring_capacity = 64;  // made by the first write, with this size
+    REQUIRE(MustOpen(path, small_ring).Put("start", "").ok());
+  }
+  const int pid = SpawnChild("watch.cli-writer", {path, "@batch", "100"});
+  REQUIRE(pid > 0);
+  const CliResult r = RunWatch({path, "--count", "1", "--timeout", "20"});
+  CHECK(WaitChild(pid) == 0);
+  CHECK(r.code == 3);
+  CHECK(r.out.empty());
+  CHECK(r.err.find("100 changes since, the ring holds 64") != std::string::npos);
+  CHECK(r.err.find("fell behind the change ring") != std::string::npos);
+  CHECK(std::count(r.err.begin(), r.err.end(), '\n') == 1);
+  Store s = MustOpen(path);
+  CHECK(s.size() == 101);  // the batch is whole
 }
 
 TEST_CASE("watch: mapkv watch --key and --prefix filter; --timeout exits 1; usage and store errors") {

@@ -108,7 +108,7 @@ TEST_CASE("fork: a child closes its copy of a handle that wrote, with the handle
   // waiters, and destroying them as they are would wait forever.
   const std::string value(100, 'v');
   for (int i = 0; i < 5000; ++i) REQUIRE(s.Put("key" + std::to_string(i), value).ok());
-  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  WaitUntilThreadsWait(s);
   std::fflush(nullptr);
   const pid_t child = fork();
   REQUIRE(child >= 0);

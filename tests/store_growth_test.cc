@@ -76,10 +76,10 @@ void RunGrowth(uint64_t n) {
   CHECK(st.entries == n);
   CHECK(store.size() == n);
   CHECK(st.slots > initial_slots);
-  CHECK(st.slots * 7 / 8 >= n);
+  CHECK(st.slots * internal::format::kMaxLoadNum / internal::format::kMaxLoadDen >= n);
   CHECK(st.file_bytes > initial_bytes);
   CHECK(st.file_bytes == FileSize(path));
-  CHECK(st.load_factor <= 0.875);
+  CHECK(st.load_factor <= static_cast<double>(internal::format::kMaxLoadNum) / internal::format::kMaxLoadDen);
   VerifyAll(store, n);
   CheckClean(store);
   MESSAGE("growth to " << n << " entries: load " << load_s << " s, total " << SecondsSince(start) << " s, file "

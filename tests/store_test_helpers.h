@@ -142,6 +142,16 @@ inline void WaitUntilWriterQueued(const Store& store) {
   }
 }
 
+// Returns once the lock keeper and the prefault thread of `store` both wait
+// on their condition variables; fails the test after 10 s.
+inline void WaitUntilThreadsWait(const Store& store) {
+  const auto until = Clock::now() + std::chrono::seconds(10);
+  while (!internal::StoreImpl::ThreadsWaitingForTesting(store)) {
+    REQUIRE_MESSAGE(Clock::now() < until, "the handle's keeper and prefault threads did not both wait within 10 s");
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+}
+
 inline double SecondsSince(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }

@@ -300,9 +300,12 @@ TEST_CASE("watch: WaitForChange times out, returns at once when behind, and need
   CHECK(seq == 1);
   CHECK(s.WaitForChange(1, 0ms).code() == Code::kTimedOut);
   CHECK(s.WaitForChange(1, -1ms).code() == Code::kInvalidArgument);
-  // A thread of the same process wakes it.
+  // A thread of the same process wakes it: the put comes once the watcher
+  // has found no change and gone to sleep.
+  const uint64_t sleeps = internal::StoreImpl::WatchSleepsForTesting(s);
   std::thread writer([&] {
-    std::this_thread::sleep_for(50ms);
+    const bool asleep = WaitUntil([&] { return internal::StoreImpl::WatchSleepsForTesting(s) > sleeps; });
+    CHECK_MESSAGE(asleep, "the watcher did not go to sleep within 20 s");
     CHECK(s.Put("k", "w").ok());
   });
   // Woken, not timed out: a lost wake-up would return kOk only at the
@@ -363,16 +366,18 @@ TEST_CASE("watch: a change published without a wake is seen within seconds, not 
   const uint64_t before = s.ChangeSeq();
   Status st;
   uint64_t seen = 0;
+  const uint64_t sleeps = internal::StoreImpl::WatchSleepsForTesting(s);
   std::thread watcher([&] { st = s.WaitForChange(before, 60s, &seen); });
   std::unique_ptr<internal::File> file;
   REQUIRE(internal::File::Open(path, internal::FileSpec{}, &file).ok());
   std::unique_ptr<internal::Mapping> map;
   REQUIRE(file->Map(internal::format::kControlOffset + 4096, true, &map).ok());
   auto* ctl = reinterpret_cast<internal::format::ControlPage*>(map->data() + internal::format::kControlOffset);
-  const auto until = Clock::now() + 10s;
-  while (ctl->change_waiters.load() == 0 && Clock::now() < until) std::this_thread::sleep_for(1ms);
+  // Once it has looked at the sequence and gone to sleep on the wake word:
+  // from then on only its own second look can find the change.
+  const bool asleep = WaitUntil([&] { return internal::StoreImpl::WatchSleepsForTesting(s) > sleeps; });
   REQUIRE(ctl->change_waiters.load() == 1);
-  std::this_thread::sleep_for(20ms);  // into its wait (the test holds either way)
+  REQUIRE(asleep);
   const auto t0 = Clock::now();
   ctl->change_seq.store(before + 1);
   ctl->change_published.store(before + 1);  // and no bump of change_futex

@@ -225,8 +225,9 @@ struct alignas(64) ControlPage {
   // before it existed, or before a recovery from a checkpoint): a watcher
   // behind it must rescan.
   uint64_t ring_floor;
-  // change_seq + 1 as of the last close that compacted the tail and found
-  // nothing left to move; 0: unknown. A hint: while it matches, nothing has
+  // change_seq + 1 as of the last close that was alone, compacted the tail
+  // (or found it unchanged), checkpointed and found no damaged record;
+  // 0: unknown. A hint: while it matches, nothing has
   // changed since, and a close skips the compaction's scan of the allocation
   // map and the table (a store of 10M keys took 0.13 s to close without it).
   uint64_t tail_checked_seq;

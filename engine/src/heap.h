@@ -104,6 +104,7 @@ class MapSet {
   // PrefaultSoon on the prefault thread (prefaulter.h), returning at once.
   void PrefaultNow(uint64_t offset, uint64_t length);
   void PrefaultSoon(uint64_t offset, uint64_t length);
+  bool PrefaulterWaitingForTesting() const { return prefaulter_.WaitingForTesting(); }
   static constexpr uint64_t kLargePagesFrom = 2ull << 20;
 
  private:

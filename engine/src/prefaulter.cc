@@ -47,10 +47,18 @@ void Prefaulter::Request(Mapping* mapping, uint64_t offset, uint64_t length) {
   shared.cv.notify_one();
 }
 
+bool Prefaulter::WaitingForTesting() const {
+  if (!thread_.joinable()) return false;
+  std::lock_guard<std::mutex> lock(shared_->mu);
+  return shared_->waiting;
+}
+
 void Prefaulter::Run(Shared* shared) {
   std::unique_lock<std::mutex> lock(shared->mu);
   for (;;) {
+    shared->waiting = true;
     shared->cv.wait(lock, [shared] { return shared->stop || shared->mapping != nullptr; });
+    shared->waiting = false;
     if (shared->stop) return;
     Mapping* const mapping = shared->mapping;
     const uint64_t offset = shared->offset;

@@ -40,6 +40,9 @@ class Prefaulter {
   // time (the writer's).
   void Request(Mapping* mapping, uint64_t offset, uint64_t length);
 
+  // For tests: the thread is running and waits for a request.
+  bool WaitingForTesting() const;
+
  private:
   // What the thread and the requests share. On the heap, so that a forked
   // child can leave it as the fork copied it (see the destructor).
@@ -50,6 +53,7 @@ class Prefaulter {
     uint64_t offset = 0;
     uint64_t length = 0;
     bool stop = false;
+    bool waiting = false;  // the thread is in cv.wait (WaitingForTesting)
   };
   static void Run(Shared* shared);
 

@@ -294,6 +294,20 @@ uint32_t StoreImpl::WritersWaitingForTesting(const Store& store) {
   return store.impl_ && store.impl_->locks_ ? store.impl_->locks_->WritersWaitingInProcess() : 0;
 }
 
+bool StoreImpl::KeeperWaitingForTesting(const Store& store) {
+  return store.impl_ && store.impl_->locks_ && store.impl_->locks_->KeeperWaitingForTesting();
+}
+
+bool StoreImpl::ThreadsWaitingForTesting(const Store& store) {
+  const StoreImpl* impl = store.impl_.get();
+  return impl != nullptr && impl->locks_ && impl->maps_ && impl->locks_->KeeperWaitingForTesting() &&
+         impl->maps_->PrefaulterWaitingForTesting();
+}
+
+uint64_t StoreImpl::WatchSleepsForTesting(const Store& store) {
+  return store.impl_ ? store.impl_->watch_sleeps_.load() : 0;
+}
+
 Status StoreImpl::ChecksumError(const RecordRef& rec) const {
   return Status(Code::kCorruption, path_ + ": the record of the key (at offset " +
                                        std::to_string(rec.granule * kGranule) +

@@ -60,6 +60,15 @@ class StoreImpl {
   // For tests: threads of this process waiting for `store`'s write lock
   // behind a holder of the same handle (0 for a closed handle).
   static uint32_t WritersWaitingForTesting(const Store& store);
+  // For tests: the lock keeper and the prefault thread of `store` have both
+  // started and now wait on their condition variables.
+  static bool ThreadsWaitingForTesting(const Store& store);
+  // For tests: the lock keeper of `store` has started and sleeps until a
+  // write keeps the lock (sticky).
+  static bool KeeperWaitingForTesting(const Store& store);
+  // For tests: how many times WaitForChange of `store` found no change and
+  // went to sleep on the wake word (counted before the sleep begins).
+  static uint64_t WatchSleepsForTesting(const Store& store);
 
   // A get's common case, inline in Store::Get and Store::Contains: one
   // optimistic attempt that probes only the home slot's table page. kSlow:
@@ -314,6 +323,7 @@ class StoreImpl {
   // (its own exclusive attempt would convert its shared lock, not test it).
   mutable std::mutex watch_mu_;
   mutable uint32_t own_watchers_ = 0;  // guarded by watch_mu_
+  mutable std::atomic<uint64_t> watch_sleeps_{0};  // WatchSleepsForTesting
 };
 
 template <typename Fn>

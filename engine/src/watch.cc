@@ -216,6 +216,7 @@ Status StoreImpl::WaitForChange(uint64_t since, std::chrono::milliseconds timeou
     // A writer killed between its publish and its wake leaves a change that
     // wakes nobody, so the wait also looks again every kWatchRecheck.
     const auto slice = std::min<Clock::duration>(deadline - now, kWatchRecheck);
+    watch_sleeps_.fetch_add(1, std::memory_order_relaxed);
     file_->WaitWord(&ctl_->change_futex, ControlOffsetOf(ctl_, &ctl_->change_futex), word,
                     std::chrono::duration_cast<std::chrono::microseconds>(slice) + std::chrono::microseconds(1));
   }

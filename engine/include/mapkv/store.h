@@ -186,9 +186,10 @@ class Store {
   const std::string& path() const;
 
   // Copies the value of `key` into `*value`. Returns kOk, kNotFound,
-  // kInvalidArgument (empty or oversized key), kCorruption, kUnsafeUse. Takes
-  // no lock in the common case (an optimistic read validated by a sequence
-  // counter), so it never waits for a writer unless the writer stays busy.
+  // kInvalidArgument (empty or oversized key), kCorruption, kUnsafeUse, or
+  // kBusy (a writer stayed busy past lock_timeout). Takes no lock in the
+  // common case (an optimistic read validated by a sequence counter), so it
+  // never waits for a writer unless the writer stays busy.
   Status Get(std::string_view key, std::string* value) const;
 
   // Sets `*found`. Same returns as Get, except that an absent key is kOk.
