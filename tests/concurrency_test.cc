@@ -570,6 +570,53 @@ TEST_SUITE("concurrency") {
     CHECK(v == "v1");
   }
 
+  // A write keeps the file lock exclusively (sticky), and its handle's keeper
+  // thread lets it go within a millisecond. A read guard taken meanwhile
+  // used to lean on that exclusive lock, and the keeper queued for the
+  // handle's in-process lock behind the guard: readers of other handles
+  // waited for the whole guard (kBusy here), and the handle's other threads
+  // too, so a thread that held the guard and waited for another thread's
+  // read of the handle waited for ever.
+  TEST_CASE("concurrency: a read guard taken right after a write keeps out no other reader") {
+    TempDir dir;
+    const std::string path = dir.File("s.mkv");
+    Store store = MustOpen(path);
+    Options quick;
+    quick.lock_timeout = std::chrono::milliseconds(2000);
+    Store other = MustOpen(path, quick);
+    REQUIRE(store.Put("k", "v").ok());
+    ReadGuard guard;
+    REQUIRE(guard.Lock(store).ok());
+    // Another handle's guard: the lock is shared.
+    ReadGuard other_guard;
+    CHECK(other_guard.Lock(other).ok());
+    other_guard.Unlock();
+    // Once the keeper has looked (it sleeps, or it waits for the handle's
+    // lock as it did before), another thread of the process reads.
+    const auto until = Clock::now() + std::chrono::seconds(10);
+    while (!internal::StoreImpl::KeeperWaitingForTesting(store) &&
+           internal::StoreImpl::WritersWaitingForTesting(store) == 0) {
+      REQUIRE_MESSAGE(Clock::now() < until, "the keeper neither slept nor queued within 10 s");
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    std::atomic<bool> read{false};
+    std::thread reader([&] {
+      Stats st;
+      CHECK(store.GetStats(&st).ok());
+      read = true;
+    });
+    const auto waited = Clock::now() + std::chrono::seconds(5);
+    while (!read && Clock::now() < waited) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    CHECK_MESSAGE(read.load(), "another thread's read of the handle waited 5 s behind the guard");
+    guard.Unlock();  // lets the reader go if it waits
+    reader.join();
+    // The guard gave the lock back: the other handle writes.
+    CHECK(other.Put("k", "w").ok());
+    std::string v;
+    CHECK(store.Get("k", &v).ok());
+    CHECK(v == "w");
+  }
+
   // A thread asking for the write lock of a handle whose lock it holds, or
   // for a read lock while it holds the write lock, would wait for itself: it
   // gets kUnsafeUse (the ReadGuard's contract forbids the first; an Update

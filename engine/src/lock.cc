@@ -57,6 +57,29 @@ void RwLock::Lock() {
   }
 }
 
+bool RwLock::LockUnlessShared() {
+  uint32_t s = 0;
+  if (state_.compare_exchange_strong(s, kWriter, std::memory_order_acquire)) return true;
+  if ((s & kReaderMask) != 0) return false;
+  state_.fetch_add(kWaitOne, std::memory_order_relaxed);
+  s = state_.load(std::memory_order_relaxed);
+  for (;;) {
+    if ((s & kWriter) == 0 && (s & kReaderMask) == 0) {
+      if (state_.compare_exchange_weak(s, (s - kWaitOne) | kWriter, std::memory_order_acquire)) return true;
+      continue;
+    }
+    if ((s & kWriter) == 0) {
+      // Readers came in before this thread was counted: leave, and let the
+      // readers that held back for it in.
+      state_.fetch_sub(kWaitOne, std::memory_order_relaxed);
+      WakeInProcess(&state_);
+      return false;
+    }
+    WaitInProcess(&state_, s);
+    s = state_.load(std::memory_order_relaxed);
+  }
+}
+
 void RwLock::Unlock() {
   state_.fetch_and(~kWriter, std::memory_order_release);
   // Waiting readers are not counted: wake whoever waits (no system call
@@ -321,7 +344,17 @@ void LockManager::KeeperLoop() {
       lock.lock();
       continue;
     }
-    rw_.Lock();  // no write or guard of this handle runs now
+    // No write or guard of this handle may run while the keeper lets the
+    // lock go. It waits for a write to end, not for guards: a guard holds
+    // the file lock shared, never sticky (LockRead), and a keeper queued
+    // behind it would hold back the handle's other readers for as long as
+    // the guard lasts (a thread that holds a guard and waits for another
+    // thread's read of the handle would wait for ever). It looks again at
+    // its next tick.
+    if (!rw_.LockUnlessShared()) {
+      lock.lock();
+      continue;
+    }
     lock.lock();
     if (sticky_) {
       sticky_ = false;
@@ -451,7 +484,25 @@ Status LockManager::LockRead() {
     rw_.LockShared();
   }
   std::lock_guard<std::mutex> lock(file_mu_);
-  if (shared_holders_ == 0 && !sticky_) {
+  if (shared_holders_ == 0 && sticky_) {
+    // A guard after this handle's write, which kept the lock exclusively
+    // (sticky): hold it shared instead, so that the guard keeps out no
+    // reader elsewhere and leaves the keeper nothing to give back. (Failing,
+    // the guard leans on the exclusive lock, which the keeper lets go once
+    // the guard ends.)
+    bool shared = false;
+    try {
+      if (!file_->TryLock(kRwLockByte, 1, LockMode::kShared, &shared).ok()) shared = false;
+    } catch (...) {  // out of memory (Windows' lock table): as a failure
+      shared = false;
+    }
+    if (shared) {
+      sticky_ = false;
+      ClearWriterPid();
+      const uint32_t before = ctl_->lock_released.fetch_add(1, std::memory_order_acq_rel);
+      if (ctl_->lock_waiters.load(std::memory_order_acquire) > 0) Wake(&ctl_->lock_released, before);
+    }
+  } else if (shared_holders_ == 0) {
     try {
       // Let a waiting writer of another process go first, for a bounded time.
       if (ctl_ != nullptr) {

@@ -76,6 +76,10 @@ class RwLock {
   // (they wait for that lock, so queueing behind them would never end).
   void LockSharedNested();
   bool TryLockShared();
+  // As Lock, but only waits behind a writer: returns false, holding
+  // nothing, while readers hold the lock (they may hold it for long, and a
+  // waiting writer holds back the other threads' new readers meanwhile).
+  bool LockUnlessShared();
   void UnlockShared();
   // Threads in Lock() that wait for the lock (for tests).
   uint32_t WaitingWriters() const { return (state_.load() & kWaitMask) >> kWaitShift; }
