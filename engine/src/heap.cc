@@ -305,13 +305,33 @@ void Heap::DropChain() {
 namespace {
 uint64_t rollback_stop_for_testing = 0;  // SetRollbackStopForTesting
 
-// True when [off, off + len) meets an extent of the log (LogExtents: offset
-// and entries).
-bool InLog(const std::vector<std::pair<uint64_t, uint64_t>>& extents, uint64_t off, uint64_t len) {
-  for (const auto& [start, count] : extents) {
-    if (off < start + count * kUndoEntrySize && start < off + len) return true;
+// The log's extents (LogExtents: offset and entries) as byte ranges
+// [start, end), sorted and merged, so that InLog is a binary search: a log
+// of many chunks is checked once per entry.
+using ByteRanges = std::vector<std::pair<uint64_t, uint64_t>>;
+ByteRanges LogRanges(const std::vector<std::pair<uint64_t, uint64_t>>& extents) {
+  ByteRanges r;
+  r.reserve(extents.size());
+  for (const auto& [start, count] : extents) r.emplace_back(start, start + count * kUndoEntrySize);
+  std::sort(r.begin(), r.end());
+  ByteRanges merged;
+  for (const auto& range : r) {
+    if (!merged.empty() && range.first <= merged.back().second) {
+      merged.back().second = std::max(merged.back().second, range.second);
+    } else {
+      merged.push_back(range);
+    }
   }
-  return false;
+  return merged;
+}
+
+// True when [off, off + len) meets the log.
+bool InLog(const ByteRanges& log, uint64_t off, uint64_t len) {
+  // The first range that ends past off (ends are sorted, as the ranges are
+  // disjoint).
+  auto it = std::upper_bound(log.begin(), log.end(), off,
+                             [](uint64_t o, const std::pair<uint64_t, uint64_t>& r) { return o < r.second; });
+  return it != log.end() && it->first < off + len;
 }
 }  // namespace
 
@@ -408,14 +428,15 @@ Status Heap::Rollback() {
   // Nothing an entry changes may be part of the log: an entry that rewrote
   // one not yet applied (its target, or an allocation map placed over the
   // log) would get past the checks made of it. No write logs a change there.
+  const ByteRanges in_log = LogRanges(extents);
   uint64_t left = n;
   for (auto it = extents.rbegin(); it != extents.rend(); ++it) {
     const UndoEntry* log = At<UndoEntry>(it->first);
     for (uint64_t i = it->second; i > 0; --i, --left) {
       const UndoEntry& e = log[i - 1];
       if (!EntryInRange(e, limit) || !AllocMapInFile(limit) ||
-          InLog(extents, ctl_->alloc_offset, ctl_->alloc_words * sizeof(AllocWord)) ||
-          (KindOf(e) == UndoKind::kWord && InLog(extents, TargetOf(e), 8))) {
+          InLog(in_log, ctl_->alloc_offset, ctl_->alloc_words * sizeof(AllocWord)) ||
+          (KindOf(e) == UndoKind::kWord && InLog(in_log, TargetOf(e), 8))) {
         return BadLog(
             "entry " + std::to_string(left - 1) + " (kind " + std::to_string(static_cast<int>(KindOf(e))) +
             ", target " + std::to_string(TargetOf(e)) + ", value " + std::to_string(e.value) +
@@ -485,12 +506,23 @@ Status Heap::ValidateLog() const {
       off = chunk->next;
     }
   }
+  const ByteRanges in_log = LogRanges(extents);
+  // A write frees each table page once: more freed pages than the file has
+  // is a damaged log (and would make the checks below read page lists for
+  // as long as the file is, once per entry).
+  uint64_t freed_pages = 0;
   uint64_t index = 0;
   for (auto [off, n] : extents) {
     const UndoEntry* log = At<UndoEntry>(off);
     for (uint64_t i = 0; i < n; ++i, ++index) {
+      if (KindOf(log[i]) == UndoKind::kFreedPages) {
+        if (log[i].value > fs / kPageSize - freed_pages) {
+          return BadLog("entry " + std::to_string(index) + " frees more table pages than the file has");
+        }
+        freed_pages += log[i].value;
+      }
       if (!EntryInRange(log[i], fs)) return BadLog("entry " + std::to_string(index) + " out of range");
-      if (KindOf(log[i]) == UndoKind::kWord && InLog(extents, TargetOf(log[i]), 8)) {
+      if (KindOf(log[i]) == UndoKind::kWord && InLog(in_log, TargetOf(log[i]), 8)) {
         return BadLog("entry " + std::to_string(index) + " would change the log itself");
       }
     }

@@ -75,8 +75,14 @@ std::string MetaProblem(const MetaPage& m, uint64_t file_size, bool* newer_versi
   if (m.page_size != kPageSize || m.granule != kGranule) return "unsupported page or granule size";
   if (!(m.flags & kMetaLittleEndian)) return "not little-endian";
   if (m.table_shift < kMinTableShift || m.table_shift > kMaxTableShift) return "bad table size";
+  // Everything lies in the part of the file that the allocation map covers
+  // (the store's length then; the file may be longer): a structure past it
+  // would be freed by marks past the map's end.
+  const uint64_t covered =
+      m.alloc_words <= (uint64_t{1} << 40) ? m.alloc_words * kGranulesPerAllocWord * kGranule : file_size;
+  const uint64_t store_size = std::min(file_size, covered);
   auto in_file = [&](uint64_t off, uint64_t len) {
-    return off >= kHeapOffset && off <= file_size && len <= file_size - off;
+    return off >= kHeapOffset && off <= store_size && len <= store_size - off;
   };
   const uint64_t pm = PagemapBytes(m.table_shift);
   if (!in_file(m.snapshot_offset, pm) || !in_file(m.pagemap_offset, pm)) return "page map out of file";
@@ -394,9 +400,14 @@ Status StoreImpl::CheckControlPage(const ControlPage& c, uint64_t file_size, con
   // rollback restores them in the other order); only what the rollback reads
   // is checked above, and the rest where the rollback would leave it.
   if (mid_write) return Status::Ok();
+  // Everything lies in the store, which the allocation map covers (checked
+  // above): the file may be longer than the store, and a structure past the
+  // store's end would be freed by marks past the map's end.
+  auto in_store = [&](uint64_t off, uint64_t len) { return off >= kHeapOffset && off <= fs && len <= fs - off; };
+  if (!in_store(c.alloc_offset, c.alloc_words * sizeof(AllocWord))) return bad("allocation map out of the store");
   const uint64_t shift = c.table_shift.load();
   if (shift < kMinTableShift || shift > kMaxTableShift) return bad("bad table size (2^" + std::to_string(shift) + ")");
-  if (!in_file(c.pagemap_offset.load(), PagemapBytes(static_cast<uint32_t>(shift)))) return bad("page map out of file");
+  if (!in_store(c.pagemap_offset.load(), PagemapBytes(static_cast<uint32_t>(shift)))) return bad("page map out of the store");
   if (c.pagemap_offset.load() % kGranule != 0) return bad("misaligned page map");
   if (c.heap_end > fs || c.heap_end < kHeapOffset)
     return bad("heap end " + std::to_string(c.heap_end) + " out of the heap");
@@ -409,14 +420,14 @@ Status StoreImpl::CheckControlPage(const ControlPage& c, uint64_t file_size, con
   }
   for (int i = 0; i < 2; ++i) {
     const uint64_t off = c.snapshot_slot_offset[i], bytes = c.snapshot_slot_bytes[i];
-    if (bytes != 0 && (off % kGranule != 0 || !in_file(off, bytes))) {
-      return bad("page-map snapshot slot " + std::to_string(i) + " out of file");
+    if (bytes != 0 && (off % kGranule != 0 || !in_store(off, bytes))) {
+      return bad("page-map snapshot slot " + std::to_string(i) + " out of the store");
     }
   }
   const uint64_t ring_cap = c.ring_capacity;
   if (ring_cap != 0 && (ring_cap > kMaxRingCapacity || ring_cap % kRingCapacityUnit != 0 ||
-                        c.ring_offset % kPageSize != 0 || !in_file(c.ring_offset, ring_cap * kChangeEntrySize))) {
-    return bad("change ring out of file");
+                        c.ring_offset % kPageSize != 0 || !in_store(c.ring_offset, ring_cap * kChangeEntrySize))) {
+    return bad("change ring out of the store");
   }
   return Status::Ok();
 }
@@ -449,7 +460,9 @@ Status StoreImpl::CheckAllocMapMarks() const {
   auto used = [&](uint64_t g) { return ((m[g / kGranulesPerAllocWord].used >> (g % kGranulesPerAllocWord)) & 1) != 0; };
   const uint64_t first = offset / kGranule;
   const uint64_t end = (offset + RoundUp(words * sizeof(AllocWord), kPageSize)) / kGranule;
-  sound &= used(first) && (end <= words * kGranulesPerAllocWord ? used(end - 1) : false);
+  // A map that does not cover its own place is no map (and its marks of
+  // that place would lie past its end).
+  sound &= first < end && end <= words * kGranulesPerAllocWord && used(first) && used(end - 1);
   if (sound) return Status::Ok();
   return Status(Code::kCorruption, path_ + ": control page: the allocation map at offset " + std::to_string(offset) +
                                        " does not mark the file's header and itself as used (a damaged alloc_offset?)");
