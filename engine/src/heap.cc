@@ -563,6 +563,18 @@ void Heap::SetFreed(uint64_t g, uint64_t n, bool freed) {
   }
 }
 
+bool Heap::AnyUsed(uint64_t g, uint64_t n) const {
+  const AllocWord* m = map();
+  while (n > 0) {
+    const uint64_t b = g % kGranulesPerAllocWord;
+    const uint64_t take = std::min(n, kGranulesPerAllocWord - b);
+    if ((m[g / kGranulesPerAllocWord].used & RunMask(take, b)) != 0) return true;
+    g += take;
+    n -= take;
+  }
+  return false;
+}
+
 bool Heap::IsCheckpointed(uint64_t g) const {
   const AllocWord& w = map()[g / kGranulesPerAllocWord];
   uint64_t bit = uint64_t{1} << (g % kGranulesPerAllocWord);

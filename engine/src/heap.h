@@ -215,6 +215,8 @@ class Heap {
   bool IsCheckpointed(uint64_t granule) const;
   // Marks granules used (and not fresh) with no undo: for building a map.
   void MarkUsed(uint64_t granule, uint64_t n) { MarkRange(granule, n, true, false, false); }
+  // Whether any of granules [granule, granule + n) is marked used.
+  bool AnyUsed(uint64_t granule, uint64_t n) const;
   // The map with every pending granule released: what the map will be right
   // after a checkpoint. Used for its checksum.
   uint64_t ReleasedMapChecksum() const;

@@ -734,6 +734,15 @@ Status StoreImpl::RebuildAllocMap() {
       bad |= Status(Code::kCorruption, path_ + ": " + what + " at offset " + std::to_string(off) + " out of file");
       return;
     }
+    // Nothing is in two places: table pages that alias one another would
+    // make the walk below visit every slot of a table the file cannot hold,
+    // and a later free of one of two overlapping structures would hand out
+    // space the other still uses.
+    if (heap_->AnyUsed(off / kGranule, RoundUp(bytes, kGranule) / kGranule)) {
+      bad |= Status(Code::kCorruption, path_ + ": " + what + " at offset " + std::to_string(off) +
+                                           " overlaps another structure of the checkpoint");
+      return;
+    }
     heap_->MarkUsed(off / kGranule, RoundUp(bytes, kGranule) / kGranule);
     heap_end = std::max(heap_end, off + RoundUp(bytes, kGranule));
   };
