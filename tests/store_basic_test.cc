@@ -1381,6 +1381,62 @@ TEST_CASE("store: a walk refuses a table slot that points at another key's recor
   CHECK_FALSE(report.ok());
 }
 
+// Slot 0's predecessor is the last slot: an entry there whose home is near
+// the end, after an empty last slot, is out of order, and no lookup reaches
+// it. Check skipped slot 0 and said ok.
+TEST_CASE("store: Check finds an entry in slot 0 that no lookup reaches (its home is the last slot)") {
+  using namespace internal::format;  // NOLINT
+  TempDir dir;
+  const std::string path = dir.File("s.mkv");
+  { Store created = MustOpen(path); }  // empty: the key below is its only entry
+  uint64_t shift = 0, seed = 0, pagemap = 0;
+  {
+    const ControlView ctl(path);
+    shift = ctl->table_shift.load();
+    seed = ctl->hash_seed;
+  }
+  const uint64_t last = (uint64_t{1} << shift) - 1;
+  std::string key;
+  for (int j = 0; key.empty(); ++j) {
+    const std::string k = "k" + std::to_string(j);
+    if (XXH3_64bits_withSeed(k.data(), k.size(), seed) >> (64 - shift) == last) key = k;
+  }
+  {
+    Store store = MustOpen(path);
+    REQUIRE(store.Put(key, "v").ok());
+    REQUIRE(store.Close().ok());
+  }
+  std::string bytes = ReadFileBytes(path);
+  {
+    const ControlView ctl(path);
+    REQUIRE(ctl->table_shift.load() == shift);
+    pagemap = ctl->pagemap_offset.load();
+  }
+  auto slot_offset = [&](uint64_t i) {
+    uint32_t phys = 0;
+    std::memcpy(&phys, bytes.data() + pagemap + (i >> kSlotsPerPageShift) * 4, 4);
+    return phys * kPageSize + (i & (kSlotsPerPage - 1)) * 8;
+  };
+  uint64_t at_last = 0, at_zero = 0;
+  std::memcpy(&at_last, bytes.data() + slot_offset(last), 8);
+  std::memcpy(&at_zero, bytes.data() + slot_offset(0), 8);
+  REQUIRE(at_last != 0);  // the key, at its home
+  REQUIRE(at_zero == 0);
+  std::memcpy(bytes.data() + slot_offset(0), &at_last, 8);
+  std::memcpy(bytes.data() + slot_offset(last), &at_zero, 8);
+  WriteFileBytes(path, bytes);
+  Options read_only;
+  read_only.read_only = true;
+  Store store = MustOpen(path, read_only);
+  std::string v;
+  CHECK(store.Get(key, &v).IsNotFound());  // what the damage does
+  CheckReport report;
+  REQUIRE(store.Check(&report).ok());
+  CHECK_FALSE(report.ok());
+  CHECK_MESSAGE(ProblemsText(report).find("slot 0: entry out of Robin Hood order") != std::string::npos,
+                ProblemsText(report));
+}
+
 // A get probes the home slot's table page on its fast path and leaves a
 // probe that runs on into the next page to the full lookup. This finds,
 // in the file, entries stored past the end of their home page and absent

@@ -134,11 +134,24 @@ Status StoreImpl::Check(CheckReport* report) const {
   if (!report->ok()) return Status::Ok();  // the walk below needs sound table pages
 
   // Robin Hood order: an entry is at most one slot further from home than the
-  // one before it, and at home right after an empty slot. (Slot 0 is not
-  // checked: its predecessor is the last slot.)
+  // one before it, and at home right after an empty slot. Slot 0's
+  // predecessor is the last slot (a damaged record there gives no distance).
   uint64_t entries = 0, live = 0;
   int64_t prev_dist = 0;
   bool have_prev = false;
+  {
+    uint64_t slot = 0;
+    RecordRef rec;
+    r.LoadSlot(r.mask(), &slot);
+    if (slot == 0) {
+      have_prev = true;
+      prev_dist = -1;
+    } else if (r.Record(SlotGranule(slot), &rec)) {
+      const uint64_t hash = HashKey(std::string_view(reinterpret_cast<const char*>(rec.key()), rec.key_size), seed_);
+      prev_dist = static_cast<int64_t>((r.mask() - (hash >> (64 - r.shift))) & r.mask());
+      have_prev = true;
+    }
+  }
   for (uint64_t i = 0; i < r.slots(); ++i) {
     uint64_t slot = 0;
     r.LoadSlot(i, &slot);  // pages were checked above
