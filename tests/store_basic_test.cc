@@ -1323,6 +1323,94 @@ TEST_CASE("store: a close that finds a damaged record while it compacts the tail
   CHECK(s.size() == model.size() + 1);
 }
 
+// Copies the table slot of `key` (whose value contains the unique string
+// `marker`) into the next slot, which must be empty: two slots then point at
+// one record (in Robin Hood order, one further from home). Returns false
+// when the next slot is taken.
+bool ShareRecordWithNextSlot(const std::string& path, const std::string& key, const std::string& marker) {
+  using namespace internal::format;  // NOLINT
+  std::string image = ReadFileBytes(path);
+  const auto* ctl = reinterpret_cast<const ControlPage*>(image.data() + kControlOffset);
+  const uint64_t slots = uint64_t{1} << ctl->table_shift.load();
+  const uint64_t pagemap = ctl->pagemap_offset.load();
+  const size_t at = image.find(marker);
+  REQUIRE(at != std::string::npos);
+  const uint64_t granule = (at - key.size() - kRecordHeaderSize) / kGranule;
+  auto slot_offset = [&](uint64_t i) {
+    uint32_t phys = 0;
+    std::memcpy(&phys, image.data() + pagemap + (i >> kSlotsPerPageShift) * 4, 4);
+    return phys * kPageSize + (i & (kSlotsPerPage - 1)) * 8;
+  };
+  for (uint64_t i = 0; i < slots; ++i) {
+    uint64_t slot = 0, next = 0;
+    std::memcpy(&slot, image.data() + slot_offset(i), 8);
+    if (slot == 0 || SlotGranule(slot) != granule) continue;
+    std::memcpy(&next, image.data() + slot_offset((i + 1) & (slots - 1)), 8);
+    if (next != 0) return false;
+    std::memcpy(image.data() + slot_offset((i + 1) & (slots - 1)), &slot, 8);
+    WriteFileBytes(path, image);
+    return true;
+  }
+  FAIL("no slot points at the record of " << key);
+  return false;
+}
+
+// Two slots pointing at one record is damage Check reports. Compact and the
+// close's tail compaction copied the record once for each, so the key was
+// stored twice, a del took one and the other came back, and Check no
+// longer saw the overlap.
+TEST_CASE("store: Compact and the close's tail compaction refuse two slots that point at one record") {
+  TempDir dir;
+  const std::string path = dir.File("s.mkv");
+  Model model;
+  std::string shared_key;
+  const std::string marker = "unique marker 7c20ab ";
+  {
+    Options keep;
+    keep.checkpoint_on_close = false;  // no compaction at this close
+    Store s = MustOpen(path, keep);
+    for (int i = 0; i < 20000; ++i) {
+      REQUIRE(s.Put(Key16(i), std::string(100, 'x')).ok());
+      if (i % 1000 == 500 && i > 15000) {
+        REQUIRE(s.Put("shared" + std::to_string(i), marker + std::to_string(i) + "|").ok());
+      }
+    }
+    for (int i = 0; i < 15000; ++i) REQUIRE(s.Erase(Key16(i)).ok());
+    for (int i = 15000; i < 20000; ++i) model[Key16(i)] = std::string(100, 'x');
+    REQUIRE(s.Flush(FlushMode::kSync).ok());  // the erased records' space is free now
+    REQUIRE(s.Close().ok());
+  }
+  // One of the "shared" keys whose next slot is empty.
+  for (int i = 15500; i < 20000 && shared_key.empty(); i += 1000) {
+    const std::string key = "shared" + std::to_string(i);
+    if (ShareRecordWithNextSlot(path, key, marker + std::to_string(i) + "|")) shared_key = key;
+  }
+  REQUIRE_MESSAGE(!shared_key.empty(), "every shared key's next slot was taken");
+  {
+    Store s = MustOpen(path);
+    const Status st = s.Compact();
+    CHECK(st.code() == Code::kCorruption);
+    CHECK_MESSAGE(st.message().find("overlaps another slot's record") != std::string::npos, st.ToString());
+    const Status closed = s.Close();  // the tail compaction
+    CHECK(closed.code() == Code::kCorruption);
+    CHECK_MESSAGE(closed.message().find("and another point at the record") != std::string::npos, closed.ToString());
+  }
+  Options read_only;
+  read_only.read_only = true;
+  Store s = MustOpen(path, read_only);
+  std::string got;
+  for (const auto& [k, v] : model) {
+    REQUIRE(s.Get(k, &got).ok());
+    CHECK(got == v);
+  }
+  // The record was not copied: the key is still in one place only.
+  CHECK(ReadFileBytes(path).find(marker + shared_key.substr(6) + "|") ==
+        ReadFileBytes(path).rfind(marker + shared_key.substr(6) + "|"));
+  CheckReport report;
+  REQUIRE(s.Check(&report).ok());
+  CHECK_MESSAGE(ProblemsText(report).find("overlaps another structure") != std::string::npos, ProblemsText(report));
+}
+
 // A slot whose offset bits were damaged so that it points at another key's
 // record: a walk would give that key twice and the slot's own never (a dump
 // made as a backup would be silently incomplete). ForEach checks each

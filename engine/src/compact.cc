@@ -88,10 +88,26 @@ Status StoreImpl::MoveEverything() {
 }
 
 Status StoreImpl::FirstDamagedRecord() const {
-  return WalkRecords(table_->Reader(), [&](uint64_t, uint64_t, const RecordRef& rec, Status* error) {
-    if (rec.Intact()) return true;
-    *error = ChecksumError(rec);
-    return false;
+  // Two slots whose records share granules (a slot copied over another, say)
+  // would be moved as two records: the key twice, each free of the other.
+  const uint64_t granules = std::min(ctl_->file_size.load() / kGranule, ctl_->alloc_words * kGranulesPerAllocWord);
+  std::vector<uint64_t> claimed((granules + 63) / 64, 0);
+  return WalkRecords(table_->Reader(), [&](uint64_t i, uint64_t, const RecordRef& rec, Status* error) {
+    if (!rec.Intact()) {
+      *error = ChecksumError(rec);
+      return false;
+    }
+    for (uint64_t g = rec.granule; g < rec.granule + rec.granules(); ++g) {
+      const uint64_t bit = uint64_t{1} << (g % 64);
+      if (g >= granules || (claimed[g / 64] & bit) != 0) {
+        *error = Status(Code::kCorruption, path_ + ": the record of slot " + std::to_string(i) + " (at offset " +
+                                               std::to_string(rec.granule * kGranule) +
+                                               ") overlaps another slot's record; `mapkv check` lists it");
+        return false;
+      }
+      claimed[g / 64] |= bit;
+    }
+    return true;
   });
 }
 
@@ -128,6 +144,23 @@ Status StoreImpl::CompactTail(Status* damaged) {
     }
   }
   std::sort(movers.begin(), movers.end(), std::greater<>());
+  // Two slots that point at one record (damage) are left as they are: moved,
+  // the record would be copied twice, the key stored twice.
+  std::vector<std::pair<uint64_t, uint64_t>> single;
+  single.reserve(movers.size());
+  for (size_t j = 0; j < movers.size(); ++j) {
+    const bool shared = (j > 0 && movers[j - 1].first == movers[j].first) ||
+                        (j + 1 < movers.size() && movers[j + 1].first == movers[j].first);
+    if (!shared) {
+      single.push_back(movers[j]);
+    } else if (damaged->ok()) {
+      *damaged = Status(Code::kCorruption, path_ + ": slot " + std::to_string(movers[j].second) +
+                                               " and another point at the record at offset " +
+                                               std::to_string(movers[j].first * kGranule) +
+                                               "; `mapkv check` lists it");
+    }
+  }
+  movers.swap(single);
   ctl_->alloc_cursor = kHeapOffset / kGranule;
   bool done = false;
   Status s;
