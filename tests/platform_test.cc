@@ -175,6 +175,18 @@ TEST_SUITE("platform") {
     CHECK(File::Open(dir.File("f"), kCreate, &second).ok());
   }
 
+  // A store's creation syncs its directory (the new name must survive a
+  // power cut); a missing directory is an error that names it.
+  TEST_CASE("SyncDirectoryOf syncs the directory of a path, and names a missing one") {
+    TempDir dir;
+    CHECK(SyncDirectoryOf(dir.File("any")).ok());
+#ifndef _WIN32
+    const Status s = SyncDirectoryOf(dir.File("missing/any"));
+    CHECK(s.code() == Code::kNotFound);
+    CHECK_MESSAGE(s.message().find(dir.File("missing")) != std::string::npos, s.ToString());
+#endif
+  }
+
   TEST_CASE("a directory is InvalidArgument") {
     TempDir dir;
     std::unique_ptr<File> file;

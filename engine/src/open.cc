@@ -293,6 +293,9 @@ Status StoreImpl::CreateNew(const std::string& path, const Options& options) {
     // reaches the caller with the store made and the temporary name left.
     RemoveFile(tmp).IgnoreError();
   }
+  // The new name must survive a power cut as the store's contents do (a
+  // Flush(kSync) syncs the file, not its directory).
+  if (s.ok()) s = SyncDirectoryOf(path);
   return s;
 }
 

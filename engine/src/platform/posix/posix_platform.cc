@@ -722,6 +722,16 @@ Status RemoveFile(const std::string& path) {
   return Status::Ok();
 }
 
+Status SyncDirectoryOf(const std::string& path) {
+  const size_t slash = path.find_last_of('/');
+  const std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
+  UniqueFd fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (fd.get() < 0) return ErrnoStatus(dir, "open", "the directory, to sync it", errno);
+  // Some file systems cannot sync a directory (EINVAL): theirs is not ours to make durable.
+  if (::fsync(fd.get()) != 0 && errno != EINVAL) return ErrnoStatus(dir, "fsync", "the directory", errno);
+  return Status::Ok();
+}
+
 Status FileIdentity(const std::string& path, std::array<uint64_t, 2>* id) {
   struct stat st {};
   if (::stat(path.c_str(), &st) != 0) return ErrnoStatus(path, "stat", "", errno);

@@ -1136,6 +1136,8 @@ Status RemoveFile(const std::string& path) {
   return Status::Ok();
 }
 
+Status SyncDirectoryOf(const std::string&) { return Status::Ok(); }
+
 Status FileIdentity(const std::string& path, std::array<uint64_t, 2>* id) {
   UniqueHandle h(::CreateFileW(Widen(path).c_str(), 0, FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE, nullptr,
                                OPEN_EXISTING, FILE_FLAG_BACKUP_SEMANTICS, nullptr));
