@@ -354,6 +354,33 @@ TEST_CASE("watch: writers checkpoint on their own before the sequence runs too f
   CHECK(after.ChangeSeq() == 200 + internal::format::kRestartGap);
 }
 
+// The same bound across opens: a store whose sequence ran that far past its
+// last checkpoint (here without the hook; in life, a restart whose forced
+// checkpoint failed) is checkpointed by the next writable open, before its
+// first write hands out a number.
+TEST_CASE("watch: a writable open checkpoints a store whose sequence ran too far past the last checkpoint") {
+  TempDir dir;
+  const std::string path = dir.File("s.mkv");
+  Options o;
+  o.checkpoint_on_close = false;
+  uint64_t gen0 = 0;
+  {
+    Store s = MustOpen(path, o);
+    Stats st;
+    REQUIRE(s.GetStats(&st).ok());
+    gen0 = st.checkpoint_generation;
+    for (int i = 0; i < 150; ++i) REQUIRE(s.Put("k" + std::to_string(i), "v").ok());
+    REQUIRE(s.GetStats(&st).ok());
+    REQUIRE(st.checkpoint_generation == gen0);
+  }
+  internal::SetCheckpointEveryChangesForTesting(100);
+  Store s = MustOpen(path, o);
+  Stats st;
+  REQUIRE(s.GetStats(&st).ok());
+  CHECK(st.checkpoint_generation == gen0 + 1);
+  internal::SetCheckpointEveryChangesForTesting(0);
+}
+
 // A writer killed after it published a change and before it woke the
 // watchers leaves a change that nobody's wake announces. Here the change is
 // published by a store into the control page, with no wake: the waiting

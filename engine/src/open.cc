@@ -550,9 +550,8 @@ Status StoreImpl::Attach() {
     if (read_only_) {
       // Usable as it is only when nothing changed since the checkpoint.
       bool clean = ctl_->magic == kControlMagic && ctl_->hash_seed == meta.hash_seed && ctl_->dirty == 0 &&
-                   ctl_->generation == meta.generation && ValidateControl(size).ok() &&
+                   ctl_->generation == meta.generation && ctl_->undo_count.load() == 0 && ValidateControl(size).ok() &&
                    ctl_->pagemap_offset.load() == meta.pagemap_offset && ctl_->table_shift.load() == meta.table_shift &&
-                   ctl_->undo_count.load() == 0 &&
                    std::memcmp(maps_->Current()->base + meta.pagemap_offset,
                                maps_->Current()->base + meta.snapshot_offset, PagemapBytes(meta.table_shift)) == 0;
       if (!clean) {
@@ -600,6 +599,11 @@ Status StoreImpl::Attach() {
       s = Checkpoint();
       if (!s.ok()) return s;
     }
+    // A sequence too far past the last checkpoint (the restart's checkpoint
+    // above failed, or the process died before it): checkpointed before this
+    // handle's first write publishes a number past it. Failing, each write
+    // tries again as it ends.
+    if (!read_only_) CheckpointIfDue();
   }
   uint64_t fs = ctl_->file_size.load();
   if (fs > size) {
