@@ -302,11 +302,14 @@ TEST_CASE("watch: WaitForChange times out, returns at once when behind, and need
   CHECK(s.WaitForChange(1, -1ms).code() == Code::kInvalidArgument);
   // A thread of the same process wakes it: the put comes once the watcher
   // has found no change and gone to sleep.
+  // (Checked after the join: two threads asserting at once corrupted
+  // doctest's state under Wine.)
   const uint64_t sleeps = internal::StoreImpl::WatchSleepsForTesting(s);
+  bool asleep = false;
+  Status put;
   std::thread writer([&] {
-    const bool asleep = WaitUntil([&] { return internal::StoreImpl::WatchSleepsForTesting(s) > sleeps; });
-    CHECK_MESSAGE(asleep, "the watcher did not go to sleep within 20 s");
-    CHECK(s.Put("k", "w").ok());
+    asleep = WaitUntil([&] { return internal::StoreImpl::WatchSleepsForTesting(s) > sleeps; });
+    put = s.Put("k", "w");
   });
   // Woken, not timed out: a lost wake-up would return kOk only at the
   // deadline (WaitForChange reads the sequence once more then).
@@ -315,6 +318,8 @@ TEST_CASE("watch: WaitForChange times out, returns at once when behind, and need
   CHECK(SecondsSince(t_wake) < 5);
   CHECK(seq == 2);
   writer.join();
+  CHECK_MESSAGE(asleep, "the watcher did not go to sleep within 20 s");
+  CHECK(put.ok());
   Options ro;
   ro.read_only = true;
   Store r = MustOpen(path, ro);
