@@ -198,6 +198,36 @@ TEST_SUITE("platform") {
     CHECK(file == nullptr);
   }
 
+  // A read-only handle tells a dead waiter's count from a live one's by
+  // whether anybody holds the waiter byte (LockManager::WaiterCountsStale).
+  TEST_CASE("LockedByOthers sees another handle's lock and takes none, also on a read-only handle") {
+    TempDir dir;
+    std::unique_ptr<File> a = MustOpen(dir.File("f"), kCreate);
+    REQUIRE(a->Reserve(4096).ok());
+    for (const bool read_only : {true, false}) {
+      CAPTURE(read_only);
+      std::unique_ptr<File> b = MustOpen(dir.File("f"), FileSpec{.read_only = read_only});
+      bool held = true;
+      REQUIRE(b->LockedByOthers(2, 1, &held).ok());
+      CHECK_FALSE(held);
+      for (const LockMode mode : {LockMode::kShared, LockMode::kExclusive}) {
+        REQUIRE(a->Lock(2, 1, mode).ok());
+        held = false;
+        REQUIRE(b->LockedByOthers(2, 1, &held).ok());
+        CHECK(held);
+        REQUIRE(b->LockedByOthers(3, 1, &held).ok());
+        CHECK_FALSE(held);  // the next byte
+        REQUIRE(a->Unlock(2, 1).ok());
+      }
+      REQUIRE(b->LockedByOthers(2, 1, &held).ok());
+      CHECK_FALSE(held);
+      bool got = false;  // the probes took nothing
+      REQUIRE(a->TryLock(2, 1, LockMode::kExclusive, &got).ok());
+      CHECK(got);
+      REQUIRE(a->Unlock(2, 1).ok());
+    }
+  }
+
   TEST_CASE("a read-only handle refuses writes and exclusive locks") {
     TempDir dir;
     MustOpen(dir.File("f"), kCreate);

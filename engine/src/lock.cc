@@ -236,6 +236,13 @@ bool LockManager::ReadOnlyWaiterHeld() noexcept {
   }
 }
 
+bool LockManager::WaiterCountsStale() const {
+  // A live counted waiter holds the waiter byte shared (RepairWaiterCounts).
+  if (ctl_->writers_waiting.load(std::memory_order_acquire) == 0) return false;
+  bool held = true;
+  return file_->LockedByOthers(kWaiterByte, 1, &held).ok() && !held;
+}
+
 void LockManager::RepairWaiterCounts() {
   if (ctl_ == nullptr || !ctl_writable_) return;
   if (ctl_->lock_waiters.load(std::memory_order_acquire) == 0 &&
@@ -505,7 +512,7 @@ Status LockManager::LockRead() {
   } else if (shared_holders_ == 0) {
     try {
       // Let a waiting writer of another process go first, for a bounded time.
-      if (ctl_ != nullptr) {
+      if (ctl_ != nullptr && (ctl_writable_ || !WaiterCountsStale())) {
         RepairWaiterCounts();
         const auto until = Clock::now() + kReaderHoldBack;
         while (ctl_->writers_waiting.load(std::memory_order_acquire) > 0 && Clock::now() < until) {

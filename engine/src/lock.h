@@ -158,6 +158,9 @@ class LockManager {
   bool ReadOnlyWaiterHeld() noexcept;
   // Zeroes the waiter counts when every process they count has died waiting.
   void RepairWaiterCounts();
+  // For a handle that cannot repair them (read-only): true when writers are
+  // counted as waiting but none holds the waiter byte, so all of them died.
+  bool WaiterCountsStale() const;
   // Unlocks the rw byte and bumps ctl->lock_released, waking its sleepers
   // when waiters are counted or `wake` says one waits uncounted.
   void ReleaseFile(bool wake = false);

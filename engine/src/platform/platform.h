@@ -142,6 +142,10 @@ class File {
   // Blocks until granted.
   virtual Status Lock(uint64_t offset, uint64_t length, LockMode mode) = 0;
   virtual Status Unlock(uint64_t offset, uint64_t length) = 0;
+  // Whether another handle holds a lock on any byte of the range now. Takes
+  // nothing, and works on a read-only handle too; the range must not be
+  // held by this handle.
+  virtual Status LockedByOthers(uint64_t offset, uint64_t length, bool* held) = 0;
 
   // True when the file lives on a network file system (NFS, SMB/CIFS...),
   // where shared mappings and locks are not coherent between machines.

@@ -460,6 +460,18 @@ class PosixFile final : public File {
     return Status::Ok();
   }
 
+  Status LockedByOthers(uint64_t offset, uint64_t length, bool* held) override {
+    *held = true;
+    if (Status s = CheckRange(path_, offset, length); !s.ok()) return s;
+    // F_OFD_GETLK asks without taking, and needs no write access for F_WRLCK.
+    struct flock fl = MakeFlock(offset, length, F_WRLCK);
+    if (::fcntl(fd_.get(), F_OFD_GETLK, &fl) != 0) {
+      return ErrnoStatus(path_, "fcntl", "F_OFD_GETLK, " + Range(offset, length), errno);
+    }
+    *held = fl.l_type != F_UNLCK;
+    return Status::Ok();
+  }
+
   bool OnNetworkFileSystem() override {
     struct statfs sfs {};
     if (::fstatfs(fd_.get(), &sfs) != 0) return false;  // cannot tell; assume local

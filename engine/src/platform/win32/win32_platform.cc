@@ -382,6 +382,25 @@ class RangeLocks {
                        back_err);
   }
 
+  // No test-only call in LockFileEx: an exclusive lock taken and given back
+  // at once, under the gate like any exclusive acquisition (a read handle
+  // may lock too).
+  Status LockedByOthers(uint64_t offset, uint64_t length, bool* held) {
+    *held = true;
+    if (Status s = CheckRange(*path_, offset, length); !s.ok()) return s;
+    std::lock_guard<std::mutex> lock(mu_);
+    if (Status s = Gate(offset, length, true); !s.ok()) return s;
+    DWORD err = 0;
+    if (Acquire(offset, length, LockMode::kExclusive, &err)) {
+      Release(offset, length);
+      *held = false;
+    } else if (err != ERROR_LOCK_VIOLATION && err != ERROR_IO_PENDING) {
+      Gate(offset, length, false).IgnoreError();
+      return Win32Status(*path_, "LockFileEx", "probe, " + Range(offset, length), err);
+    }
+    return Gate(offset, length, false);
+  }
+
   Status Unlock(uint64_t offset, uint64_t length) {
     if (Status s = CheckRange(*path_, offset, length); !s.ok()) return s;
     std::lock_guard<std::mutex> lock(mu_);
@@ -622,6 +641,9 @@ class Win32File final : public File {
   }
 
   Status Unlock(uint64_t offset, uint64_t length) override { return locks_.Unlock(offset, length); }
+  Status LockedByOthers(uint64_t offset, uint64_t length, bool* held) override {
+    return locks_.LockedByOthers(offset, length, held);
+  }
 
   bool OnNetworkFileSystem() override {
     // Succeeds only for files opened through a network redirector.
@@ -919,6 +941,9 @@ class Win32SharedFile final : public File {
     return Win32File::BlockingLock(&locks_, offset, length, mode);
   }
   Status Unlock(uint64_t offset, uint64_t length) override { return locks_.Unlock(offset, length); }
+  Status LockedByOthers(uint64_t offset, uint64_t length, bool* held) override {
+    return locks_.LockedByOthers(offset, length, held);
+  }
 
   bool OnNetworkFileSystem() override { return false; }
 
