@@ -75,6 +75,51 @@ TEST_CASE("fork: a writer that dies leaves no lock behind in the child it forked
   CHECK(v == "v2");
 }
 
+// The fork handler points a child's store descriptors at /dev/null. It used
+// to open /dev/null in the child, and a child at its limit of open files
+// kept them, and with them the parent's locks. /dev/null is now opened once
+// beforehand.
+TEST_CASE("fork: a child at its limit of open files still lets go of the store's descriptors") {
+  TempDir dir;
+  const std::string path = dir.File("s.mkv");
+  { REQUIRE(MustOpen(path).Put("k", "v").ok()); }
+  std::fflush(nullptr);
+  const pid_t helper = fork();  // sets its own limit, not the test's
+  REQUIRE(helper >= 0);
+  if (helper == 0) {
+    alarm(20);
+    Store s;
+    if (!Store::Open(path, {}, &s).ok()) _exit(10);
+    int store_fd = -1;
+    char link[4096];
+    for (int fd = 0; fd < 1024 && store_fd < 0; ++fd) {
+      const ssize_t n = ::readlink(("/proc/self/fd/" + std::to_string(fd)).c_str(), link, sizeof link - 1);
+      if (n > 0 && std::string(link, static_cast<size_t>(n)) == path) store_fd = fd;
+    }
+    if (store_fd < 0) _exit(11);
+    // Every descriptor below the lowest free one is in use: with the limit
+    // there, no open can succeed.
+    const int lowest_free = ::fcntl(0, F_DUPFD, 0);
+    if (lowest_free < 0) _exit(12);
+    ::close(lowest_free);
+    const rlimit limit{static_cast<rlim_t>(lowest_free), static_cast<rlim_t>(lowest_free)};
+    if (setrlimit(RLIMIT_NOFILE, &limit) != 0) _exit(12);
+    const pid_t child = fork();
+    if (child < 0) _exit(13);
+    if (child == 0) {
+      if (::open("/dev/null", O_RDONLY | O_CLOEXEC) >= 0 || errno != EMFILE) _exit(14);  // the limit holds
+      const ssize_t n = ::readlink(("/proc/self/fd/" + std::to_string(store_fd)).c_str(), link, sizeof link - 1);
+      _exit(n > 0 && std::string(link, static_cast<size_t>(n)) == "/dev/null" ? 0 : 1);
+    }
+    int status = 0;
+    if (::waitpid(child, &status, 0) != child || !WIFEXITED(status)) _exit(15);
+    _exit(WEXITSTATUS(status));
+  }
+  const int code = WaitChild(helper);
+  CHECK_MESSAGE(code == 0, "exit " << code
+                                    << " (1: the child kept the store's descriptor; 10-15: the setup failed)");
+}
+
 TEST_CASE("fork: a handle used in the child is refused while the parent handle still works") {
   TempDir dir;
   const std::string path = dir.File("s.mkv");

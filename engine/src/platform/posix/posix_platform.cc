@@ -178,6 +178,22 @@ class UniqueFd {
   int fd_ = -1;
 };
 
+// A fork waits while a store descriptor or mapping is made or given back and
+// not yet (or no longer) set up for forks: between open and TrackFd, between
+// UntrackFd and close, between mmap and MADV_DONTFORK. A child forked inside
+// such a window would keep that descriptor, or mapping, and with it the
+// parent's locks for as long as the child lives. Those windows take the
+// fence shared; the fork handler takes it exclusively (OnForkPrepare).
+pthread_rwlock_t g_fork_fence = PTHREAD_RWLOCK_INITIALIZER;
+
+class ForkFence {
+ public:
+  ForkFence() { ::pthread_rwlock_rdlock(&g_fork_fence); }
+  ~ForkFence() { ::pthread_rwlock_unlock(&g_fork_fence); }
+  ForkFence(const ForkFence&) = delete;
+  ForkFence& operator=(const ForkFence&) = delete;
+};
+
 class PosixMapping final : public Mapping {
  public:
   // `fd` is borrowed from the PosixFile, which must outlive this mapping.
@@ -280,6 +296,7 @@ class PosixMapping final : public Mapping {
   Status Replace(uint64_t begin, uint64_t end, int prot, int flags, int fd, const char* what) {
     if (begin >= end) return Status::Ok();
     const auto n = static_cast<size_t>(end - begin);
+    const ForkFence fence;
     if (::mmap(data_ + begin, n, prot, flags | MAP_FIXED, fd, fd < 0 ? 0 : static_cast<off_t>(begin)) == MAP_FAILED) {
       return ErrnoStatus(path_, "mmap", Range(begin, n) + " of the mapping, " + what, errno);
     }
@@ -322,14 +339,18 @@ void UntrackFd(int fd) {
   }
 }
 
+// Opened once, before any store (RegisterAtFork): a child at its limit of
+// open files, or without /dev/null, still detaches every descriptor.
+int g_null_fd = -1;
+
 void DetachFdsInChild() {
-  const int null_fd = ::open("/dev/null", O_RDWR | O_CLOEXEC);
+  const int null_fd = g_null_fd >= 0 ? g_null_fd : ::open("/dev/null", O_RDWR | O_CLOEXEC);
   if (null_fd < 0) return;
   for (auto& slot : g_store_fds) {
     const int fd = slot.load(std::memory_order_acquire) - 1;
     if (fd >= 0) ::dup2(null_fd, fd);  // keeps O_CLOEXEC off; the fd is closed by the handle
   }
-  ::close(null_fd);
+  if (null_fd != g_null_fd) ::close(null_fd);
 }
 
 // Shared (not FUTEX_PRIVATE_FLAG) futex: waiters and wakers may be in
@@ -355,7 +376,11 @@ class PosixFile final : public File {
       : fd_(std::move(fd)), path_(std::move(path)), read_only_(read_only) {
     TrackFd(fd_.get());
   }
-  ~PosixFile() override { UntrackFd(fd_.get()); }
+  ~PosixFile() override {
+    const ForkFence fence;
+    UntrackFd(fd_.get());
+    fd_ = UniqueFd();  // closed inside the fence
+  }
 
   const std::string& path() const override { return path_; }
   bool read_only() const override { return read_only_; }
@@ -415,6 +440,7 @@ class PosixFile final : public File {
       return InvalidArgument(path_, "bad mapping length " + std::to_string(length));
     }
     const int prot = writable ? PROT_READ | PROT_WRITE : PROT_READ;
+    const ForkFence fence;
     void* addr = ::mmap(nullptr, static_cast<size_t>(length), prot, MAP_SHARED, fd_.get(), 0);
     if (addr == MAP_FAILED) {
       return ErrnoStatus(path_, "mmap", Bytes(length) + (writable ? ", read-write" : ", read-only"), errno);
@@ -650,13 +676,21 @@ BootIdOverride& GetBootIdOverride() {
 
 std::once_flag g_atfork_once;
 
+void OnForkPrepare() { ::pthread_rwlock_wrlock(&g_fork_fence); }
+void OnForkParent() { ::pthread_rwlock_unlock(&g_fork_fence); }
+
 void OnForkChild() {
+  // The only thread here is the one that took the fence: a fresh one.
+  ::pthread_rwlock_init(&g_fork_fence, nullptr);
   g_fork_generation.fetch_add(1, std::memory_order_relaxed);
   DetachFdsInChild();
 }
 
 void RegisterAtFork() {
-  std::call_once(g_atfork_once, [] { ::pthread_atfork(nullptr, nullptr, &OnForkChild); });
+  std::call_once(g_atfork_once, [] {
+    g_null_fd = ::open("/dev/null", O_RDWR | O_CLOEXEC);
+    ::pthread_atfork(&OnForkPrepare, &OnForkParent, &OnForkChild);
+  });
 }
 
 // Registers the handler at load time, before any fork that matters.
@@ -671,6 +705,7 @@ Status File::Open(const std::string& path, const FileSpec& spec, std::unique_ptr
   if (path.empty() || path.find('\0') != std::string::npos) {
     return InvalidArgument(path, "bad file path");
   }
+  const ForkFence fence;  // from the open to TrackFd (Adopt)
   // O_NONBLOCK: the open of a FIFO (or a device) must not wait for a peer
   // before Adopt can refuse it as not a regular file (Adopt clears it).
   UniqueFd fd(::open(path.c_str(), OpenFlags(spec) | O_NONBLOCK, static_cast<mode_t>(spec.mode)));
@@ -693,6 +728,7 @@ Status File::OpenShared(const std::string& name, const FileSpec& spec, std::uniq
   RegisterAtFork();
   if (Status s = CheckShmName(name); !s.ok()) return s;
   const std::string path = "shm:" + name;
+  const ForkFence fence;  // from the open to TrackFd (Adopt)
   UniqueFd fd(::shm_open(ShmObjectName(name).c_str(), OpenFlags(spec), static_cast<mode_t>(spec.mode)));
   if (!fd.valid()) {
     const int err = errno;
