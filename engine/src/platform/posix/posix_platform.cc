@@ -42,6 +42,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <thread>
 #include <utility>
 
 #include "platform/platform.h"
@@ -183,13 +184,30 @@ class UniqueFd {
 // UntrackFd and close, between mmap and MADV_DONTFORK. A child forked inside
 // such a window would keep that descriptor, or mapping, and with it the
 // parent's locks for as long as the child lives. Those windows take the
-// fence shared; the fork handler takes it exclusively (OnForkPrepare).
-pthread_rwlock_t g_fork_fence = PTHREAD_RWLOCK_INITIALIZER;
+// fence; the fork handler waits until none is open (OnForkPrepare), and no
+// new one opens until the fork is done. Two counters, not a pthread rwlock:
+// a rwlock write-locked by the prepare handler cannot be unlocked in the
+// child (glibc checks the writer's thread id, which differs there).
+std::atomic<int> g_forks_preparing{0};
+std::atomic<int> g_fork_windows{0};
+thread_local int t_fork_window_depth = 0;
 
 class ForkFence {
  public:
-  ForkFence() { ::pthread_rwlock_rdlock(&g_fork_fence); }
-  ~ForkFence() { ::pthread_rwlock_unlock(&g_fork_fence); }
+  ForkFence() {
+    if (t_fork_window_depth++ > 0) return;
+    for (;;) {
+      while (g_forks_preparing.load() != 0) std::this_thread::yield();
+      g_fork_windows.fetch_add(1);
+      // Sequentially consistent with the prepare handler's increment and
+      // load: either it sees this window, or this sees its fork.
+      if (g_forks_preparing.load() == 0) return;
+      g_fork_windows.fetch_sub(1);
+    }
+  }
+  ~ForkFence() {
+    if (--t_fork_window_depth == 0) g_fork_windows.fetch_sub(1);
+  }
   ForkFence(const ForkFence&) = delete;
   ForkFence& operator=(const ForkFence&) = delete;
 };
@@ -676,12 +694,16 @@ BootIdOverride& GetBootIdOverride() {
 
 std::once_flag g_atfork_once;
 
-void OnForkPrepare() { ::pthread_rwlock_wrlock(&g_fork_fence); }
-void OnForkParent() { ::pthread_rwlock_unlock(&g_fork_fence); }
+void OnForkPrepare() {
+  g_forks_preparing.fetch_add(1);
+  while (g_fork_windows.load() != 0) std::this_thread::yield();
+}
+void OnForkParent() { g_forks_preparing.fetch_sub(1); }
 
 void OnForkChild() {
-  // The only thread here is the one that took the fence: a fresh one.
-  ::pthread_rwlock_init(&g_fork_fence, nullptr);
+  // The forking thread is the only one here, and it is in no window.
+  g_forks_preparing.store(0);
+  g_fork_windows.store(0);
   g_fork_generation.fetch_add(1, std::memory_order_relaxed);
   DetachFdsInChild();
 }
