@@ -385,9 +385,9 @@ void RunKills(Mode mode, int runs, uint64_t seed0) {
                                       << stats.next_applied << " where the unacknowledged next op had landed, "
                                       << stats.grew << " where the file grew, " << stats.in_compact
                                       << " killed in or right after a Compact, " << stats.in_write
-                                      << " killed inside a write (" << stats.in_batch << " of them a batch); final store " << base.size() << " keys, "
-                                      << FileSize(path) << " bytes; kill window at the end " << stats.window_us / 1000
-                                      << " ms");
+                                      << " killed inside a write (" << stats.in_batch
+                                      << " of them a batch); final store " << base.size() << " keys, " << FileSize(path)
+                                      << " bytes; kill window at the end " << stats.window_us / 1000 << " ms");
   // Most kills must land after some work was done, or the test proves little.
   CHECK(stats.with_ops * 2 >= stats.runs);
   if (mode == Mode::kGrowth) CHECK(stats.grew * 4 >= stats.runs);

@@ -116,8 +116,7 @@ TEST_CASE("fork: a child at its limit of open files still lets go of the store's
     _exit(WEXITSTATUS(status));
   }
   const int code = WaitChild(helper);
-  CHECK_MESSAGE(code == 0, "exit " << code
-                                    << " (1: the child kept the store's descriptor; 10-15: the setup failed)");
+  CHECK_MESSAGE(code == 0, "exit " << code << " (1: the child kept the store's descriptor; 10-15: the setup failed)");
 }
 
 TEST_CASE("fork: a handle used in the child is refused while the parent handle still works") {

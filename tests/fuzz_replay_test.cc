@@ -199,7 +199,8 @@ TEST_SUITE("bad_input") {
     const Case cases[] = {
         {"allocation map", [](ControlPage* c) { c->alloc_offset = kLonger - (64 << 10); },
          "allocation map out of the store"},
-        {"page map", [](ControlPage* c) { c->pagemap_offset.store(kLonger - (64 << 10)); }, "page map out of the store"},
+        {"page map", [](ControlPage* c) { c->pagemap_offset.store(kLonger - (64 << 10)); },
+         "page map out of the store"},
         {"change ring", [](ControlPage* c) { c->ring_offset = kLonger - (2 << 20); }, "change ring out of the store"},
     };
     for (const Case& c : cases) {

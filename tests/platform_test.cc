@@ -356,8 +356,9 @@ TEST_SUITE("platform") {
       CHECK_MESSAGE(before < pages, "mapped before Prefault: " << before << " of " << pages);
       CHECK_MESSAGE(after == pages, "mapped before " << before << ", after " << after << " of " << pages);
     } else {
-      MESSAGE("NOT CHECKED: this kernel has no MADV_POPULATE_WRITE (5.14) and Prefault does nothing; checked only "
-              "that the mapping says so and that no byte changes");
+      MESSAGE(
+          "NOT CHECKED: this kernel has no MADV_POPULATE_WRITE (5.14) and Prefault does nothing; checked only "
+          "that the mapping says so and that no byte changes");
       CHECK_FALSE(map->CanPrefault());
     }
     CHECK(SizeOf(*file) == kSize);

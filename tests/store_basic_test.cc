@@ -519,7 +519,8 @@ TEST_SUITE("store") {
     CHECK(st.entries == 5000);
     CHECK(st.entries == store.size());
     CHECK((st.slots & (st.slots - 1)) == 0);  // a power of two
-    CHECK(st.slots * internal::format::kMaxLoadNum / internal::format::kMaxLoadDen >= st.entries);  // within the maximum load
+    CHECK(st.slots * internal::format::kMaxLoadNum / internal::format::kMaxLoadDen >=
+          st.entries);  // within the maximum load
     CHECK(st.load_factor == doctest::Approx(static_cast<double>(st.entries) / static_cast<double>(st.slots)));
     CHECK(st.table_bytes == st.slots * 8);
     CHECK(st.live_bytes == record_bytes);

@@ -156,8 +156,7 @@ Status StoreImpl::CompactTail(Status* damaged) {
     } else if (damaged->ok()) {
       *damaged = Status(Code::kCorruption, path_ + ": slot " + std::to_string(movers[j].second) +
                                                " and another point at the record at offset " +
-                                               std::to_string(movers[j].first * kGranule) +
-                                               "; `mapkv check` lists it");
+                                               std::to_string(movers[j].first * kGranule) + "; `mapkv check` lists it");
     }
   }
   movers.swap(single);

@@ -410,7 +410,8 @@ Status StoreImpl::CheckControlPage(const ControlPage& c, uint64_t file_size, con
   if (!in_store(c.alloc_offset, c.alloc_words * sizeof(AllocWord))) return bad("allocation map out of the store");
   const uint64_t shift = c.table_shift.load();
   if (shift < kMinTableShift || shift > kMaxTableShift) return bad("bad table size (2^" + std::to_string(shift) + ")");
-  if (!in_store(c.pagemap_offset.load(), PagemapBytes(static_cast<uint32_t>(shift)))) return bad("page map out of the store");
+  if (!in_store(c.pagemap_offset.load(), PagemapBytes(static_cast<uint32_t>(shift))))
+    return bad("page map out of the store");
   if (c.pagemap_offset.load() % kGranule != 0) return bad("misaligned page map");
   if (c.heap_end > fs || c.heap_end < kHeapOffset)
     return bad("heap end " + std::to_string(c.heap_end) + " out of the heap");

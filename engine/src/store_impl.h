@@ -322,7 +322,7 @@ class StoreImpl {
   // and the handle repairs the count only while none of its threads waits
   // (its own exclusive attempt would convert its shared lock, not test it).
   mutable std::mutex watch_mu_;
-  mutable uint32_t own_watchers_ = 0;  // guarded by watch_mu_
+  mutable uint32_t own_watchers_ = 0;              // guarded by watch_mu_
   mutable std::atomic<uint64_t> watch_sleeps_{0};  // WatchSleepsForTesting
 };
 
