@@ -30,6 +30,16 @@ fuzz::FuzzResult Replay(const std::string& file, const std::string& scratch) {
   return fuzz::RunStoreBytes(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(), scratch);
 }
 
+// A store of `keys` keys ("key0", ...) whose last close did not checkpoint:
+// its control page is this boot's, the state the damage below starts from.
+void MakeUncheckpointed(const std::string& path, int keys, uint64_t initial_capacity = 0) {
+  Options o;
+  o.checkpoint_on_close = false;
+  if (initial_capacity != 0) o.initial_capacity = initial_capacity;
+  Store s = MustOpen(path, o);
+  for (int i = 0; i < keys; ++i) REQUIRE(s.Put("key" + std::to_string(i), "v").ok());
+}
+
 TEST_SUITE("bad_input") {
   TEST_CASE("bad input: the fuzz seed corpus stores are valid and survive the fuzz body") {
     TempDir dir;
@@ -65,12 +75,7 @@ TEST_SUITE("bad_input") {
   TEST_CASE("bad input: an undo log that would restore a bad control page is refused and changes nothing") {
     TempDir dir;
     const std::string path = dir.File("s.mkv");
-    {
-      Options o;
-      o.checkpoint_on_close = false;
-      Store s = MustOpen(path, o);
-      for (int i = 0; i < 50; ++i) REQUIRE(s.Put("key" + std::to_string(i), "v").ok());
-    }
+    MakeUncheckpointed(path, 50);
     const std::string image = ReadFileBytes(path);
     using internal::format::ControlPage;
     using internal::format::UndoEntry;
@@ -126,13 +131,7 @@ TEST_SUITE("bad_input") {
   TEST_CASE("bad input: an undo log that frees more table pages than the file has is refused at once") {
     TempDir dir;
     const std::string path = dir.File("s.mkv");
-    {
-      Options o;
-      o.checkpoint_on_close = false;
-      o.initial_capacity = 1000000;  // a file of some size
-      Store s = MustOpen(path, o);
-      REQUIRE(s.Put("key", "v").ok());
-    }
+    MakeUncheckpointed(path, 1, /*initial_capacity=*/1000000);  // a file of some size
     const std::string image = ReadFileBytes(path);
     using internal::format::ControlPage;
     using internal::format::UndoEntry;
@@ -175,12 +174,7 @@ TEST_SUITE("bad_input") {
   TEST_CASE("bad input: a control page that places a structure past the store's end, in a longer file, is refused") {
     TempDir dir;
     const std::string path = dir.File("s.mkv");
-    {
-      Options o;
-      o.checkpoint_on_close = false;
-      Store s = MustOpen(path, o);
-      for (int i = 0; i < 3; ++i) REQUIRE(s.Put("key" + std::to_string(i), "v").ok());
-    }
+    MakeUncheckpointed(path, 3);
     std::string image = ReadFileBytes(path);
     using internal::format::ControlPage;
     constexpr uint64_t kCtl = internal::format::kControlOffset;
@@ -234,12 +228,7 @@ TEST_SUITE("bad_input") {
   TEST_CASE("bad input: a control page whose heap end lies below the heap is refused and changes nothing") {
     TempDir dir;
     const std::string path = dir.File("s.mkv");
-    {
-      Options o;
-      o.checkpoint_on_close = false;
-      Store s = MustOpen(path, o);
-      REQUIRE(s.Put("key", "v").ok());
-    }
+    MakeUncheckpointed(path, 1);
     std::string bytes = ReadFileBytes(path);
     using internal::format::ControlPage;
     constexpr uint64_t kCtl = internal::format::kControlOffset;
