@@ -696,6 +696,9 @@ Status StoreImpl::LinkRecord(std::string_view key, std::string_view value, uint6
   Status s = table_->Upsert(key, hash, g, &old, &replaced, known);
   if (!s.ok()) return s;
   if (replaced) {
+    // The size freed is the record header's: a damaged one would free the
+    // records after it (the write is rolled back).
+    if (!old.Intact()) return ChecksumError(old);
     s = heap_->Free(old.granule, old.granules());
     if (!s.ok()) return s;
     ctl_->live_bytes -= old.granules() * kGranule;
@@ -714,8 +717,10 @@ bool StoreImpl::CanOverwriteInPlace(const RecordRef& rec, std::string_view value
   constexpr uint64_t kMaxInPlace = 256;
   // The rewrite enters the change ring without allocating: a ring the
   // options ask for must exist already.
+  // A damaged size would have the rewrite run into the next record: such a
+  // record takes the other path, which refuses it.
   return RingReady() && value.size() == rec.value_size && value.size() <= kMaxInPlace &&
-         !heap_->IsCheckpointed(rec.granule);
+         !heap_->IsCheckpointed(rec.granule) && rec.Intact();
 }
 
 Status StoreImpl::OverwriteInPlace(const RecordRef& rec, std::string_view value, uint64_t hash) {
@@ -743,6 +748,7 @@ Status StoreImpl::ApplyErase(std::string_view key, uint64_t hash, bool* found) {
   RecordRef old;
   Status s = table_->Erase(key, hash, found, &old);
   if (!s.ok() || !*found) return s;
+  if (!old.Intact()) return ChecksumError(old);  // as in LinkRecord
   s = heap_->Free(old.granule, old.granules());
   if (!s.ok()) return s;
   ctl_->live_bytes -= old.granules() * kGranule;
