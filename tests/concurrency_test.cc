@@ -619,6 +619,48 @@ TEST_SUITE("concurrency") {
     CHECK(v == "w");
   }
 
+  // A Close from inside a callback (or an Open into the same handle) tore
+  // the handle down under the call that held its lock, which then ran on
+  // freed memory. It is kUnsafeUse, and closes nothing.
+  TEST_CASE("concurrency: Close or Open of a handle from its own callback or guard is UnsafeUse and closes nothing") {
+    TempDir dir;
+    const std::string path = dir.File("s.mkv");
+    Store store = MustOpen(path);
+    REQUIRE(store.Put("k", "1").ok());
+    Status closed, reopened;
+    REQUIRE(store
+                .Update("k",
+                        [&](std::optional<std::string_view>, std::string* next) {
+                          closed = store.Close();
+                          reopened = Store::Open(path, Options{}, &store);
+                          *next = "2";
+                          return Store::UpdateAction::kPut;
+                        })
+                .ok());
+    CHECK(closed.code() == Code::kUnsafeUse);
+    CHECK(reopened.code() == Code::kUnsafeUse);
+    std::string v;
+    REQUIRE(store.Get("k", &v).ok());
+    CHECK(v == "2");
+    REQUIRE(store
+                .ForEach("",
+                         [&](std::string_view, std::string_view) {
+                           closed = store.Close();
+                           return true;
+                         })
+                .ok());
+    CHECK(closed.code() == Code::kUnsafeUse);
+    {
+      ReadGuard guard;
+      REQUIRE(guard.Lock(store).ok());
+      CHECK(store.Close().code() == Code::kUnsafeUse);
+    }
+    CHECK(store.is_open());
+    CHECK(store.Put("k", "3").ok());
+    CHECK(store.Close().ok());
+    CHECK_FALSE(store.is_open());
+  }
+
   // A thread asking for the write lock of a handle whose lock it holds, or
   // for a read lock while it holds the write lock, would wait for itself: it
   // gets kUnsafeUse (the ReadGuard's contract forbids the first; an Update

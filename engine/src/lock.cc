@@ -374,6 +374,8 @@ void LockManager::KeeperLoop() {
   }
 }
 
+bool LockManager::HeldByThisThread() const { return Holds(t_reads, this) || Holds(t_writes, this); }
+
 Status LockManager::LockWrite(bool* fresh) {
   if (Holds(t_reads, this) || Holds(t_writes, this)) {
     return Status(Code::kUnsafeUse, file_->path() +

@@ -131,6 +131,8 @@ class LockManager {
   // file's size was checked when the lock was taken, and no other process
   // can write). A hint: the keeper may give the lock up at any moment.
   bool HoldsStickyWrite() const { return sticky_.load(std::memory_order_relaxed); }
+  // Whether the calling thread holds this handle's read or write lock.
+  bool HeldByThisThread() const;
   // For tests: the keeper thread runs and sleeps until a sticky write.
   bool KeeperWaitingForTesting() const { return keeper_started_.load() && keeper_idle_.load(); }
   Status LockRead();

@@ -78,6 +78,7 @@ Store& Store::operator=(Store&& other) noexcept {
 
 Status Store::Open(std::string_view path, const Options& options, Store* store) {
   Status s = store->Close();
+  if (s.code() == Code::kUnsafeUse) return s;  // the handle is in use on this thread: kept
   std::unique_ptr<StoreImpl> impl;
   s |= StoreImpl::Open(path, options, &impl);
   if (s.ok()) store->impl_ = std::move(impl);
@@ -94,6 +95,13 @@ Status Store::RemoveShared(std::string_view name) {
 
 Status Store::Close() {
   if (!impl_) return Status::Ok();
+  if (impl_->HeldByThisThread()) {
+    // From a callback or under a guard: the call that holds the lock would
+    // go on with a destroyed handle.
+    return Status(Code::kUnsafeUse, impl_->path() +
+                                        ": Close (or Open) of a handle asked for by a thread that holds its lock (a "
+                                        "ReadGuard, or inside a ForEach or Update callback); nothing was closed");
+  }
   Status s = impl_->Close();
   impl_.reset();
   return s;

@@ -56,6 +56,9 @@ class StoreImpl {
   Status Close();
 
   const std::string& path() const { return path_; }
+  // Whether the calling thread holds a lock of this handle (a ReadGuard, or
+  // inside a ForEach or Update callback, or a write).
+  bool HeldByThisThread() const { return locks_ && locks_->HeldByThisThread(); }
 
   // For tests: threads of this process waiting for `store`'s write lock
   // behind a holder of the same handle (0 for a closed handle).

@@ -178,9 +178,11 @@ class Store {
 
   // Closes the handle: checkpoints when options.checkpoint_on_close and this is
   // the last handle on the file, releases locks and the mapping. Idempotent.
-  // The handle is closed whatever it returns; kCorruption names a damaged
-  // record that the close's compaction of the file's tail found (and left
-  // where it was, after checkpointing everything else).
+  // The handle is closed whatever it returns, but for kUnsafeUse: called from
+  // a callback of this handle (Update, ForEach) or under its ReadGuard, it
+  // closes nothing. kCorruption names a damaged record that the close's
+  // compaction of the file's tail found (and left where it was, after
+  // checkpointing everything else).
   Status Close();
   bool is_open() const { return impl_ != nullptr; }
   const std::string& path() const;
