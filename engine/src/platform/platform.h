@@ -201,7 +201,8 @@ Status LinkFile(const std::string& from, const std::string& to);
 Status RemoveFile(const std::string& path);
 // Makes the directory entries of the directory holding `path` durable
 // (fsync of the directory), so that a name just made survives a power cut.
-// Windows: nothing to do (NTFS logs its directory changes).
+// A directory this process cannot read is left as it is (OK). Windows:
+// nothing to do (NTFS logs its directory changes).
 Status SyncDirectoryOf(const std::string& path);
 // Identity of the file now at `path` (kNotFound when none).
 Status FileIdentity(const std::string& path, std::array<uint64_t, 2>* id);

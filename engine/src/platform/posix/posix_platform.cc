@@ -42,7 +42,6 @@
 #include <mutex>
 #include <optional>
 #include <string>
-#include <thread>
 #include <utility>
 
 #include "platform/platform.h"
@@ -179,39 +178,6 @@ class UniqueFd {
   int fd_ = -1;
 };
 
-// A fork waits while a store descriptor or mapping is made or given back and
-// not yet (or no longer) set up for forks: between open and TrackFd, between
-// UntrackFd and close, between mmap and MADV_DONTFORK. A child forked inside
-// such a window would keep that descriptor, or mapping, and with it the
-// parent's locks for as long as the child lives. Those windows take the
-// fence; the fork handler waits until none is open (OnForkPrepare), and no
-// new one opens until the fork is done. Two counters, not a pthread rwlock:
-// a rwlock write-locked by the prepare handler cannot be unlocked in the
-// child (glibc checks the writer's thread id, which differs there).
-std::atomic<int> g_forks_preparing{0};
-std::atomic<int> g_fork_windows{0};
-thread_local int t_fork_window_depth = 0;
-
-class ForkFence {
- public:
-  ForkFence() {
-    if (t_fork_window_depth++ > 0) return;
-    for (;;) {
-      while (g_forks_preparing.load() != 0) std::this_thread::yield();
-      g_fork_windows.fetch_add(1);
-      // Sequentially consistent with the prepare handler's increment and
-      // load: either it sees this window, or this sees its fork.
-      if (g_forks_preparing.load() == 0) return;
-      g_fork_windows.fetch_sub(1);
-    }
-  }
-  ~ForkFence() {
-    if (--t_fork_window_depth == 0) g_fork_windows.fetch_sub(1);
-  }
-  ForkFence(const ForkFence&) = delete;
-  ForkFence& operator=(const ForkFence&) = delete;
-};
-
 class PosixMapping final : public Mapping {
  public:
   // `fd` is borrowed from the PosixFile, which must outlive this mapping.
@@ -314,7 +280,6 @@ class PosixMapping final : public Mapping {
   Status Replace(uint64_t begin, uint64_t end, int prot, int flags, int fd, const char* what) {
     if (begin >= end) return Status::Ok();
     const auto n = static_cast<size_t>(end - begin);
-    const ForkFence fence;
     if (::mmap(data_ + begin, n, prot, flags | MAP_FIXED, fd, fd < 0 ? 0 : static_cast<off_t>(begin)) == MAP_FAILED) {
       return ErrnoStatus(path_, "mmap", Range(begin, n) + " of the mapping, " + what, errno);
     }
@@ -357,18 +322,52 @@ void UntrackFd(int fd) {
   }
 }
 
-// Opened once, before any store (RegisterAtFork): a child at its limit of
-// open files, or without /dev/null, still detaches every descriptor.
-int g_null_fd = -1;
+// /dev/null, opened once before any store (RegisterAtFork), for a child that
+// cannot open it (at its limit of open files, or in a sandbox without it).
+// High, so that a program closing its low descriptors rarely meets it; the
+// child checks it is still /dev/null before use (the program may have
+// closed it and reused the number).
+int g_spare_null = -1;
+dev_t g_null_rdev = 0;
+
+void OpenSpareNull() {
+  const int fd = ::open("/dev/null", O_RDWR | O_CLOEXEC);
+  if (fd < 0) return;
+  struct stat st {};
+  const int high = ::fcntl(fd, F_DUPFD_CLOEXEC, 200);
+  if (high >= 0) {
+    ::close(fd);
+    g_spare_null = high;
+  } else {
+    g_spare_null = fd;
+  }
+  if (::fstat(g_spare_null, &st) == 0 && S_ISCHR(st.st_mode)) g_null_rdev = st.st_rdev;
+}
+
+// In the child: a descriptor of /dev/null, or -1. Async-signal-safe calls only.
+int ChildNullFd(bool* spare) {
+  *spare = false;
+  const int fd = ::open("/dev/null", O_RDWR | O_CLOEXEC);
+  if (fd >= 0) return fd;
+  struct stat st {};
+  if (g_spare_null >= 0 && ::fstat(g_spare_null, &st) == 0 && S_ISCHR(st.st_mode) && st.st_rdev == g_null_rdev) {
+    *spare = true;
+    return g_spare_null;
+  }
+  return -1;
+}
 
 void DetachFdsInChild() {
-  const int null_fd = g_null_fd >= 0 ? g_null_fd : ::open("/dev/null", O_RDWR | O_CLOEXEC);
-  if (null_fd < 0) return;
+  bool spare = false;
+  const int null_fd = ChildNullFd(&spare);
   for (auto& slot : g_store_fds) {
     const int fd = slot.load(std::memory_order_acquire) - 1;
-    if (fd >= 0) ::dup2(null_fd, fd);  // keeps O_CLOEXEC off; the fd is closed by the handle
+    if (fd < 0) continue;
+    // dup2 keeps the number valid for the handle's eventual close; with no
+    // /dev/null to be had, closing it is still better than keeping the locks.
+    if (null_fd < 0 || ::dup2(null_fd, fd) < 0) ::close(fd);
   }
-  if (null_fd != g_null_fd) ::close(null_fd);
+  if (null_fd >= 0 && !spare) ::close(null_fd);
 }
 
 // Shared (not FUTEX_PRIVATE_FLAG) futex: waiters and wakers may be in
@@ -394,11 +393,7 @@ class PosixFile final : public File {
       : fd_(std::move(fd)), path_(std::move(path)), read_only_(read_only) {
     TrackFd(fd_.get());
   }
-  ~PosixFile() override {
-    const ForkFence fence;
-    UntrackFd(fd_.get());
-    fd_ = UniqueFd();  // closed inside the fence
-  }
+  ~PosixFile() override { UntrackFd(fd_.get()); }
 
   const std::string& path() const override { return path_; }
   bool read_only() const override { return read_only_; }
@@ -458,7 +453,6 @@ class PosixFile final : public File {
       return InvalidArgument(path_, "bad mapping length " + std::to_string(length));
     }
     const int prot = writable ? PROT_READ | PROT_WRITE : PROT_READ;
-    const ForkFence fence;
     void* addr = ::mmap(nullptr, static_cast<size_t>(length), prot, MAP_SHARED, fd_.get(), 0);
     if (addr == MAP_FAILED) {
       return ErrnoStatus(path_, "mmap", Bytes(length) + (writable ? ", read-write" : ", read-only"), errno);
@@ -694,24 +688,15 @@ BootIdOverride& GetBootIdOverride() {
 
 std::once_flag g_atfork_once;
 
-void OnForkPrepare() {
-  g_forks_preparing.fetch_add(1);
-  while (g_fork_windows.load() != 0) std::this_thread::yield();
-}
-void OnForkParent() { g_forks_preparing.fetch_sub(1); }
-
 void OnForkChild() {
-  // The forking thread is the only one here, and it is in no window.
-  g_forks_preparing.store(0);
-  g_fork_windows.store(0);
   g_fork_generation.fetch_add(1, std::memory_order_relaxed);
   DetachFdsInChild();
 }
 
 void RegisterAtFork() {
   std::call_once(g_atfork_once, [] {
-    g_null_fd = ::open("/dev/null", O_RDWR | O_CLOEXEC);
-    ::pthread_atfork(&OnForkPrepare, &OnForkParent, &OnForkChild);
+    OpenSpareNull();
+    ::pthread_atfork(nullptr, nullptr, &OnForkChild);
   });
 }
 
@@ -727,7 +712,6 @@ Status File::Open(const std::string& path, const FileSpec& spec, std::unique_ptr
   if (path.empty() || path.find('\0') != std::string::npos) {
     return InvalidArgument(path, "bad file path");
   }
-  const ForkFence fence;  // from the open to TrackFd (Adopt)
   // O_NONBLOCK: the open of a FIFO (or a device) must not wait for a peer
   // before Adopt can refuse it as not a regular file (Adopt clears it).
   UniqueFd fd(::open(path.c_str(), OpenFlags(spec) | O_NONBLOCK, static_cast<mode_t>(spec.mode)));
@@ -750,7 +734,6 @@ Status File::OpenShared(const std::string& name, const FileSpec& spec, std::uniq
   RegisterAtFork();
   if (Status s = CheckShmName(name); !s.ok()) return s;
   const std::string path = "shm:" + name;
-  const ForkFence fence;  // from the open to TrackFd (Adopt)
   UniqueFd fd(::shm_open(ShmObjectName(name).c_str(), OpenFlags(spec), static_cast<mode_t>(spec.mode)));
   if (!fd.valid()) {
     const int err = errno;
@@ -796,6 +779,9 @@ Status SyncDirectoryOf(const std::string& path) {
   const size_t slash = path.find_last_of('/');
   const std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
   UniqueFd fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  // A directory the process may write but not read (a drop box, mode -wx)
+  // cannot be opened to sync it: the store is made, and that is not an error.
+  if (fd.get() < 0 && (errno == EACCES || errno == EPERM)) return Status::Ok();
   if (fd.get() < 0) return ErrnoStatus(dir, "open", "the directory, to sync it", errno);
   // Some file systems cannot sync a directory (EINVAL): theirs is not ours to make durable.
   if (::fsync(fd.get()) != 0 && errno != EINVAL) return ErrnoStatus(dir, "fsync", "the directory", errno);
