@@ -620,6 +620,7 @@ void StoreImpl::CheckpointIfDue() noexcept {
     // Failing, the next write tries again. Measured again from the meta
     // page: a checkpoint with nothing dirty writes none.
     try {
+      ctl_->dirty = 1;  // a recovery killed before its own checkpoint left it 0
       if (!Checkpoint().ok() || !checkpointed_seq(&since)) return;
     } catch (...) {  // out of memory: as a failure
       return;
