@@ -359,6 +359,10 @@ void LockManager::KeeperLoop() {
     // thread's read of the handle would wait for ever). It looks again at
     // its next tick.
     if (!rw_.LockUnlessShared()) {
+      // A guard holds it (a sticky lock it could not convert): not a spin
+      // while waiters are counted and the guard lasts.
+      Wait(&ctl_->lock_waiters, ctl_->lock_waiters.load(std::memory_order_acquire),
+           std::chrono::duration_cast<std::chrono::microseconds>(kStickyIdle));
       lock.lock();
       continue;
     }

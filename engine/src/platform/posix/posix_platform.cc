@@ -303,7 +303,12 @@ class PosixMapping final : public Mapping {
 // the parent died. So the fork handler points every store descriptor of the
 // child at /dev/null (dup2 keeps the number valid for the handle's eventual
 // close). A fixed table of atomics: the handler runs in the child, where a
-// mutex another thread held at fork would never be released.
+// mutex another thread held at fork would never be released. Not covered: a
+// fork by another thread while a descriptor is between open and TrackFd or
+// between UntrackFd and close, or a mapping between mmap and madvise. A
+// fence that held forks back over those windows was tried and removed: it
+// could deadlock a fork (other fork handlers using a store, a lease-blocked
+// open, a fork from a signal handler), which is worse than the window.
 constexpr int kFdSlots = 1024;
 std::atomic<int> g_store_fds[kFdSlots];  // fd + 1; 0 is a free slot (so static zero-init is right)
 
