@@ -584,9 +584,18 @@ TEST_SUITE("concurrency") {
     Options quick;
     quick.lock_timeout = std::chrono::milliseconds(2000);
     Store other = MustOpen(path, quick);
-    REQUIRE(store.Put("k", "v").ok());
+    // The guard must come while the write's lock is still sticky (the
+    // keeper lets it go after 1 ms): tried until it does.
     ReadGuard guard;
-    REQUIRE(guard.Lock(store).ok());
+    bool converted = false;
+    for (int attempt = 0; attempt < 100 && !converted; ++attempt) {
+      guard.Unlock();
+      const uint64_t before = internal::StoreImpl::StickyConversionsForTesting(store);
+      REQUIRE(store.Put("k", "v").ok());
+      REQUIRE(guard.Lock(store).ok());
+      converted = internal::StoreImpl::StickyConversionsForTesting(store) > before;
+    }
+    REQUIRE_MESSAGE(converted, "no read guard came before the keeper let the write's lock go, in 100 tries");
     // Another handle's guard: the lock is shared.
     ReadGuard other_guard;
     CHECK(other_guard.Lock(other).ok());

@@ -510,6 +510,7 @@ Status LockManager::LockRead() {
       shared = false;
     }
     if (shared) {
+      sticky_conversions_.fetch_add(1, std::memory_order_relaxed);
       sticky_ = false;
       ClearWriterPid();
       const uint32_t before = ctl_->lock_released.fetch_add(1, std::memory_order_acq_rel);

@@ -133,6 +133,8 @@ class LockManager {
   bool HoldsStickyWrite() const { return sticky_.load(std::memory_order_relaxed); }
   // Whether the calling thread holds this handle's read or write lock.
   bool HeldByThisThread() const;
+  // For tests: read locks that converted a sticky write lock to shared.
+  uint64_t StickyConversionsForTesting() const { return sticky_conversions_.load(); }
   // For tests: the keeper thread runs and sleeps until a sticky write.
   bool KeeperWaitingForTesting() const { return keeper_started_.load() && keeper_idle_.load(); }
   Status LockRead();
@@ -216,7 +218,8 @@ class LockManager {
   // Under rw_ held exclusively.
   bool handoff_ = false;
   uint32_t handoff_waiters_ = 0;
-  std::atomic<bool> keeper_idle_{false};  // the keeper sleeps on keeper_cv_ (the lock is not sticky)
+  std::atomic<uint64_t> sticky_conversions_{0};  // StickyConversionsForTesting
+  std::atomic<bool> keeper_idle_{false};         // the keeper sleeps on keeper_cv_ (the lock is not sticky)
   std::atomic<bool> keeper_started_{false};
   std::atomic<uint64_t> writes_{0};  // sticky writes so far; unchanged over kStickyIdle = idle
   const uint64_t pid_ = ProcessId();

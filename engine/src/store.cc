@@ -302,6 +302,10 @@ uint32_t StoreImpl::WritersWaitingForTesting(const Store& store) {
   return store.impl_ && store.impl_->locks_ ? store.impl_->locks_->WritersWaitingInProcess() : 0;
 }
 
+uint64_t StoreImpl::StickyConversionsForTesting(const Store& store) {
+  return store.impl_ && store.impl_->locks_ ? store.impl_->locks_->StickyConversionsForTesting() : 0;
+}
+
 bool StoreImpl::KeeperWaitingForTesting(const Store& store) {
   return store.impl_ && store.impl_->locks_ && store.impl_->locks_->KeeperWaitingForTesting();
 }

@@ -69,6 +69,8 @@ class StoreImpl {
   // For tests: the lock keeper of `store` has started and sleeps until a
   // write keeps the lock (sticky).
   static bool KeeperWaitingForTesting(const Store& store);
+  // For tests: read locks of `store` that converted its sticky write lock.
+  static uint64_t StickyConversionsForTesting(const Store& store);
   // For tests: how many times WaitForChange of `store` found no change and
   // went to sleep on the wake word (counted before the sleep begins).
   static uint64_t WatchSleepsForTesting(const Store& store);
