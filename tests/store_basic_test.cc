@@ -1369,6 +1369,11 @@ TEST_CASE("store: a put or erase over a record with a damaged size refuses it an
     keep.checkpoint_on_close = false;
     {
       Store s = MustOpen(path, keep);
+      if (c.value_size == c.damaged_size) {
+        // An in-place rewrite of another key first: the handle then looks
+        // up before it writes, and rewrites the victim where it is.
+        REQUIRE(s.Put("n0", model["n0"]).ok());
+      }
       const Status st = c.erase ? s.Erase(victim) : s.Put(victim, std::string(c.value_size, 'w'));
       CHECK(st.code() == Code::kCorruption);
       CHECK_MESSAGE(st.message().find("fails its checksum") != std::string::npos, st.ToString());

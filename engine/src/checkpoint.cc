@@ -25,6 +25,8 @@ namespace mapkv::internal {
 
 using namespace format;  // NOLINT
 
+uint64_t MetaChecksum(const MetaPage& m) { return XXH3_64bits(&m, offsetof(MetaPage, checksum)); }
+
 Status StoreImpl::Checkpoint() {
   if (ctl_->dirty == 0 && ctl_->generation > 0) return Status::Ok();
   const uint64_t gen = ctl_->generation + 1;
@@ -86,7 +88,7 @@ Status StoreImpl::Checkpoint() {
     m.snapshot_slot_bytes[i] = ctl_->snapshot_slot_bytes[i];
   }
   std::memcpy(m.boot_id, ctl_->boot_id, 16);
-  m.checksum = XXH3_64bits(&m, offsetof(MetaPage, checksum));
+  m.checksum = MetaChecksum(m);
   std::memcpy(base + kMetaOffset[k], &m, sizeof m);
   s = maps_->Flush(kMetaOffset[k], kPageSize, /*sync=*/true);
   if (!s.ok()) {

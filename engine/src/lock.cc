@@ -259,11 +259,15 @@ void LockManager::RepairWaiterCounts() {
   file_->Unlock(kWaiterByte, 1).IgnoreError();
 }
 
+void LockManager::AnnounceRelease(bool wake) {
+  const uint32_t before = ctl_->lock_released.fetch_add(1, std::memory_order_acq_rel);
+  if (wake || ctl_->lock_waiters.load(std::memory_order_acquire) > 0) Wake(&ctl_->lock_released, before);
+}
+
 void LockManager::ReleaseFile(bool wake) {
   file_->Unlock(kRwLockByte, 1).IgnoreError();  // fails only for a closed descriptor
   if (ctl_ != nullptr && ctl_writable_) {
-    const uint32_t before = ctl_->lock_released.fetch_add(1, std::memory_order_acq_rel);
-    if (wake || ctl_->lock_waiters.load(std::memory_order_acquire) > 0) Wake(&ctl_->lock_released, before);
+    AnnounceRelease(wake);
   } else if (ctl_ != nullptr && ctl_->lock_waiters.load(std::memory_order_acquire) > 0) {
     // A read-only handle cannot bump the word; a wake without a change
     // reaches the waiters already asleep (one about to sleep re-tries
@@ -381,7 +385,7 @@ void LockManager::KeeperLoop() {
 bool LockManager::HeldByThisThread() const { return Holds(t_reads, this) || Holds(t_writes, this); }
 
 Status LockManager::LockWrite(bool* fresh) {
-  if (Holds(t_reads, this) || Holds(t_writes, this)) {
+  if (HeldByThisThread()) {
     return Status(Code::kUnsafeUse, file_->path() +
                                         ": a write asked for by a thread that holds a lock of the same handle "
                                         "(a ReadGuard, or a ForEach or Update callback's) would wait for "
@@ -513,8 +517,7 @@ Status LockManager::LockRead() {
       sticky_conversions_.fetch_add(1, std::memory_order_relaxed);
       sticky_ = false;
       ClearWriterPid();
-      const uint32_t before = ctl_->lock_released.fetch_add(1, std::memory_order_acq_rel);
-      if (ctl_->lock_waiters.load(std::memory_order_acquire) > 0) Wake(&ctl_->lock_released, before);
+      AnnounceRelease();  // readers elsewhere may come in now
     }
   } else if (shared_holders_ == 0) {
     try {

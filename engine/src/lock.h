@@ -168,6 +168,9 @@ class LockManager {
   // Unlocks the rw byte and bumps ctl->lock_released, waking its sleepers
   // when waiters are counted or `wake` says one waits uncounted.
   void ReleaseFile(bool wake = false);
+  // The bump and wake of ReleaseFile, for a writable handle (also after a
+  // sticky lock became shared: readers may come in).
+  void AnnounceRelease(bool wake = false);
   void KeeperLoop();
   // Under rw_ (a write's unlock): starts the keeper thread unless it runs.
   // False when no thread could be created; the write lock must then not be

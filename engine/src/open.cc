@@ -54,8 +54,6 @@ uint64_t RestartSequence(uint64_t checkpoint_seq) {
   return checkpoint_seq > ~uint64_t{0} - kRestartGap ? ~uint64_t{0} : checkpoint_seq + kRestartGap;
 }
 
-uint64_t MetaChecksum(const MetaPage& m) { return XXH3_64bits(&m, offsetof(MetaPage, checksum)); }
-
 uint64_t RandomSeed() {
   std::random_device rd;
   return (uint64_t{rd()} << 32) ^ rd();

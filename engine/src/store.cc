@@ -311,9 +311,7 @@ bool StoreImpl::KeeperWaitingForTesting(const Store& store) {
 }
 
 bool StoreImpl::ThreadsWaitingForTesting(const Store& store) {
-  const StoreImpl* impl = store.impl_.get();
-  return impl != nullptr && impl->locks_ && impl->maps_ && impl->locks_->KeeperWaitingForTesting() &&
-         impl->maps_->PrefaulterWaitingForTesting();
+  return KeeperWaitingForTesting(store) && store.impl_->maps_ && store.impl_->maps_->PrefaulterWaitingForTesting();
 }
 
 uint64_t StoreImpl::WatchSleepsForTesting(const Store& store) {
@@ -609,8 +607,7 @@ void StoreImpl::CheckpointIfDue() noexcept {
   // looked at again at the next write).
   auto checkpointed_seq = [this](uint64_t* seq) {
     const auto* meta = reinterpret_cast<const MetaPage*>(heap_->base() + kMetaOffset[ctl_->generation & 1]);
-    if (meta->magic != kMetaMagic || meta->generation != ctl_->generation ||
-        XXH3_64bits(meta, offsetof(MetaPage, checksum)) != meta->checksum) {
+    if (meta->magic != kMetaMagic || meta->generation != ctl_->generation || MetaChecksum(*meta) != meta->checksum) {
       return false;
     }
     *seq = meta->change_seq;
@@ -730,16 +727,16 @@ bool StoreImpl::CanOverwriteInPlace(const RecordRef& rec, std::string_view value
   constexpr uint64_t kMaxInPlace = 256;
   // The rewrite enters the change ring without allocating: a ring the
   // options ask for must exist already.
-  // A damaged size would have the rewrite run into the next record: such a
-  // record takes the other path, which refuses it.
   return RingReady() && value.size() == rec.value_size && value.size() <= kMaxInPlace &&
-         !heap_->IsCheckpointed(rec.granule) && rec.Intact();
+         !heap_->IsCheckpointed(rec.granule);
 }
 
 Status StoreImpl::OverwriteInPlace(const RecordRef& rec, std::string_view value, uint64_t hash) {
   // The last checkpoint does not reference this record, so a power cut cannot
   // need its old bytes; a killed writer's undo log restores them (the
-  // checksum's word and the value's words).
+  // checksum's word and the value's words). A damaged size would have the
+  // rewrite run into the next record: verified first, as LinkRecord does.
+  if (!rec.Intact()) return ChecksumError(rec);
   const uint64_t off = rec.granule * kGranule;
   const uint64_t value_off = off + kRecordHeaderSize + rec.key_size;
   Status s = heap_->SaveRange(off + offsetof(RecordHeader, checksum), off + kRecordHeaderSize);

@@ -49,6 +49,9 @@ inline constexpr std::string_view kSharedPrefix = "shm:";
 // at most 64 bytes shown.
 std::string DescribeKey(std::string_view key);
 
+// The checksum a meta page carries: XXH3 of everything before the field.
+uint64_t MetaChecksum(const format::MetaPage& m);
+
 class StoreImpl {
  public:
   static Status Open(std::string_view path, const Options& options, std::unique_ptr<StoreImpl>* out);

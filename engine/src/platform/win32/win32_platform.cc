@@ -443,8 +443,8 @@ class RangeLocks {
       return Win32Status(*path_, "UnlockFileEx", "gate, " + Range(gate, length), ::GetLastError());
     }
     OVERLAPPED ov = At(gate);
-    // Only writable handles get here: a read-only one is refused exclusive
-    // locks (TryLock) and so never converts either.
+    // A read-only handle gets here only to probe (LockedByOthers): it is
+    // refused exclusive locks (TryLock) and so never converts.
     if (::LockFileEx(h_, LOCKFILE_EXCLUSIVE_LOCK, 0, static_cast<DWORD>(length), static_cast<DWORD>(length >> 32),
                      &ov)) {
       return Status::Ok();
