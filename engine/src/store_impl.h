@@ -257,6 +257,8 @@ class StoreImpl {
   void SeqEnd();
   Status EnsureMapped() const;
   Status WriteRecord(std::string_view key, std::string_view value, uint64_t* granule);
+  Status PlaceRecord(std::string_view key, std::string_view value, uint64_t* granule);
+  void SealRecord(uint64_t granule);
   // `hash` is HashKey(key); `known`: the key's lookup, made under this write
   // lock since the table last changed (or nullptr: look it up).
   Status ApplyPut(std::string_view key, std::string_view value, uint64_t hash,
@@ -321,6 +323,10 @@ class StoreImpl {
   // rewrite in place. Put then looks up first (in-place rewrites of the same
   // keys tend to come in runs); otherwise it writes the record first.
   bool last_put_in_place_ = false;
+  // Under the write lock: whether the last write-first Put replaced a key.
+  // The next one then asks for its old record's lines before it checksums
+  // the new record (overwrites come in runs, as fills do).
+  bool last_put_replaced_ = false;
   bool wake_pending_ = false;        // PublishChanges advanced change_published; WakeWatchers to run
   bool drop_write_lock_ = false;     // RollBackWrite failed: EndWrite does not keep the lock
   uint64_t watcher_wakes_ = 0;       // wakes issued by this handle (under the write lock): paces the repair
