@@ -103,7 +103,8 @@ std::string Base64(std::string_view bytes) {  // reference encoder for the tests
   return out;
 }
 
-const char* const kCommands[] = {"create", "put", "get", "del", "keys", "dump", "load", "stats", "check", "compact"};
+const char* const kCommands[] = {"create", "put",   "get",   "del",     "keys",   "dump",
+                                 "load",   "stats", "check", "compact", "salvage"};
 
 TEST_SUITE("cli") {
   TEST_CASE("cli: version and help exit 0 on stdout") {
@@ -151,6 +152,7 @@ TEST_SUITE("cli") {
         {"create", f, "--capacity", "x"},  // not a number
         {"stats", f, "--jsn"},             // unknown option of a command
         {"dump", f, "-o"},                 // option without its value
+        {"salvage", f},                    // missing TO
     };
     for (const auto& args : cases) {
       std::string joined;
@@ -1054,6 +1056,47 @@ TEST_SUITE("cli") {
     CHECK(ReadFileBytes(f) == bytes);  // check did not repair or touch it
   }
 
+  TEST_CASE("cli: salvage copies the intact pairs into a new store and lists what it left behind") {
+    TempDir dir;
+    const std::string from = dir.File("from.mkv"), to = dir.File("to.mkv"), again = dir.File("again.mkv");
+    const std::string marker = "MARKER-0123456789-MARKER";
+    REQUIRE(RunCli({"put", from, "damaged", marker}).code == 0);
+    for (int i = 0; i < 50; ++i)
+      REQUIRE(RunCli({"put", from, "k" + std::to_string(i), "v" + std::to_string(i)}).code == 0);
+    CliResult r = RunCli({"salvage", from, to});
+    CHECK(r.code == 0);
+    CHECK(r.out == "51 pair(s) salvaged into " + to + "\n");
+    CHECK(r.err.empty());
+
+    std::string bytes = ReadFileBytes(from);
+    const size_t at = bytes.find(marker);
+    REQUIRE(at != std::string::npos);
+    bytes[at] ^= 1;
+    WriteFileBytes(from, bytes);
+    r = RunCli({"salvage", from, again});
+    CHECK(r.code == 3);
+    CHECK(CountLines(r.out) == 1);
+    CHECK(r.out.find("fails its checksum") != std::string::npos);
+    CHECK(r.out.find("\"damaged\"") != std::string::npos);
+    CHECK(ErrText(r) == "mapkv: " + from + ": 1 record(s), slot(s) or table page(s) left behind; 50 pair(s) " +
+                            "salvaged into " + again + "\n");
+    CHECK(ReadFileBytes(from) == bytes);  // salvage reads FROM only
+    CHECK(RunCli({"get", again, "k49"}).out == "v49");
+    CHECK(RunCli({"get", again, "damaged"}).code == 1);
+    CHECK(RunCli({"check", again}).out == "ok\n");
+
+    // TO exists: refused, naming it, and nothing changes.
+    const std::string to_bytes = ReadFileBytes(to);
+    r = RunCli({"salvage", from, to});
+    CHECK(r.code == 3);
+    CheckOneLineError(r, to);
+    CHECK(ReadFileBytes(to) == to_bytes);
+    r = RunCli({"salvage", dir.File("missing.mkv"), dir.File("new.mkv")});
+    CHECK(r.code == 3);
+    CheckOneLineError(r, dir.File("missing.mkv"));
+    CHECK_FALSE(FileExists(dir.File("new.mkv")));
+  }
+
 #ifndef _WIN32  // on Windows a named store ends with its last process: one CLI call each
   TEST_CASE("cli: shm:NAME works wherever FILE does and rm-shm removes it") {
     const std::string name = "shm:mapkv-cli-test-" + std::to_string(ThisProcessId());
@@ -1274,14 +1317,16 @@ TEST_SUITE("cli") {
     const std::string bytes = ReadFileBytes(f);
     struct stat before {};
     REQUIRE(::stat(f.c_str(), &before) == 0);
-    for (const std::vector<std::string>& args : std::vector<std::vector<std::string>>{{"get", f, "b"},
-                                                                                      {"get", f, "a"},
-                                                                                      {"keys", f},
-                                                                                      {"keys", f, "--prefix", "b"},
-                                                                                      {"dump", f},
-                                                                                      {"stats", f},
-                                                                                      {"stats", f, "--json"},
-                                                                                      {"check", f}}) {
+    for (const std::vector<std::string>& args :
+         std::vector<std::vector<std::string>>{{"get", f, "b"},
+                                               {"get", f, "a"},
+                                               {"keys", f},
+                                               {"keys", f, "--prefix", "b"},
+                                               {"dump", f},
+                                               {"stats", f},
+                                               {"stats", f, "--json"},
+                                               {"check", f},
+                                               {"salvage", f, dir.File("c.mkv")}}) {
       CAPTURE(args[0]);
       const CliResult r = RunCli(args);
       CHECK(r.code == (args[0] == "get" && args[2] == "a" ? 1 : 0));

@@ -102,6 +102,8 @@ class StoreImpl {
   Status GetStats(Stats* stats) const;
   Status Check(CheckReport* report) const;
   Status Compact();
+  // salvage.cc: under a read lock, puts every intact pair into `to`.
+  Status SalvageInto(Store* to, SalvageReport* report) const;
 
   // watch.cc
   uint64_t ChangeSeq() const;

@@ -19,12 +19,7 @@ int RunCheck(const CheckOptions& o) {
   s = store.Check(&report);
   if (!s.ok()) return FailOpen(o.file, s);  // the walk itself failed: a store error
   if (report.ok()) return WriteStdout("ok\n") ? kExitOk : kExitStore;
-  std::string text;
-  for (const std::string& problem : report.problems) {
-    for (char c : problem) text.push_back(c == '\n' ? ' ' : c);
-    text.push_back('\n');
-  }
-  if (!WriteStdout(text)) return kExitStore;
+  if (!WriteStdout(OneLineEach(report.problems))) return kExitStore;
   PrintError(o.file, std::to_string(report.problems.size()) + " problem(s) found");
   return kExitStore;
 }

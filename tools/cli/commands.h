@@ -18,6 +18,7 @@ Command SetupLoad(CLI::App& app);
 Command SetupStats(CLI::App& app);
 Command SetupCheck(CLI::App& app);
 Command SetupCompact(CLI::App& app);
+Command SetupSalvage(CLI::App& app);
 Command SetupRmShm(CLI::App& app);
 Command SetupWatch(CLI::App& app);
 

@@ -97,6 +97,15 @@ Status OpenWritable(const std::string& file, bool create, Store* store) {
   return Store::Open(file, options, store);
 }
 
+std::string OneLineEach(const std::vector<std::string>& items) {
+  std::string text;
+  for (const std::string& item : items) {
+    for (char c : item) text.push_back(c == '\n' ? ' ' : c);
+    text.push_back('\n');
+  }
+  return text;
+}
+
 bool WriteStdout(std::string_view text) {
   if (std::fwrite(text.data(), 1, text.size(), stdout) == text.size() && std::fflush(stdout) == 0) return true;
   PrintError("<stdout>", "write failed: " + ErrnoText(errno));

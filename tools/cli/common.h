@@ -9,6 +9,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "mapkv/status.h"
 #include "mapkv/store.h"
@@ -97,6 +98,10 @@ std::optional<uint64_t> FileLength(const std::string& file);
 Status OpenReadOnly(const std::string& file, Store* store);
 // Opens for writing, creating the file when `create`.
 Status OpenWritable(const std::string& file, bool create, Store* store);
+
+// Each item on a line of its own (a newline inside one becomes a space), as
+// check and salvage print what they found.
+std::string OneLineEach(const std::vector<std::string>& items);
 
 // Writes `text` to standard output and flushes it. On a write error (say a
 // full disk, or /dev/full) prints "<stdout>: write failed: ..." and returns

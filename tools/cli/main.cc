@@ -24,7 +24,7 @@ namespace mapkv::cli {
 namespace {
 
 int Main(int argc, char** argv) {
-  CLI::App app("Inspect, edit, dump, load, check and compact a mapkv store.", "mapkv");
+  CLI::App app("Inspect, edit, dump, load, check, compact and salvage a mapkv store.", "mapkv");
   app.set_version_flag("--version", "mapkv " MAPKV_VERSION);
   app.require_subcommand(1);
   // The same syntax everywhere: on Windows CLI11 would otherwise take an
@@ -34,12 +34,14 @@ int Main(int argc, char** argv) {
       "Exit codes: 0 success; 1 key not found (get, del); 2 usage error (bad arguments, malformed load input);\n"
       "3 store error (no such file, not a store, corrupt, newer version, I/O error, permission, disk full,\n"
       "  a value of the wrong size for `get --as` or `incr`; watch: fell behind the change ring).\n"
-      "watch: 1 when its --timeout passes before --count changes.\n"
+      "watch: 1 when its --timeout passes before --count changes. salvage: 3 also when it left damaged records\n"
+      "  behind (TO holds the rest).\n"
       "FILE may also be shm:NAME, a named shared-memory store (no file; see `mapkv rm-shm`).\n"
       "Run `mapkv COMMAND --help` for a command's arguments.");
-  std::vector<Command> commands = {SetupCreate(app),  SetupPut(app),   SetupGet(app),  SetupIncr(app),  SetupDel(app),
-                                   SetupKeys(app),    SetupDump(app),  SetupLoad(app), SetupStats(app), SetupCheck(app),
-                                   SetupCompact(app), SetupRmShm(app), SetupWatch(app)};
+  std::vector<Command> commands = {SetupCreate(app), SetupPut(app),   SetupGet(app),     SetupIncr(app),
+                                   SetupDel(app),    SetupKeys(app),  SetupDump(app),    SetupLoad(app),
+                                   SetupStats(app),  SetupCheck(app), SetupCompact(app), SetupSalvage(app),
+                                   SetupRmShm(app),  SetupWatch(app)};
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

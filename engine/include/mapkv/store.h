@@ -80,6 +80,13 @@ struct CheckReport {
   bool ok() const { return problems.empty(); }
 };
 
+// What Store::Salvage copied and what it left behind.
+struct SalvageReport {
+  uint64_t copied = 0;               // pairs written into the new store
+  std::vector<std::string> skipped;  // one line per record, slot or table page left behind, and why
+  bool complete() const { return skipped.empty(); }
+};
+
 // A group of puts and erases that Store::Write applies all or nothing.
 class WriteBatch {
  public:
@@ -161,6 +168,23 @@ class Store {
   // it also disappears when the last process that has it open closes it.
   // Same API, same format, same locking as a file store.
   static Status Open(std::string_view path, const Options& options, Store* store);
+
+  // Copies every pair of the store at `from` whose record is intact into a
+  // new store at `to`: the way past damage short of a backup, since Put,
+  // Erase and Compact refuse a damaged record (its size cannot be trusted to
+  // free it). `from` is opened read-only, never changed, and read-locked for
+  // the whole copy (it must not need recovery: a writable open does that
+  // first). `to` must not exist; it is created with `options` (whose
+  // create_if_missing, error_if_exists and read_only are overridden) and
+  // checkpointed before Salvage returns. Left behind, each named in
+  // report->skipped: a record that fails its checksum, a slot that points
+  // out of the file or at another key's record (the slot is damaged and its
+  // own record cannot be found), a table page out of the file or shared with
+  // another, and a second slot of a key already copied. Returns kOk when the
+  // walk completed (report->complete() says whether anything was left
+  // behind), else the error that stopped it: then `to`, if it was created,
+  // keeps the pairs copied so far and is still a sound store.
+  static Status Salvage(std::string_view from, std::string_view to, const Options& options, SalvageReport* report);
 
   // Removes the named shared-memory store "shm:NAME" (or just NAME). On
   // Linux, handles still open keep working and the name is free at once; on
