@@ -3,8 +3,11 @@
 // damaged store. Each case damages a closed store's file the way a bad disk
 // or a stray write would: a record's bytes, a record's size, a table slot,
 // the table's page map.
+#include <atomic>
 #include <cstring>
 #include <string>
+#include <thread>
+#include <utility>
 
 #include "format.h"
 #include "mapkv/store.h"
@@ -52,6 +55,27 @@ struct Image {
     REQUIRE(bytes.find(key + value, at + 1) == std::string::npos);
     return at - kRecordHeaderSize;
   }
+  // The keys (with empty values) of the entries in table page `page`.
+  Model KeysInPage(uint64_t page) const {
+    Model keys;
+    for (uint64_t i = page * kSlotsPerPage; i < (page + 1) * kSlotsPerPage; ++i) {
+      const uint64_t s = Slot(i);
+      if (s == 0) continue;
+      const char* rec = bytes.data() + SlotGranule(s) * kGranule;
+      RecordHeader h;
+      std::memcpy(&h, rec, sizeof h);
+      keys.emplace(std::string(rec + kRecordHeaderSize, h.key_size_m1 + 1u), "");
+    }
+    return keys;
+  }
+  // The first empty slot after slot `i` (wrapping round).
+  uint64_t EmptySlotAfter(uint64_t i) const {
+    uint64_t j = (i + 1) % slots();
+    while (Slot(j) != 0) j = (j + 1) % slots();
+    return j;
+  }
+  // Slot word `slot` pointing at the record at `offset` instead.
+  static uint64_t PointedAt(uint64_t slot, size_t offset) { return (slot & ~kOffsetMask) | (offset / kGranule); }
   // Index of the slot that points at the record at `offset`.
   uint64_t SlotOf(size_t offset) const {
     for (uint64_t i = 0; i < slots(); ++i) {
@@ -84,7 +108,7 @@ void CheckSalvaged(const std::string& to, const Model& want) {
 }
 
 bool AnyLineHas(const SalvageReport& report, const std::string& a, const std::string& b) {
-  for (const std::string& line : report.skipped) {
+  for (const std::string& line : report.problems) {
     if (line.find(a) != std::string::npos && line.find(b) != std::string::npos) return true;
   }
   return false;
@@ -92,7 +116,7 @@ bool AnyLineHas(const SalvageReport& report, const std::string& a, const std::st
 
 std::string Lines(const SalvageReport& report) {
   std::string text;
-  for (const std::string& line : report.skipped) text += "\n  " + line;
+  for (const std::string& line : report.problems) text += "\n  " + line;
   return text;
 }
 
@@ -128,13 +152,31 @@ TEST_CASE("salvage: records that fail their checksum are left behind and named, 
   image = Image(from);  // as the writable open above left it (it changes no record)
 
   const SalvageReport report = MustSalvage(from, dir.File("to.mkv"));
-  CHECK_MESSAGE(report.skipped.size() == 2, Lines(report));
+  CHECK_MESSAGE(report.problem_count == 2, Lines(report));
   CHECK_MESSAGE(AnyLineHas(report, "fails its checksum", "key-17"), Lines(report));
   CHECK_MESSAGE(AnyLineHas(report, "fails its checksum", "key-42"), Lines(report));
   model.erase("key-17");
   model.erase("key-42");
   CHECK(report.copied == model.size());
   CheckSalvaged(dir.File("to.mkv"), model);
+}
+
+TEST_CASE("salvage: past 1000 problems the report counts them and keeps the first 1000 lines") {
+  TempDir dir;
+  const std::string from = dir.File("from.mkv");
+  const Model model = MakeStore(from, 1500);
+  Image image(from);
+  int damaged = 0;
+  for (const auto& [k, v] : model) {
+    if (damaged == 1200) break;
+    image.bytes[image.RecordOf(k, v) + kRecordHeaderSize + k.size()] ^= 0x01;
+    ++damaged;
+  }
+  WriteFileBytes(from, image.bytes);
+  const SalvageReport report = MustSalvage(from, dir.File("to.mkv"));
+  CHECK(report.problem_count == 1200);
+  CHECK(report.problems.size() == 1000);
+  CHECK(report.copied == 300);
 }
 
 TEST_CASE("salvage: a slot that points at another key's record, and a second slot of one key, are left behind") {
@@ -148,17 +190,17 @@ TEST_CASE("salvage: a slot that points at another key's record, and a second slo
   const uint64_t slot8 = image.SlotOf(image.RecordOf("key-8", model["key-8"]));
   image.SetSlot(slot7, (image.Slot(slot7) & ~kOffsetMask) | SlotGranule(image.Slot(slot8)));
   const uint64_t slot9 = image.SlotOf(image.RecordOf("key-9", model["key-9"]));
-  uint64_t empty = 0;
-  while (image.Slot(empty) != 0) ++empty;
+  const uint64_t empty = image.EmptySlotAfter(slot9);  // a lookup meets slot9 first
   image.SetSlot(empty, image.Slot(slot9));
   WriteFileBytes(from, image.bytes);
 
   const SalvageReport report = MustSalvage(from, dir.File("to.mkv"));
-  CHECK_MESSAGE(report.skipped.size() == 2, Lines(report));
-  CHECK_MESSAGE(AnyLineHas(report, "table slot " + std::to_string(slot7) + " points at the record of key \"key-8\"",
-                           "its own record cannot be found"),
+  CHECK_MESSAGE(report.problem_count == 2, Lines(report));
+  CHECK_MESSAGE(AnyLineHas(report, "table slot " + std::to_string(slot7) + " points at a record",
+                           "of key \"key-8\", whose hash does not match the slot"),
                 Lines(report));
-  CHECK_MESSAGE(AnyLineHas(report, "a second slot of key \"key-9\"", "the first one's value was kept"), Lines(report));
+  CHECK_MESSAGE(AnyLineHas(report, "key \"key-9\"", "which a lookup finds at table slot " + std::to_string(slot9)),
+                Lines(report));
   model.erase("key-7");
   CHECK(report.copied == model.size());
   CheckSalvaged(dir.File("to.mkv"), model);
@@ -171,19 +213,7 @@ TEST_CASE("salvage: a table page out of the file or shared by two table pages is
   Image image(from);
   REQUIRE(image.slots() >= 4 * kSlotsPerPage);
   // Page 1's entry points far past the file; page 3's at page 2's page.
-  auto keys_in_page = [&](uint64_t page) {
-    Model in;
-    for (uint64_t i = page * kSlotsPerPage; i < (page + 1) * kSlotsPerPage; ++i) {
-      const uint64_t s = image.Slot(i);
-      if (s == 0) continue;
-      const char* rec = image.bytes.data() + SlotGranule(s) * kGranule;
-      RecordHeader h;
-      std::memcpy(&h, rec, sizeof h);
-      in.emplace(std::string(rec + kRecordHeaderSize, h.key_size_m1 + 1u), "");
-    }
-    return in;
-  };
-  const Model lost1 = keys_in_page(1), lost3 = keys_in_page(3);
+  const Model lost1 = image.KeysInPage(1), lost3 = image.KeysInPage(3);
   REQUIRE(!lost1.empty());
   REQUIRE(!lost3.empty());
   const uint32_t far = 0x7fffffff;
@@ -192,14 +222,137 @@ TEST_CASE("salvage: a table page out of the file or shared by two table pages is
   WriteFileBytes(from, image.bytes);
 
   const SalvageReport report = MustSalvage(from, dir.File("to.mkv"));
-  CHECK_MESSAGE(report.skipped.size() == 2, Lines(report));
+  CHECK_MESSAGE(report.problem_count == 2, Lines(report));
   CHECK_MESSAGE(AnyLineHas(report, "table slots 512 to 1023", "out of the file"), Lines(report));
-  CHECK_MESSAGE(AnyLineHas(report, "table slots 1536 to 2047", "is another table page's too"), Lines(report));
+  CHECK_MESSAGE(AnyLineHas(report, "table slots 1536 to 2047", "is table page 2's"), Lines(report));
   Model want = model;
   for (const auto& [k, v] : lost1) want.erase(k);
   for (const auto& [k, v] : lost3) want.erase(k);
   CHECK(report.copied == want.size());
   CheckSalvaged(dir.File("to.mkv"), want);
+}
+
+// A store whose key "k" was overwritten after a checkpoint, closed without
+// another: the old record is still in the file, intact and marked freed.
+// Returns the offsets of the old and the current record.
+std::pair<size_t, size_t> MakeStoreWithOldValue(const std::string& path, Model* model) {
+  Options keep;
+  keep.checkpoint_on_close = false;  // nothing moves or reuses the old record at the close
+  Store s = MustOpen(path, keep);
+  for (int i = 0; i < 300; ++i) {
+    (*model)["key-" + std::to_string(i)] = "value " + std::to_string(i * 7919);
+    REQUIRE(s.Put("key-" + std::to_string(i), (*model)["key-" + std::to_string(i)]).ok());
+  }
+  REQUIRE(s.Put("k", "the old value of k").ok());
+  REQUIRE(s.Flush(FlushMode::kSync).ok());  // the old record is checkpointed: it is kept, not rewritten
+  REQUIRE(s.Put("k", "the new value of k, longer").ok());
+  (*model)["k"] = "the new value of k, longer";
+  REQUIRE(s.Close().ok());
+  const Image image(path);
+  return {image.RecordOf("k", "the old value of k"), image.RecordOf("k", "the new value of k, longer")};
+}
+
+TEST_CASE("salvage: of two slots of one key with different values, the one a lookup reaches is copied") {
+  // The second slot goes before k's home, where the walk meets it first and
+  // a lookup never does: a walk that kept the first slot it met would copy
+  // the old value. (An empty slot there depends on k's home, which the
+  // store's random hash seed places: a few stores are tried.)
+  TempDir dir;
+  const std::string from = dir.File("from.mkv");
+  Model model;
+  uint64_t slot = 0;
+  bool placed = false;
+  for (int attempt = 0; attempt < 20 && !placed; ++attempt) {
+    std::filesystem::remove(from);
+    model.clear();
+    const auto [old_rec, new_rec] = MakeStoreWithOldValue(from, &model);
+    Image image(from);
+    slot = image.SlotOf(new_rec);
+    const uint64_t home = SlotTag(image.Slot(slot)) >> (kTagBits - image.ctl()->table_shift.load());
+    if (home > slot) continue;  // k's probe wraps round the table's end
+    for (uint64_t j = 0; j < home && !placed; ++j) {
+      if (image.Slot(j) != 0) continue;
+      image.SetSlot(j, Image::PointedAt(image.Slot(slot), old_rec));
+      WriteFileBytes(from, image.bytes);
+      placed = true;
+    }
+  }
+  REQUIRE_MESSAGE(placed, "no store of 20 had an empty slot before k's home");
+
+  const SalvageReport report = MustSalvage(from, dir.File("to.mkv"));
+  CHECK_MESSAGE(report.problem_count == 1, Lines(report));
+  CHECK_MESSAGE(AnyLineHas(report, "key \"k\"", "which a lookup finds at table slot " + std::to_string(slot)),
+                Lines(report));
+  CHECK(report.copied == model.size());
+  CheckSalvaged(dir.File("to.mkv"), model);  // the new value of k
+}
+
+TEST_CASE("salvage: a value the allocation map does not hold in use is copied in doubt and named") {
+  TempDir dir;
+  const std::string from = dir.File("from.mkv");
+  Model model;
+  const auto [old_rec, new_rec] = MakeStoreWithOldValue(from, &model);
+  Image image(from);
+  const uint64_t slot = image.SlotOf(new_rec);  // k's only slot, led to the old value
+  image.SetSlot(slot, Image::PointedAt(image.Slot(slot), old_rec));
+  WriteFileBytes(from, image.bytes);
+
+  const SalvageReport report = MustSalvage(from, dir.File("to.mkv"));
+  CHECK_MESSAGE(report.problem_count == 1, Lines(report));
+  CHECK_MESSAGE(AnyLineHas(report, "key \"k\"", "the allocation map does not hold its record in use"), Lines(report));
+  CHECK(report.copied == model.size());
+  model["k"] = "the old value of k";  // all the damaged store had
+  CheckSalvaged(dir.File("to.mkv"), model);
+}
+
+TEST_CASE("salvage: a table page the page map points at another's page loses its own pairs, not the other's") {
+  TempDir dir;
+  const std::string from = dir.File("from.mkv");
+  const Model model = MakeStore(from, 2000);
+  const Image clean(from);
+  REQUIRE(clean.slots() >= 4 * kSlotsPerPage);
+  const Model lost = clean.KeysInPage(2);  // the pairs in table page 2's slots
+  REQUIRE(!lost.empty());
+  // Page 2's entry now names page 3's page: walking page 2 first must not
+  // take page 3's pairs for page 2's and then drop page 3.
+  Image image = clean;
+  std::memcpy(image.bytes.data() + image.PagemapEntry(2), image.bytes.data() + image.PagemapEntry(3), 4);
+  WriteFileBytes(from, image.bytes);
+
+  const SalvageReport report = MustSalvage(from, dir.File("to.mkv"));
+  CHECK_MESSAGE(AnyLineHas(report, "table slots 1024 to 1535", "is table page 3's"), Lines(report));
+  Model want = model;
+  for (const auto& [k, v] : lost) want.erase(k);
+  CHECK(report.copied == want.size());
+  CheckSalvaged(dir.File("to.mkv"), want);
+}
+
+TEST_CASE("salvage: a source that stays busy creates no target") {
+  TempDir dir;
+  const std::string from = dir.File("from.mkv"), to = dir.File("to.mkv");
+  MakeStore(from, 10);
+  Store writer = MustOpen(from);
+  std::atomic<bool> inside{false}, release{false};
+  std::thread holder([&] {
+    writer
+        .Update("key-1",
+                [&](std::optional<std::string_view>, std::string*) {
+                  inside = true;
+                  while (!release) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+                  return Store::UpdateAction::kKeep;
+                })
+        .IgnoreError();
+  });
+  while (!inside) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  Options options;
+  options.lock_timeout = std::chrono::milliseconds(200);
+  SalvageReport report;
+  const Status s = Store::Salvage(from, to, options, &report);
+  release = true;
+  holder.join();
+  CHECK_MESSAGE(s.code() == Code::kBusy, s.ToString());
+  CHECK_FALSE(report.created);
+  CHECK_FALSE(std::filesystem::exists(to));
 }
 
 TEST_CASE("salvage: refuses an existing target, and a source that is missing or not a store, changing no file") {
@@ -214,6 +367,7 @@ TEST_CASE("salvage: refuses an existing target, and a source that is missing or 
   CHECK_MESSAGE(s.message().find(to) != std::string::npos, s.ToString());
   CHECK(ReadFileBytes(to) == "not a store, and not to be overwritten");
   CHECK(report.copied == 0);
+  CHECK_FALSE(report.created);
 
   s = Store::Salvage(from, from, Options{}, &report);  // the store itself as the target
   CHECK(s.code() == Code::kInvalidArgument);

@@ -5,11 +5,23 @@
 // Compact refuses to move one, so a store that Check finds damaged can only
 // be read. Salvage walks its table under a read lock, page by page, and puts
 // each pair whose slot and record are sound into a new store, naming each
-// thing it leaves behind. The walk never stops at damage: a table page out
-// of the file or already walked (a damaged page map can point two table
-// pages at one page, or make a small file claim a huge table) is skipped as
-// a whole, a slot or record as itself. Nothing in the damaged store changes.
+// thing it leaves behind or copies in doubt. The walk never stops at damage,
+// and nothing in the damaged store changes.
+//
+// What it trusts, in order:
+//  - a table page's place: in the file, and walked once. Pages that the
+//    page map points at one physical page (a damaged entry) are told apart
+//    by the home slots of the entries there: the page they belong to walks
+//    it, the others are lost. So a small file cannot make the walk run over
+//    a huge table either.
+//  - a slot's record: in the file, of a key whose hash matches the slot's
+//    tag, with a good checksum, and the one a lookup of that key reaches (a
+//    second slot of a key, or a stray one, may point at an older value).
+//  - the allocation map, in doubt only: a page or record it does not hold
+//    in use may be an older copy that a damaged slot or page-map entry led
+//    to, or a current one beside a damaged map. It is copied and named.
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "hash.h"
@@ -26,75 +38,199 @@ Status Store::Salvage(std::string_view from, std::string_view to, const Options&
   Store source;
   Status s = Open(from, source_options, &source);
   if (!s.ok()) return s;
-  Options target_options = options;
-  target_options.create_if_missing = true;
-  target_options.error_if_exists = true;  // also when `to` names `from`
-  target_options.read_only = false;
-  Store target;
-  s = Open(to, target_options, &target);
-  if (!s.ok()) return s;
-  s = source.impl_->SalvageInto(&target, report);
-  if (s.ok()) s = target.Flush(FlushMode::kSync);
-  s |= target.Close();
-  return s;
+  return source.impl_->SalvageInto(to, options, report);
 }
 
 namespace internal {
 
 using namespace format;  // NOLINT
 
-Status StoreImpl::SalvageInto(Store* to, SalvageReport* report) const {
-  Status s = LockRead();
+namespace {
+
+constexpr size_t kMaxProblemLines = 1000;
+
+// The walk over one store's table, with what it has learnt so far.
+class SalvageWalk {
+ public:
+  SalvageWalk(const TableReader& r, const AllocWord* map, uint64_t alloc_words, const std::string& path,
+              SalvageReport* report)
+      : r_(r), map_(map), path_(path), report_(report) {
+    granules_ = std::min(r.limit / kGranule, alloc_words * kGranulesPerAllocWord);
+  }
+
+  void Problem(const std::string& what) {
+    ++report_->problem_count;
+    if (report_->problems.size() < kMaxProblemLines) report_->problems.push_back(path_ + ": " + what);
+  }
+
+  // True when [off, off + bytes) is allocated and not freed.
+  bool InUse(uint64_t off, uint64_t bytes) const {
+    if (off % kGranule != 0 || off > r_.limit || bytes > r_.limit - off) return false;
+    const uint64_t end = (off + bytes + kGranule - 1) / kGranule;
+    if (end > granules_) return false;
+    for (uint64_t g = off / kGranule; g < end; ++g) {
+      const uint64_t bit = uint64_t{1} << (g % kGranulesPerAllocWord);
+      const AllocWord& w = map_[g / kGranulesPerAllocWord];
+      if (!(w.used & bit) || (w.freed & bit)) return false;
+    }
+    return true;
+  }
+
+  // The physical page of table page `page`, or nullptr when it is out of the file.
+  const uint64_t* PageSlots(uint64_t page) const {
+    const uint64_t* p = r_.SlotPtr(page * kSlotsPerPage);
+    return p != nullptr && r_.PageFits(p) ? p : nullptr;
+  }
+  uint64_t PhysOf(const uint64_t* p) const {
+    return static_cast<uint64_t>(reinterpret_cast<const uint8_t*>(p) - r_.base) / kPageSize;
+  }
+
+  // Which physical pages more than one table page points at.
+  void FindAliases(uint64_t pages) {
+    std::vector<bool> seen(r_.limit / kPageSize + 1);
+    for (uint64_t page = 0; page < pages; ++page) {
+      const uint64_t* p = PageSlots(page);
+      if (p == nullptr) continue;
+      const uint64_t phys = PhysOf(p);
+      if (seen[phys]) owner_.emplace(phys, kUnknown);
+      seen[phys] = true;
+    }
+  }
+
+  // True when table page `page` should walk its physical page `p`: always,
+  // unless other table pages point there too; then only the one page most of
+  // its entries' home slots are in (or, when that tells nothing, the first).
+  bool Owns(uint64_t page, const uint64_t* p, uint64_t* owner) {
+    auto it = owner_.find(PhysOf(p));
+    if (it == owner_.end()) return true;
+    if (it->second == kUnknown) it->second = VoteOwner(p, page);
+    *owner = it->second;
+    return *owner == page;
+  }
+
+ private:
+  static constexpr uint64_t kUnknown = ~uint64_t{0};
+
+  uint64_t VoteOwner(const uint64_t* p, uint64_t first_alias) const {
+    std::unordered_map<uint64_t, uint64_t> votes;
+    for (uint64_t j = 0; j < kSlotsPerPage; ++j) {
+      const uint64_t slot = RacyLoad(p + j);
+      uint64_t home;
+      if (slot != 0 && r_.Home(slot, &home)) ++votes[home / kSlotsPerPage];
+    }
+    uint64_t best = first_alias, best_votes = 0;
+    for (const auto& [page, n] : votes) {
+      if (n > best_votes) best = page, best_votes = n;
+    }
+    // A page no alias stands for (the vote names a page whose own entry
+    // points elsewhere): the first alias walks it.
+    const uint64_t* q = PageSlots(best);
+    return q != nullptr && PhysOf(q) == PhysOf(p) ? best : first_alias;
+  }
+
+  const TableReader& r_;
+  const AllocWord* map_;
+  const std::string& path_;
+  SalvageReport* report_;
+  uint64_t granules_ = 0;
+  std::unordered_map<uint64_t, uint64_t> owner_;  // aliased physical page -> the table page it belongs to
+};
+
+}  // namespace
+
+Status StoreImpl::SalvageInto(std::string_view to, const Options& options, SalvageReport* report) const {
+  Status s = LockRead();  // before `to` exists: a FROM that stays busy creates nothing
   if (!s.ok()) return s;
   const ReadUnlocker unlock{this};
+  Options target_options = options;
+  target_options.create_if_missing = true;
+  target_options.error_if_exists = true;  // also when `to` names this store
+  target_options.read_only = false;
+  Store target;
+  s = Store::Open(to, target_options, &target);
+  if (!s.ok()) return s;
+  report->created = true;
+  s = SalvageWalkInto(&target, report);
+  if (s.ok()) s = target.Flush(FlushMode::kSync);
+  s |= target.Close();
+  return s;
+}
+
+Status StoreImpl::SalvageWalkInto(Store* to, SalvageReport* report) const {
+  Status s;
   const TableReader r = ReaderSnapshot();
-  auto skip = [&](std::string what) { report->skipped.push_back(path_ + ": " + std::move(what)); };
-  auto at = [](const RecordRef& rec) { return " (offset " + std::to_string(rec.granule * kGranule) + ")"; };
-  // One bit per page of the file: a table page walked once is not walked again.
-  std::vector<bool> walked(r.limit / kPageSize + 1);
+  SalvageWalk walk(r, heap_->map(), ctl_->alloc_words, path_, report);
+  auto at = [](uint64_t granule) { return "(offset " + std::to_string(granule * kGranule) + ")"; };
   const uint64_t pages = r.slots() / kSlotsPerPage;
+  walk.FindAliases(pages);
   for (uint64_t page = 0; page < pages; ++page) {
     const uint64_t first = page * kSlotsPerPage;
     auto slots = [&] {
       return "table slots " + std::to_string(first) + " to " + std::to_string(first + kSlotsPerPage - 1);
     };
-    const uint64_t* p = r.SlotPtr(first);
-    if (p == nullptr || !r.PageFits(p)) {
-      skip(slots() + ": their page is out of the file (the table's page map is damaged)");
+    const uint64_t* p = walk.PageSlots(page);
+    if (p == nullptr) {
+      walk.Problem(slots() + ": their page is out of the file (the table's page map is damaged); their pairs are lost");
       continue;
     }
-    const uint64_t phys = static_cast<uint64_t>(reinterpret_cast<const uint8_t*>(p) - r.base) / kPageSize;
-    if (walked[phys]) {
-      skip(slots() + ": their page (offset " + std::to_string(phys * kPageSize) +
-           ") is another table page's too (the table's page map is damaged)");
+    const uint64_t page_off = walk.PhysOf(p) * kPageSize;
+    uint64_t owner = page;
+    if (!walk.Owns(page, p, &owner)) {
+      walk.Problem(slots() + ": their page (offset " + std::to_string(page_off) + ") is table page " +
+                   std::to_string(owner) + "'s (the table's page map is damaged); their pairs are lost");
       continue;
     }
-    walked[phys] = true;
+    if (!walk.InUse(page_off, kPageSize)) {
+      walk.Problem(slots() + ": their page (offset " + std::to_string(page_off) +
+                   ") is not held in use by the allocation map: it may be an older copy of the page, and the "
+                   "values copied from it older ones (or the map is damaged)");
+    }
     for (uint64_t i = first; i < first + kSlotsPerPage; ++i) {
       const uint64_t slot = RacyLoad(p + (i - first));
       if (slot == 0) continue;
       auto where = [&] { return "table slot " + std::to_string(i); };
       RecordRef rec;
       if (!r.Record(SlotGranule(slot), &rec)) {
-        skip(where() + " points out of the file (offset " + std::to_string(SlotGranule(slot) * kGranule) + ")");
+        walk.Problem(where() + " points out of the file " + at(SlotGranule(slot)));
         continue;
       }
       const std::string_view key(reinterpret_cast<const char*>(rec.key()), rec.key_size);
-      if (!rec.Intact()) {
-        skip(where() + ": its record" + at(rec) + " fails its checksum (key as stored: " + DescribeKey(key) + ")");
+      const uint64_t hash = HashKey(key, seed_);
+      if (SlotTag(slot) != HashTag(hash)) {  // before the checksum: garbage may claim a 1 GiB value
+        walk.Problem(where() + " points at a record " + at(rec.granule) + " of key " + DescribeKey(key) +
+                     ", whose hash does not match the slot: the slot or the record is damaged; left behind");
         continue;
       }
-      if (SlotTag(slot) != HashTag(HashKey(key, seed_))) {
-        skip(where() + " points at the record of key " + DescribeKey(key) + at(rec) +
-             ", whose hash does not match the slot: the slot is damaged, and its own record cannot be found");
+      if (!rec.Intact()) {
+        walk.Problem(where() + ": its record " + at(rec.granule) +
+                     " fails its checksum (key as stored: " + DescribeKey(key) + "); left behind");
         continue;
+      }
+      uint64_t found_at = i;
+      RecordRef found;
+      if (r.Find(key, hash, &found_at, &found) == TableReader::Result::kFound && found_at != i) {
+        const std::string other = "table slot " + std::to_string(found_at) + " " + at(found.granule);
+        if (found.Intact()) {
+          walk.Problem(where() + ": key " + DescribeKey(key) + " " + at(rec.granule) + ", which a lookup finds at " +
+                       other + " instead: this slot is stray or a second one; left behind");
+          continue;
+        }
+        walk.Problem(where() + ": key " + DescribeKey(key) + " " + at(rec.granule) +
+                     " was copied, but a lookup finds it at " + other +
+                     ", whose record is damaged: this one may be an older value");
       }
       bool present = false;
       s = to->Contains(key, &present);
       if (!s.ok()) return s;
       if (present) {
-        skip(where() + ": a second slot of key " + DescribeKey(key) + at(rec) + "; the first one's value was kept");
+        walk.Problem(where() + ": a second slot of key " + DescribeKey(key) + " " + at(rec.granule) +
+                     ", which no lookup reaches; the first one's value was kept");
         continue;
+      }
+      if (!walk.InUse(rec.granule * kGranule, rec.granules() * kGranule)) {
+        walk.Problem(where() + ": key " + DescribeKey(key) + " " + at(rec.granule) +
+                     " was copied, but the allocation map does not hold its record in use: it may be an older "
+                     "value (or the map is damaged)");
       }
       s = to->Put(key, std::string_view(reinterpret_cast<const char*>(rec.value()), rec.value_size));
       if (!s.ok()) return s;

@@ -102,8 +102,10 @@ class StoreImpl {
   Status GetStats(Stats* stats) const;
   Status Check(CheckReport* report) const;
   Status Compact();
-  // salvage.cc: under a read lock, puts every intact pair into `to`.
-  Status SalvageInto(Store* to, SalvageReport* report) const;
+  // salvage.cc: creates `to` under this store's read lock and puts every
+  // sound pair into it (Store::Salvage).
+  Status SalvageInto(std::string_view to, const Options& options, SalvageReport* report) const;
+  Status SalvageWalkInto(Store* to, SalvageReport* report) const;
 
   // watch.cc
   uint64_t ChangeSeq() const;

@@ -80,11 +80,13 @@ struct CheckReport {
   bool ok() const { return problems.empty(); }
 };
 
-// What Store::Salvage copied and what it left behind.
+// What Store::Salvage copied, and what it left behind or copied in doubt.
 struct SalvageReport {
-  uint64_t copied = 0;               // pairs written into the new store
-  std::vector<std::string> skipped;  // one line per record, slot or table page left behind, and why
-  bool complete() const { return skipped.empty(); }
+  bool created = false;               // `to` was created (it keeps what was copied, even after an error)
+  uint64_t copied = 0;                // pairs written into `to`
+  uint64_t problem_count = 0;         // records, slots and table pages left behind or copied in doubt
+  std::vector<std::string> problems;  // one line each, naming it and why (the first 1000)
+  bool complete() const { return problem_count == 0; }
 };
 
 // A group of puts and erases that Store::Write applies all or nothing.
@@ -174,16 +176,21 @@ class Store {
   // Erase and Compact refuse a damaged record (its size cannot be trusted to
   // free it). `from` is opened read-only, never changed, and read-locked for
   // the whole copy (it must not need recovery: a writable open does that
-  // first). `to` must not exist; it is created with `options` (whose
-  // create_if_missing, error_if_exists and read_only are overridden) and
-  // checkpointed before Salvage returns. Left behind, each named in
-  // report->skipped: a record that fails its checksum, a slot that points
-  // out of the file or at another key's record (the slot is damaged and its
-  // own record cannot be found), a table page out of the file or shared with
-  // another, and a second slot of a key already copied. Returns kOk when the
-  // walk completed (report->complete() says whether anything was left
-  // behind), else the error that stopped it: then `to`, if it was created,
-  // keeps the pairs copied so far and is still a sound store.
+  // first). `to` must not exist; it is created once that lock is held, with
+  // `options` (whose create_if_missing, error_if_exists and read_only are
+  // overridden), and checkpointed before Salvage returns.
+  //
+  // Left behind, each named in report->problems: a record that fails its
+  // checksum; a slot that points out of the file, at a record whose key does
+  // not hash to it, or at a key that a lookup finds in another slot (a stray
+  // or second slot, which may hold an older value); a table page out of the
+  // file, or one that the page map points at another table page's page.
+  // Copied in doubt, and named too: a page or record that the allocation
+  // map does not hold in use (an older copy a damaged slot led to, or a
+  // current one beside a damaged map). Returns kOk when the walk completed
+  // (report->complete() says whether there was anything to name), else the
+  // error that stopped it; `to`, if report->created, then keeps the pairs
+  // copied so far and is a sound store.
   static Status Salvage(std::string_view from, std::string_view to, const Options& options, SalvageReport* report);
 
   // Removes the named shared-memory store "shm:NAME" (or just NAME). On
