@@ -1085,6 +1085,25 @@ TEST_SUITE("cli") {
     CHECK(RunCli({"get", again, "damaged"}).code == 1);
     CHECK(RunCli({"check", again}).out == "ok\n");
 
+    // Past 1000 problems the lines stop and a last one counts the rest.
+    const std::string many = dir.File("many.mkv");
+    {
+      Store s = OpenStore(many);
+      for (int i = 0; i < 1010; ++i) REQUIRE(s.Put("key" + std::to_string(i), "v|" + std::to_string(i) + "|").ok());
+    }
+    std::string image = ReadFileBytes(many);
+    for (int i = 0; i < 1010; ++i) {
+      const size_t v = image.find("v|" + std::to_string(i) + "|");
+      REQUIRE(v != std::string::npos);
+      image[v] ^= 1;
+    }
+    WriteFileBytes(many, image);
+    r = RunCli({"salvage", many, dir.File("few.mkv")});
+    CHECK(r.code == 3);
+    CHECK(CountLines(r.out) == 1001);
+    CHECK(r.out.find("\n... and 10 more\n") != std::string::npos);
+    CHECK(r.err.find("1010 record(s)") != std::string::npos);
+
     // TO exists: refused, naming it, and nothing changes.
     const std::string to_bytes = ReadFileBytes(to);
     r = RunCli({"salvage", from, to});

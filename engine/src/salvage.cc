@@ -14,14 +14,23 @@
 //    by the home slots of the entries there: the page they belong to walks
 //    it, the others are lost. So a small file cannot make the walk run over
 //    a huge table either.
-//  - a slot's record: in the file, of a key whose hash matches the slot's
-//    tag, with a good checksum, and the one a lookup of that key reaches (a
-//    second slot of a key, or a stray one, may point at an older value).
+//  - a slot: its record in the file, of a key whose hash matches the slot's
+//    tag, and the slot a lookup of that key reaches (a stray or second slot
+//    may point at an older value). A lookup is followed for at most
+//    kMaxProbes slots.
+//  - the record: passing its checksum, and sharing no granule with a record
+//    already copied. Each record is hashed at most once (slots pointing at
+//    one huge record cost one hash), and all of them together at most four
+//    times the file's bytes (a crafted file of overlapping huge records).
 //  - the allocation map, in doubt only: a page or record it does not hold
 //    in use may be an older copy that a damaged slot or page-map entry led
-//    to, or a current one beside a damaged map. It is copied and named.
+//    to, or a current one beside a damaged map. It is copied and named, as
+//    is a slot no lookup reaches.
+// At the end the number of entries walked is compared with the store's
+// count: slots cleared by the damage leave no other trace.
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "hash.h"
@@ -48,6 +57,7 @@ using namespace format;  // NOLINT
 namespace {
 
 constexpr size_t kMaxProblemLines = 1000;
+constexpr uint64_t kMaxProbes = 256;
 
 // The walk over one store's table, with what it has learnt so far.
 class SalvageWalk {
@@ -56,6 +66,8 @@ class SalvageWalk {
               SalvageReport* report)
       : r_(r), map_(map), path_(path), report_(report) {
     granules_ = std::min(r.limit / kGranule, alloc_words * kGranulesPerAllocWord);
+    claimed_.resize(r.limit / kGranule / 64 + 1);
+    hash_budget_ = 4 * r.limit;
   }
 
   void Problem(const std::string& what) {
@@ -75,6 +87,32 @@ class SalvageWalk {
     }
     return true;
   }
+
+  // Records copied so far, by granule: a record overlapping one is left
+  // behind (crafted overlapping records would each pass their checksum).
+  bool Overlaps(const RecordRef& rec) const {
+    for (uint64_t g = rec.granule; g < rec.granule + rec.granules(); ++g) {
+      if (claimed_[g / 64] & (uint64_t{1} << (g % 64))) return true;
+    }
+    return false;
+  }
+  bool Claimed(uint64_t granule) const { return (claimed_[granule / 64] >> (granule % 64)) & 1; }
+  void Claim(const RecordRef& rec) {
+    for (uint64_t g = rec.granule; g < rec.granule + rec.granules(); ++g) claimed_[g / 64] |= uint64_t{1} << (g % 64);
+  }
+  // rec.Intact(), hashing each record at most once (a record that failed,
+  // or that a lookup reached from a stray slot, is remembered; one copied is
+  // guarded by Claim), and at most four times the file's bytes in all: past
+  // that (a crafted file of overlapping huge records) a record is unverified.
+  enum class Verdict { kIntact, kDamaged, kUnverified };
+  Verdict Verify(const RecordRef& rec) {
+    if (auto it = verdicts_.find(rec.granule); it != verdicts_.end()) return it->second;
+    const uint64_t bytes = kRecordHeaderSize + rec.key_size + rec.value_size;
+    if (bytes > hash_budget_) return Verdict::kUnverified;
+    hash_budget_ -= bytes;
+    return verdicts_.emplace(rec.granule, rec.Intact() ? Verdict::kIntact : Verdict::kDamaged).first->second;
+  }
+  void Forget(const RecordRef& rec) { verdicts_.erase(rec.granule); }
 
   // The physical page of table page `page`, or nullptr when it is out of the file.
   const uint64_t* PageSlots(uint64_t page) const {
@@ -120,7 +158,7 @@ class SalvageWalk {
     }
     uint64_t best = first_alias, best_votes = 0;
     for (const auto& [page, n] : votes) {
-      if (n > best_votes) best = page, best_votes = n;
+      if (n > best_votes || (n == best_votes && page < best)) best = page, best_votes = n;
     }
     // A page no alias stands for (the vote names a page whose own entry
     // points elsewhere): the first alias walks it.
@@ -133,8 +171,22 @@ class SalvageWalk {
   const std::string& path_;
   SalvageReport* report_;
   uint64_t granules_ = 0;
-  std::unordered_map<uint64_t, uint64_t> owner_;  // aliased physical page -> the table page it belongs to
+  std::unordered_map<uint64_t, uint64_t> owner_;    // aliased physical page -> the table page it belongs to
+  std::vector<uint64_t> claimed_;                   // one bit per granule of the file
+  std::unordered_map<uint64_t, Verdict> verdicts_;  // granule -> its record's checksum, until copied
+  uint64_t hash_budget_ = 0;                        // record bytes the walk may still hash
 };
+
+// Whether a store file (or shared-memory store) exists at `path`.
+bool Exists(const std::string& path) {
+  FileSpec spec;
+  spec.read_only = true;
+  std::unique_ptr<File> file;
+  if (path.compare(0, kSharedPrefix.size(), kSharedPrefix) == 0) {
+    return File::OpenShared(path.substr(kSharedPrefix.size()), spec, &file).ok();
+  }
+  return File::Open(path, spec, &file).ok();
+}
 
 }  // namespace
 
@@ -148,7 +200,13 @@ Status StoreImpl::SalvageInto(std::string_view to, const Options& options, Salva
   target_options.read_only = false;
   Store target;
   s = Store::Open(to, target_options, &target);
-  if (!s.ok()) return s;
+  if (!s.ok()) {
+    // An open can fail after the file was made (its directory's sync, the
+    // first lock): then `to` exists, and the caller must hear of it.
+    const std::string path(to);
+    report->created = s.message() != path + ": already exists" && Exists(path);
+    return s;
+  }
   report->created = true;
   s = SalvageWalkInto(&target, report);
   if (s.ok()) s = target.Flush(FlushMode::kSync);
@@ -157,12 +215,16 @@ Status StoreImpl::SalvageInto(std::string_view to, const Options& options, Salva
 }
 
 Status StoreImpl::SalvageWalkInto(Store* to, SalvageReport* report) const {
-  Status s;
+  // As Check does: the file may have changed since the open.
+  Status s = ValidateControl();
+  if (!s.ok()) return s;
   const TableReader r = ReaderSnapshot();
   SalvageWalk walk(r, heap_->map(), ctl_->alloc_words, path_, report);
   auto at = [](uint64_t granule) { return "(offset " + std::to_string(granule * kGranule) + ")"; };
   const uint64_t pages = r.slots() / kSlotsPerPage;
   walk.FindAliases(pages);
+  uint64_t entries = 0;
+  bool page_lost = false;
   for (uint64_t page = 0; page < pages; ++page) {
     const uint64_t first = page * kSlotsPerPage;
     auto slots = [&] {
@@ -171,6 +233,7 @@ Status StoreImpl::SalvageWalkInto(Store* to, SalvageReport* report) const {
     const uint64_t* p = walk.PageSlots(page);
     if (p == nullptr) {
       walk.Problem(slots() + ": their page is out of the file (the table's page map is damaged); their pairs are lost");
+      page_lost = true;
       continue;
     }
     const uint64_t page_off = walk.PhysOf(p) * kPageSize;
@@ -178,6 +241,7 @@ Status StoreImpl::SalvageWalkInto(Store* to, SalvageReport* report) const {
     if (!walk.Owns(page, p, &owner)) {
       walk.Problem(slots() + ": their page (offset " + std::to_string(page_off) + ") is table page " +
                    std::to_string(owner) + "'s (the table's page map is damaged); their pairs are lost");
+      page_lost = true;
       continue;
     }
     if (!walk.InUse(page_off, kPageSize)) {
@@ -188,6 +252,7 @@ Status StoreImpl::SalvageWalkInto(Store* to, SalvageReport* report) const {
     for (uint64_t i = first; i < first + kSlotsPerPage; ++i) {
       const uint64_t slot = RacyLoad(p + (i - first));
       if (slot == 0) continue;
+      ++entries;
       auto where = [&] { return "table slot " + std::to_string(i); };
       RecordRef rec;
       if (!r.Record(SlotGranule(slot), &rec)) {
@@ -196,28 +261,42 @@ Status StoreImpl::SalvageWalkInto(Store* to, SalvageReport* report) const {
       }
       const std::string_view key(reinterpret_cast<const char*>(rec.key()), rec.key_size);
       const uint64_t hash = HashKey(key, seed_);
-      if (SlotTag(slot) != HashTag(hash)) {  // before the checksum: garbage may claim a 1 GiB value
+      if (SlotTag(slot) != HashTag(hash)) {  // before any checksum: garbage may claim a 1 GiB value
         walk.Problem(where() + " points at a record " + at(rec.granule) + " of key " + DescribeKey(key) +
                      ", whose hash does not match the slot: the slot or the record is damaged; left behind");
         continue;
       }
-      if (!rec.Intact()) {
-        walk.Problem(where() + ": its record " + at(rec.granule) +
-                     " fails its checksum (key as stored: " + DescribeKey(key) + "); left behind");
-        continue;
-      }
+      // The slot a lookup reaches holds the value Get would return.
+      std::string doubt;
       uint64_t found_at = i;
       RecordRef found;
-      if (r.Find(key, hash, &found_at, &found) == TableReader::Result::kFound && found_at != i) {
+      const TableReader::Result lookup = r.Find(key, hash, &found_at, &found, kMaxProbes);
+      if (lookup == TableReader::Result::kFound && found_at != i) {
         const std::string other = "table slot " + std::to_string(found_at) + " " + at(found.granule);
-        if (found.Intact()) {
+        // (A record already copied is intact: its first granule is claimed.)
+        if (walk.Claimed(found.granule) || walk.Verify(found) == SalvageWalk::Verdict::kIntact) {
           walk.Problem(where() + ": key " + DescribeKey(key) + " " + at(rec.granule) + ", which a lookup finds at " +
                        other + " instead: this slot is stray or a second one; left behind");
           continue;
         }
-        walk.Problem(where() + ": key " + DescribeKey(key) + " " + at(rec.granule) +
-                     " was copied, but a lookup finds it at " + other +
-                     ", whose record is damaged: this one may be an older value");
+        doubt = "a lookup finds it at " + other + ", whose record is damaged: this one may be an older value";
+      } else if (lookup != TableReader::Result::kFound) {
+        doubt = "no lookup of it reaches this slot (the table's order is damaged)";
+      }
+      // Verified before the overlap test, whose cost grows with the size the
+      // header claims: Verify's budget bounds both.
+      if (const SalvageWalk::Verdict v = walk.Verify(rec); v != SalvageWalk::Verdict::kIntact) {
+        walk.Problem(where() + ": its record " + at(rec.granule) +
+                     (v == SalvageWalk::Verdict::kDamaged
+                          ? " fails its checksum"
+                          : " was not verified (the walk has hashed four times the file's bytes: a crafted file)") +
+                     " (key as stored: " + DescribeKey(key) + "); left behind");
+        continue;
+      }
+      if (walk.Overlaps(rec)) {
+        walk.Problem(where() + ": the record of key " + DescribeKey(key) + " " + at(rec.granule) +
+                     " overlaps a record already copied; left behind");
+        continue;
       }
       bool present = false;
       s = to->Contains(key, &present);
@@ -228,14 +307,26 @@ Status StoreImpl::SalvageWalkInto(Store* to, SalvageReport* report) const {
         continue;
       }
       if (!walk.InUse(rec.granule * kGranule, rec.granules() * kGranule)) {
-        walk.Problem(where() + ": key " + DescribeKey(key) + " " + at(rec.granule) +
-                     " was copied, but the allocation map does not hold its record in use: it may be an older "
-                     "value (or the map is damaged)");
+        if (!doubt.empty()) doubt += "; and ";
+        doubt +=
+            "the allocation map does not hold its record in use: it may be an older value (or the map is "
+            "damaged)";
       }
+      if (!doubt.empty())
+        walk.Problem(where() + ": key " + DescribeKey(key) + " " + at(rec.granule) + " was copied, but " + doubt);
+      walk.Claim(rec);
+      walk.Forget(rec);
       s = to->Put(key, std::string_view(reinterpret_cast<const char*>(rec.value()), rec.value_size));
       if (!s.ok()) return s;
       ++report->copied;
     }
+  }
+  const uint64_t counted = ctl_->entries.load();
+  if (!page_lost && entries < counted) {  // (more: the extra slots were named above)
+    walk.Problem("the table holds " + std::to_string(entries) + " entries and the store counts " +
+                 std::to_string(counted) +
+                 ": slots cleared by the damage lose their pairs without a trace (or the "
+                 "count is damaged)");
   }
   return Status::Ok();
 }

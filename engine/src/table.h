@@ -109,7 +109,11 @@ struct TableReader {
   enum class Result { kFound, kAbsent, kBad };
   // Looks `key` (hash `hash`) up. kFound sets *index, *rec. kBad: an offset
   // or loop bound failed (a changing or corrupt state).
-  Result Find(std::string_view key, uint64_t hash, uint64_t* index, RecordRef* rec) const;
+  // `max_probes`: a lookup that has not ended after that many slots gives up
+  // with kBad (Salvage's bound on a damaged table; a sound table's longest
+  // probe is a few dozen slots).
+  Result Find(std::string_view key, uint64_t hash, uint64_t* index, RecordRef* rec,
+              uint64_t max_probes = ~uint64_t{0}) const;
   // Find's common case, for the get's fast path: a probe that stays in the
   // page of the home slot (a present key's probe leaves it about once in 250
   // lookups at the table's highest load, 3/4; 43 of 100,000 keys at 0.38).
@@ -172,7 +176,7 @@ MAPKV_OPTIMISTIC inline void TableReader::PrefetchHome(uint64_t hash) const {
 }
 
 MAPKV_OPTIMISTIC inline TableReader::Result TableReader::Find(std::string_view key, uint64_t hash, uint64_t* index,
-                                                              RecordRef* rec) const {
+                                                              RecordRef* rec, uint64_t max_probes) const {
   using namespace format;  // NOLINT
   const uint64_t m = mask();
   const uint64_t tag = HashTag(hash);
@@ -184,7 +188,7 @@ MAPKV_OPTIMISTIC inline TableReader::Result TableReader::Find(std::string_view k
   // the next one: the page map is read (and its offsets checked) once a page.
   const uint64_t* page = nullptr;
   uint64_t page_no = ~uint64_t{0};
-  for (uint64_t d = 0; d <= m; ++d) {
+  for (uint64_t d = 0; d <= m && d < max_probes; ++d) {
     const uint64_t i = (home + d) & m;
     if ((i >> kSlotsPerPageShift) != page_no) {
       page_no = i >> kSlotsPerPageShift;
@@ -206,7 +210,7 @@ MAPKV_OPTIMISTIC inline TableReader::Result TableReader::Find(std::string_view k
       }
     }
   }
-  return Result::kBad;  // a table with no empty slot is not a valid state
+  return Result::kBad;  // a table with no empty slot is not a valid state (or max_probes passed)
 }
 
 [[gnu::always_inline]] MAPKV_OPTIMISTIC inline TableReader::Result TableReader::FindInHomePage(std::string_view key,

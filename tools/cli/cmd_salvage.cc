@@ -54,8 +54,9 @@ Command SetupSalvage(CLI::App& app) {
       "salvage",
       "Copy every pair of FROM whose record is intact into TO, a new store, for a store that `check` finds damaged "
       "(writes and compact refuse a damaged record). FROM is opened read-only and not changed; TO must not exist. "
-      "Prints \"N pair(s) salvaged into TO\" and exits 0 when nothing was left behind; otherwise prints each record, "
-      "slot or table page left behind or copied in doubt on its own line (standard output) and exits 3.");
+      "Prints \"N pair(s) salvaged into TO\" and exits 0 when there was nothing to name; otherwise prints each record, "
+      "slot or table page left behind, or pair copied in doubt (it may be an older value), on its own line "
+      "(standard output) and exits 3.");
   sub->add_option("FROM", o->from, "Damaged store file")->required();
   sub->add_option("TO", o->to, "New store file (must not exist)")->required();
   return {sub, [o] { return RunSalvage(*o); }};

@@ -35,7 +35,7 @@ int Main(int argc, char** argv) {
       "3 store error (no such file, not a store, corrupt, newer version, I/O error, permission, disk full,\n"
       "  a value of the wrong size for `get --as` or `incr`; watch: fell behind the change ring).\n"
       "watch: 1 when its --timeout passes before --count changes. salvage: 3 also when it left damaged records\n"
-      "  behind (TO holds the rest).\n"
+      "  behind or copied pairs in doubt (TO holds what was copied).\n"
       "FILE may also be shm:NAME, a named shared-memory store (no file; see `mapkv rm-shm`).\n"
       "Run `mapkv COMMAND --help` for a command's arguments.");
   std::vector<Command> commands = {SetupCreate(app), SetupPut(app),   SetupGet(app),     SetupIncr(app),

@@ -181,16 +181,21 @@ class Store {
   // overridden), and checkpointed before Salvage returns.
   //
   // Left behind, each named in report->problems: a record that fails its
-  // checksum; a slot that points out of the file, at a record whose key does
-  // not hash to it, or at a key that a lookup finds in another slot (a stray
-  // or second slot, which may hold an older value); a table page out of the
-  // file, or one that the page map points at another table page's page.
-  // Copied in doubt, and named too: a page or record that the allocation
-  // map does not hold in use (an older copy a damaged slot led to, or a
-  // current one beside a damaged map). Returns kOk when the walk completed
-  // (report->complete() says whether there was anything to name), else the
-  // error that stopped it; `to`, if report->created, then keeps the pairs
-  // copied so far and is a sound store.
+  // checksum or overlaps one already copied; a slot that points out of the
+  // file, at a record whose key does not hash to it, or at a key that a
+  // lookup finds in another slot (a stray or second slot, which may hold an
+  // older value); a table page out of the file, or one that the page map
+  // points at another table page's page. Copied in doubt, and named too: a
+  // pair in a page or record that the allocation map does not hold in use
+  // (an older copy a damaged slot led to, or a current one beside a damaged
+  // map), in a slot no lookup reaches, or in a second slot of a key whose
+  // reached record is damaged. A table holding fewer entries than the store
+  // counts is named as well (cleared slots leave no other trace). Returns
+  // kOk when the walk completed (report->complete() says whether there was
+  // anything to name), else the error that stopped it; `to`, if
+  // report->created, then keeps the pairs copied so far and is a sound
+  // store. On Windows a "shm:NAME" `to` ends when Salvage closes it, unless
+  // another handle has it open.
   static Status Salvage(std::string_view from, std::string_view to, const Options& options, SalvageReport* report);
 
   // Removes the named shared-memory store "shm:NAME" (or just NAME). On
