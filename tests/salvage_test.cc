@@ -135,6 +135,37 @@ TEST_CASE("salvage: an undamaged store is copied whole") {
   CheckSalvaged(dir.File("to.mkv"), model);
 }
 
+// A sound store with everything a walk might mistake for damage: records
+// and copied table pages of the current checkpoint epoch, freed records
+// and pages awaiting the next checkpoint, erased keys, entries displaced
+// across page boundaries, a 65536-byte key and empty values.
+TEST_CASE("salvage: a sound store in the middle of an epoch is copied whole, with nothing to name") {
+  TempDir dir;
+  const std::string from = dir.File("from.mkv");
+  Model model;
+  {
+    Options keep;
+    keep.checkpoint_on_close = false;
+    Store s = MustOpen(from, keep);
+    for (int i = 0; i < 5000; ++i) model["key-" + std::to_string(i)] = std::string(i % 7 == 0 ? 0 : 20 + i % 90, 'a');
+    model[std::string(kMaxKeySize, 'K')] = "the longest key";
+    for (const auto& [k, v] : model) REQUIRE(s.Put(k, v).ok());
+    REQUIRE(s.Flush(FlushMode::kSync).ok());
+    for (int i = 0; i < 5000; i += 3) {
+      model["key-" + std::to_string(i)] = "overwritten " + std::to_string(i);
+      REQUIRE(s.Put("key-" + std::to_string(i), model["key-" + std::to_string(i)]).ok());
+    }
+    for (int i = 1; i < 5000; i += 5) {
+      model.erase("key-" + std::to_string(i));
+      REQUIRE(s.Erase("key-" + std::to_string(i)).ok());
+    }
+  }
+  const SalvageReport report = MustSalvage(from, dir.File("to.mkv"));
+  CHECK_MESSAGE(report.complete(), Lines(report));
+  CHECK(report.copied == model.size());
+  CheckSalvaged(dir.File("to.mkv"), model);
+}
+
 // The records that block every write (a damaged record cannot be replaced,
 // erased or moved) are left behind; every other pair is copied.
 TEST_CASE("salvage: records that fail their checksum are left behind and named, the rest copied") {
@@ -155,7 +186,6 @@ TEST_CASE("salvage: records that fail their checksum are left behind and named, 
     REQUIRE(s.Check(&check).ok());
     CHECK_FALSE(check.ok());
   }
-  image = Image(from);  // as the writable open above left it (it changes no record)
 
   const SalvageReport report = MustSalvage(from, dir.File("to.mkv"));
   CHECK_MESSAGE(report.problem_count == 2, Lines(report));
@@ -328,6 +358,7 @@ TEST_CASE("salvage: a table page the page map points at another's page loses its
   WriteFileBytes(from, image.bytes);
 
   const SalvageReport report = MustSalvage(from, dir.File("to.mkv"));
+  CHECK_MESSAGE(report.problem_count == 1 + LinesWith(report, "no lookup of it reaches this slot"), Lines(report));
   CHECK_MESSAGE(AnyLineHas(report, "table slots 1024 to 1535", "is table page 3's"), Lines(report));
   Model want = model;
   for (const auto& [k, v] : lost) want.erase(k);
@@ -351,15 +382,23 @@ TEST_CASE("salvage: a cleared slot is counted, and a pair no lookup reaches is c
   }
   REQUIRE_MESSAGE(cleared < image.slots(), "no displaced entry in the table");
   uint64_t unreachable = 0;  // entries after the hole whose lookups start at or before it
-  for (uint64_t j = cleared + 1; j < image.slots() && image.Slot(j) != 0; ++j) {
-    if ((SlotTag(image.Slot(j)) >> (kTagBits - shift)) <= cleared) ++unreachable;
+  uint64_t run_end = cleared + 1;
+  for (; run_end < image.slots() && image.Slot(run_end) != 0; ++run_end) {
+    if ((SlotTag(image.Slot(run_end)) >> (kTagBits - shift)) <= cleared) ++unreachable;
   }
+  // And a second slot of the first key after that run (an extra slot must
+  // not make up for the cleared one in the count).
+  uint64_t other = run_end + 1;
+  while (other < image.slots() && image.Slot(other) == 0) ++other;
+  REQUIRE(other < image.slots());
+  image.SetSlot(image.EmptySlotAfter(other), image.Slot(other));
   image.SetSlot(cleared, 0);
   WriteFileBytes(from, image.bytes);
 
   const SalvageReport report = MustSalvage(from, dir.File("to.mkv"));
-  CHECK_MESSAGE(report.problem_count == 1 + unreachable, Lines(report));
-  CHECK_MESSAGE(AnyLineHas(report, "the table holds 299 entries", "the store counts 300"), Lines(report));
+  CHECK_MESSAGE(report.problem_count == 2 + unreachable, Lines(report));
+  CHECK_MESSAGE(AnyLineHas(report, "this slot is stray or a second one", "left behind"), Lines(report));
+  CHECK_MESSAGE(AnyLineHas(report, "the table holds 299 keys", "the store counts 300"), Lines(report));
   CHECK_MESSAGE(AnyLineHas(report, "table slot " + std::to_string(cleared + 1), "no lookup of it reaches this slot"),
                 Lines(report));
   CHECK(report.copied == 299);

@@ -198,13 +198,13 @@ Status StoreImpl::SalvageInto(std::string_view to, const Options& options, Salva
   target_options.create_if_missing = true;
   target_options.error_if_exists = true;  // also when `to` names this store
   target_options.read_only = false;
+  // An open can fail after the file was made (its directory's sync, the
+  // first lock): then `to` exists, and the caller must hear of it.
+  const bool existed = Exists(std::string(to));
   Store target;
   s = Store::Open(to, target_options, &target);
   if (!s.ok()) {
-    // An open can fail after the file was made (its directory's sync, the
-    // first lock): then `to` exists, and the caller must hear of it.
-    const std::string path(to);
-    report->created = s.message() != path + ": already exists" && Exists(path);
+    report->created = !existed && Exists(std::string(to));
     return s;
   }
   report->created = true;
@@ -256,7 +256,12 @@ Status StoreImpl::SalvageWalkInto(Store* to, SalvageReport* report) const {
       auto where = [&] { return "table slot " + std::to_string(i); };
       RecordRef rec;
       if (!r.Record(SlotGranule(slot), &rec)) {
-        walk.Problem(where() + " points out of the file " + at(SlotGranule(slot)));
+        const bool header_in_file =
+            SlotGranule(slot) >= kHeapOffset / kGranule && SlotGranule(slot) * kGranule + kRecordHeaderSize <= r.limit;
+        walk.Problem(where() + (header_in_file ? ": its record's header " + at(SlotGranule(slot)) +
+                                                     " claims sizes past the file or over the limits (the header "
+                                                     "or the slot is damaged); left behind"
+                                               : " points out of the file " + at(SlotGranule(slot))));
         continue;
       }
       const std::string_view key(reinterpret_cast<const char*>(rec.key()), rec.key_size);
@@ -274,14 +279,30 @@ Status StoreImpl::SalvageWalkInto(Store* to, SalvageReport* report) const {
       if (lookup == TableReader::Result::kFound && found_at != i) {
         const std::string other = "table slot " + std::to_string(found_at) + " " + at(found.granule);
         // (A record already copied is intact: its first granule is claimed.)
-        if (walk.Claimed(found.granule) || walk.Verify(found) == SalvageWalk::Verdict::kIntact) {
+        const SalvageWalk::Verdict v = walk.Claimed(found.granule) ? SalvageWalk::Verdict::kIntact : walk.Verify(found);
+        if (v == SalvageWalk::Verdict::kIntact) {
           walk.Problem(where() + ": key " + DescribeKey(key) + " " + at(rec.granule) + ", which a lookup finds at " +
                        other + " instead: this slot is stray or a second one; left behind");
+          --entries;  // the count is of keys: an extra slot must not hide a cleared one
           continue;
         }
-        doubt = "a lookup finds it at " + other + ", whose record is damaged: this one may be an older value";
+        doubt = "a lookup finds it at " + other + ", whose record " +
+                (v == SalvageWalk::Verdict::kDamaged ? "is damaged" : "was not verified (a crafted file)") +
+                ": this one may be an older value";
+      } else if (lookup == TableReader::Result::kAbsent) {
+        doubt =
+            "no lookup of it reaches this slot: one stops at an empty slot or a shorter probe before it (a "
+            "slot before it was cleared, or this one is stray)";
       } else if (lookup != TableReader::Result::kFound) {
-        doubt = "no lookup of it reaches this slot (the table's order is damaged)";
+        doubt =
+            "no lookup of it reaches this slot: one stops at a table page out of the file, a slot pointing out "
+            "of it, or after 256 slots";
+      }
+      if (walk.Claimed(rec.granule)) {  // before Verify: the record is copied, and intact
+        walk.Problem(where() + ": a second slot of key " + DescribeKey(key) + " " + at(rec.granule) +
+                     ", pointing at the record already copied; left behind (nothing is lost)");
+        --entries;
+        continue;
       }
       // Verified before the overlap test, whose cost grows with the size the
       // header claims: Verify's budget bounds both.
@@ -304,6 +325,7 @@ Status StoreImpl::SalvageWalkInto(Store* to, SalvageReport* report) const {
       if (present) {
         walk.Problem(where() + ": a second slot of key " + DescribeKey(key) + " " + at(rec.granule) +
                      ", which no lookup reaches; the first one's value was kept");
+        --entries;
         continue;
       }
       if (!walk.InUse(rec.granule * kGranule, rec.granules() * kGranule)) {
@@ -323,7 +345,7 @@ Status StoreImpl::SalvageWalkInto(Store* to, SalvageReport* report) const {
   }
   const uint64_t counted = ctl_->entries.load();
   if (!page_lost && entries < counted) {  // (more: the extra slots were named above)
-    walk.Problem("the table holds " + std::to_string(entries) + " entries and the store counts " +
+    walk.Problem("the table holds " + std::to_string(entries) + " keys and the store counts " +
                  std::to_string(counted) +
                  ": slots cleared by the damage lose their pairs without a trace (or the "
                  "count is damaged)");

@@ -188,7 +188,8 @@ MAPKV_OPTIMISTIC inline TableReader::Result TableReader::Find(std::string_view k
   // the next one: the page map is read (and its offsets checked) once a page.
   const uint64_t* page = nullptr;
   uint64_t page_no = ~uint64_t{0};
-  for (uint64_t d = 0; d <= m && d < max_probes; ++d) {
+  const uint64_t probes = max_probes <= m ? max_probes : m + 1;  // one compare a probe, as without a bound
+  for (uint64_t d = 0; d < probes; ++d) {
     const uint64_t i = (home + d) & m;
     if ((i >> kSlotsPerPageShift) != page_no) {
       page_no = i >> kSlotsPerPageShift;
