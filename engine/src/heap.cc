@@ -575,6 +575,20 @@ bool Heap::AnyUsed(uint64_t g, uint64_t n) const {
   return false;
 }
 
+bool Heap::AllInUse(uint64_t g, uint64_t n) const {
+  const AllocWord* m = map();
+  while (n > 0) {
+    const uint64_t b = g % kGranulesPerAllocWord;
+    const uint64_t take = std::min(n, kGranulesPerAllocWord - b);
+    const uint64_t mask = RunMask(take, b);
+    const AllocWord& w = m[g / kGranulesPerAllocWord];
+    if ((w.used & mask) != mask || (w.freed & mask) != 0) return false;
+    g += take;
+    n -= take;
+  }
+  return true;
+}
+
 bool Heap::IsCheckpointed(uint64_t g) const {
   const AllocWord& w = map()[g / kGranulesPerAllocWord];
   uint64_t bit = uint64_t{1} << (g % kGranulesPerAllocWord);

@@ -217,6 +217,9 @@ class Heap {
   void MarkUsed(uint64_t granule, uint64_t n) { MarkRange(granule, n, true, false, false); }
   // Whether any of granules [granule, granule + n) is marked used.
   bool AnyUsed(uint64_t granule, uint64_t n) const;
+  // Whether every one of them is used and none freed (in use by a live
+  // structure). The range must lie inside the map.
+  bool AllInUse(uint64_t granule, uint64_t n) const;
   // The map with every pending granule released: what the map will be right
   // after a checkpoint. Used for its checksum.
   uint64_t ReleasedMapChecksum() const;

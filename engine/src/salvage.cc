@@ -62,9 +62,9 @@ constexpr uint64_t kMaxProbes = 256;
 // The walk over one store's table, with what it has learnt so far.
 class SalvageWalk {
  public:
-  SalvageWalk(const TableReader& r, const AllocWord* map, uint64_t alloc_words, const std::string& path,
+  SalvageWalk(const TableReader& r, const Heap& heap, uint64_t alloc_words, const std::string& path,
               SalvageReport* report)
-      : r_(r), map_(map), path_(path), report_(report) {
+      : r_(r), heap_(heap), path_(path), report_(report) {
     granules_ = std::min(r.limit / kGranule, alloc_words * kGranulesPerAllocWord);
     claimed_.resize(r.limit / kGranule / 64 + 1);
     hash_budget_ = 4 * r.limit;
@@ -75,24 +75,19 @@ class SalvageWalk {
     if (report_->problems.size() < kMaxProblemLines) report_->problems.push_back(path_ + ": " + what);
   }
 
-  // True when [off, off + bytes) is allocated and not freed.
+  // True when [off, off + bytes) lies in what the allocation map covers and
+  // is allocated and not freed.
   bool InUse(uint64_t off, uint64_t bytes) const {
     if (off % kGranule != 0 || off > r_.limit || bytes > r_.limit - off) return false;
     const uint64_t end = (off + bytes + kGranule - 1) / kGranule;
-    if (end > granules_) return false;
-    for (uint64_t g = off / kGranule; g < end; ++g) {
-      const uint64_t bit = uint64_t{1} << (g % kGranulesPerAllocWord);
-      const AllocWord& w = map_[g / kGranulesPerAllocWord];
-      if (!(w.used & bit) || (w.freed & bit)) return false;
-    }
-    return true;
+    return end <= granules_ && heap_.AllInUse(off / kGranule, end - off / kGranule);
   }
 
   // Records copied so far, by granule: a record overlapping one is left
   // behind (crafted overlapping records would each pass their checksum).
   bool Overlaps(const RecordRef& rec) const {
     for (uint64_t g = rec.granule; g < rec.granule + rec.granules(); ++g) {
-      if (claimed_[g / 64] & (uint64_t{1} << (g % 64))) return true;
+      if (Claimed(g)) return true;
     }
     return false;
   }
@@ -167,7 +162,7 @@ class SalvageWalk {
   }
 
   const TableReader& r_;
-  const AllocWord* map_;
+  const Heap& heap_;
   const std::string& path_;
   SalvageReport* report_;
   uint64_t granules_ = 0;
@@ -219,7 +214,7 @@ Status StoreImpl::SalvageWalkInto(Store* to, SalvageReport* report) const {
   Status s = ValidateControl();
   if (!s.ok()) return s;
   const TableReader r = ReaderSnapshot();
-  SalvageWalk walk(r, heap_->map(), ctl_->alloc_words, path_, report);
+  SalvageWalk walk(r, *heap_, ctl_->alloc_words, path_, report);
   auto at = [](uint64_t granule) { return "(offset " + std::to_string(granule * kGranule) + ")"; };
   const uint64_t pages = r.slots() / kSlotsPerPage;
   walk.FindAliases(pages);
