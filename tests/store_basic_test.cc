@@ -955,6 +955,67 @@ TEST_SUITE("store") {
     CheckClean(c);
   }
 
+  // A put takes the space the last commits freed before anything else (the
+  // freed record's lines are likely still cached, and next-fit would search
+  // the allocation map for a hole). The handle only remembers where that
+  // space was: space another handle or a Compact has taken since is left
+  // alone.
+  TEST_CASE("store: a record goes where a commit just freed one, unless that space was taken since") {
+    TempDir dir;
+    const std::string path = dir.File("s.mkv");
+    auto offset_of = [&](const std::string& marker) {
+      const std::string image = ReadFileBytes(path);
+      const size_t at = image.find(marker);
+      REQUIRE_MESSAGE(at != std::string::npos, marker);
+      CHECK_MESSAGE(image.find(marker, at + 1) == std::string::npos, "twice: " << marker);
+      return at;
+    };
+    {
+      Store s = MustOpen(path);
+      const std::string first = "first value 51c7e0 " + std::string(80, 'a');
+      REQUIRE(s.Put("k", first).ok());
+      const size_t first_at = offset_of(first);
+      REQUIRE(s.Put("k", std::string(300, 'b')).ok());  // a larger record, elsewhere; the first is freed
+      const std::string third = "third value 9d24f1 " + std::string(80, 'c');
+      REQUIRE(s.Put("j", third).ok());
+      CHECK(offset_of(third) == first_at);
+      std::string v;
+      REQUIRE(s.Get("k", &v).ok());
+      CHECK(v == std::string(300, 'b'));
+      CheckClean(s);
+    }
+    for (const bool other_handle : {false, true}) {
+      CAPTURE(other_handle);
+      const std::string p = dir.File(other_handle ? "two.mkv" : "one.mkv");
+      Store a = MustOpen(p);
+      Model model;
+      for (int i = 0; i < 600; ++i) {
+        const std::string k = "key" + std::to_string(i);
+        REQUIRE(a.Put(k, std::string(100, static_cast<char>('a' + i % 26))).ok());
+        model[k] = std::string(100, static_cast<char>('a' + i % 26));
+      }
+      for (int i = 0; i < 600; i += 6) {  // 500 places freed; the 100 kept, Compact moves low
+        for (int j = i + 1; j < i + 6; ++j) {
+          REQUIRE(a.Erase("key" + std::to_string(j)).ok());
+          model.erase("key" + std::to_string(j));
+        }
+      }
+      if (other_handle) {
+        Store b = MustOpen(p);
+        REQUIRE(b.Compact().ok());
+      } else {
+        REQUIRE(a.Compact().ok());
+      }
+      for (int i = 0; i < 500; ++i) {
+        const std::string k = "new" + std::to_string(i);
+        REQUIRE(a.Put(k, std::string(100, 'n')).ok());
+        model[k] = std::string(100, 'n');
+      }
+      CHECK(Dump(a) == model);
+      CheckClean(a);
+    }
+  }
+
   TEST_CASE("store: Compact with a second handle open keeps both handles working") {
     TempDir dir;
     const std::string path = dir.File("s.mkv");
@@ -1442,19 +1503,24 @@ TEST_CASE("store: Compact and the close's tail compaction refuse two slots that 
   Model model;
   std::string shared_key;
   const std::string marker = "unique marker 7c20ab ";
+  Options keep;
+  keep.checkpoint_on_close = false;  // no compaction at these closes
   {
-    Options keep;
-    keep.checkpoint_on_close = false;  // no compaction at this close
     Store s = MustOpen(path, keep);
-    for (int i = 0; i < 20000; ++i) {
-      REQUIRE(s.Put(Key16(i), std::string(100, 'x')).ok());
-      if (i % 1000 == 500 && i > 15000) {
-        REQUIRE(s.Put("shared" + std::to_string(i), marker + std::to_string(i) + "|").ok());
-      }
-    }
+    for (int i = 0; i < 20000; ++i) REQUIRE(s.Put(Key16(i), std::string(100, 'x')).ok());
     for (int i = 0; i < 15000; ++i) REQUIRE(s.Erase(Key16(i)).ok());
     for (int i = 15000; i < 20000; ++i) model[Key16(i)] = std::string(100, 'x');
     REQUIRE(s.Flush(FlushMode::kSync).ok());  // the erased records' space is free now
+    REQUIRE(s.Close().ok());
+  }
+  {
+    // In a handle of their own, so that they go to the top of the heap (the
+    // first handle would put them in the space its table's growth freed),
+    // among the records the tail compaction moves.
+    Store s = MustOpen(path, keep);
+    for (int i = 15500; i < 20000; i += 1000) {
+      REQUIRE(s.Put("shared" + std::to_string(i), marker + std::to_string(i) + "|").ok());
+    }
     REQUIRE(s.Close().ok());
   }
   // One of the "shared" keys whose next slot is empty.

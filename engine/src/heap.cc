@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <bit>
+#include <cstddef>
 #include <cstdlib>
 #include <cstring>
 #include <iterator>
@@ -283,7 +284,10 @@ void Heap::Commit() {
   // Killed from here on, these extents stay fresh+freed and the next
   // checkpoint (or recovery) releases them; the chain is dropped by the next
   // writer.
-  for (auto [g, n] : fresh_frees_) MarkRange(g, n, false, false, false);
+  for (auto [g, n] : fresh_frees_) {
+    MarkRange(g, n, false, false, false);
+    NoteReusable(g, n);
+  }
   if (ctl_->undo_chain != 0) DropChain();
   ResetWriteState();
 }
@@ -722,6 +726,57 @@ Status Heap::Grow(uint64_t need_end) {
     s = Free(old_off / kGranule, RoundUp(old_words * sizeof(AllocWord), kPageSize) / kGranule);
     if (!s.ok()) return s;
   }
+  return Status::Ok();
+}
+
+void Heap::NoteReusable(uint64_t g, uint64_t n) {
+  constexpr size_t kMaxReuse = 512;
+  if (n > kGranulesPerAllocWord) return;  // spans at most two map words
+  if (reuse_.size() == kMaxReuse) reuse_.erase(reuse_.begin(), reuse_.begin() + kMaxReuse / 2);  // the oldest half
+  reuse_.push_back(g << 8 | n);
+}
+
+bool Heap::TakeReused(uint64_t n, uint64_t file_granules, uint64_t* out) {
+  // The newest few only: in a store of records of one size the newest fits,
+  // and a longer search would cost more than next-fit saves.
+  constexpr size_t kLook = 4;
+  const AllocWord* m = map();
+  size_t i = reuse_.size();
+  for (size_t looked = 0; looked < kLook && i > 0; ++looked) {
+    --i;
+    const uint64_t g = reuse_[i] >> 8;
+    const uint64_t len = reuse_[i] & 0xFF;
+    const uint64_t b = g % kGranulesPerAllocWord;
+    const uint64_t head = std::min(len, kGranulesPerAllocWord - b);  // the rest is in the next word
+    if (g + len > file_granules || (m[g / kGranulesPerAllocWord].used & RunMask(head, b)) != 0 ||
+        (head < len && (m[g / kGranulesPerAllocWord + 1].used & RunMask(len - head, 0)) != 0)) {
+      reuse_.erase(reuse_.begin() + static_cast<std::ptrdiff_t>(i));  // taken since (another writer) or cut off
+      continue;
+    }
+    if (len < n) continue;
+    *out = g;
+    if (len == n) {
+      reuse_.erase(reuse_.begin() + static_cast<std::ptrdiff_t>(i));
+    } else {
+      reuse_[i] = (g + n) << 8 | (len - n);
+    }
+    return true;
+  }
+  return false;
+}
+
+Status Heap::AllocateRecord(uint64_t n, uint64_t* out) {
+  uint64_t g;
+  if (reuse_.empty() || append_only_) return Allocate(n, 1, out);
+  AllocationScope scope(this);
+  if (!TakeReused(n, ctl_->file_size.load(std::memory_order_relaxed) / kGranule, &g)) return Allocate(n, 1, out);
+  // The cursor stays where next-fit left it, and no prefault: the extent
+  // was in use until the last commits, so its pages are set up already.
+  Status s = Log(UndoKind::kAllocated, g, n);
+  if (!s.ok()) return s;
+  MarkRange(g, n, true, true, false);
+  ctl_->heap_end = std::max(ctl_->heap_end, (g + n) * kGranule);
+  *out = g;
   return Status::Ok();
 }
 

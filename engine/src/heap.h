@@ -204,6 +204,11 @@ class Heap {
   // two), and returns the first granule's index. Grows the file when needed:
   // kNoSpace (disk full / file-size limit) leaves everything as it was.
   Status Allocate(uint64_t granules, uint64_t align, uint64_t* granule);
+  // A record's space: the newest small extent the last commits made free
+  // when one fits (its lines are likely still cached, see reuse_), else
+  // Allocate's. Allocations whose place matters (compaction's moves, the
+  // checkpoint's snapshot) call Allocate.
+  Status AllocateRecord(uint64_t granules, uint64_t* granule);
   // Frees granules: after the commit when they were allocated since the last
   // checkpoint, else when the next checkpoint is durable. Freed space is never
   // reused by the write that freed it.
@@ -316,6 +321,10 @@ class Heap {
   void SetFreed(uint64_t granule, uint64_t n, bool freed);
   void NoteFree(uint64_t granule, uint64_t n);
   bool FindRun(uint64_t from, uint64_t to, uint64_t n, uint64_t align, uint64_t* found) const;
+  // Takes `n` granules from the newest extents in reuse_ that are still
+  // free in the map; false when none of the few it looks at fits.
+  bool TakeReused(uint64_t n, uint64_t file_granules, uint64_t* granule);
+  void NoteReusable(uint64_t granule, uint64_t n);
   Status Grow(uint64_t min_heap_end);
 
   File* const file_;
@@ -337,6 +346,16 @@ class Heap {
   bool extending_ = false;
   int allocating_ = 0;  // depth of Allocate calls running
   bool append_only_ = false;
+  // Small extents (up to 64 granules) that commits made free, newest last,
+  // as granule << 8 | granules. Overwrites and erases within one checkpoint
+  // epoch free records all over the heap, where next-fit has to search the
+  // map for each hole (and, with most of the heap held for the checkpoint,
+  // scan it from the start every time it wraps). The newest extent is
+  // usually the record the last put replaced: its lines and map word are
+  // still in the cache. Only hints: each is checked against the map before
+  // use, so another writer's allocations, a rollback or a cut cost nothing
+  // but the check.
+  std::vector<uint64_t> reuse_;
   // The granules last handed to MapSet::PrefaultSoon (Allocate).
   uint64_t prefault_from_ = 0;
   uint64_t prefault_to_ = 0;

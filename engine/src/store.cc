@@ -667,7 +667,7 @@ Status StoreImpl::WriteRecord(std::string_view key, std::string_view value, uint
 
 Status StoreImpl::PlaceRecord(std::string_view key, std::string_view value, uint64_t* granule) {
   const uint64_t n = RecordGranules(key.size(), value.size());
-  Status s = heap_->Allocate(n, 1, granule);
+  Status s = heap_->AllocateRecord(n, granule);
   if (!s.ok()) return s;
   uint8_t* p = heap_->base() + *granule * kGranule;
   RecordHeader h{};
