@@ -318,11 +318,7 @@ uint64_t StoreImpl::WatchSleepsForTesting(const Store& store) {
   return store.impl_ ? store.impl_->watch_sleeps_.load() : 0;
 }
 
-Status StoreImpl::ChecksumError(const RecordRef& rec) const {
-  return Status(Code::kCorruption, path_ + ": the record of the key (at offset " +
-                                       std::to_string(rec.granule * kGranule) +
-                                       ") fails its checksum; `mapkv check` lists every damaged record");
-}
+Status StoreImpl::ChecksumError(const RecordRef& rec) const { return RecordChecksumError(path_, rec); }
 
 Status StoreImpl::ForkedError() const {
   return Status(Code::kUnsafeUse, path_ +
@@ -432,7 +428,7 @@ MAPKV_OPTIMISTIC void StoreImpl::PrefetchHomeUnlocked(uint64_t hash) const {
     if (res == TableReader::Result::kBad) {
       return ProbeLeftFile();
     }
-    if (!intact) return ChecksumError(rec);
+    if (!intact || res == TableReader::Result::kDamaged) return ChecksumError(rec);
     *found = res == TableReader::Result::kFound;
     return Status::Ok();
   }
@@ -498,6 +494,8 @@ Status StoreImpl::GuardedGet(std::string_view key, std::string_view* value) cons
       return Status::Ok();
     case TableReader::Result::kAbsent:
       return Status::KeyNotFound();
+    case TableReader::Result::kDamaged:
+      return ChecksumError(rec);
     case TableReader::Result::kBad:
       break;
   }
@@ -716,6 +714,7 @@ Status StoreImpl::ApplyPutWriteFirst(std::string_view key, std::string_view valu
   if (lookup.result == TableReader::Result::kBad) {
     return ProbeLeftFile();
   }
+  if (lookup.result == TableReader::Result::kDamaged) return ChecksumError(lookup.rec);
   *in_place = lookup.result == TableReader::Result::kFound && CanOverwriteInPlace(lookup.rec, value);
   return LinkRecord(key, value, hash, g, &lookup);
 }
@@ -815,6 +814,8 @@ Status StoreImpl::Put(std::string_view key, std::string_view value) {
     s = RunWrite([&] { return OverwriteInPlace(lookup.rec, value, hash); }, Heap::WriteScope::kInPlace);
   } else if (lookup.result == TableReader::Result::kBad) {
     s = ProbeLeftFile();
+  } else if (lookup.result == TableReader::Result::kDamaged) {
+    s = ChecksumError(lookup.rec);
   } else {
     s = RunWrite([&] { return ApplyPut(key, value, hash, &lookup); });
   }
@@ -835,6 +836,8 @@ Status StoreImpl::Erase(std::string_view key) {
   const TableReader::Result lookup = table_->Reader().Find(key, hash, &index, &rec);
   if (lookup == TableReader::Result::kBad) {
     s = ProbeLeftFile();
+  } else if (lookup == TableReader::Result::kDamaged) {
+    s = ChecksumError(rec);
   } else if (lookup == TableReader::Result::kFound) {
     s = RunWrite([&] { return ApplyErase(key, hash, &found); });
   }
@@ -931,6 +934,8 @@ Status StoreImpl::ReadModifyWrite(std::string_view key, Decide&& decide) {
       break;
     case TableReader::Result::kAbsent:
       break;
+    case TableReader::Result::kDamaged:
+      return ChecksumError(rec);
     case TableReader::Result::kBad:
       return ProbeLeftFile();
   }
@@ -1045,6 +1050,9 @@ MAPKV_OPTIMISTIC Status StoreImpl::MultiGet(std::span<const std::string_view> ke
           break;
         case TableReader::Result::kAbsent:
           (*values)[i].reset();
+          break;
+        case TableReader::Result::kDamaged:
+          damaged = &rec;
           break;
         case TableReader::Result::kBad:
           bad = true;

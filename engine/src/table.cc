@@ -29,6 +29,12 @@ MAPKV_OPTIMISTIC bool RecordRef::Intact() const {
   return RecordChecksum(h, key()) == h.checksum;
 }
 
+Status RecordChecksumError(const std::string& path, const RecordRef& rec) {
+  return Status(Code::kCorruption, path + ": the record of the key (at offset " +
+                                       std::to_string(rec.granule * kGranule) +
+                                       ") fails its checksum; `mapkv check` lists every damaged record");
+}
+
 MAPKV_OPTIMISTIC bool TableReader::Home(uint64_t slot, uint64_t* home) const {
   if (shift <= kTagBits) {
     *home = SlotTag(slot) >> (kTagBits - shift);
@@ -123,6 +129,8 @@ Status TableWriter::Upsert(std::string_view key, uint64_t hash, uint64_t granule
       return SetSlot(idx, MakeSlot(hash, granule));
     case TableReader::Result::kBad:
       return Status(Code::kCorruption, heap_->file()->path() + ": hash table probe left the file");
+    case TableReader::Result::kDamaged:
+      return RecordChecksumError(heap_->file()->path(), *old_rec);
     case TableReader::Result::kAbsent:
       break;
   }
@@ -172,6 +180,8 @@ Status TableWriter::Erase(std::string_view key, uint64_t hash, bool* found, Reco
       return Status::Ok();
     case TableReader::Result::kBad:
       return Status(Code::kCorruption, heap_->file()->path() + ": hash table probe left the file");
+    case TableReader::Result::kDamaged:
+      return RecordChecksumError(heap_->file()->path(), *old_rec);
     case TableReader::Result::kFound:
       break;
   }

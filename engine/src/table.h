@@ -25,6 +25,7 @@
 #include <atomic>
 #include <cstdint>
 #include <cstring>
+#include <string>
 #include <string_view>
 
 #include "format.h"
@@ -55,6 +56,9 @@ struct RecordRef {
   // writer may be changing (the caller validates with the seqlock).
   bool Intact() const;
 };
+
+// kCorruption naming the record of a key that fails its checksum.
+Status RecordChecksumError(const std::string& path, const RecordRef& rec);
 
 // A snapshot of where the table is, taken from the control page.
 struct TableReader {
@@ -106,9 +110,14 @@ struct TableReader {
   void PrefetchHome(uint64_t hash) const;
   void PrefetchHomeRecord(uint64_t hash) const;
 
-  enum class Result { kFound, kAbsent, kBad };
+  enum class Result { kFound, kAbsent, kBad, kDamaged };
   // Looks `key` (hash `hash`) up. kFound sets *index, *rec. kBad: an offset
-  // or loop bound failed (a changing or corrupt state).
+  // or loop bound failed (a changing or corrupt state). kDamaged: a record on
+  // the probe has the key's tag but another key, and fails its checksum, so
+  // it may be this key's record with damaged key bytes: the key's presence
+  // cannot be told (*index, *rec name that record). A record of another key
+  // that merely shares the tag (one probe in tens of millions) is hashed to
+  // tell the two apart.
   // `max_probes`: a lookup that has not ended after that many slots gives up
   // with kBad (Salvage's bound on a damaged table; a sound table's longest
   // probe is a few dozen slots).
@@ -118,7 +127,8 @@ struct TableReader {
   // page of the home slot (a present key's probe leaves it about once in 250
   // lookups at the table's highest load, 3/4; 43 of 100,000 keys at 0.38).
   // kFound sets *rec. kBad also when the probe would go on into the next
-  // page: the caller then runs Find.
+  // page, or meets a record with the key's tag but another key: the caller
+  // then runs Find.
   Result FindInHomePage(std::string_view key, uint64_t hash, RecordRef* rec) const;
 };
 
@@ -209,6 +219,10 @@ MAPKV_OPTIMISTIC inline TableReader::Result TableReader::Find(std::string_view k
         *index = i;
         return Result::kFound;
       }
+      if (!rec->Intact()) [[unlikely]] {
+        *index = i;
+        return Result::kDamaged;
+      }
     }
   }
   return Result::kBad;  // a table with no empty slot is not a valid state (or max_probes passed)
@@ -236,7 +250,7 @@ MAPKV_OPTIMISTIC inline TableReader::Result TableReader::Find(std::string_view k
     // 240-260 (session 7; the copy that follows loads them soon enough).
     if (SlotTag(s) == tag) {
       if (!Record(SlotGranule(s), rec)) return Result::kBad;
-      if (rec->key_size == key.size() && KeyEquals(rec->key(), key)) return Result::kFound;
+      return rec->key_size == key.size() && KeyEquals(rec->key(), key) ? Result::kFound : Result::kBad;
     }
   }
   return Result::kBad;
