@@ -31,7 +31,8 @@
 // Allocator. Next-fit over the allocation map (format.h, AllocWord): first
 // from the cursor to the end of the file, then from the start of the heap,
 // and otherwise by growing the file. The map grows by relocation into the
-// newly grown tail.
+// newly grown tail. A record (AllocateRecord) first tries the newest of the
+// small extents the last commits made free (reuse_).
 //
 // Threading: a Heap is used only by the thread holding the write lock; the
 // MapSet's Current() may be called by any thread at any time, and its

@@ -288,10 +288,10 @@ Status StoreImpl::SalvageWalkInto(Store* to, SalvageReport* report) const {
         doubt =
             "no lookup of it reaches this slot: one stops at an empty slot or a shorter probe before it (a "
             "slot before it was cleared, or this one is stray)";
-      } else if (lookup == TableReader::Result::kDamaged) {
+      } else if (lookup == TableReader::Result::kDamagedKey) {
         doubt = "a lookup of it stops at table slot " + std::to_string(found_at) + " " + at(found.granule) +
-                ", whose record has its hash but fails its checksum (it may be this key's, with damaged key "
-                "bytes): this one may be an older value";
+                ", whose slot has its tag but whose key bytes do not hash to it (they may be this key's, damaged): "
+                "this one may be an older value";
       } else if (lookup != TableReader::Result::kFound) {
         doubt =
             "no lookup of it reaches this slot: one stops at a table page out of the file, a slot pointing out "

@@ -428,7 +428,8 @@ MAPKV_OPTIMISTIC void StoreImpl::PrefetchHomeUnlocked(uint64_t hash) const {
     if (res == TableReader::Result::kBad) {
       return ProbeLeftFile();
     }
-    if (!intact || res == TableReader::Result::kDamaged) return ChecksumError(rec);
+    if (res == TableReader::Result::kDamagedKey) return DamagedKeyError(path_, rec);
+    if (!intact) return ChecksumError(rec);
     *found = res == TableReader::Result::kFound;
     return Status::Ok();
   }
@@ -494,8 +495,8 @@ Status StoreImpl::GuardedGet(std::string_view key, std::string_view* value) cons
       return Status::Ok();
     case TableReader::Result::kAbsent:
       return Status::KeyNotFound();
-    case TableReader::Result::kDamaged:
-      return ChecksumError(rec);
+    case TableReader::Result::kDamagedKey:
+      return DamagedKeyError(path_, rec);
     case TableReader::Result::kBad:
       break;
   }
@@ -714,7 +715,7 @@ Status StoreImpl::ApplyPutWriteFirst(std::string_view key, std::string_view valu
   if (lookup.result == TableReader::Result::kBad) {
     return ProbeLeftFile();
   }
-  if (lookup.result == TableReader::Result::kDamaged) return ChecksumError(lookup.rec);
+  if (lookup.result == TableReader::Result::kDamagedKey) return DamagedKeyError(path_, lookup.rec);
   *in_place = lookup.result == TableReader::Result::kFound && CanOverwriteInPlace(lookup.rec, value);
   return LinkRecord(key, value, hash, g, &lookup);
 }
@@ -814,8 +815,8 @@ Status StoreImpl::Put(std::string_view key, std::string_view value) {
     s = RunWrite([&] { return OverwriteInPlace(lookup.rec, value, hash); }, Heap::WriteScope::kInPlace);
   } else if (lookup.result == TableReader::Result::kBad) {
     s = ProbeLeftFile();
-  } else if (lookup.result == TableReader::Result::kDamaged) {
-    s = ChecksumError(lookup.rec);
+  } else if (lookup.result == TableReader::Result::kDamagedKey) {
+    s = DamagedKeyError(path_, lookup.rec);
   } else {
     s = RunWrite([&] { return ApplyPut(key, value, hash, &lookup); });
   }
@@ -836,8 +837,8 @@ Status StoreImpl::Erase(std::string_view key) {
   const TableReader::Result lookup = table_->Reader().Find(key, hash, &index, &rec);
   if (lookup == TableReader::Result::kBad) {
     s = ProbeLeftFile();
-  } else if (lookup == TableReader::Result::kDamaged) {
-    s = ChecksumError(rec);
+  } else if (lookup == TableReader::Result::kDamagedKey) {
+    s = DamagedKeyError(path_, rec);
   } else if (lookup == TableReader::Result::kFound) {
     s = RunWrite([&] { return ApplyErase(key, hash, &found); });
   }
@@ -934,8 +935,8 @@ Status StoreImpl::ReadModifyWrite(std::string_view key, Decide&& decide) {
       break;
     case TableReader::Result::kAbsent:
       break;
-    case TableReader::Result::kDamaged:
-      return ChecksumError(rec);
+    case TableReader::Result::kDamagedKey:
+      return DamagedKeyError(path_, rec);
     case TableReader::Result::kBad:
       return ProbeLeftFile();
   }
@@ -1032,6 +1033,7 @@ MAPKV_OPTIMISTIC Status StoreImpl::MultiGet(std::span<const std::string_view> ke
     if (r.shift < kMinTableShift || r.shift > kMaxTableShift) continue;
     bool bad = false;
     const RecordRef* damaged = nullptr;
+    bool damaged_key = false;  // Find's kDamagedKey, else a checksum
     RecordRef rec;
     for (size_t i = 0; i < keys.size() && !bad && damaged == nullptr; ++i) {
       if (i % kMultiGetWindow == 0) {
@@ -1051,8 +1053,9 @@ MAPKV_OPTIMISTIC Status StoreImpl::MultiGet(std::span<const std::string_view> ke
         case TableReader::Result::kAbsent:
           (*values)[i].reset();
           break;
-        case TableReader::Result::kDamaged:
+        case TableReader::Result::kDamagedKey:
           damaged = &rec;
+          damaged_key = true;
           break;
         case TableReader::Result::kBad:
           bad = true;
@@ -1062,7 +1065,7 @@ MAPKV_OPTIMISTIC Status StoreImpl::MultiGet(std::span<const std::string_view> ke
     SeqlockReadFence();
     if (ctl_->seq.load(std::memory_order_relaxed) != s1) continue;
     if (bad) return ProbeLeftFile();
-    if (damaged != nullptr) return ChecksumError(*damaged);
+    if (damaged != nullptr) return damaged_key ? DamagedKeyError(path_, *damaged) : ChecksumError(*damaged);
     return Status::Ok();
   }
   // A long write, or a dead writer: read under the lock.

@@ -35,6 +35,17 @@ Status RecordChecksumError(const std::string& path, const RecordRef& rec) {
                                        ") fails its checksum; `mapkv check` lists every damaged record");
 }
 
+Status DamagedKeyError(const std::string& path, const RecordRef& rec) {
+  return Status(Code::kCorruption, path + ": the record at offset " + std::to_string(rec.granule * kGranule) +
+                                       ", on this key's probe with its hash tag, holds key bytes that do not hash to "
+                                       "the tag (its key or its slot is damaged, and it may be this key's record); "
+                                       "`mapkv check` lists it");
+}
+
+MAPKV_OPTIMISTIC bool RecordRef::KeyHasTag(uint64_t tag, uint64_t seed) const {
+  return HashTag(HashKey(std::string_view(reinterpret_cast<const char*>(key()), key_size), seed)) == tag;
+}
+
 MAPKV_OPTIMISTIC bool TableReader::Home(uint64_t slot, uint64_t* home) const {
   if (shift <= kTagBits) {
     *home = SlotTag(slot) >> (kTagBits - shift);
@@ -129,8 +140,8 @@ Status TableWriter::Upsert(std::string_view key, uint64_t hash, uint64_t granule
       return SetSlot(idx, MakeSlot(hash, granule));
     case TableReader::Result::kBad:
       return Status(Code::kCorruption, heap_->file()->path() + ": hash table probe left the file");
-    case TableReader::Result::kDamaged:
-      return RecordChecksumError(heap_->file()->path(), *old_rec);
+    case TableReader::Result::kDamagedKey:
+      return DamagedKeyError(heap_->file()->path(), *old_rec);
     case TableReader::Result::kAbsent:
       break;
   }
@@ -180,8 +191,8 @@ Status TableWriter::Erase(std::string_view key, uint64_t hash, bool* found, Reco
       return Status::Ok();
     case TableReader::Result::kBad:
       return Status(Code::kCorruption, heap_->file()->path() + ": hash table probe left the file");
-    case TableReader::Result::kDamaged:
-      return RecordChecksumError(heap_->file()->path(), *old_rec);
+    case TableReader::Result::kDamagedKey:
+      return DamagedKeyError(heap_->file()->path(), *old_rec);
     case TableReader::Result::kFound:
       break;
   }

@@ -55,10 +55,15 @@ struct RecordRef {
   // True when the record's bytes match its checksum. Safe on a record a
   // writer may be changing (the caller validates with the seqlock).
   bool Intact() const;
+  // True when the record's key bytes hash (with `seed`) to `tag`, as the
+  // slot pointing at it says they do. Safe as Intact is.
+  bool KeyHasTag(uint64_t tag, uint64_t seed) const;
 };
 
 // kCorruption naming the record of a key that fails its checksum.
 Status RecordChecksumError(const std::string& path, const RecordRef& rec);
+// kCorruption for Result::kDamagedKey.
+Status DamagedKeyError(const std::string& path, const RecordRef& rec);
 
 // A snapshot of where the table is, taken from the control page.
 struct TableReader {
@@ -110,14 +115,14 @@ struct TableReader {
   void PrefetchHome(uint64_t hash) const;
   void PrefetchHomeRecord(uint64_t hash) const;
 
-  enum class Result { kFound, kAbsent, kBad, kDamaged };
+  enum class Result { kFound, kAbsent, kBad, kDamagedKey };
   // Looks `key` (hash `hash`) up. kFound sets *index, *rec. kBad: an offset
-  // or loop bound failed (a changing or corrupt state). kDamaged: a record on
-  // the probe has the key's tag but another key, and fails its checksum, so
-  // it may be this key's record with damaged key bytes: the key's presence
-  // cannot be told (*index, *rec name that record). A record of another key
-  // that merely shares the tag (one probe in tens of millions) is hashed to
-  // tell the two apart.
+  // or loop bound failed (a changing or corrupt state). kDamagedKey: a slot
+  // on the probe has the key's tag, but its record holds other key bytes
+  // that do not hash to that tag: damaged bytes that may have been this
+  // key's, so its presence cannot be told (*index, *rec name that record).
+  // Another key that merely shares the tag (one probe in tens of millions)
+  // hashes to it and is passed over.
   // `max_probes`: a lookup that has not ended after that many slots gives up
   // with kBad (Salvage's bound on a damaged table; a sound table's longest
   // probe is a few dozen slots).
@@ -219,9 +224,9 @@ MAPKV_OPTIMISTIC inline TableReader::Result TableReader::Find(std::string_view k
         *index = i;
         return Result::kFound;
       }
-      if (!rec->Intact()) [[unlikely]] {
+      if (!rec->KeyHasTag(tag, seed)) [[unlikely]] {
         *index = i;
-        return Result::kDamaged;
+        return Result::kDamagedKey;
       }
     }
   }
