@@ -343,6 +343,31 @@ TEST_CASE("salvage: a value the allocation map does not hold in use is copied in
   CheckSalvaged(dir.File("to.mkv"), model);
 }
 
+// k's record has a damaged key byte, and a second slot behind it points at
+// k's older value: a lookup of k stops at the damaged record (which may be
+// k's), so the second slot's pair is the only k there is, but in doubt.
+TEST_CASE("salvage: behind a record whose key bytes are damaged, a second slot of the key is copied in doubt") {
+  TempDir dir;
+  const std::string from = dir.File("from.mkv");
+  Model model;
+  const auto [old_rec, new_rec] = MakeStoreWithOldValue(from, &model);
+  Image image(from);
+  const uint64_t slot = image.SlotOf(new_rec);
+  const uint64_t second = image.EmptySlotAfter(slot);
+  image.SetSlot(second, Image::PointedAt(image.Slot(slot), old_rec));
+  image.bytes[new_rec + kRecordHeaderSize] ^= 0x01;  // the key "k" becomes "j"
+  WriteFileBytes(from, image.bytes);
+
+  const SalvageReport report = MustSalvage(from, dir.File("to.mkv"));
+  CHECK_MESSAGE(AnyLineHas(report, "table slot " + std::to_string(slot) + " ", "left behind"), Lines(report));
+  CHECK_MESSAGE(AnyLineHas(report, "key \"k\"", "a lookup of it stops at table slot " + std::to_string(slot) + " "),
+                Lines(report));
+  CHECK_MESSAGE(LinesWith(report, "do not hash to it") == 1, Lines(report));
+  CHECK(report.copied == model.size());
+  model["k"] = "the old value of k";  // the only k left
+  CheckSalvaged(dir.File("to.mkv"), model);
+}
+
 TEST_CASE("salvage: a table page the page map points at another's page loses its own pairs, not the other's") {
   TempDir dir;
   const std::string from = dir.File("from.mkv");

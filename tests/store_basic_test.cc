@@ -1330,7 +1330,8 @@ TEST_CASE("store: a key whose stored key bytes are damaged is reported, never ta
     bool found = true;
     CHECK(damaged(s.Contains(key, &found)));
     std::vector<std::optional<std::string>> values;
-    const std::string_view keys[] = {Key16(1), key};
+    const std::string other = Key16(1);
+    const std::string_view keys[] = {other, key};
     CHECK(damaged(s.MultiGet(keys, &values)));
     CHECK(damaged(s.Put(key, "new value")));  // a put that writes its record first
     // After a put rewritten in place, the next put looks the key up first.
