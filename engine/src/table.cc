@@ -1,6 +1,7 @@
 // table.cc: Robin Hood hash table over the page map. See table.h.
 #include "table.h"
 
+#include <algorithm>
 #include <cstring>
 #include <string>
 
@@ -43,7 +44,23 @@ Status DamagedKeyError(const std::string& path, const RecordRef& rec) {
 }
 
 MAPKV_OPTIMISTIC bool RecordRef::KeyHasTag(uint64_t tag, uint64_t seed) const {
-  return HashTag(HashKey(std::string_view(reinterpret_cast<const char*>(key()), key_size), seed)) == tag;
+  // Hashed from copies taken by RacyCopy: a writer may be changing the bytes
+  // (the caller validates with the seqlock), and the hash's own loads would
+  // be a data race to ThreadSanitizer. XXH3 streamed gives the one-shot
+  // hash that HashKey computes.
+  uint8_t chunk[256];
+  if (key_size <= sizeof chunk) {
+    RacyCopy(chunk, key(), key_size);
+    return HashTag(HashKey(std::string_view(reinterpret_cast<const char*>(chunk), key_size), seed)) == tag;
+  }
+  XXH3_state_t state{};  // zeroed: GCC cannot see that the reset sets what the digest reads
+  XXH3_64bits_reset_withSeed(&state, seed);
+  for (uint64_t done = 0; done < key_size; done += sizeof chunk) {
+    const size_t n = static_cast<size_t>(std::min<uint64_t>(sizeof chunk, key_size - done));
+    RacyCopy(chunk, key() + done, n);
+    XXH3_64bits_update(&state, chunk, n);
+  }
+  return HashTag(XXH3_64bits_digest(&state)) == tag;
 }
 
 MAPKV_OPTIMISTIC bool TableReader::Home(uint64_t slot, uint64_t* home) const {
