@@ -740,16 +740,12 @@ bool Heap::TakeReused(uint64_t n, uint64_t file_granules, uint64_t* out) {
   // The newest few only: in a store of records of one size the newest fits,
   // and a longer search would cost more than next-fit saves.
   constexpr size_t kLook = 4;
-  const AllocWord* m = map();
   size_t i = reuse_.size();
   for (size_t looked = 0; looked < kLook && i > 0; ++looked) {
     --i;
     const uint64_t g = reuse_[i] >> 8;
     const uint64_t len = reuse_[i] & 0xFF;
-    const uint64_t b = g % kGranulesPerAllocWord;
-    const uint64_t head = std::min(len, kGranulesPerAllocWord - b);  // the rest is in the next word
-    if (g + len > file_granules || (m[g / kGranulesPerAllocWord].used & RunMask(head, b)) != 0 ||
-        (head < len && (m[g / kGranulesPerAllocWord + 1].used & RunMask(len - head, 0)) != 0)) {
+    if (g + len > file_granules || AnyUsed(g, len)) {
       reuse_.erase(reuse_.begin() + static_cast<std::ptrdiff_t>(i));  // taken since (another writer) or cut off
       continue;
     }
@@ -772,11 +768,16 @@ Status Heap::AllocateRecord(uint64_t n, uint64_t* out) {
   if (!TakeReused(n, ctl_->file_size.load(std::memory_order_relaxed) / kGranule, &g)) return Allocate(n, 1, out);
   // The cursor stays where next-fit left it, and no prefault: the extent
   // was in use until the last commits, so its pages are set up already.
+  Status s = Take(g, n);
+  if (s.ok()) *out = g;
+  return s;
+}
+
+Status Heap::Take(uint64_t g, uint64_t n) {
   Status s = Log(UndoKind::kAllocated, g, n);
   if (!s.ok()) return s;
   MarkRange(g, n, true, true, false);
   ctl_->heap_end = std::max(ctl_->heap_end, (g + n) * kGranule);
-  *out = g;
   return Status::Ok();
 }
 
@@ -818,10 +819,8 @@ Status Heap::Allocate(uint64_t n, uint64_t align, uint64_t* out) {
     prefault_to_ = std::min(end + kPrefaultGranules, file_granules);
     maps_->PrefaultSoon(end * kGranule, (prefault_to_ - end) * kGranule);
   }
-  Status s = Log(UndoKind::kAllocated, g, n);
+  Status s = Take(g, n);
   if (!s.ok()) return s;
-  MarkRange(g, n, true, true, false);
-  ctl_->heap_end = std::max(ctl_->heap_end, (g + n) * kGranule);
   ctl_->alloc_cursor = g + n;
   *out = g;
   return Status::Ok();

@@ -325,6 +325,9 @@ class Heap {
   // Takes `n` granules from the newest extents in reuse_ that are still
   // free in the map; false when none of the few it looks at fits.
   bool TakeReused(uint64_t n, uint64_t file_granules, uint64_t* granule);
+  // Marks granules [granule, granule + n), found free, allocated to the
+  // running write (logged, so a rollback frees them).
+  Status Take(uint64_t granule, uint64_t n);
   void NoteReusable(uint64_t granule, uint64_t n);
   Status Grow(uint64_t min_heap_end);
 
